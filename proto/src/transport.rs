@@ -1,0 +1,302 @@
+//! Client-side TLS for agents and fleetctl, and the pieces the controller's
+//! server side shares with them (fingerprints, ALPN, PEM loading).
+//!
+//! Every connection is TLS 1.2+/1.3 with rustls and the `ring` provider, ALPN
+//! `h2`. The client verifies the controller either against a CA certificate
+//! it holds (`Trust::Ca`), or, before enrollment, against the CA whose
+//! SHA-256 fingerprint it was given (`Trust::PinnedFingerprint`): the
+//! controller sends its CA in the chain and the client accepts the chain only
+//! if that CA has the pinned fingerprint and signs the server certificate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// The ALPN protocol gRPC runs on.
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// Errors building TLS configurations or dialling the controller.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// A PEM file could not be read or holds nothing usable.
+    #[error("{what}: {detail}")]
+    Pem { what: String, detail: String },
+    /// The controller address is not `host:port`.
+    #[error("controller address '{0}' is not host:port (e.g. controller.example.com:7443)")]
+    BadAddress(String),
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The connection failed; the message explains why in operator terms.
+    #[error("{0}")]
+    Connect(String),
+}
+
+/// The `ring` crypto provider, the only one fleet uses.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// `sha256:<64 hex>` of a DER certificate: how operators name a CA.
+pub fn fingerprint(der: &[u8]) -> String {
+    format!("sha256:{}", hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref()))
+}
+
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Parses every certificate in a PEM text.
+pub fn certs_from_pem(what: &str, pem: &str) -> Result<Vec<CertificateDer<'static>>, TransportError> {
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut pem.as_bytes()).collect();
+    let certs = certs.map_err(|e| TransportError::Pem { what: what.into(), detail: e.to_string() })?;
+    if certs.is_empty() {
+        return Err(TransportError::Pem { what: what.into(), detail: "no CERTIFICATE block in it".into() });
+    }
+    Ok(certs)
+}
+
+/// Parses the first private key in a PEM text.
+pub fn key_from_pem(what: &str, pem: &str) -> Result<PrivateKeyDer<'static>, TransportError> {
+    rustls_pemfile::private_key(&mut pem.as_bytes())
+        .map_err(|e| TransportError::Pem { what: what.into(), detail: e.to_string() })?
+        .ok_or_else(|| TransportError::Pem { what: what.into(), detail: "no PRIVATE KEY block in it".into() })
+}
+
+/// How a client decides to trust the controller.
+#[derive(Clone, Debug)]
+pub enum Trust {
+    /// Verify against this CA certificate (DER).
+    Ca(CertificateDer<'static>),
+    /// Accept the CA in the presented chain whose fingerprint is this
+    /// (`sha256:<hex>`), and verify the server certificate against it.
+    PinnedFingerprint(String),
+}
+
+/// A client certificate chain and its key.
+pub struct ClientIdentity {
+    /// Leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// Builds the rustls client configuration for talking to the controller.
+pub fn client_config(trust: Trust, identity: Option<ClientIdentity>) -> Result<Arc<ClientConfig>, TransportError> {
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let builder = match trust {
+        Trust::Ca(ca) => {
+            let mut roots = RootCertStore::empty();
+            roots.add(ca)?;
+            builder.with_root_certificates(roots)
+        }
+        Trust::PinnedFingerprint(pin) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier { pin: pin.to_ascii_lowercase(), provider })),
+    };
+    let mut config = match identity {
+        Some(id) => builder.with_client_auth_cert(id.chain, id.key)?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Verifies the server against the CA in its own chain whose fingerprint is
+/// pinned. The pin is the whole of the trust: without a matching CA in the
+/// chain, nothing is accepted.
+#[derive(Debug)]
+struct PinnedCaVerifier {
+    pin: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates.iter().find(|c| fingerprint(c) == self.pin).ok_or_else(|| {
+            rustls::Error::General(format!(
+                "the controller's certificate chain holds no CA with fingerprint {}; \
+                 check ca_fingerprint against the output of 'fleet-controller init'",
+                self.pin
+            ))
+        })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Splits `host:port` (or `[v6]:port`), rejecting anything else.
+pub fn split_host_port(addr: &str) -> Result<(String, u16), TransportError> {
+    let addr = addr.trim().trim_start_matches("https://").trim_end_matches('/');
+    let bad = || TransportError::BadAddress(addr.to_string());
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host.to_string(), port))
+}
+
+/// Dials the controller at `addr` (`host:port`) over TLS with `config`.
+///
+/// The name is resolved afresh on every connection attempt (also on the
+/// channel's own reconnects), so a controller that moved is found.
+pub async fn connect(addr: &str, config: Arc<ClientConfig>) -> Result<Channel, TransportError> {
+    let (host, port) = split_host_port(addr)?;
+    let server_name = ServerName::try_from(host.clone()).map_err(|_| TransportError::BadAddress(addr.to_string()))?;
+    let uri: Uri = format!("https://{}", authority(&host, port))
+        .parse()
+        .map_err(|_| TransportError::BadAddress(addr.to_string()))?;
+    let connector = tower::service_fn(move |_: Uri| {
+        let (host, server_name, config) = (host.clone(), server_name.clone(), config.clone());
+        async move {
+            // Invariant: lookup happens here, per attempt, never cached.
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let tls = tokio_rustls::TlsConnector::from(config).connect(server_name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    Endpoint::from(uri)
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| TransportError::Connect(explain(&e, addr)))
+}
+
+fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// What went wrong on a connection, found by walking an error's sources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    /// The controller sent a TLS alert: it refused our certificate.
+    Alert(rustls::AlertDescription),
+    /// Our side refused the controller's certificate.
+    BadServerCert(String),
+    /// A socket-level failure (refused, unreachable, timed out, DNS).
+    Io(std::io::ErrorKind, String),
+    /// Anything else.
+    Other(String),
+}
+
+/// Finds the most telling cause in an error chain.
+pub fn cause_of(err: &(dyn std::error::Error + 'static)) -> Cause {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    let mut io = None;
+    while let Some(e) = cur {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return tls_cause(tls);
+        }
+        if let Some(ioe) = e.downcast_ref::<std::io::Error>() {
+            if let Some(tls) = ioe.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return tls_cause(tls);
+            }
+            io.get_or_insert(Cause::Io(ioe.kind(), ioe.to_string()));
+        }
+        cur = e.source();
+    }
+    io.unwrap_or_else(|| Cause::Other(err.to_string()))
+}
+
+fn tls_cause(e: &rustls::Error) -> Cause {
+    match e {
+        rustls::Error::AlertReceived(a) => Cause::Alert(*a),
+        other => Cause::BadServerCert(other.to_string()),
+    }
+}
+
+/// An operator-facing sentence for a failed connection to `addr`.
+pub fn explain(err: &(dyn std::error::Error + 'static), addr: &str) -> String {
+    match cause_of(err) {
+        Cause::Alert(rustls::AlertDescription::CertificateRevoked) => format!(
+            "the controller at {addr} refused this client's certificate: it was revoked (the host was removed); enroll again with a new join token"
+        ),
+        Cause::Alert(rustls::AlertDescription::CertificateExpired) => format!(
+            "the controller at {addr} refused this client's certificate: it expired; enroll again with a new join token"
+        ),
+        Cause::Alert(a) => format!(
+            "the controller at {addr} refused the TLS handshake ({a:?}): this client's certificate is not one it issued, or it was revoked"
+        ),
+        Cause::BadServerCert(detail) => format!(
+            "the controller at {addr} presented a certificate this client does not trust: {detail}; check the CA file or fingerprint you were given"
+        ),
+        Cause::Io(_, detail) => format!("cannot reach the controller at {addr}: {detail}; check the address and that fleet-controller is running"),
+        Cause::Other(detail) => format!("cannot connect to the controller at {addr}: {detail}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(split_host_port("a.example:7443").ok(), Some(("a.example".into(), 7443)));
+        assert_eq!(split_host_port("https://127.0.0.1:1/").ok(), Some(("127.0.0.1".into(), 1)));
+        assert_eq!(split_host_port("[::1]:9").ok(), Some(("::1".into(), 9)));
+        assert!(split_host_port("nohost").is_err());
+        assert!(split_host_port(":80").is_err());
+        assert!(split_host_port("a:port").is_err());
+    }
+
+    #[test]
+    fn fingerprint_is_sha256_hex() {
+        let fp = fingerprint(b"abc");
+        assert_eq!(fp, "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}
