@@ -1,1 +1,137 @@
-fn main(){}
+//! `fleet-controller`: flags in, one library call out.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "fleet-controller",
+    version,
+    about = "The fleet controller: CA, store, agent streams, operator API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new data dir: CA, server certificate, store, admin credential.
+    Init {
+        /// The new data dir (must not exist, or be empty).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// A name or IP agents and operators reach the controller by (repeatable;
+        /// default: localhost, 127.0.0.1 and this host's name). The first is
+        /// written into fleetctl.toml.
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// gRPC listen address written into controller.toml.
+        #[arg(long, default_value = "0.0.0.0:7443")]
+        listen: String,
+        /// Metrics listen address written into controller.toml.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        metrics_listen: String,
+    },
+    /// Run the controller.
+    Serve {
+        /// The controller.toml that init wrote.
+        #[arg(long, env = "FLEET_CONTROLLER_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Init {
+            data_dir,
+            sans,
+            listen,
+            metrics_listen,
+        } => {
+            let opts = fleet_controller::InitOptions {
+                data_dir,
+                sans,
+                listen,
+                metrics_listen,
+            };
+            match fleet_controller::init(&opts) {
+                Ok(r) => {
+                    print_next_steps(&r);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fleet-controller: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Serve { config } => {
+            let config = match fleet_controller::Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("fleet-controller: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logs(config.json_logs);
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("fleet-controller: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(fleet_controller::serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("fleet-controller: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn print_next_steps(r: &fleet_controller::InitReport) {
+    let dir = r.data_dir.display();
+    println!("fleet controller initialised in {dir}");
+    println!();
+    println!("  CA fingerprint (agents pin it):  {}", r.ca_fingerprint);
+    println!("  admin credential for fleetctl:   {}", r.fleetctl_config.display());
+    println!();
+    println!("Next steps:");
+    println!(
+        "  1. start it:       fleet-controller serve --config {}",
+        r.config.display()
+    );
+    println!(
+        "  2. log in:         mkdir -p ~/.config/fleet && cp {} ~/.config/fleet/fleetctl.toml",
+        r.fleetctl_config.display()
+    );
+    println!(
+        "                    (or: export FLEET_CONFIG={})",
+        r.fleetctl_config.display()
+    );
+    println!("  3. make a token:   fleetctl token create --label env=prod --ttl 1h");
+    println!("  4. on each host, /etc/fleet/agent.toml:");
+    println!("       controller = \"{}\"", r.controller);
+    println!("       ca_fingerprint = \"{}\"", r.ca_fingerprint);
+    println!("       join_token = \"<the token from step 3>\"");
+}

@@ -45,7 +45,10 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// `sha256:<64 hex>` of a DER certificate: how operators name a CA.
 pub fn fingerprint(der: &[u8]) -> String {
-    format!("sha256:{}", hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref()))
+    format!(
+        "sha256:{}",
+        hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
+    )
 }
 
 /// Lowercase hex of bytes.
@@ -60,9 +63,15 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Parses every certificate in a PEM text.
 pub fn certs_from_pem(what: &str, pem: &str) -> Result<Vec<CertificateDer<'static>>, TransportError> {
     let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut pem.as_bytes()).collect();
-    let certs = certs.map_err(|e| TransportError::Pem { what: what.into(), detail: e.to_string() })?;
+    let certs = certs.map_err(|e| TransportError::Pem {
+        what: what.into(),
+        detail: e.to_string(),
+    })?;
     if certs.is_empty() {
-        return Err(TransportError::Pem { what: what.into(), detail: "no CERTIFICATE block in it".into() });
+        return Err(TransportError::Pem {
+            what: what.into(),
+            detail: "no CERTIFICATE block in it".into(),
+        });
     }
     Ok(certs)
 }
@@ -70,8 +79,14 @@ pub fn certs_from_pem(what: &str, pem: &str) -> Result<Vec<CertificateDer<'stati
 /// Parses the first private key in a PEM text.
 pub fn key_from_pem(what: &str, pem: &str) -> Result<PrivateKeyDer<'static>, TransportError> {
     rustls_pemfile::private_key(&mut pem.as_bytes())
-        .map_err(|e| TransportError::Pem { what: what.into(), detail: e.to_string() })?
-        .ok_or_else(|| TransportError::Pem { what: what.into(), detail: "no PRIVATE KEY block in it".into() })
+        .map_err(|e| TransportError::Pem {
+            what: what.into(),
+            detail: e.to_string(),
+        })?
+        .ok_or_else(|| TransportError::Pem {
+            what: what.into(),
+            detail: "no PRIVATE KEY block in it".into(),
+        })
 }
 
 /// How a client decides to trust the controller.
@@ -102,9 +117,14 @@ pub fn client_config(trust: Trust, identity: Option<ClientIdentity>) -> Result<A
             roots.add(ca)?;
             builder.with_root_certificates(roots)
         }
-        Trust::PinnedFingerprint(pin) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier { pin: pin.to_ascii_lowercase(), provider })),
+        Trust::PinnedFingerprint(pin) => {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier {
+                    pin: pin.to_ascii_lowercase(),
+                    provider,
+                }))
+        }
     };
     let mut config = match identity {
         Some(id) => builder.with_client_auth_cert(id.chain, id.key)?,
@@ -132,13 +152,16 @@ impl ServerCertVerifier for PinnedCaVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let ca = intermediates.iter().find(|c| fingerprint(c) == self.pin).ok_or_else(|| {
-            rustls::Error::General(format!(
-                "the controller's certificate chain holds no CA with fingerprint {}; \
+        let ca = intermediates
+            .iter()
+            .find(|c| fingerprint(c) == self.pin)
+            .ok_or_else(|| {
+                rustls::Error::General(format!(
+                    "the controller's certificate chain holds no CA with fingerprint {}; \
                  check ca_fingerprint against the output of 'fleet-controller init'",
-                self.pin
-            ))
-        })?;
+                    self.pin
+                ))
+            })?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
         let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
@@ -199,7 +222,9 @@ pub async fn connect(addr: &str, config: Arc<ClientConfig>) -> Result<Channel, T
             // Invariant: lookup happens here, per attempt, never cached.
             let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
-            let tls = tokio_rustls::TlsConnector::from(config).connect(server_name, tcp).await?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(server_name, tcp)
+                .await?;
             Ok::<_, std::io::Error>(TokioIo::new(tls))
         }
     });
@@ -287,7 +312,10 @@ mod tests {
     #[test]
     fn host_port_forms() {
         assert_eq!(split_host_port("a.example:7443").ok(), Some(("a.example".into(), 7443)));
-        assert_eq!(split_host_port("https://127.0.0.1:1/").ok(), Some(("127.0.0.1".into(), 1)));
+        assert_eq!(
+            split_host_port("https://127.0.0.1:1/").ok(),
+            Some(("127.0.0.1".into(), 1))
+        );
         assert_eq!(split_host_port("[::1]:9").ok(), Some(("::1".into(), 9)));
         assert!(split_host_port("nohost").is_err());
         assert!(split_host_port(":80").is_err());
@@ -297,6 +325,9 @@ mod tests {
     #[test]
     fn fingerprint_is_sha256_hex() {
         let fp = fingerprint(b"abc");
-        assert_eq!(fp, "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            fp,
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

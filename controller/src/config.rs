@@ -1,0 +1,207 @@
+//! `controller.toml`: typed, validated at load, defaults in one place.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Errors loading `controller.toml`; each names the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}; pass the controller.toml that 'fleet-controller init' wrote")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("{path} is not a valid controller config: {detail}")]
+    Parse { path: PathBuf, detail: String },
+    /// A key holds a value that cannot be used.
+    #[error("{path}: key '{key}': {detail}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        detail: String,
+    },
+}
+
+/// The file's shape. Durations are humantime strings ("10s", "7d").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// The data dir `fleet-controller init` created.
+    pub data_dir: PathBuf,
+    /// gRPC over TLS, for agents and operators.
+    #[serde(default = "defaults::listen")]
+    pub listen: String,
+    /// Plain HTTP for `/metrics` and `/healthz`.
+    #[serde(default = "defaults::metrics_listen")]
+    pub metrics_listen: String,
+    /// Heartbeat interval the controller asks agents for.
+    #[serde(default = "defaults::heartbeat_interval")]
+    pub heartbeat_interval: String,
+    /// Default lifetime of agent certificates.
+    #[serde(default = "defaults::cert_ttl")]
+    pub cert_ttl: String,
+    /// Default lifetime of join tokens.
+    #[serde(default = "defaults::token_ttl")]
+    pub token_ttl: String,
+    /// "text" or "json".
+    #[serde(default = "defaults::log_format")]
+    pub log_format: String,
+}
+
+/// Every default of the controller, in one place.
+pub mod defaults {
+    /// gRPC listen address.
+    pub fn listen() -> String {
+        "0.0.0.0:7443".into()
+    }
+    /// Metrics listen address: loopback, so metrics are not exposed by accident.
+    pub fn metrics_listen() -> String {
+        "127.0.0.1:9090".into()
+    }
+    /// Heartbeat interval.
+    pub fn heartbeat_interval() -> String {
+        "10s".into()
+    }
+    /// Agent certificate lifetime.
+    pub fn cert_ttl() -> String {
+        "7d".into()
+    }
+    /// Join token lifetime.
+    pub fn token_ttl() -> String {
+        "1h".into()
+    }
+    /// Log format.
+    pub fn log_format() -> String {
+        "text".into()
+    }
+}
+
+/// The validated configuration `serve` runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the config was read from (for messages).
+    pub path: PathBuf,
+    /// Data dir (absolute, or relative to the config file's directory).
+    pub data_dir: PathBuf,
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Metrics listen address.
+    pub metrics_listen: SocketAddr,
+    /// Heartbeat interval sent to agents.
+    pub heartbeat_interval: Duration,
+    /// Default agent certificate lifetime.
+    pub cert_ttl: Duration,
+    /// Default join token lifetime.
+    pub token_ttl: Duration,
+    /// Emit JSON logs.
+    pub json_logs: bool,
+}
+
+/// Shortest certificate lifetime a join token may ask for (the floor).
+pub const MIN_TOKEN_CERT_TTL: Duration = Duration::from_secs(3600);
+/// Shortest `cert_ttl` controller.toml accepts; below an hour is for tests of renewal.
+pub const MIN_CONFIG_CERT_TTL: Duration = Duration::from_secs(10);
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            detail: e.to_string(),
+        })?;
+        Config::validate(path, raw)
+    }
+
+    /// Checks every key of `raw`.
+    pub fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
+        let invalid = |key: &'static str, detail: String| ConfigError::Invalid {
+            path: path.into(),
+            key,
+            detail,
+        };
+        let addr = |key: &'static str, v: &str| {
+            v.parse::<SocketAddr>()
+                .map_err(|_| invalid(key, format!("'{v}' is not an ip:port address such as 0.0.0.0:7443")))
+        };
+        let dur = |key: &'static str, v: &str| {
+            humantime::parse_duration(v)
+                .map_err(|e| invalid(key, format!("'{v}' is not a duration such as 10s, 1h or 7d ({e})")))
+        };
+        let data_dir = if raw.data_dir.is_absolute() {
+            raw.data_dir.clone()
+        } else {
+            path.parent().unwrap_or(Path::new(".")).join(&raw.data_dir)
+        };
+        let heartbeat_interval = dur("heartbeat_interval", &raw.heartbeat_interval)?;
+        if heartbeat_interval < Duration::from_millis(100) {
+            return Err(invalid("heartbeat_interval", "must be at least 100ms".into()));
+        }
+        let cert_ttl = dur("cert_ttl", &raw.cert_ttl)?;
+        if cert_ttl < MIN_CONFIG_CERT_TTL {
+            return Err(invalid(
+                "cert_ttl",
+                "must be at least 10s (1h or more outside tests)".into(),
+            ));
+        }
+        let token_ttl = dur("token_ttl", &raw.token_ttl)?;
+        let json_logs = match raw.log_format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(invalid(
+                    "log_format",
+                    format!("'{other}' is neither \"text\" nor \"json\""),
+                ))
+            }
+        };
+        Ok(Config {
+            path: path.into(),
+            data_dir,
+            listen: addr("listen", &raw.listen)?,
+            metrics_listen: addr("metrics_listen", &raw.metrics_listen)?,
+            heartbeat_interval,
+            cert_ttl,
+            token_ttl,
+            json_logs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "c.toml".into(),
+            detail: e.to_string(),
+        })?;
+        Config::validate(Path::new("/etc/fleet/c.toml"), raw)
+    }
+
+    #[test]
+    fn defaults_apply_and_relative_data_dir_follows_the_file() {
+        let c = load("data_dir = \"data\"").expect("valid");
+        assert_eq!(c.data_dir, PathBuf::from("/etc/fleet/data"));
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(c.cert_ttl, Duration::from_secs(7 * 86400));
+        assert_eq!(c.metrics_listen.ip().to_string(), "127.0.0.1");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = load("data_dir = \"d\"\nlisten = \"nope\"").expect_err("bad listen");
+        assert!(e.to_string().contains("'listen'"), "{e}");
+        let e = load("data_dir = \"d\"\ncert_ttl = \"1s\"").expect_err("short ttl");
+        assert!(e.to_string().contains("'cert_ttl'"), "{e}");
+        let e = load("data_dir = \"d\"\nbogus = 1").expect_err("unknown key");
+        assert!(e.to_string().contains("bogus"), "{e}");
+        assert!(load("listen = \"0.0.0.0:1\"").is_err(), "data_dir is required");
+    }
+}

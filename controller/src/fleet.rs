@@ -1,0 +1,94 @@
+//! [`Fleet`]: the controller's shared state, the one value every service holds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_proto::{Host, HostStatus};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::ca::Ca;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::store::{Store, StoreError};
+
+/// Settings the services need from `controller.toml`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Heartbeat interval sent to agents.
+    pub heartbeat_interval: Duration,
+    /// Default agent certificate lifetime.
+    pub cert_ttl: Duration,
+    /// Default join token lifetime.
+    pub token_ttl: Duration,
+}
+
+/// The store, the CA, the live registry and the metrics, shared by every service.
+pub struct Fleet {
+    /// Durable state.
+    pub store: Store,
+    /// Signs agent certificates.
+    pub ca: Ca,
+    /// Live streams.
+    pub registry: Registry,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Settings.
+    pub settings: Settings,
+    /// Cancelled on shutdown; every session's token is a child of it.
+    pub shutdown: CancellationToken,
+}
+
+impl Fleet {
+    /// A host as operators see it: the stored record with its live state on top.
+    pub fn view(&self, mut host: Host) -> Host {
+        match self.registry.live(&host.id) {
+            Some(live) => {
+                host.status = HostStatus::Connected as i32;
+                host.last_seen_ms = host.last_seen_ms.max(live.last_seen_ms);
+                host.remote_addr = live.remote.to_string();
+                if live.metrics.is_some() {
+                    host.metrics = live.metrics;
+                }
+            }
+            None => host.status = HostStatus::Disconnected as i32,
+        }
+        host
+    }
+
+    /// Finds a host by id, unique id prefix, or unique hostname.
+    pub fn resolve_host(&self, key: &str) -> Result<Host, Status> {
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(Status::invalid_argument(
+                "no host given: pass a host id, id prefix or hostname",
+            ));
+        }
+        if let Some(h) = self.store.host(key).map_err(internal)? {
+            return Ok(h);
+        }
+        let hosts = self.store.hosts().map_err(internal)?;
+        let by_prefix: Vec<_> = hosts.iter().filter(|h| h.id.starts_with(key)).collect();
+        let by_name: Vec<_> = hosts
+            .iter()
+            .filter(|h| h.facts.as_ref().is_some_and(|f| f.hostname == key))
+            .collect();
+        match (by_prefix.as_slice(), by_name.as_slice()) {
+            ([one], _) | ([], [one]) => Ok((*one).clone()),
+            ([], []) => Err(Status::not_found(format!(
+                "no host '{key}' in the fleet; list hosts with 'fleetctl hosts ls'"
+            ))),
+            (many, []) | ([], many) | (many, _) => Err(Status::invalid_argument(format!(
+                "'{key}' matches {} hosts ({}); give more of the id",
+                many.len(),
+                many.iter().map(|h| h.id.as_str()).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+}
+
+/// Maps a store failure to an INTERNAL status, logging the detail.
+pub fn internal(e: StoreError) -> Status {
+    tracing::error!(error = %e, "store failure");
+    Status::internal(format!("the controller's store failed: {e}"))
+}

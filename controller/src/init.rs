@@ -1,0 +1,195 @@
+//! `fleet-controller init`: a new data dir with a CA, the server certificate,
+//! the store and the first admin credential.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use fleet_proto::transport::{certs_from_pem, fingerprint};
+
+use crate::ca::{generate_ca, Ca};
+use crate::config::RawConfig;
+use crate::ops::OPERATOR_TOKEN_PREFIX;
+use crate::store::{secret_hash, OperatorRecord, Store};
+
+/// Name of the marker file that makes a directory a data dir.
+pub const MARKER: &str = "fleet-controller.datadir";
+
+/// Errors of `init`.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// The target exists and holds something.
+    #[error(
+        "{0} already exists and is not empty; refusing to overwrite it. Pick a new directory \
+         (an existing fleet's hosts trust its CA and would all need new join tokens)"
+    )]
+    NotEmpty(PathBuf),
+    /// A file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// The CA failed.
+    #[error(transparent)]
+    Ca(#[from] crate::ca::CaError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// A flag holds a bad value.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What `init` needs.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// The new data dir.
+    pub data_dir: PathBuf,
+    /// Names and addresses agents and operators reach the controller by.
+    pub sans: Vec<String>,
+    /// gRPC listen address to write into controller.toml.
+    pub listen: String,
+    /// Metrics listen address to write into controller.toml.
+    pub metrics_listen: String,
+}
+
+/// What `init` made, for the next-steps message.
+#[derive(Debug, Clone)]
+pub struct InitReport {
+    /// The data dir (absolute).
+    pub data_dir: PathBuf,
+    /// `sha256:<hex>` of the CA: agents pin it.
+    pub ca_fingerprint: String,
+    /// The controller address written to fleetctl.toml.
+    pub controller: String,
+    /// Path of controller.toml.
+    pub config: PathBuf,
+    /// Path of fleetctl.toml (holds the admin token).
+    pub fleetctl_config: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InitError + '_ {
+    move |source| InitError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes a new file (never an existing one) with `mode`, and fsyncs it.
+fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), InitError> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(contents.as_bytes()).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+/// The kernel's hostname, for the default SANs.
+fn hostname() -> Option<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let h = h.trim();
+    (!h.is_empty()).then(|| h.to_string())
+}
+
+/// Creates a data dir. Refuses a path that exists and is not empty.
+pub fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
+    let dir = &opts.data_dir;
+    if dir.exists() {
+        let mut entries = std::fs::read_dir(dir).map_err(io(dir))?;
+        if entries.next().is_some() {
+            return Err(InitError::NotEmpty(dir.clone()));
+        }
+    } else {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(dir))?;
+    }
+    let dir = dir.canonicalize().map_err(io(dir))?;
+    let listen: std::net::SocketAddr = opts
+        .listen
+        .parse()
+        .map_err(|_| InitError::Invalid(format!("--listen '{}' is not ip:port", opts.listen)))?;
+    opts.metrics_listen
+        .parse::<std::net::SocketAddr>()
+        .map_err(|_| InitError::Invalid(format!("--metrics-listen '{}' is not ip:port", opts.metrics_listen)))?;
+    let mut sans = opts.sans.clone();
+    if sans.is_empty() {
+        sans = vec!["localhost".into(), "127.0.0.1".into()];
+        sans.extend(hostname());
+    }
+
+    let new_ca = generate_ca(
+        &dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    )?;
+    let ca = Ca::load(&new_ca.cert_pem, &new_ca.key_pem)?;
+    let (server_pem, server_key) = ca.server_certificate(&sans)?;
+    let ca_der = certs_from_pem("CA", &new_ca.cert_pem).map_err(|e| InitError::Invalid(e.to_string()))?;
+    let ca_fingerprint = fingerprint(&ca_der[0]);
+
+    write_new(&dir.join("ca.key"), &new_ca.key_pem, 0o600)?;
+    write_new(&dir.join("ca.pem"), &new_ca.cert_pem, 0o644)?;
+    write_new(&dir.join("server.key"), &server_key, 0o600)?;
+    // The chain carries the CA so agents can find the CA they pinned.
+    write_new(
+        &dir.join("server.pem"),
+        &format!("{server_pem}{}", new_ca.cert_pem),
+        0o644,
+    )?;
+
+    let store = Store::open(&dir.join("store"))?;
+    let (op_id, op_secret) = (crate::random_hex(6), crate::random_hex(24));
+    store.put_operator(&OperatorRecord {
+        id: op_id.clone(),
+        name: "admin".into(),
+        role: "admin".into(),
+        secret_sha256: secret_hash(&op_secret),
+        created_at_ms: fleet_proto::now_ms(),
+    })?;
+    store.flush_blocking()?;
+    drop(store);
+
+    let raw = RawConfig {
+        data_dir: dir.clone(),
+        listen: opts.listen.clone(),
+        metrics_listen: opts.metrics_listen.clone(),
+        heartbeat_interval: crate::config::defaults::heartbeat_interval(),
+        cert_ttl: crate::config::defaults::cert_ttl(),
+        token_ttl: crate::config::defaults::token_ttl(),
+        log_format: crate::config::defaults::log_format(),
+    };
+    let config_path = dir.join("controller.toml");
+    let toml_text = toml::to_string(&raw).map_err(|e| InitError::Invalid(e.to_string()))?;
+    write_new(
+        &config_path,
+        &format!("# Written by fleet-controller init; see ARCHITECTURE.md for every key.\n{toml_text}"),
+        0o644,
+    )?;
+
+    let host = &sans[0];
+    let controller = if host.contains(':') {
+        format!("[{host}]:{}", listen.port())
+    } else {
+        format!("{host}:{}", listen.port())
+    };
+    let fleetctl_path = dir.join("fleetctl.toml");
+    let fleetctl = format!(
+        "# fleetctl credentials for the admin of this controller. Keep it secret.\n\
+         controller = \"{controller}\"\ntoken = \"{OPERATOR_TOKEN_PREFIX}{op_id}.{op_secret}\"\nca = \"{}\"\n",
+        dir.join("ca.pem").display()
+    );
+    write_new(&fleetctl_path, &fleetctl, 0o600)?;
+    // Last: a dir without the marker is not a data dir, so a crashed init is not half-used.
+    write_new(&dir.join(MARKER), "fleet-controller data dir, format 1\n", 0o644)?;
+    Ok(InitReport {
+        data_dir: dir,
+        ca_fingerprint,
+        controller,
+        config: config_path,
+        fleetctl_config: fleetctl_path,
+    })
+}

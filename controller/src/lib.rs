@@ -1,0 +1,37 @@
+//! fleet-controller: holds the fleet's state, enrolls agents, keeps a live
+//! mTLS stream to each, and serves the operator API. See ARCHITECTURE.md.
+
+pub mod ca;
+pub mod config;
+pub mod enroll;
+pub mod fleet;
+pub mod init;
+pub mod metrics;
+pub mod ops;
+pub mod registry;
+pub mod server;
+pub mod store;
+pub mod stream;
+pub mod tls;
+
+pub use config::Config;
+pub use init::{init, InitOptions, InitReport};
+pub use server::serve;
+
+/// `N` bytes from the system's CSPRNG.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    use ring::rand::SecureRandom;
+    let mut out = [0u8; N];
+    // Invariant: the OS random source does not fail on Linux once booted;
+    // if it did, continuing with zeros would be worse than stopping.
+    ring::rand::SystemRandom::new()
+        .fill(&mut out)
+        .expect("system random source");
+    out
+}
+
+/// `n` random bytes as lowercase hex (ids and secrets).
+pub fn random_hex(n: usize) -> String {
+    let bytes: Vec<u8> = (0..n).map(|_| random_bytes::<1>()[0]).collect();
+    fleet_proto::transport::hex(&bytes)
+}

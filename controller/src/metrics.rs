@@ -1,0 +1,225 @@
+//! Prometheus metrics, and the loopback HTTP server for `/metrics` and `/healthz`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Label sets of metric families.
+type Labels = Vec<(String, String)>;
+
+/// Every metric the controller exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Streams open right now.
+    pub agents_connected: Gauge,
+    /// Enrolled hosts (refreshed on scrape).
+    pub hosts_enrolled: Gauge,
+    /// Enrollment attempts by result ("ok" or the refusal kind).
+    pub enrollments: Family<Vec<(String, String)>, Counter>,
+    /// Certificate renewals.
+    pub renewals: Counter<u64, AtomicU64>,
+    /// gRPC requests by method and status code at response head.
+    pub rpc_requests: Family<Vec<(String, String)>, Counter>,
+    /// gRPC handling latency by method (to response head; for streams, the setup).
+    pub rpc_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    /// TLS handshakes refused, by reason.
+    pub tls_refused: Family<Vec<(String, String)>, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ])
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("fleet");
+        let agents_connected = Gauge::default();
+        registry.register(
+            "agents_connected",
+            "Agent streams open right now",
+            agents_connected.clone(),
+        );
+        let hosts_enrolled = Gauge::default();
+        registry.register("hosts_enrolled", "Hosts in the store", hosts_enrolled.clone());
+        let enrollments = Family::default();
+        registry.register("enrollments", "Enrollment attempts by result", enrollments.clone());
+        let renewals = Counter::default();
+        registry.register("certificate_renewals", "Agent certificates renewed", renewals.clone());
+        let rpc_requests = Family::default();
+        registry.register(
+            "rpc_requests",
+            "gRPC requests by method and status code",
+            rpc_requests.clone(),
+        );
+        let rpc_seconds = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "rpc_duration_seconds",
+            "gRPC handling latency by method",
+            rpc_seconds.clone(),
+        );
+        let tls_refused = Family::default();
+        registry.register("tls_refused", "TLS handshakes refused, by reason", tls_refused.clone());
+        Metrics {
+            registry,
+            agents_connected,
+            hosts_enrolled,
+            enrollments,
+            renewals,
+            rpc_requests,
+            rpc_seconds,
+            tls_refused,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Invariant: writing into a String cannot fail.
+        encode(&mut out, &self.registry).expect("String write");
+        out
+    }
+
+    /// Counts an enrollment attempt.
+    pub fn enrollment(&self, result: &str) {
+        self.enrollments
+            .get_or_create(&vec![("result".into(), result.into())])
+            .inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// A tower layer that counts gRPC requests and times them.
+#[derive(Clone)]
+pub struct RpcMetricsLayer(pub Arc<Metrics>);
+
+impl<S> tower::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+    fn layer(&self, inner: S) -> RpcMetrics<S> {
+        RpcMetrics {
+            inner,
+            metrics: self.0.clone(),
+        }
+    }
+}
+
+/// The service [`RpcMetricsLayer`] wraps around the gRPC router.
+#[derive(Clone)]
+pub struct RpcMetrics<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for RpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Send,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = req.uri().path().trim_start_matches("/fleet.v1.").to_string();
+        let metrics = self.metrics.clone();
+        let start = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = fut.await;
+            let code = match &res {
+                Ok(resp) => resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map(|c| format!("{:?}", tonic::Code::from(c)))
+                    .unwrap_or_else(|| "Ok".into()),
+                Err(_) => "TransportError".into(),
+            };
+            let labels = vec![("method".to_string(), method.clone()), ("code".to_string(), code)];
+            metrics.rpc_requests.get_or_create(&labels).inc();
+            metrics
+                .rpc_seconds
+                .get_or_create(&vec![("method".to_string(), method)])
+                .observe(start.elapsed().as_secs_f64());
+            res
+        })
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until `shutdown`.
+pub async fn serve_http(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    hosts: impl Fn() -> usize + Send + Sync + 'static,
+    shutdown: CancellationToken,
+) {
+    let hosts = Arc::new(hosts);
+    loop {
+        let (tcp, peer): (_, SocketAddr) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics listener accept failed");
+                    continue;
+                }
+            },
+        };
+        let (metrics, hosts) = (metrics.clone(), hosts.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let (metrics, hosts) = (metrics.clone(), hosts.clone());
+                async move {
+                    let (status, ctype, body) = match req.uri().path() {
+                        "/metrics" => {
+                            metrics.hosts_enrolled.set(hosts() as i64);
+                            (
+                                200,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                metrics.render(),
+                            )
+                        }
+                        "/healthz" => (200, "text/plain", "ok\n".to_string()),
+                        _ => (404, "text/plain", "not found: try /metrics or /healthz\n".to_string()),
+                    };
+                    hyper::Response::builder()
+                        .status(status)
+                        .header("content-type", ctype)
+                        .body(Full::new(Bytes::from(body)))
+                }
+            });
+            let conn =
+                hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tcp), svc);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,333 @@
+//! The operator API: `Session`, `HostService`, `TokenService`, and the bearer
+//! token check in front of them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_proto::host_service_server::HostService;
+use fleet_proto::session_server::Session;
+use fleet_proto::token_service_server::TokenService;
+use fleet_proto::{
+    now_ms, CreateTokenRequest, CreateTokenResponse, GetHostRequest, Host, JoinToken, LabelHostRequest,
+    ListHostsRequest, ListHostsResponse, ListTokensRequest, ListTokensResponse, RemoveHostRequest, RemoveHostResponse,
+    RevokeTokenRequest, WhoAmIRequest, WhoAmIResponse,
+};
+use tonic::service::Interceptor;
+use tonic::{Request, Response, Status};
+
+use crate::config::MIN_TOKEN_CERT_TTL;
+use crate::enroll::{parse_token, JOIN_TOKEN_PREFIX};
+use crate::fleet::{internal, Fleet};
+use crate::store::{secret_hash, utc, Store, TokenRecord};
+
+/// Prefix of operator tokens.
+pub const OPERATOR_TOKEN_PREFIX: &str = "fleet_op_";
+
+/// The authenticated operator of a request (a request extension).
+#[derive(Debug, Clone)]
+pub struct Operator {
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: String,
+}
+
+/// Checks `authorization: Bearer fleet_op_…` on every operator call.
+#[derive(Clone)]
+pub struct OperatorAuth(pub Store);
+
+impl Interceptor for OperatorAuth {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let header = req.metadata().get("authorization").ok_or_else(|| {
+            Status::unauthenticated("no operator token: run 'fleetctl login' or pass --token / FLEET_TOKEN")
+        })?;
+        let value = header
+            .to_str()
+            .map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
+        let token = value.strip_prefix("Bearer ").unwrap_or(value);
+        let (id, secret) = parse_token(OPERATOR_TOKEN_PREFIX, token).ok_or_else(|| {
+            Status::unauthenticated("the operator token is malformed (expected fleet_op_<id>.<secret>)")
+        })?;
+        let rec = self.0.operator(id).map_err(internal)?;
+        let hash = secret_hash(secret);
+        match rec {
+            Some(op) if op.secret_sha256 == hash => {
+                req.extensions_mut().insert(Operator {
+                    name: op.name,
+                    role: op.role,
+                });
+                Ok(req)
+            }
+            _ => Err(Status::unauthenticated(
+                "the operator token is not valid on this controller; check FLEET_TOKEN or run 'fleetctl login' again",
+            )),
+        }
+    }
+}
+
+fn operator<T>(req: &Request<T>) -> Operator {
+    req.extensions().get::<Operator>().cloned().unwrap_or(Operator {
+        name: "unknown".into(),
+        role: String::new(),
+    })
+}
+
+/// `Session/WhoAmI`.
+pub struct SessionService;
+
+#[tonic::async_trait]
+impl Session for SessionService {
+    async fn who_am_i(&self, req: Request<WhoAmIRequest>) -> Result<Response<WhoAmIResponse>, Status> {
+        let op = operator(&req);
+        Ok(Response::new(WhoAmIResponse {
+            name: op.name,
+            role: op.role,
+            controller_version: env!("CARGO_PKG_VERSION").into(),
+        }))
+    }
+}
+
+/// Checks a label key and value; operators see the offending label.
+pub fn check_label(k: &str, v: &str) -> Result<(), Status> {
+    let key_ok = !k.is_empty()
+        && k.len() <= 63
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+    let value_ok = v.len() <= 253 && !v.contains([',', '=', '\n']);
+    if key_ok && value_ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "label '{k}={v}' is not valid: keys are 1-63 of [A-Za-z0-9._/-], values hold no ',' '=' or newline"
+        )))
+    }
+}
+
+/// Parses a selector "k=v,k2=v2" into pairs.
+pub fn parse_selector(sel: &str) -> Result<Vec<(String, String)>, Status> {
+    sel.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "selector part '{kv}' is not key=value (e.g. role=api,env=prod)"
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// `HostService`.
+pub struct HostsService(pub Arc<Fleet>);
+
+#[tonic::async_trait]
+impl HostService for HostsService {
+    async fn list_hosts(&self, req: Request<ListHostsRequest>) -> Result<Response<ListHostsResponse>, Status> {
+        let selector = parse_selector(&req.get_ref().selector)?;
+        let mut hosts: Vec<Host> = self
+            .0
+            .store
+            .hosts()
+            .map_err(internal)?
+            .into_iter()
+            .filter(|h| selector.iter().all(|(k, v)| h.labels.get(k) == Some(v)))
+            .map(|h| self.0.view(h))
+            .collect();
+        hosts.sort_by(|a, b| {
+            let name = |h: &Host| h.facts.as_ref().map(|f| f.hostname.clone()).unwrap_or_default();
+            name(a).cmp(&name(b)).then_with(|| a.id.cmp(&b.id))
+        });
+        Ok(Response::new(ListHostsResponse { hosts }))
+    }
+
+    async fn get_host(&self, req: Request<GetHostRequest>) -> Result<Response<Host>, Status> {
+        let host = self.0.resolve_host(&req.get_ref().id)?;
+        Ok(Response::new(self.0.view(host)))
+    }
+
+    async fn label_host(&self, req: Request<LabelHostRequest>) -> Result<Response<Host>, Status> {
+        let op = operator(&req);
+        let r = req.into_inner();
+        for (k, v) in &r.set {
+            check_label(k, v)?;
+        }
+        let host = self.0.resolve_host(&r.id)?;
+        let updated = self
+            .0
+            .store
+            .update_host(&host.id, |h| {
+                for k in &r.remove {
+                    h.labels.remove(k);
+                }
+                h.labels.extend(r.set.clone());
+            })
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("host {} was removed meanwhile", host.id)))?;
+        self.0.store.flush().await.map_err(internal)?;
+        tracing::info!(host_id = %host.id, operator = %op.name, "host labels changed");
+        Ok(Response::new(self.0.view(updated)))
+    }
+
+    async fn remove_host(&self, req: Request<RemoveHostRequest>) -> Result<Response<RemoveHostResponse>, Status> {
+        let op = operator(&req);
+        let host = self.0.resolve_host(&req.get_ref().id)?;
+        let (_, revoked) = self
+            .0
+            .store
+            .remove_host(&host.id)
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("host {} was removed meanwhile", host.id)))?;
+        // Durable first: a controller crash right after must not resurrect it.
+        self.0.store.flush().await.map_err(internal)?;
+        let stream_cut = self.0.registry.cut(
+            &host.id,
+            Status::permission_denied(format!(
+                "host {} was removed from the fleet by operator {}; its certificate is revoked",
+                host.id, op.name
+            )),
+        );
+        tracing::info!(host_id = %host.id, operator = %op.name, revoked, stream_cut, "host removed");
+        Ok(Response::new(RemoveHostResponse {
+            host_id: host.id,
+            revoked_certificates: revoked,
+            stream_cut,
+        }))
+    }
+}
+
+/// `TokenService`.
+pub struct TokensService(pub Arc<Fleet>);
+
+fn to_wire(t: &TokenRecord, now: i64) -> JoinToken {
+    JoinToken {
+        id: t.id.clone(),
+        labels: t.labels.clone().into_iter().collect(),
+        created_at_ms: t.created_at_ms,
+        expires_at_ms: t.expires_at_ms,
+        max_uses: t.max_uses,
+        uses: t.uses,
+        revoked_at_ms: t.revoked_at_ms,
+        created_by: t.created_by.clone(),
+        description: t.description.clone(),
+        state: t.state(now).into(),
+        cert_ttl_ms: t.cert_ttl_ms,
+    }
+}
+
+/// Longest a join token or certificate may live.
+const MAX_TTL: Duration = Duration::from_secs(366 * 86400);
+
+#[tonic::async_trait]
+impl TokenService for TokensService {
+    async fn create_token(&self, req: Request<CreateTokenRequest>) -> Result<Response<CreateTokenResponse>, Status> {
+        let op = operator(&req);
+        let r = req.into_inner();
+        for (k, v) in &r.labels {
+            check_label(k, v)?;
+        }
+        let settings = &self.0.settings;
+        let ttl = if r.ttl_ms == 0 {
+            settings.token_ttl
+        } else {
+            Duration::from_millis(r.ttl_ms)
+        };
+        if ttl > MAX_TTL {
+            return Err(Status::invalid_argument("a join token may live at most 366 days"));
+        }
+        let cert_ttl = if r.cert_ttl_ms == 0 {
+            settings.cert_ttl
+        } else {
+            Duration::from_millis(r.cert_ttl_ms)
+        };
+        if r.cert_ttl_ms != 0 && cert_ttl < MIN_TOKEN_CERT_TTL {
+            return Err(Status::invalid_argument(format!(
+                "certificate lifetime {} is too short: the minimum is 1h",
+                humantime::format_duration(cert_ttl)
+            )));
+        }
+        if cert_ttl > MAX_TTL {
+            return Err(Status::invalid_argument("a certificate may live at most 366 days"));
+        }
+        let now = now_ms();
+        let id = crate::random_hex(6);
+        let secret = crate::random_hex(24);
+        let rec = TokenRecord {
+            id: id.clone(),
+            secret_sha256: secret_hash(&secret),
+            labels: r.labels.into_iter().collect::<BTreeMap<_, _>>(),
+            created_at_ms: now,
+            expires_at_ms: now + ttl.as_millis() as i64,
+            max_uses: r.max_uses,
+            uses: 0,
+            revoked_at_ms: 0,
+            created_by: op.name.clone(),
+            description: r.description,
+            cert_ttl_ms: cert_ttl.as_millis() as u64,
+        };
+        self.0.store.put_token(&rec).map_err(internal)?;
+        self.0.store.flush().await.map_err(internal)?;
+        tracing::info!(token_id = %id, operator = %op.name, expires = %utc(rec.expires_at_ms), "join token created");
+        Ok(Response::new(CreateTokenResponse {
+            token: Some(to_wire(&rec, now)),
+            secret: format!("{JOIN_TOKEN_PREFIX}{id}.{secret}"),
+        }))
+    }
+
+    async fn list_tokens(&self, req: Request<ListTokensRequest>) -> Result<Response<ListTokensResponse>, Status> {
+        let now = now_ms();
+        let mut tokens: Vec<JoinToken> = self
+            .0
+            .store
+            .tokens()
+            .map_err(internal)?
+            .iter()
+            .map(|t| to_wire(t, now))
+            .filter(|t| req.get_ref().all || t.state == "active")
+            .collect();
+        tokens.sort_by_key(|t| std::cmp::Reverse(t.created_at_ms));
+        Ok(Response::new(ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(&self, req: Request<RevokeTokenRequest>) -> Result<Response<JoinToken>, Status> {
+        let op = operator(&req);
+        let id = req.get_ref().id.trim().trim_start_matches(JOIN_TOKEN_PREFIX);
+        // Accept the whole token string too, but never keep or log its secret.
+        let id = id.split('.').next().unwrap_or(id).to_string();
+        let rec = self
+            .0
+            .store
+            .revoke_token(&id, now_ms())
+            .map_err(internal)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no join token '{id}'; list them with 'fleetctl token ls --all'"
+                ))
+            })?;
+        self.0.store.flush().await.map_err(internal)?;
+        tracing::info!(token_id = %id, operator = %op.name, "join token revoked");
+        Ok(Response::new(to_wire(&rec, now_ms())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_and_selectors() {
+        assert!(check_label("role", "api").is_ok());
+        assert!(check_label("", "api").is_err());
+        assert!(check_label("a b", "x").is_err());
+        assert!(check_label("k", "a,b").is_err());
+        assert_eq!(
+            parse_selector("role=api, env=prod").expect("ok"),
+            vec![("role".into(), "api".into()), ("env".into(), "prod".into())]
+        );
+        assert!(parse_selector("role").is_err());
+        assert!(parse_selector("").expect("empty").is_empty());
+    }
+}

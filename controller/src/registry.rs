@@ -1,0 +1,164 @@
+//! The live side of the fleet: which hosts have a stream open right now,
+//! their latest heartbeat, and the handle to cut or feed each stream.
+//!
+//! Durable facts (labels, enrollment, certificates) live in the store; this
+//! holds only what a restart may forget, so heartbeats never touch the disk.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use fleet_proto::{ControllerMessage, HostMetrics};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::metrics::Metrics;
+
+/// What the controller knows live about one connected host.
+#[derive(Debug, Clone)]
+pub struct Live {
+    /// Peer address of the stream.
+    pub remote: SocketAddr,
+    /// Last message received (ms).
+    pub last_seen_ms: i64,
+    /// Latest heartbeat metrics.
+    pub metrics: Option<HostMetrics>,
+}
+
+struct Session {
+    id: u64,
+    live: Live,
+    cancel: CancellationToken,
+    reason: Arc<Mutex<Option<Status>>>,
+    tx: mpsc::Sender<Result<ControllerMessage, Status>>,
+}
+
+/// A registered stream, held by its session task.
+pub struct SessionHandle {
+    /// Distinguishes this stream from a later one of the same host.
+    pub id: u64,
+    /// Cancelled when the stream must end.
+    pub cancel: CancellationToken,
+    reason: Arc<Mutex<Option<Status>>>,
+}
+
+impl SessionHandle {
+    /// Why the stream was cut (the status to end it with).
+    pub fn reason(&self) -> Status {
+        lock(&self.reason)
+            .clone()
+            .unwrap_or_else(|| Status::unavailable("the controller is shutting down"))
+    }
+}
+
+/// Live sessions by host id. The only way in is through its methods.
+pub struct Registry {
+    sessions: Mutex<HashMap<String, Session>>,
+    next_id: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these short critical sections leaves consistent
+    // data (plain inserts/removes), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Registry {
+    /// An empty registry reporting into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Registry {
+        Registry {
+            sessions: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            metrics,
+        }
+    }
+
+    /// Registers a new stream for `host_id`, cutting an older one of the same host.
+    pub fn register(
+        &self,
+        host_id: &str,
+        remote: SocketAddr,
+        parent: &CancellationToken,
+        tx: mpsc::Sender<Result<ControllerMessage, Status>>,
+        now: i64,
+    ) -> SessionHandle {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let cancel = parent.child_token();
+        let reason = Arc::new(Mutex::new(None));
+        let session = Session {
+            id,
+            live: Live {
+                remote,
+                last_seen_ms: now,
+                metrics: None,
+            },
+            cancel: cancel.clone(),
+            reason: reason.clone(),
+            tx,
+        };
+        let old = lock(&self.sessions).insert(host_id.to_string(), session);
+        match old {
+            Some(old) => cut_session(&old, Status::aborted("a newer stream from this host replaced this one")),
+            None => {
+                self.metrics.agents_connected.inc();
+            }
+        };
+        SessionHandle { id, cancel, reason }
+    }
+
+    /// Forgets a stream that ended (unless a newer one replaced it already).
+    pub fn unregister(&self, host_id: &str, session_id: u64) -> Option<Live> {
+        let mut sessions = lock(&self.sessions);
+        if sessions.get(host_id).map(|s| s.id) == Some(session_id) {
+            self.metrics.agents_connected.dec();
+            return sessions.remove(host_id).map(|s| s.live);
+        }
+        None
+    }
+
+    /// Records that a message arrived, with metrics when it was a heartbeat.
+    pub fn seen(&self, host_id: &str, session_id: u64, now: i64, metrics: Option<HostMetrics>) {
+        if let Some(s) = lock(&self.sessions).get_mut(host_id).filter(|s| s.id == session_id) {
+            s.live.last_seen_ms = now;
+            if metrics.is_some() {
+                s.live.metrics = metrics;
+            }
+        }
+    }
+
+    /// Ends a host's live stream with `status`; true when one was open.
+    pub fn cut(&self, host_id: &str, status: Status) -> bool {
+        let removed = lock(&self.sessions).remove(host_id);
+        match removed {
+            Some(s) => {
+                self.metrics.agents_connected.dec();
+                cut_session(&s, status);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The live state of a host, when connected.
+    pub fn live(&self, host_id: &str) -> Option<Live> {
+        lock(&self.sessions).get(host_id).map(|s| s.live.clone())
+    }
+
+    /// A sender onto a connected host's stream.
+    pub fn sender(&self, host_id: &str) -> Option<mpsc::Sender<Result<ControllerMessage, Status>>> {
+        lock(&self.sessions).get(host_id).map(|s| s.tx.clone())
+    }
+
+    /// How many streams are open.
+    pub fn connected(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+}
+
+fn cut_session(s: &Session, status: Status) {
+    *lock(&s.reason) = Some(status);
+    s.cancel.cancel();
+}

@@ -1,0 +1,227 @@
+//! `fleet-controller serve`: the TLS listener, the gRPC services, the metrics
+//! port, and graceful shutdown.
+//!
+//! Tasks: one accept loop (TCP accept + TLS handshake per connection, each in
+//! its own task with a deadline), tonic's server (one task per HTTP/2
+//! connection), one session task per agent stream (see `stream`), the metrics
+//! HTTP server, and the signal task that cancels the root token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_proto::agent_service_server::AgentServiceServer;
+use fleet_proto::enrollment_server::EnrollmentServer;
+use fleet_proto::host_service_server::HostServiceServer;
+use fleet_proto::session_server::SessionServer;
+use fleet_proto::token_service_server::TokenServiceServer;
+use fleet_proto::transport::{certs_from_pem, key_from_pem};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::ca::Ca;
+use crate::config::Config;
+use crate::fleet::{Fleet, Settings};
+use crate::init::MARKER;
+use crate::metrics::{Metrics, RpcMetricsLayer};
+use crate::ops::{HostsService, OperatorAuth, SessionService, TokensService};
+use crate::registry::Registry;
+use crate::store::Store;
+use crate::tls::PeerConn;
+
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for connections to drain.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors that stop `serve` from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The data dir is missing or not one `init` made.
+    #[error(
+        "{0} is not a fleet-controller data dir (no {MARKER} in it); create one with \
+         'fleet-controller init --data-dir DIR' and point data_dir at it"
+    )]
+    NotADataDir(String),
+    /// A file of the data dir is missing or unreadable.
+    #[error("cannot read {path}: {detail}")]
+    Read { path: String, detail: String },
+    /// The store could not be opened.
+    #[error("cannot open the store in {path}: {detail} (is another fleet-controller running on this data dir?)")]
+    Store { path: String, detail: String },
+    /// A port could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        addr: String,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    /// TLS set-up failed.
+    #[error("TLS set-up: {0}")]
+    Tls(String),
+    /// The server failed while running.
+    #[error("gRPC server: {0}")]
+    Server(#[from] tonic::transport::Error),
+}
+
+fn read(path: &std::path::Path) -> Result<String, ServeError> {
+    std::fs::read_to_string(path).map_err(|e| ServeError::Read {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    })
+}
+
+/// Runs the controller until SIGTERM or SIGINT.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let dir = &config.data_dir;
+    if !dir.join(MARKER).is_file() {
+        return Err(ServeError::NotADataDir(dir.display().to_string()));
+    }
+    let ca_pem = read(&dir.join("ca.pem"))?;
+    let ca = Ca::load(&ca_pem, &read(&dir.join("ca.key"))?).map_err(|e| ServeError::Tls(e.to_string()))?;
+    let ca_der = certs_from_pem("ca.pem", &ca_pem).map_err(|e| ServeError::Tls(e.to_string()))?;
+    let chain =
+        certs_from_pem("server.pem", &read(&dir.join("server.pem"))?).map_err(|e| ServeError::Tls(e.to_string()))?;
+    let key =
+        key_from_pem("server.key", &read(&dir.join("server.key"))?).map_err(|e| ServeError::Tls(e.to_string()))?;
+    let store_path = dir.join("store");
+    let store = Store::open(&store_path).map_err(|e| ServeError::Store {
+        path: store_path.display().to_string(),
+        detail: e.to_string(),
+    })?;
+
+    let metrics = Arc::new(Metrics::new());
+    let shutdown = CancellationToken::new();
+    let tls = crate::tls::server_config(ca_der[0].clone(), chain, key, store.clone(), metrics.clone())
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    let fleet = Arc::new(Fleet {
+        store: store.clone(),
+        ca,
+        registry: Registry::new(metrics.clone()),
+        metrics: metrics.clone(),
+        settings: Settings {
+            heartbeat_interval: config.heartbeat_interval,
+            cert_ttl: config.cert_ttl,
+            token_ttl: config.token_ttl,
+        },
+        shutdown: shutdown.clone(),
+    });
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen.to_string(),
+            what: "gRPC",
+            source,
+        })?;
+    let metrics_listener = TcpListener::bind(config.metrics_listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.metrics_listen.to_string(),
+            what: "metrics",
+            source,
+        })?;
+    tracing::info!(
+        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        metrics = %metrics_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        data_dir = %dir.display(),
+        hosts = store.host_count(),
+        "fleet-controller serving"
+    );
+
+    let counted = store.clone();
+    tokio::spawn(crate::metrics::serve_http(
+        metrics_listener,
+        metrics.clone(),
+        move || counted.host_count(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+
+    let (conn_tx, conn_rx) = mpsc::channel::<Result<PeerConn, std::io::Error>>(256);
+    tokio::spawn(accept_loop(listener, TlsAcceptor::from(tls), conn_tx, shutdown.clone()));
+
+    let auth = OperatorAuth(store.clone());
+    let router = tonic::transport::Server::builder()
+        .layer(RpcMetricsLayer(metrics.clone()))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(EnrollmentServer::new(crate::enroll::EnrollmentService(fleet.clone())))
+        .add_service(AgentServiceServer::new(crate::stream::StreamService(fleet.clone())))
+        .add_service(SessionServer::with_interceptor(SessionService, auth.clone()))
+        .add_service(HostServiceServer::with_interceptor(
+            HostsService(fleet.clone()),
+            auth.clone(),
+        ))
+        .add_service(TokenServiceServer::with_interceptor(TokensService(fleet.clone()), auth));
+    let stop = shutdown.clone();
+    let server = tokio::spawn(
+        router.serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move { stop.cancelled().await }),
+    );
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: closing agent streams");
+    match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
+        Err(_) => tracing::warn!("connections did not drain within 10s; exiting anyway"),
+    }
+    if let Err(e) = store.flush().await {
+        tracing::error!(error = %e, "final store flush failed");
+    }
+    tracing::info!("fleet-controller stopped");
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    conns: mpsc::Sender<Result<PeerConn, std::io::Error>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, conns) = (acceptor.clone(), conns.clone());
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    let _ = conns.send(Ok(PeerConn::new(tls, peer))).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            tracing::error!("cannot install signal handlers; stop the controller with SIGKILL");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+        _ = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,555 @@
+//! The controller's durable state, in sled under `DATA_DIR/store`.
+//!
+//! Key layout (also in ARCHITECTURE.md). Every value starts with a version byte.
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `meta` | `schema` | `[1]` |
+//! | `hosts` | host id | `1` + protobuf `fleet.v1.Host` (status and remote_addr left empty: they are live state) |
+//! | `certs` | `sha256:<hex>` of a client certificate's DER | `1` + JSON [`CertRecord`] |
+//! | `tokens` | join token id | `1` + JSON [`TokenRecord`] |
+//! | `operators` | operator token id | `1` + JSON [`OperatorRecord`] |
+//!
+//! Invariant: a client certificate is valid only while its `certs` entry
+//! exists AND the host it names exists in `hosts`; removing the host is
+//! therefore enough to revoke every certificate it ever got, including one a
+//! renewal issued concurrently.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use prost::Message;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+use fleet_proto::Host;
+
+const V1: u8 = 1;
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed (I/O, corruption it detected).
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    /// A value could not be decoded.
+    #[error("store: value {key:?} in tree '{tree}' is corrupt or from an unknown version: {detail}")]
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        detail: String,
+    },
+}
+
+/// A client certificate the controller issued and still honours.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CertRecord {
+    /// The host it names.
+    pub host_id: String,
+    /// Issued at (ms).
+    pub issued_at_ms: i64,
+    /// Expires at (ms).
+    pub not_after_ms: i64,
+}
+
+/// A join token, without its secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Public id.
+    pub id: String,
+    /// SHA-256 (hex) of the secret part.
+    pub secret_sha256: String,
+    /// Labels of hosts it enrolls.
+    pub labels: BTreeMap<String, String>,
+    /// Created at (ms).
+    pub created_at_ms: i64,
+    /// Expires at (ms).
+    pub expires_at_ms: i64,
+    /// Allowed uses, 0 = unlimited.
+    pub max_uses: u32,
+    /// Uses so far.
+    pub uses: u32,
+    /// Revoked at (ms), 0 = not revoked.
+    pub revoked_at_ms: i64,
+    /// Operator who created it.
+    pub created_by: String,
+    /// Free-form note.
+    pub description: String,
+    /// Lifetime of certificates issued with it (ms).
+    pub cert_ttl_ms: u64,
+}
+
+/// An operator credential.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OperatorRecord {
+    /// Public id.
+    pub id: String,
+    /// Name shown in audit and `whoami`.
+    pub name: String,
+    /// Role, e.g. "admin".
+    pub role: String,
+    /// SHA-256 (hex) of the secret part.
+    pub secret_sha256: String,
+    /// Created at (ms).
+    pub created_at_ms: i64,
+}
+
+/// Why a join token cannot be used now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRefusal {
+    /// No such token.
+    #[error("join token {0} is unknown to this controller; create one with 'fleetctl token create'")]
+    Unknown(String),
+    /// The secret part does not match.
+    #[error("join token {0} does not match the one the controller issued (wrong secret); copy it again from 'fleetctl token create'")]
+    WrongSecret(String),
+    /// Revoked by an operator.
+    #[error("join token {id} was revoked at {at}; create a new one with 'fleetctl token create'")]
+    Revoked { id: String, at: String },
+    /// Past its lifetime.
+    #[error("join token {id} expired at {at}; create a new one with 'fleetctl token create'")]
+    Expired { id: String, at: String },
+    /// Every allowed use is spent.
+    #[error("join token {id} is used up ({uses} of {max} enrollments); create a new one with 'fleetctl token create --uses N'")]
+    UsedUp { id: String, uses: u32, max: u32 },
+}
+
+/// Why an enrollment transaction did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    /// The token cannot be used.
+    #[error(transparent)]
+    Token(#[from] TokenRefusal),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// RFC 3339 UTC time of a ms timestamp, for messages.
+pub fn utc(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Hex SHA-256 of a secret.
+pub fn secret_hash(secret: &str) -> String {
+    fleet_proto::transport::hex(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref())
+}
+
+impl TokenRecord {
+    /// "active", "expired", "revoked" or "used_up" at `now`.
+    pub fn state(&self, now: i64) -> &'static str {
+        match self.check(None, now) {
+            Ok(()) => "active",
+            Err(TokenRefusal::Revoked { .. }) => "revoked",
+            Err(TokenRefusal::UsedUp { .. }) => "used_up",
+            Err(_) => "expired",
+        }
+    }
+
+    /// Whether the token may enroll a host now (checking the secret hash when given).
+    pub fn check(&self, secret_sha256: Option<&str>, now: i64) -> Result<(), TokenRefusal> {
+        if let Some(h) = secret_sha256 {
+            if !ring_eq(h.as_bytes(), self.secret_sha256.as_bytes()) {
+                return Err(TokenRefusal::WrongSecret(self.id.clone()));
+            }
+        }
+        if self.revoked_at_ms != 0 {
+            return Err(TokenRefusal::Revoked {
+                id: self.id.clone(),
+                at: utc(self.revoked_at_ms),
+            });
+        }
+        if now >= self.expires_at_ms {
+            return Err(TokenRefusal::Expired {
+                id: self.id.clone(),
+                at: utc(self.expires_at_ms),
+            });
+        }
+        if self.max_uses != 0 && self.uses >= self.max_uses {
+            return Err(TokenRefusal::UsedUp {
+                id: self.id.clone(),
+                uses: self.uses,
+                max: self.max_uses,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Constant-time equality, so a wrong secret's hash leaks no prefix length.
+fn ring_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The store: cheap to clone (sled trees are reference-counted).
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    hosts: sled::Tree,
+    certs: sled::Tree,
+    tokens: sled::Tree,
+    operators: sled::Tree,
+}
+
+fn enc_json<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = vec![V1];
+    // Invariant: these records hold only strings, integers and maps of strings,
+    // which serde_json always serializes.
+    serde_json::to_writer(&mut out, v).expect("plain records serialize");
+    out
+}
+
+fn dec_json<T: DeserializeOwned>(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        tree,
+        key: String::from_utf8_lossy(key).into(),
+        detail,
+    };
+    match bytes.split_first() {
+        Some((&V1, rest)) => serde_json::from_slice(rest).map_err(|e| corrupt(e.to_string())),
+        Some((v, _)) => Err(corrupt(format!("version byte {v}"))),
+        None => Err(corrupt("empty".into())),
+    }
+}
+
+fn enc_host(h: &Host) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + h.encoded_len());
+    out.push(V1);
+    // Invariant: encoding into a Vec cannot run out of space.
+    h.encode(&mut out).expect("Vec grows");
+    out
+}
+
+fn dec_host(key: &[u8], bytes: &[u8]) -> Result<Host, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        tree: "hosts",
+        key: String::from_utf8_lossy(key).into(),
+        detail,
+    };
+    match bytes.split_first() {
+        Some((&V1, rest)) => Host::decode(rest).map_err(|e| corrupt(e.to_string())),
+        Some((v, _)) => Err(corrupt(format!("version byte {v}"))),
+        None => Err(corrupt("empty".into())),
+    }
+}
+
+fn abort<E>(e: E) -> ConflictableTransactionError<E> {
+    ConflictableTransactionError::Abort(e)
+}
+
+fn unwrap_txn<T, E: From<StoreError>>(r: Result<T, TransactionError<E>>) -> Result<T, E> {
+    r.map_err(|e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Sled(e).into(),
+    })
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new().path(dir).mode(sled::Mode::LowSpace).open()?;
+        let meta = db.open_tree("meta")?;
+        if meta.get("schema")?.is_none() {
+            meta.insert("schema", &[V1])?;
+        }
+        Ok(Store {
+            hosts: db.open_tree("hosts")?,
+            certs: db.open_tree("certs")?,
+            tokens: db.open_tree("tokens")?,
+            operators: db.open_tree("operators")?,
+            db,
+        })
+    }
+
+    /// Makes every write so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Makes every write so far durable, blocking (for `init`, outside a runtime).
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    // --- operators -------------------------------------------------------
+
+    /// Adds an operator credential.
+    pub fn put_operator(&self, rec: &OperatorRecord) -> Result<(), StoreError> {
+        self.operators.insert(rec.id.as_bytes(), enc_json(rec))?;
+        Ok(())
+    }
+
+    /// An operator credential by id.
+    pub fn operator(&self, id: &str) -> Result<Option<OperatorRecord>, StoreError> {
+        self.operators
+            .get(id)?
+            .map(|v| dec_json("operators", id.as_bytes(), &v))
+            .transpose()
+    }
+
+    // --- join tokens -----------------------------------------------------
+
+    /// Stores a new join token.
+    pub fn put_token(&self, rec: &TokenRecord) -> Result<(), StoreError> {
+        self.tokens.insert(rec.id.as_bytes(), enc_json(rec))?;
+        Ok(())
+    }
+
+    /// A join token by id.
+    pub fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.tokens
+            .get(id)?
+            .map(|v| dec_json("tokens", id.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Every join token.
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.tokens
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                dec_json("tokens", &k, &v)
+            })
+            .collect()
+    }
+
+    /// Marks a token revoked; returns it, or None when unknown.
+    pub fn revoke_token(&self, id: &str, now: i64) -> Result<Option<TokenRecord>, StoreError> {
+        let r = self.tokens.transaction(|t| {
+            let Some(v) = t.get(id)? else { return Ok(None) };
+            let mut rec: TokenRecord = dec_json("tokens", id.as_bytes(), &v).map_err(abort)?;
+            if rec.revoked_at_ms == 0 {
+                rec.revoked_at_ms = now;
+                t.insert(id.as_bytes(), enc_json(&rec))?;
+            }
+            Ok(Some(rec))
+        });
+        unwrap_txn(r)
+    }
+
+    // --- enrollment and certificates -------------------------------------
+
+    /// Enrolls a host in one transaction: re-checks and spends a use of the
+    /// token, stores the host and allows its certificate. Nothing changes when
+    /// any check fails.
+    pub fn enroll(
+        &self,
+        token_id: &str,
+        secret_sha256: &str,
+        now: i64,
+        host: &Host,
+        cert_fp: &str,
+        cert: &CertRecord,
+    ) -> Result<(), EnrollError> {
+        let r = (&self.tokens, &self.hosts, &self.certs).transaction(|(tokens, hosts, certs)| {
+            let Some(v) = tokens.get(token_id)? else {
+                return Err(abort(EnrollError::Token(TokenRefusal::Unknown(token_id.to_string()))));
+            };
+            let mut rec: TokenRecord =
+                dec_json("tokens", token_id.as_bytes(), &v).map_err(|e| abort(EnrollError::Store(e)))?;
+            rec.check(Some(secret_sha256), now)
+                .map_err(|e| abort(EnrollError::Token(e)))?;
+            rec.uses += 1;
+            tokens.insert(token_id.as_bytes(), enc_json(&rec))?;
+            hosts.insert(host.id.as_bytes(), enc_host(host))?;
+            certs.insert(cert_fp.as_bytes(), enc_json(cert))?;
+            Ok(())
+        });
+        unwrap_txn(r)
+    }
+
+    /// Allows a renewed certificate for an existing host; false when the host is gone.
+    pub fn add_cert(&self, cert_fp: &str, cert: &CertRecord) -> Result<bool, StoreError> {
+        let r = (&self.hosts, &self.certs).transaction(|(hosts, certs)| {
+            let Some(v) = hosts.get(cert.host_id.as_bytes())? else {
+                return Ok(false);
+            };
+            let mut host = dec_host(cert.host_id.as_bytes(), &v).map_err(abort)?;
+            host.cert_not_after_ms = cert.not_after_ms;
+            hosts.insert(cert.host_id.as_bytes(), enc_host(&host))?;
+            certs.insert(cert_fp.as_bytes(), enc_json(cert))?;
+            Ok(true)
+        });
+        unwrap_txn(r)
+    }
+
+    /// The host a certificate (by fingerprint) authenticates, if it is still honoured.
+    pub fn cert_host(&self, cert_fp: &str) -> Result<Option<CertRecord>, StoreError> {
+        let Some(v) = self.certs.get(cert_fp)? else {
+            return Ok(None);
+        };
+        let rec: CertRecord = dec_json("certs", cert_fp.as_bytes(), &v)?;
+        if self.hosts.contains_key(rec.host_id.as_bytes())? {
+            Ok(Some(rec))
+        } else {
+            Ok(None)
+        }
+    }
+
+    // --- hosts -----------------------------------------------------------
+
+    /// A host by exact id.
+    pub fn host(&self, id: &str) -> Result<Option<Host>, StoreError> {
+        self.hosts.get(id)?.map(|v| dec_host(id.as_bytes(), &v)).transpose()
+    }
+
+    /// Every host.
+    pub fn hosts(&self) -> Result<Vec<Host>, StoreError> {
+        self.hosts
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                dec_host(&k, &v)
+            })
+            .collect()
+    }
+
+    /// How many hosts are enrolled.
+    pub fn host_count(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// Changes a host in place; returns the new record, or None when unknown.
+    pub fn update_host(&self, id: &str, f: impl Fn(&mut Host)) -> Result<Option<Host>, StoreError> {
+        let r = self.hosts.transaction(|t| {
+            let Some(v) = t.get(id)? else { return Ok(None) };
+            let mut host = dec_host(id.as_bytes(), &v).map_err(abort)?;
+            f(&mut host);
+            t.insert(id.as_bytes(), enc_host(&host))?;
+            Ok(Some(host))
+        });
+        unwrap_txn(r)
+    }
+
+    /// Removes a host and every certificate issued to it. Returns the removed
+    /// host and how many certificates were dropped, or None when unknown.
+    pub fn remove_host(&self, id: &str) -> Result<Option<(Host, u32)>, StoreError> {
+        let mut fps = Vec::new();
+        for kv in self.certs.iter() {
+            let (k, v) = kv?;
+            let rec: CertRecord = dec_json("certs", &k, &v)?;
+            if rec.host_id == id {
+                fps.push(k);
+            }
+        }
+        let r = (&self.hosts, &self.certs).transaction(|(hosts, certs)| {
+            let Some(v) = hosts.remove(id.as_bytes())? else {
+                return Ok(None);
+            };
+            let host = dec_host(id.as_bytes(), &v).map_err(abort)?;
+            let mut n = 0;
+            for fp in &fps {
+                if certs.remove(fp.clone())?.is_some() {
+                    n += 1;
+                }
+            }
+            Ok(Some((host, n)))
+        });
+        unwrap_txn(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(max_uses: u32) -> TokenRecord {
+        TokenRecord {
+            id: "t1".into(),
+            secret_sha256: secret_hash("s"),
+            labels: BTreeMap::new(),
+            created_at_ms: 0,
+            expires_at_ms: 1000,
+            max_uses,
+            uses: 0,
+            revoked_at_ms: 0,
+            created_by: "admin".into(),
+            description: String::new(),
+            cert_ttl_ms: 3_600_000,
+        }
+    }
+
+    fn host(id: &str) -> Host {
+        Host {
+            id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    fn cert(host_id: &str) -> CertRecord {
+        CertRecord {
+            host_id: host_id.into(),
+            issued_at_ms: 1,
+            not_after_ms: 2,
+        }
+    }
+
+    #[test]
+    fn token_checks_in_order() {
+        let t = token(1);
+        assert_eq!(t.check(Some(&secret_hash("s")), 10), Ok(()));
+        assert!(matches!(
+            t.check(Some(&secret_hash("x")), 10),
+            Err(TokenRefusal::WrongSecret(_))
+        ));
+        assert!(matches!(t.check(None, 1000), Err(TokenRefusal::Expired { .. })));
+        assert_eq!(t.state(2000), "expired");
+        let used = TokenRecord { uses: 1, ..token(1) };
+        assert_eq!(used.state(10), "used_up");
+        let revoked = TokenRecord {
+            revoked_at_ms: 5,
+            ..token(0)
+        };
+        assert_eq!(revoked.state(10), "revoked");
+    }
+
+    #[test]
+    fn enrollment_is_all_or_nothing_and_spends_uses() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(dir.path()).expect("open");
+        store.put_token(&token(1)).expect("put");
+        store
+            .enroll("t1", &secret_hash("s"), 10, &host("h1"), "fp1", &cert("h1"))
+            .expect("first use");
+        let err = store
+            .enroll("t1", &secret_hash("s"), 10, &host("h2"), "fp2", &cert("h2"))
+            .expect_err("used up");
+        assert!(matches!(err, EnrollError::Token(TokenRefusal::UsedUp { .. })), "{err}");
+        assert!(store.host("h2").expect("get").is_none(), "nothing stored on refusal");
+        assert!(store.cert_host("fp2").expect("get").is_none());
+        assert_eq!(store.token("t1").expect("get").map(|t| t.uses), Some(1));
+    }
+
+    #[test]
+    fn removing_a_host_revokes_all_its_certs() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(dir.path()).expect("open");
+        store.put_token(&token(0)).expect("put");
+        store
+            .enroll("t1", &secret_hash("s"), 10, &host("h1"), "fp1", &cert("h1"))
+            .expect("enroll");
+        assert!(store.add_cert("fp1b", &cert("h1")).expect("renew"));
+        let (_, n) = store.remove_host("h1").expect("rm").expect("existed");
+        assert_eq!(n, 2);
+        assert!(store.cert_host("fp1").expect("get").is_none());
+        assert!(
+            !store.add_cert("fp1c", &cert("h1")).expect("renew after rm"),
+            "no cert for a removed host"
+        );
+        assert!(store.cert_host("fp1c").expect("get").is_none());
+    }
+
+    #[test]
+    fn corrupt_values_are_reported_not_guessed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(dir.path()).expect("open");
+        store.tokens.insert("bad", &[9, 1, 2]).expect("raw insert");
+        let err = store.token("bad").expect_err("corrupt");
+        assert!(err.to_string().contains("version byte 9"), "{err}");
+    }
+}

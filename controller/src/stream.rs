@@ -1,0 +1,216 @@
+//! `AgentService/Stream`: one task per connected agent.
+//!
+//! The handler authenticates the stream (client certificate → host), waits
+//! for hello, answers welcome, then hands the inbound half to a session task
+//! that records heartbeats, answers renewals, and ends the stream when the
+//! registry cuts it (host removed, replaced, shutdown).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_proto::agent_message::Body as FromAgent;
+use fleet_proto::agent_service_server::AgentService;
+use fleet_proto::controller_message::Body as ToAgent;
+use fleet_proto::transport::fingerprint;
+use fleet_proto::{now_ms, AgentMessage, ControllerMessage, RenewResponse, Welcome};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::fleet::{internal, Fleet};
+use crate::registry::SessionHandle;
+use crate::store::CertRecord;
+
+/// How long an agent has to send hello after opening the stream.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Outbound queue per agent: bounded, so a stuck agent cannot grow memory.
+const OUTBOUND: usize = 16;
+
+/// The AgentService.
+pub struct StreamService(pub Arc<Fleet>);
+
+#[tonic::async_trait]
+impl AgentService for StreamService {
+    type StreamStream = ReceiverStream<Result<ControllerMessage, Status>>;
+
+    async fn stream(&self, req: Request<Streaming<AgentMessage>>) -> Result<Response<Self::StreamStream>, Status> {
+        let fleet = self.0.clone();
+        let remote = crate::tls::peer_addr(&req).unwrap_or_else(|| ([0, 0, 0, 0], 0).into());
+        let Some(fp) = crate::tls::peer_fingerprint(&req) else {
+            return Err(Status::unauthenticated(
+                "the agent stream needs a client certificate; enroll the agent with a join token first",
+            ));
+        };
+        // Checked per RPC as well as per handshake: HTTP/2 lets a client open
+        // new streams on a connection made before its host was removed.
+        let cert = fleet.store.cert_host(&fp).map_err(internal)?.ok_or_else(|| {
+            Status::permission_denied(
+                "this certificate was revoked (the host was removed); enroll again with a new join token",
+            )
+        })?;
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 30s of opening the stream"))??;
+        let Some(AgentMessage {
+            body: Some(FromAgent::Hello(hello)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument(
+                "the first message on the agent stream must be hello",
+            ));
+        };
+        let host_id = cert.host_id.clone();
+        if hello.host_id != host_id {
+            return Err(Status::permission_denied(format!(
+                "hello names host {} but the client certificate belongs to host {host_id}",
+                hello.host_id
+            )));
+        }
+        let now = now_ms();
+        let stored = fleet
+            .store
+            .update_host(&host_id, |h| {
+                h.facts = hello.facts.clone();
+                h.inventory = hello.inventory.clone();
+                h.last_seen_ms = now;
+            })
+            .map_err(internal)?
+            .ok_or_else(|| Status::permission_denied(format!("host {host_id} was removed from the fleet")))?;
+
+        let (tx, rx) = mpsc::channel(OUTBOUND);
+        let session = fleet
+            .registry
+            .register(&host_id, remote, &fleet.shutdown, tx.clone(), now);
+        let welcome = ControllerMessage {
+            body: Some(ToAgent::Welcome(Welcome {
+                host_id: host_id.clone(),
+                heartbeat_interval_ms: fleet.settings.heartbeat_interval.as_millis() as u64,
+                labels: stored.labels.clone(),
+            })),
+        };
+        // Invariant: the channel was just made with room for OUTBOUND messages.
+        let _ = tx.try_send(Ok(welcome));
+        let hostname = hello.facts.as_ref().map(|f| f.hostname.clone()).unwrap_or_default();
+        tracing::info!(host_id, %hostname, %remote, "agent connected");
+        tokio::spawn(run_session(fleet, host_id, session, inbound, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Reads one agent's messages until the stream ends or is cut.
+async fn run_session(
+    fleet: Arc<Fleet>,
+    host_id: String,
+    session: SessionHandle,
+    mut inbound: Streaming<AgentMessage>,
+    tx: mpsc::Sender<Result<ControllerMessage, Status>>,
+) {
+    // Three missed heartbeats and the host counts as gone, even if TCP has
+    // not noticed yet.
+    let silence = fleet.settings.heartbeat_interval * 3 + Duration::from_secs(1);
+    let ended = loop {
+        let msg = tokio::select! {
+            _ = session.cancel.cancelled() => {
+                let status = session.reason();
+                // The receiver may be gone already; the stream is over either way.
+                let _ = tx.send(Err(status.clone())).await;
+                break format!("cut: {}", status.message());
+            }
+            m = tokio::time::timeout(silence, inbound.message()) => m,
+        };
+        let msg = match msg {
+            Err(_) => break format!("no message for {}s", silence.as_secs()),
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => break "agent closed the stream".to_string(),
+            Ok(Err(status)) => break format!("stream error: {}", status.message()),
+        };
+        let now = now_ms();
+        match msg.body {
+            Some(FromAgent::Heartbeat(hb)) => fleet.registry.seen(&host_id, session.id, now, hb.metrics),
+            Some(FromAgent::Renew(renew)) => {
+                fleet.registry.seen(&host_id, session.id, now, None);
+                match renew_certificate(&fleet, &host_id, &renew.csr_der).await {
+                    Ok(resp) => {
+                        let _ = tx
+                            .send(Ok(ControllerMessage {
+                                body: Some(ToAgent::Renewed(resp)),
+                            }))
+                            .await;
+                    }
+                    Err(status) => {
+                        tracing::warn!(host_id, error = %status.message(), "renewal refused");
+                        let _ = tx.send(Err(status)).await;
+                        break "renewal refused".to_string();
+                    }
+                }
+            }
+            Some(FromAgent::Inventory(inv)) => {
+                fleet.registry.seen(&host_id, session.id, now, None);
+                if let Err(e) = fleet.store.update_host(&host_id, |h| h.inventory = Some(inv.clone())) {
+                    tracing::error!(host_id, error = %e, "could not store inventory");
+                }
+            }
+            Some(FromAgent::TaskProgress(p)) => {
+                fleet.registry.seen(&host_id, session.id, now, None);
+                tracing::info!(host_id, task_id = %p.task_id, phase = %p.phase, state = p.state, detail = %p.detail, "task progress");
+            }
+            Some(FromAgent::Hello(_)) | None => {
+                let _ = tx
+                    .send(Err(Status::invalid_argument(
+                        "hello is only valid as the first message",
+                    )))
+                    .await;
+                break "protocol error".to_string();
+            }
+        }
+    };
+    if let Some(live) = fleet.registry.unregister(&host_id, session.id) {
+        let last_seen = live.last_seen_ms;
+        if let Err(e) = fleet
+            .store
+            .update_host(&host_id, |h| h.last_seen_ms = h.last_seen_ms.max(last_seen))
+        {
+            tracing::warn!(host_id, error = %e, "could not record last seen");
+        }
+    }
+    tracing::info!(host_id, reason = %ended, "agent disconnected");
+}
+
+async fn renew_certificate(fleet: &Fleet, host_id: &str, csr_der: &[u8]) -> Result<RenewResponse, Status> {
+    let host = fleet
+        .store
+        .host(host_id)
+        .map_err(internal)?
+        .ok_or_else(|| Status::permission_denied(format!("host {host_id} was removed from the fleet")))?;
+    // The same lifetime the host was first given: the token's choice.
+    let ttl = match fleet.store.token(&host.token_id).map_err(internal)? {
+        Some(t) => Duration::from_millis(t.cert_ttl_ms),
+        None => fleet.settings.cert_ttl,
+    };
+    let signed = fleet
+        .ca
+        .sign_client(csr_der, host_id, ttl)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let rec = CertRecord {
+        host_id: host_id.to_string(),
+        issued_at_ms: now_ms(),
+        not_after_ms: signed.not_after_ms,
+    };
+    if !fleet
+        .store
+        .add_cert(&fingerprint(&signed.der), &rec)
+        .map_err(internal)?
+    {
+        return Err(Status::permission_denied(format!(
+            "host {host_id} was removed from the fleet"
+        )));
+    }
+    fleet.store.flush().await.map_err(internal)?;
+    fleet.metrics.renewals.inc();
+    tracing::info!(host_id, not_after = %crate::store::utc(signed.not_after_ms), "certificate renewed");
+    Ok(RenewResponse {
+        certificate_pem: signed.pem,
+        not_after_ms: signed.not_after_ms,
+    })
+}
