@@ -1,0 +1,369 @@
+//! The test harness: a controller and agents as real processes on loopback,
+//! each in its own temp dir. [`Fleet`] owns every process it starts and kills
+//! them in `Drop`, also when a test panics.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Where cargo put the workspace's binaries (next to this test binary's `deps/`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first with 'cargo build --workspace --bins' \
+         (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on loopback (bound and released; good enough for tests).
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind :0");
+    l.local_addr().expect("local addr")
+}
+
+/// Polls `f` until it returns Some, or panics after `timeout` naming `what`.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits for a child to exit, up to `timeout`.
+pub fn wait_exit(child: &mut Child, timeout: Duration, what: &str) -> ExitStatus {
+    wait_until(timeout, what, || child.try_wait().expect("try_wait"))
+}
+
+/// Sends SIGTERM to a process.
+pub fn sigterm(child: &Child) {
+    let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill").success();
+    assert!(ok, "kill -TERM {} failed", child.id());
+}
+
+/// The controller of a test fleet.
+pub struct Controller {
+    /// Its data dir.
+    pub data_dir: PathBuf,
+    /// controller.toml.
+    pub config: PathBuf,
+    /// gRPC address.
+    pub addr: SocketAddr,
+    /// Metrics address.
+    pub metrics: SocketAddr,
+    /// `sha256:` fingerprint of its CA.
+    pub ca_fingerprint: String,
+    /// The fleetctl.toml init wrote (admin).
+    pub fleetctl_config: PathBuf,
+    /// Log file of the running process.
+    pub log: PathBuf,
+    /// The running process.
+    pub child: Option<Child>,
+}
+
+impl Controller {
+    /// `fleet-controller init` in `root/controller`, then tunes controller.toml
+    /// for tests (1 s heartbeats, plus `extra` lines replacing keys).
+    pub fn init(root: &Path, extra: &[(&str, &str)]) -> Controller {
+        let data_dir = root.join("controller");
+        let (addr, metrics) = (free_addr(), free_addr());
+        let out = Command::new(bin("fleet-controller"))
+            .args(["init", "--data-dir"])
+            .arg(&data_dir)
+            .args(["--san", "127.0.0.1", "--san", "localhost"])
+            .args(["--listen", &addr.to_string(), "--metrics-listen", &metrics.to_string()])
+            .output()
+            .expect("run fleet-controller init");
+        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let ca_fingerprint = stdout
+            .split_whitespace()
+            .find(|w| w.starts_with("sha256:"))
+            .expect("init prints the CA fingerprint")
+            .to_string();
+        let config = data_dir.join("controller.toml");
+        let mut text = std::fs::read_to_string(&config).expect("read controller.toml");
+        let mut overrides = vec![("heartbeat_interval", "\"1s\"")];
+        overrides.extend(extra.iter().copied());
+        for (key, value) in overrides {
+            text = text
+                .lines()
+                .filter(|l| !l.starts_with(&format!("{key} =")))
+                .chain(std::iter::once(format!("{key} = {value}").as_str()))
+                .collect::<Vec<_>>()
+                .join("\n");
+            text.push('\n');
+        }
+        std::fs::write(&config, text).expect("write controller.toml");
+        Controller {
+            fleetctl_config: data_dir.join("fleetctl.toml"),
+            log: root.join("controller.log"),
+            data_dir,
+            config,
+            addr,
+            metrics,
+            ca_fingerprint,
+            child: None,
+        }
+    }
+
+    /// Starts `serve` and waits for /healthz.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "controller already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let child = Command::new(bin("fleet-controller"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn fleet-controller");
+        self.child = Some(child);
+        let metrics = self.metrics;
+        wait_until(Duration::from_secs(20), "controller /healthz", || {
+            http_get(metrics, "/healthz").filter(|b| b.contains("ok")).map(|_| ())
+        });
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("SIGKILL controller");
+            c.wait().expect("reap controller");
+        }
+    }
+
+    /// GET /metrics.
+    pub fn metrics_text(&self) -> String {
+        http_get(self.metrics, "/metrics").expect("GET /metrics")
+    }
+
+    /// The controller's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A minimal HTTP/1.0 GET, returning the body of a 200.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// One agent process with its own state dir.
+pub struct Agent {
+    /// Hostname it reports.
+    pub name: String,
+    /// Its directory (config, state, log).
+    pub dir: PathBuf,
+    /// agent.toml.
+    pub config: PathBuf,
+    /// Log file.
+    pub log: PathBuf,
+    /// The running process.
+    pub child: Option<Child>,
+}
+
+impl Agent {
+    /// Writes agent.toml for `controller_addr` in `root/<name>`.
+    pub fn new(root: &Path, name: &str, controller_addr: &str, ca_fingerprint: &str, token: &str, labels: &[(&str, &str)]) -> Agent {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).expect("agent dir");
+        let config = dir.join("agent.toml");
+        let mut text = format!(
+            "controller = \"{controller_addr}\"\nca_fingerprint = \"{ca_fingerprint}\"\njoin_token = \"{token}\"\n\
+             state_dir = \"{}\"\nhostname = \"{name}\"\n",
+            dir.join("state").display()
+        );
+        if !labels.is_empty() {
+            text.push_str("[labels]\n");
+            for (k, v) in labels {
+                text.push_str(&format!("{k} = \"{v}\"\n"));
+            }
+        }
+        std::fs::write(&config, text).expect("write agent.toml");
+        Agent { name: name.into(), log: dir.join("agent.log"), dir, config, child: None }
+    }
+
+    /// Starts the agent.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "agent {} already running", self.name);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let child = Command::new(bin("fleet-agent"))
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn fleet-agent");
+        self.child = Some(child);
+    }
+
+    /// Waits for the agent to exit by itself; returns its code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let mut child = self.child.take().expect("agent running");
+        let status = wait_exit(&mut child, timeout, &format!("agent {} to exit", self.name));
+        status.code()
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The agent's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The host id it stored after enrolling.
+    pub fn host_id(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.dir.join("state/host.json")).ok()?;
+        let v: Value = serde_json::from_str(&text).ok()?;
+        v["host_id"].as_str().map(String::from)
+    }
+}
+
+/// A controller and its agents, all on loopback.
+pub struct Fleet {
+    /// Root temp dir; kept on failure by printing its path.
+    pub root: tempfile::TempDir,
+    /// The controller.
+    pub controller: Controller,
+    /// The agents.
+    pub agents: Vec<Agent>,
+}
+
+impl Fleet {
+    /// A running controller with no agents yet.
+    pub fn controller_only(extra: &[(&str, &str)]) -> Fleet {
+        let root = tempfile::Builder::new().prefix("fleet-it-").tempdir().expect("tempdir");
+        let mut controller = Controller::init(root.path(), extra);
+        controller.start();
+        Fleet { root, controller, agents: Vec::new() }
+    }
+
+    /// A controller and `n` enrolled, connected agents (web-1 … web-n) enrolled
+    /// with one token labelled env=test.
+    pub fn start(n: usize) -> Fleet {
+        let mut fleet = Fleet::controller_only(&[]);
+        let token = fleet.token(&["--label", "env=test", "--uses", &n.to_string()]);
+        for i in 1..=n {
+            fleet.add_agent(&format!("web-{i}"), &token, &[("az", "zone-a")]);
+        }
+        fleet.wait_connected(n, Duration::from_secs(30));
+        fleet
+    }
+
+    /// Adds and starts an agent.
+    pub fn add_agent(&mut self, name: &str, token: &str, labels: &[(&str, &str)]) -> usize {
+        let addr = self.controller.addr.to_string();
+        let mut agent = Agent::new(self.root.path(), name, &addr, &self.controller.ca_fingerprint, token, labels);
+        agent.start();
+        self.agents.push(agent);
+        self.agents.len() - 1
+    }
+
+    /// Runs fleetctl as the admin.
+    pub fn fleetctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("fleetctl"))
+            .args(args)
+            .env("FLEET_CONFIG", &self.controller.fleetctl_config)
+            .env_remove("FLEET_CONTROLLER")
+            .env_remove("FLEET_TOKEN")
+            .env_remove("FLEET_CA")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run fleetctl")
+    }
+
+    /// Runs fleetctl, asserts success, and parses its JSON output.
+    pub fn fleetctl_json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        let out = self.fleetctl(&all);
+        assert!(
+            out.status.success(),
+            "fleetctl {args:?} failed ({:?}): {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("fleetctl {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// `fleetctl token create ARGS`, returning the secret token string.
+    pub fn token(&self, args: &[&str]) -> String {
+        let mut all = vec!["token", "create"];
+        all.extend(args);
+        let v = self.fleetctl_json(&all);
+        v["secret"].as_str().expect("token secret in JSON").to_string()
+    }
+
+    /// `fleetctl hosts ls --output json`.
+    pub fn hosts(&self) -> Vec<Value> {
+        self.fleetctl_json(&["hosts", "ls"]).as_array().expect("hosts array").clone()
+    }
+
+    /// Waits until exactly `n` hosts are connected and have sent a heartbeat.
+    pub fn wait_connected(&self, n: usize, timeout: Duration) -> Vec<Value> {
+        wait_until(timeout, &format!("{n} connected hosts with heartbeats\n{}", self.logs()), || {
+            let hosts = self.hosts();
+            let ready = hosts
+                .iter()
+                .filter(|h| h["status"] == "connected" && h["memory_total_bytes"].as_u64().unwrap_or(0) > 0)
+                .count();
+            (ready == n).then_some(hosts)
+        })
+    }
+
+    /// Every log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut s = format!("--- controller log ---\n{}", tail(&self.controller.log_text(), 30));
+        for a in &self.agents {
+            s.push_str(&format!("--- agent {} log ---\n{}", a.name, tail(&a.log_text(), 15)));
+        }
+        s
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n") + "\n"
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for a in &mut self.agents {
+            a.kill9();
+        }
+        self.controller.kill9();
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
