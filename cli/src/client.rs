@@ -1,0 +1,193 @@
+//! The connection to the controller: TLS through `fleet_proto::transport`,
+//! the bearer token on every call, and gRPC statuses turned into fleetctl
+//! errors with the right exit code.
+
+use fleet_proto::host_service_client::HostServiceClient;
+use fleet_proto::session_client::SessionClient;
+use fleet_proto::token_service_client::TokenServiceClient;
+use fleet_proto::transport::{self, Trust};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::config::{ConfigError, Resolved, Token, TrustSource};
+use crate::error::Error;
+
+/// A channel whose every request carries the operator token.
+pub type Authed = InterceptedService<Channel, Auth>;
+
+/// Adds `authorization: Bearer <token>` to every request. The header value is
+/// marked sensitive so that tonic and hyper never print it.
+#[derive(Clone)]
+pub struct Auth(MetadataValue<Ascii>);
+
+impl Auth {
+    /// Builds the header value; fails when the token cannot be a header.
+    pub fn new(token: &Token) -> Result<Auth, ConfigError> {
+        let mut value: MetadataValue<Ascii> = format!("Bearer {}", token.expose())
+            .parse()
+            .map_err(|_| ConfigError::BadToken)?;
+        value.set_sensitive(true);
+        Ok(Auth(value))
+    }
+}
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A connected, authenticated client of the operator API.
+pub struct Client {
+    channel: Channel,
+    auth: Auth,
+    addr: String,
+}
+
+impl Client {
+    /// Dials the controller named in `resolved` and checks nothing else: the
+    /// first call tells whether the token is good.
+    pub async fn connect(resolved: &Resolved) -> Result<Client, Error> {
+        let trust = load_trust(&resolved.trust)?;
+        let auth = Auth::new(&resolved.token)?;
+        let config = transport::client_config(trust, None)?;
+        let channel = transport::connect(&resolved.controller, config).await?;
+        Ok(Client {
+            channel,
+            auth,
+            addr: resolved.controller.clone(),
+        })
+    }
+
+    /// The controller's address, for messages.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// `Session` service.
+    pub fn session(&self) -> SessionClient<Authed> {
+        SessionClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// `HostService`.
+    pub fn hosts(&self) -> HostServiceClient<Authed> {
+        HostServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// `TokenService`.
+    pub fn tokens(&self) -> TokenServiceClient<Authed> {
+        TokenServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// Turns a failed call's status into a fleetctl error.
+    pub fn fail(&self, status: Status) -> Error {
+        rpc_error(&status, &self.addr)
+    }
+}
+
+/// Loads what fleetctl trusts the controller's certificate by.
+pub fn load_trust(source: &TrustSource) -> Result<Trust, ConfigError> {
+    match source {
+        TrustSource::Fingerprint(fp) => Ok(Trust::PinnedFingerprint(fp.clone())),
+        TrustSource::CaFile { path, origin } => {
+            let bad = |detail: String| ConfigError::CaFile {
+                path: path.clone(),
+                origin: origin.clone(),
+                detail,
+            };
+            let pem = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+            let certs = transport::certs_from_pem("CA file", &pem).map_err(|e| bad(e.to_string()))?;
+            // A CA file holds the fleet CA alone; take the first certificate
+            // so a bundle that starts with it works too.
+            let ca = certs
+                .into_iter()
+                .next()
+                .ok_or_else(|| bad("no CERTIFICATE block in it".into()))?;
+            Ok(Trust::Ca(ca))
+        }
+    }
+}
+
+/// A gRPC status as an operator-readable error. The server's message is
+/// already phrased for operators, so it is printed as is (never tonic's
+/// `status: ..., metadata: ...` rendering); connection failures surfacing
+/// as statuses are explained by `transport::explain`.
+pub fn rpc_error(status: &Status, addr: &str) -> Error {
+    let code = status.code();
+    if code == Code::Unavailable && std::error::Error::source(status).is_some() {
+        return Error::Unreachable(transport::explain(status, addr));
+    }
+    let message = status.message().trim();
+    let message = match (code, message.is_empty()) {
+        (Code::Unimplemented, true) => {
+            format!("the controller at {addr} does not offer this call; upgrade fleet-controller")
+        }
+        (_, true) => format!("the controller at {addr} answered: {}", code.description()),
+        (_, false) => message.to_string(),
+    };
+    let message = match code {
+        Code::Unauthenticated => format!("{message}; check your token (fleetctl login)"),
+        _ => message,
+    };
+    Error::Rpc { code, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Exit;
+
+    #[test]
+    fn server_message_printed_without_noise() {
+        let err = rpc_error(&Status::not_found("no host matches 'web-9'"), "c:1");
+        assert_eq!(err.to_string(), "no host matches 'web-9'");
+        assert_eq!(err.exit_code(), Exit::NotFound);
+
+        let err = rpc_error(&Status::unauthenticated("token expired"), "c:1");
+        assert_eq!(err.to_string(), "token expired; check your token (fleetctl login)");
+        assert_eq!(err.exit_code(), Exit::Denied);
+
+        let err = rpc_error(&Status::permission_denied("admin only"), "c:1");
+        assert_eq!(err.exit_code(), Exit::Denied);
+
+        let err = rpc_error(&Status::invalid_argument("bad selector"), "c:1");
+        assert_eq!(err.exit_code(), Exit::Failed);
+
+        let err = rpc_error(&Status::unavailable("shutting down"), "c:1");
+        assert_eq!(err.exit_code(), Exit::Unreachable);
+        assert_eq!(err.to_string(), "shutting down");
+
+        let err = rpc_error(&Status::unimplemented(""), "c:1");
+        assert!(err.to_string().contains("upgrade fleet-controller"), "{err}");
+        assert_eq!(err.exit_code(), Exit::Failed);
+    }
+
+    #[test]
+    fn auth_header_is_bearer_and_sensitive() {
+        use tonic::service::Interceptor;
+        let mut auth = Auth::new(&Token::new("fleet_op_a.b")).expect("header");
+        let request = auth.call(tonic::Request::new(())).expect("intercept");
+        let value = request.metadata().get("authorization").expect("authorization header");
+        assert_eq!(value.to_str().ok(), Some("Bearer fleet_op_a.b"));
+        assert!(value.is_sensitive());
+        assert!(!format!("{value:?}").contains("fleet_op_a.b"));
+        assert!(Auth::new(&Token::new("bad\ntoken")).is_err());
+    }
+
+    #[test]
+    fn unreadable_ca_names_file_and_origin() {
+        let source = TrustSource::CaFile {
+            path: "/nonexistent/ca.pem".into(),
+            origin: crate::config::Origin::Env("FLEET_CA"),
+        };
+        let err = load_trust(&source).expect_err("missing file");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("/nonexistent/ca.pem") && msg.contains("$FLEET_CA"),
+            "{msg}"
+        );
+    }
+}

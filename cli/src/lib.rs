@@ -1,0 +1,91 @@
+//! fleetctl, the operator and CI client of fleet: everything but flag parsing,
+//! so the commands are testable without a process.
+//!
+//! Each command returns a [`output::Report`] or an [`error::Error`]; [`run`]
+//! prints the one and maps the other to an exit code (ARCHITECTURE.md).
+
+pub mod args;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod hosts;
+pub mod output;
+pub mod session;
+pub mod tokens;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use args::{Cli, Command, HostsCommand, TokenCommand};
+use client::Client;
+use config::Env;
+use error::{Error, Exit};
+use output::Report;
+
+/// Runs one parsed command line against the process environment and returns
+/// the exit code; errors are printed to stderr as `fleetctl: <message>`.
+pub fn run(cli: Cli) -> ExitCode {
+    let env = Env::from_process();
+    let result = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(execute(&cli, &env)),
+        Err(e) => Err(Error::Failed(format!("cannot start the async runtime: {e}"))),
+    };
+    let code = match result {
+        Ok(report) => print(&report),
+        Err(e) => {
+            eprintln!("fleetctl: {e}");
+            e.exit_code()
+        }
+    };
+    ExitCode::from(code as u8)
+}
+
+/// Runs one command.
+pub async fn execute(cli: &Cli, env: &Env) -> Result<Report, Error> {
+    let format = cli.global.output;
+    match &cli.command {
+        Command::Login(args) => session::login(&cli.global, args, env).await,
+        Command::Whoami => session::whoami(&connect(cli, env).await?, format).await,
+        Command::Token(TokenCommand::Create(args)) => tokens::create(&connect(cli, env).await?, args, format).await,
+        Command::Token(TokenCommand::Ls { all }) => tokens::list(&connect(cli, env).await?, *all, format).await,
+        Command::Token(TokenCommand::Revoke { id }) => tokens::revoke(&connect(cli, env).await?, id, format).await,
+        Command::Hosts(HostsCommand::Ls { selector }) => {
+            hosts::list(&connect(cli, env).await?, selector.as_deref(), format).await
+        }
+        Command::Hosts(HostsCommand::Show { id }) => hosts::show(&connect(cli, env).await?, id, format).await,
+        Command::Hosts(HostsCommand::Label { id, set, remove }) => {
+            hosts::label(&connect(cli, env).await?, id, set, remove, format).await
+        }
+        Command::Hosts(HostsCommand::Rm { id, yes }) => {
+            // Decided before dialling: a script without --yes is told so
+            // even when the controller is down.
+            let confirm = hosts::Confirm::from_flag(*yes)?;
+            hosts::remove(&connect(cli, env).await?, id, confirm, format).await
+        }
+    }
+}
+
+/// Resolves the configuration and dials the controller.
+async fn connect(cli: &Cli, env: &Env) -> Result<Client, Error> {
+    let resolved = config::resolve(&cli.global.flags(), env)?.require()?;
+    Client::connect(&resolved).await
+}
+
+/// Writes a report. A closed stdout (`fleetctl hosts ls | head -1`) is not
+/// a failure of the command.
+fn print(report: &Report) -> Exit {
+    let written = std::io::stdout()
+        .lock()
+        .write_all(report.stdout.as_bytes())
+        .and_then(|()| std::io::stdout().flush());
+    match written {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("fleetctl: cannot write the output: {e}");
+            return Exit::Failed;
+        }
+        _ => {}
+    }
+    // Best effort: stderr carries notes for people, never results.
+    let _ = std::io::stderr().lock().write_all(report.stderr.as_bytes());
+    Exit::Ok
+}

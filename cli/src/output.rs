@@ -1,0 +1,284 @@
+//! Rendering for people (aligned tables, relative times, byte sizes) and for
+//! scripts (JSON). Commands build a [`Report`]; `run` writes it, so nothing
+//! here touches stdout and all of it is testable.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// `--output`: how results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns and `key: value` blocks for people.
+    Table,
+    /// JSON on stdout for scripts; field names are stable.
+    Json,
+}
+
+/// What a command prints: results on stdout, notes for people on stderr.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The result; what a script captures.
+    pub stdout: String,
+    /// Details for the person at the terminal.
+    pub stderr: String,
+}
+
+impl Report {
+    /// A report with only stdout, a newline added when missing.
+    pub fn out(text: impl Into<String>) -> Report {
+        let mut stdout = text.into();
+        if !stdout.is_empty() && !stdout.ends_with('\n') {
+            stdout.push('\n');
+        }
+        Report {
+            stdout,
+            stderr: String::new(),
+        }
+    }
+
+    /// Pretty JSON of `value` on stdout.
+    pub fn json(value: &serde_json::Value) -> Report {
+        // Serializing a `Value` cannot fail: its map keys are strings.
+        Report::out(serde_json::to_string_pretty(value).unwrap_or_default())
+    }
+}
+
+/// A table with a header row, columns padded to the widest cell.
+#[derive(Debug, Clone)]
+pub struct Table {
+    header: Vec<&'static str>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these column names.
+    pub fn new(header: Vec<&'static str>) -> Table {
+        Table {
+            header,
+            rows: Vec::new(),
+        }
+    }
+
+    /// Appends a row; it should have one cell per column.
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// Renders the table; the last column is not padded, so no line ends in spaces.
+    pub fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (i, cell) in row.iter().enumerate() {
+                if let Some(w) = widths.get_mut(i) {
+                    *w = (*w).max(cell.chars().count());
+                }
+            }
+        }
+        let mut out = String::new();
+        let header: Vec<String> = self.header.iter().map(|h| h.to_string()).collect();
+        for row in std::iter::once(&header).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                if i + 1 < row.len() {
+                    let pad = widths.get(i).copied().unwrap_or(0).saturating_sub(cell.chars().count());
+                    let _ = write!(line, "{cell}{:pad$}  ", "");
+                } else {
+                    line.push_str(cell);
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// `key: value` lines with the values aligned.
+#[derive(Debug, Default, Clone)]
+pub struct Block {
+    lines: Vec<(String, String)>,
+}
+
+impl Block {
+    /// Adds a line.
+    pub fn line(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.lines.push((key.into(), value.into()));
+    }
+
+    /// Renders the block.
+    pub fn render(&self) -> String {
+        let width = self.lines.iter().map(|(k, _)| k.chars().count() + 1).max().unwrap_or(0);
+        let mut out = String::new();
+        for (key, value) in &self.lines {
+            let key = format!("{key}:");
+            let _ = writeln!(out, "{key:width$} {value}");
+        }
+        out
+    }
+}
+
+/// Time from `now_ms` to `at_ms` in words: "3s ago", "in 59m", "2d ago".
+/// Units are truncated, so a token made a moment ago with a 1 h TTL reads "in 59m".
+pub fn relative(at_ms: i64, now_ms: i64) -> String {
+    let delta = at_ms.saturating_sub(now_ms);
+    let secs = delta.unsigned_abs() / 1000;
+    if secs == 0 {
+        return "now".into();
+    }
+    let amount = match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 60 * 60 => format!("{}m", s / 60),
+        s if s < 48 * 60 * 60 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    };
+    if delta > 0 {
+        format!("in {amount}")
+    } else {
+        format!("{amount} ago")
+    }
+}
+
+/// `relative`, or `never` for a zero timestamp (the wire's "not set").
+pub fn relative_or(at_ms: i64, now_ms: i64, unset: &str) -> String {
+    if at_ms == 0 {
+        unset.into()
+    } else {
+        relative(at_ms, now_ms)
+    }
+}
+
+/// A timestamp as RFC 3339 UTC, to the second.
+pub fn timestamp(at_ms: i64) -> String {
+    let Ok(ms) = u64::try_from(at_ms) else {
+        return at_ms.to_string();
+    };
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// `timestamp (relative)`, or `unset` for zero.
+pub fn when(at_ms: i64, now_ms: i64, unset: &str) -> String {
+    if at_ms == 0 {
+        unset.into()
+    } else {
+        format!("{} ({})", timestamp(at_ms), relative(at_ms, now_ms))
+    }
+}
+
+const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+
+/// The binary unit that fits `bytes`, as (index into UNITS, divisor).
+fn unit_for(bytes: u64) -> (usize, f64) {
+    let mut unit = 0;
+    let mut divisor = 1u64;
+    while unit + 1 < UNITS.len() && bytes >= divisor * 1024 {
+        unit += 1;
+        divisor *= 1024;
+    }
+    (unit, divisor as f64)
+}
+
+fn scaled(bytes: u64, unit: usize, divisor: f64) -> String {
+    if unit == 0 {
+        bytes.to_string()
+    } else {
+        format!("{:.1}", bytes as f64 / divisor)
+    }
+}
+
+/// A byte count in binary units: "512 B", "1.5 KiB", "3.8 GiB".
+pub fn bytes(n: u64) -> String {
+    let (unit, divisor) = unit_for(n);
+    format!("{} {}", scaled(n, unit, divisor), UNITS[unit])
+}
+
+/// A used/total pair in the total's unit: "1.2/3.8 GiB".
+pub fn bytes_of(used: u64, total: u64) -> String {
+    let (unit, divisor) = unit_for(total.max(used));
+    format!(
+        "{}/{} {}",
+        scaled(used, unit, divisor),
+        scaled(total, unit, divisor),
+        UNITS[unit]
+    )
+}
+
+/// Labels sorted by key, as a map that serializes in order.
+pub fn sorted(labels: &HashMap<String, String>) -> BTreeMap<String, String> {
+    labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// Labels as `k=v,k2=v2`, sorted by key; `-` when there are none.
+pub fn labels(labels: &HashMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "-".into();
+    }
+    sorted(labels)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_times() {
+        let now = 1_700_000_000_000;
+        assert_eq!(relative(now - 3_000, now), "3s ago");
+        assert_eq!(relative(now - 3 * 60_000 - 10, now), "3m ago");
+        assert_eq!(relative(now + 3_600_000 - 2_000, now), "in 59m");
+        assert_eq!(relative(now + 3_600_000, now), "in 1h");
+        assert_eq!(relative(now - 47 * 3_600_000, now), "47h ago");
+        assert_eq!(relative(now + 7 * 86_400_000, now), "in 7d");
+        assert_eq!(relative(now + 400, now), "now");
+        assert_eq!(relative_or(0, now, "never"), "never");
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(5 * 1024 * 1024), "5.0 MiB");
+        assert_eq!(bytes(3_800_000_000), "3.5 GiB");
+        let gib = 1024 * 1024 * 1024;
+        assert_eq!(bytes_of(gib * 12 / 10, gib * 38 / 10), "1.2/3.8 GiB");
+        assert_eq!(bytes_of(512 * 1024 * 1024, 16 * gib), "0.5/16.0 GiB");
+        assert_eq!(bytes_of(0, 0), "0/0 B");
+    }
+
+    #[test]
+    fn timestamps_are_utc() {
+        assert_eq!(timestamp(0), "1970-01-01T00:00:00Z");
+        assert_eq!(timestamp(1_700_000_000_123), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn table_aligns_without_trailing_spaces() {
+        let mut t = Table::new(vec!["ID", "USES", "NOTE"]);
+        t.row(vec!["a".into(), "2/∞".into(), String::new()]);
+        t.row(vec!["bbbb".into(), "10/20".into(), "x".into()]);
+        assert_eq!(t.render(), "ID    USES   NOTE\na     2/∞\nbbbb  10/20  x\n");
+    }
+
+    #[test]
+    fn block_aligns_values() {
+        let mut b = Block::default();
+        b.line("id", "x");
+        b.line("hostname", "web-1");
+        assert_eq!(b.render(), "id:       x\nhostname: web-1\n");
+    }
+
+    #[test]
+    fn labels_sorted() {
+        let l: HashMap<String, String> = [("role", "api"), ("env", "prod")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(labels(&l), "env=prod,role=api");
+        assert_eq!(labels(&HashMap::new()), "-");
+    }
+}
