@@ -1,1 +1,56 @@
-fn main(){}
+//! `fleet-agent run --config /etc/fleet/agent.toml`: parses flags, loads the
+//! configuration, and hands over to [`fleet_agent::run`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fleet_agent::{exit, Config};
+
+/// The fleet agent: keeps this host enrolled and connected to its controller.
+#[derive(Parser)]
+#[command(name = "fleet-agent", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enroll if needed, then hold the stream to the controller until stopped.
+    Run {
+        /// The agent configuration file.
+        #[arg(long, env = "FLEET_AGENT_CONFIG", default_value = "/etc/fleet/agent.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let Command::Run { config } = Cli::parse().command;
+    let config = match Config::load(&config) {
+        Ok(c) => c,
+        Err(e) => return fail(&e, exit::BAD_CONFIG),
+    };
+    fleet_agent::init_logging(config.log_format);
+    // One thread: the agent mostly waits, and every thread costs memory.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            return fail(
+                &anyhow::Error::new(e).context("cannot start the async runtime"),
+                exit::FAILED,
+            )
+        }
+    };
+    match runtime.block_on(fleet_agent::run(config)) {
+        Ok(()) => ExitCode::from(exit::STOPPED),
+        Err(e) => fail(&e, e.exit_code()),
+    }
+}
+
+/// One line on stderr, whatever the log format, so it is seen in journald
+/// and by whoever ran the command.
+fn fail(e: &dyn std::fmt::Display, code: u8) -> ExitCode {
+    eprintln!("fleet-agent: {e:#}");
+    ExitCode::from(code)
+}

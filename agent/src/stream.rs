@@ -1,0 +1,378 @@
+//! The session: one mTLS stream to the controller. Hello first, then wait
+//! for welcome; from then on heartbeats on a timer, answers to tasks, and
+//! certificate renewal at half-life, until the stream breaks or the agent
+//! is told to stop.
+
+use std::time::{Duration, Instant};
+
+use fleet_proto::agent_message::Body as Out;
+use fleet_proto::agent_service_client::AgentServiceClient;
+use fleet_proto::controller_message::Body as In;
+use fleet_proto::transport::{self, Cause};
+use fleet_proto::{AgentMessage, ControllerMessage, Heartbeat, Hello, Inventory, Welcome};
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::time::MissedTickBehavior;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status, Streaming};
+
+use crate::config::Config;
+use crate::facts::Sampler;
+use crate::identity::{Identity, IdentityError, StateDir};
+use crate::renew::Renewal;
+
+/// Messages the agent may have queued for the controller. Small: a
+/// controller that stops reading makes heartbeats drop, not memory grow.
+const OUTBOX: usize = 64;
+/// How long connecting, sending hello and receiving welcome may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Heartbeat interval when the controller's welcome names none.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+/// The shortest heartbeat interval the agent accepts, so a bad value from
+/// the controller cannot make it spin.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+/// How long to wait, when stopping or after a failed send, for the
+/// controller to end the stream and say why.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// How a session ended, other than by being told to stop.
+#[derive(Debug)]
+pub enum SessionError {
+    /// The controller refuses this host; only an operator can change that.
+    Refused(String),
+    /// The connection failed or the stream broke; worth reconnecting.
+    Lost {
+        /// What happened, in operator terms.
+        reason: String,
+        /// Whether the controller had accepted the stream (welcome).
+        welcomed: bool,
+    },
+    /// The identity on disk cannot be used to connect.
+    Identity(IdentityError),
+}
+
+/// A stream the controller has welcomed.
+struct Opened {
+    /// Our side of the stream; dropping it half-closes the stream.
+    tx: mpsc::Sender<AgentMessage>,
+    /// The controller's side.
+    inbound: Streaming<ControllerMessage>,
+    /// The controller's answer to hello.
+    welcome: Welcome,
+}
+
+/// One connection's worth of state; lives as long as the stream.
+pub struct Session<'a> {
+    /// The agent configuration.
+    pub config: &'a Config,
+    /// Where a renewed identity is written.
+    pub state: &'a StateDir,
+    /// The identity to connect with; replaced in place on renewal.
+    pub identity: &'a mut Identity,
+    /// Facts and metrics.
+    pub sampler: &'a mut Sampler,
+    /// Stops the session.
+    pub cancel: &'a CancellationToken,
+}
+
+impl Session<'_> {
+    /// Runs the stream until it breaks (`Err`) or the agent stops (`Ok`).
+    pub async fn run(self) -> Result<(), SessionError> {
+        let cancel = self.cancel.clone();
+        let opened = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            r = tokio::time::timeout(OPEN_TIMEOUT, self.open()) => match r {
+                Ok(r) => r?,
+                Err(_) => return Err(SessionError::Lost {
+                    reason: format!("the controller at {} did not welcome this host within {OPEN_TIMEOUT:?}", self.config.controller),
+                    welcomed: false,
+                }),
+            },
+        };
+        self.serve(opened).await
+    }
+
+    /// Connects with a TLS configuration built from the identity as it is
+    /// now (so a renewed certificate is used), sends hello, waits for welcome.
+    async fn open(&self) -> Result<Opened, SessionError> {
+        let addr = self.config.controller.as_str();
+        let trust = self.identity.trust().map_err(SessionError::Identity)?;
+        let client_id = self.identity.client_identity().map_err(SessionError::Identity)?;
+        let tls = transport::client_config(trust, Some(client_id)).map_err(|e| {
+            SessionError::Identity(IdentityError::Corrupt {
+                path: "identity.pem".into(),
+                detail: e.to_string(),
+            })
+        })?;
+        let channel = transport::connect(addr, tls).await.map_err(|e| {
+            let reason = e.to_string();
+            match refusal_in(&reason, addr) {
+                Some(refusal) => SessionError::Refused(refusal),
+                None => SessionError::Lost {
+                    reason,
+                    welcomed: false,
+                },
+            }
+        })?;
+
+        let (tx, rx) = mpsc::channel(OUTBOX);
+        let hello = Hello {
+            host_id: self.identity.host.host_id.clone(),
+            facts: Some(self.sampler.facts()),
+            labels: self.config.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            inventory: Some(Inventory::default()),
+        };
+        // Invariant: the receiver is alive and the queue empty, so this
+        // cannot fail; hello is queued before the stream opens and so is first.
+        let _ = tx.try_send(AgentMessage {
+            body: Some(Out::Hello(hello)),
+        });
+
+        let mut client = AgentServiceClient::new(channel);
+        let mut inbound = client
+            .stream(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| classify(&s, addr, false))?
+            .into_inner();
+        let welcome = match inbound.message().await.map_err(|s| classify(&s, addr, false))? {
+            Some(ControllerMessage {
+                body: Some(In::Welcome(w)),
+            }) => w,
+            Some(other) => {
+                return Err(SessionError::Lost {
+                    reason: format!("the controller at {addr} answered hello with {other:?} instead of welcome"),
+                    welcomed: false,
+                })
+            }
+            None => {
+                return Err(SessionError::Lost {
+                    reason: format!("the controller at {addr} ended the stream without a welcome"),
+                    welcomed: false,
+                })
+            }
+        };
+        Ok(Opened { tx, inbound, welcome })
+    }
+
+    async fn serve(mut self, opened: Opened) -> Result<(), SessionError> {
+        let Opened {
+            tx,
+            mut inbound,
+            welcome,
+        } = opened;
+        let addr = self.config.controller.as_str();
+        let interval = match welcome.heartbeat_interval_ms {
+            0 => DEFAULT_HEARTBEAT,
+            ms => Duration::from_millis(ms).max(MIN_HEARTBEAT),
+        };
+        tracing::info!(controller = %addr, heartbeat_interval = ?interval, labels = ?welcome.labels, "stream open");
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut renewal = Renewal::default();
+
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => {
+                    // Half-close: the controller sees our side end cleanly.
+                    drop(tx);
+                    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                        while let Ok(Some(_)) = inbound.message().await {}
+                    })
+                    .await;
+                    return Ok(());
+                }
+                _ = ticks.tick() => {
+                    let heartbeat = Heartbeat { sampled_at_ms: fleet_proto::now_ms(), metrics: Some(self.sampler.sample()) };
+                    match tx.try_send(AgentMessage { body: Some(Out::Heartbeat(heartbeat)) }) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(_)) => {
+                            tracing::warn!(controller = %addr, "the controller is not reading the stream; heartbeat dropped");
+                        }
+                        Err(TrySendError::Closed(_)) => return Err(ended(&mut inbound, addr).await),
+                    }
+                    let hostname = self.sampler.hostname();
+                    match renewal.request_if_due(self.identity, &hostname, fleet_proto::now_ms(), Instant::now()) {
+                        Ok(None) => {}
+                        Ok(Some(request)) => {
+                            tracing::info!(
+                                not_after = %crate::utc(self.identity.host.not_after_ms),
+                                "certificate past half-life; asking for a new one"
+                            );
+                            if tx.send(AgentMessage { body: Some(Out::Renew(request)) }).await.is_err() {
+                                return Err(ended(&mut inbound, addr).await);
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot ask for a new certificate; trying again at the next heartbeat"),
+                    }
+                }
+                message = inbound.message() => {
+                    let body = match message {
+                        Ok(Some(ControllerMessage { body: Some(body) })) => body,
+                        Ok(Some(ControllerMessage { body: None })) => continue,
+                        Ok(None) => return Err(SessionError::Lost {
+                            reason: format!("the controller at {addr} ended the stream"),
+                            welcomed: true,
+                        }),
+                        Err(status) => return Err(classify(&status, addr, true)),
+                    };
+                    match body {
+                        In::Welcome(_) => tracing::debug!("ignoring a second welcome"),
+                        In::Task(task) => {
+                            let progress = crate::tasks::handle_task(&task);
+                            if tx.send(AgentMessage { body: Some(Out::TaskProgress(progress)) }).await.is_err() {
+                                return Err(ended(&mut inbound, addr).await);
+                            }
+                        }
+                        In::Renewed(answer) => self.take_renewal(&mut renewal, answer),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stores a renewed identity; the current stream stays as it is.
+    fn take_renewal(&mut self, renewal: &mut Renewal, answer: fleet_proto::RenewResponse) {
+        let renewed = match renewal.complete(self.identity, answer, fleet_proto::now_ms()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "renewed certificate not taken");
+                return;
+            }
+        };
+        match self.state.store(&renewed) {
+            Ok(()) => {
+                tracing::info!(
+                    host_id = %renewed.host.host_id,
+                    not_after = %crate::utc(renewed.host.not_after_ms),
+                    "certificate renewed; the next connection uses it"
+                );
+                *self.identity = renewed;
+            }
+            // The old identity stays valid; renew_at has passed, so the
+            // next heartbeat asks again.
+            Err(e) => tracing::error!(error = %e, "cannot store the renewed certificate"),
+        }
+    }
+}
+
+/// Why the stream ended, once our side can no longer send on it.
+async fn ended(inbound: &mut Streaming<ControllerMessage>, addr: &str) -> SessionError {
+    let lost = SessionError::Lost {
+        reason: format!("the stream to the controller at {addr} closed"),
+        welcomed: true,
+    };
+    loop {
+        match tokio::time::timeout(CLOSE_GRACE, inbound.message()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(Err(status)) => return classify(&status, addr, true),
+            Ok(Ok(None)) | Err(_) => return lost,
+        }
+    }
+}
+
+/// Sorts a failed stream into "refused for good" and "try again".
+fn classify(status: &Status, addr: &str, welcomed: bool) -> SessionError {
+    if matches!(status.code(), Code::PermissionDenied | Code::Unauthenticated) {
+        let message = match status.message() {
+            "" => crate::describe(status, addr),
+            m => m.to_string(),
+        };
+        return SessionError::Refused(message);
+    }
+    // The controller refusing our certificate in the handshake.
+    if let Cause::Alert(alert) = transport::cause_of(status) {
+        if refuses_certificate(&format!("{alert:?}")) {
+            return SessionError::Refused(transport::explain(status, addr));
+        }
+    }
+    let reason = crate::describe(status, addr);
+    match refusal_in(&reason, addr) {
+        Some(refusal) => SessionError::Refused(refusal),
+        None => SessionError::Lost { reason, welcomed },
+    }
+}
+
+/// The refusal sentence when `text` (an error's message chain) reports a
+/// TLS alert with which the controller refused this host's certificate.
+///
+/// Why text and not `transport::cause_of`: HTTP/2 (h2) keeps only the kind
+/// and the message of an I/O error, so once the alert passed through it the
+/// typed `rustls::Error` is gone and only rustls' wording remains.
+fn refusal_in(text: &str, addr: &str) -> Option<String> {
+    let (_, rest) = text.split_once("received fatal alert: ")?;
+    let alert = rest.split(|c: char| !c.is_ascii_alphanumeric()).next()?;
+    refuses_certificate(alert).then(|| {
+        format!(
+            "the controller at {addr} refused this host's certificate in the TLS handshake (alert {alert}): it was \
+             revoked (the host was removed), it expired, or this controller's CA did not issue it"
+        )
+    })
+}
+
+/// Whether a TLS alert (by its rustls name) says the peer refused our
+/// certificate, as opposed to a protocol or internal failure worth retrying.
+fn refuses_certificate(alert: &str) -> bool {
+    matches!(
+        alert,
+        "BadCertificate"
+            | "UnsupportedCertificate"
+            | "CertificateRevoked"
+            | "CertificateExpired"
+            | "CertificateUnknown"
+            | "CertificateRequired"
+            | "UnknownCA"
+            | "AccessDenied"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removal_is_a_refusal_and_outages_are_not() {
+        let removed = Status::permission_denied("host h-1 was removed by alice");
+        assert!(
+            matches!(classify(&removed, "c:1", true), SessionError::Refused(m) if m == "host h-1 was removed by alice")
+        );
+        assert!(matches!(
+            classify(&Status::unauthenticated(""), "c:1", true),
+            SessionError::Refused(_)
+        ));
+        for s in [
+            Status::unavailable("restarting"),
+            Status::internal("boom"),
+            Status::cancelled("reset"),
+        ] {
+            assert!(matches!(
+                classify(&s, "c:1", true),
+                SessionError::Lost { welcomed: true, .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn certificate_alerts_are_refusals() {
+        // As transport::explain words a connect failure after h2 erased the type.
+        let connect = "cannot reach the controller at c:1: received fatal alert: CertificateRevoked; check the address";
+        let refusal = refusal_in(connect, "c:1").expect("refusal");
+        assert!(refusal.contains("alert CertificateRevoked"), "{refusal}");
+        assert!(refusal_in(
+            "cannot reach the controller at c:1: received fatal alert: UnknownCA",
+            "c:1"
+        )
+        .is_some());
+        assert!(refusal_in(
+            "cannot reach the controller at c:1: received fatal alert: InternalError",
+            "c:1"
+        )
+        .is_none());
+        assert!(refusal_in(
+            "cannot reach the controller at c:1: Connection refused (os error 111)",
+            "c:1"
+        )
+        .is_none());
+        let status = Status::unknown("h2 protocol error: received fatal alert: BadCertificate");
+        assert!(matches!(classify(&status, "c:1", false), SessionError::Refused(_)));
+    }
+}
