@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use fleet_proto::agent_message::Body as Out;
 use fleet_proto::agent_service_client::AgentServiceClient;
 use fleet_proto::controller_message::Body as In;
-use fleet_proto::transport::{self, Cause};
+use fleet_proto::transport;
 use fleet_proto::{AgentMessage, ControllerMessage, Heartbeat, Hello, Inventory, Welcome};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::time::MissedTickBehavior;
@@ -104,15 +104,14 @@ impl Session<'_> {
                 detail: e.to_string(),
             })
         })?;
-        let channel = transport::connect(addr, tls).await.map_err(|e| {
-            let reason = e.to_string();
-            match refusal_in(&reason, addr) {
-                Some(refusal) => SessionError::Refused(refusal),
-                None => SessionError::Lost {
-                    reason,
-                    welcomed: false,
-                },
+        let channel = transport::connect(addr, tls).await.map_err(|e| match e {
+            transport::TransportError::Connect { message, cause } if transport::is_certificate_refusal(&cause) => {
+                SessionError::Refused(message)
             }
+            other => SessionError::Lost {
+                reason: other.to_string(),
+                welcomed: false,
+            },
         })?;
 
         let (tx, rx) = mpsc::channel(OUTBOX);
@@ -280,49 +279,13 @@ fn classify(status: &Status, addr: &str, welcomed: bool) -> SessionError {
         return SessionError::Refused(message);
     }
     // The controller refusing our certificate in the handshake.
-    if let Cause::Alert(alert) = transport::cause_of(status) {
-        if refuses_certificate(&format!("{alert:?}")) {
-            return SessionError::Refused(transport::explain(status, addr));
-        }
+    if transport::is_certificate_refusal(&transport::cause_at(status, addr)) {
+        return SessionError::Refused(transport::explain(status, addr));
     }
-    let reason = crate::describe(status, addr);
-    match refusal_in(&reason, addr) {
-        Some(refusal) => SessionError::Refused(refusal),
-        None => SessionError::Lost { reason, welcomed },
+    SessionError::Lost {
+        reason: crate::describe(status, addr),
+        welcomed,
     }
-}
-
-/// The refusal sentence when `text` (an error's message chain) reports a
-/// TLS alert with which the controller refused this host's certificate.
-///
-/// Why text and not `transport::cause_of`: HTTP/2 (h2) keeps only the kind
-/// and the message of an I/O error, so once the alert passed through it the
-/// typed `rustls::Error` is gone and only rustls' wording remains.
-fn refusal_in(text: &str, addr: &str) -> Option<String> {
-    let (_, rest) = text.split_once("received fatal alert: ")?;
-    let alert = rest.split(|c: char| !c.is_ascii_alphanumeric()).next()?;
-    refuses_certificate(alert).then(|| {
-        format!(
-            "the controller at {addr} refused this host's certificate in the TLS handshake (alert {alert}): it was \
-             revoked (the host was removed), it expired, or this controller's CA did not issue it"
-        )
-    })
-}
-
-/// Whether a TLS alert (by its rustls name) says the peer refused our
-/// certificate, as opposed to a protocol or internal failure worth retrying.
-fn refuses_certificate(alert: &str) -> bool {
-    matches!(
-        alert,
-        "BadCertificate"
-            | "UnsupportedCertificate"
-            | "CertificateRevoked"
-            | "CertificateExpired"
-            | "CertificateUnknown"
-            | "CertificateRequired"
-            | "UnknownCA"
-            | "AccessDenied"
-    )
 }
 
 #[cfg(test)]
@@ -353,26 +316,10 @@ mod tests {
 
     #[test]
     fn certificate_alerts_are_refusals() {
-        // As transport::explain words a connect failure after h2 erased the type.
-        let connect = "cannot reach the controller at c:1: received fatal alert: CertificateRevoked; check the address";
-        let refusal = refusal_in(connect, "c:1").expect("refusal");
-        assert!(refusal.contains("alert CertificateRevoked"), "{refusal}");
-        assert!(refusal_in(
-            "cannot reach the controller at c:1: received fatal alert: UnknownCA",
-            "c:1"
-        )
-        .is_some());
-        assert!(refusal_in(
-            "cannot reach the controller at c:1: received fatal alert: InternalError",
-            "c:1"
-        )
-        .is_none());
-        assert!(refusal_in(
-            "cannot reach the controller at c:1: Connection refused (os error 111)",
-            "c:1"
-        )
-        .is_none());
+        // h2 leaves only rustls' wording of the alert.
         let status = Status::unknown("h2 protocol error: received fatal alert: BadCertificate");
         assert!(matches!(classify(&status, "c:1", false), SessionError::Refused(_)));
+        let status = Status::unknown("h2 protocol error: received fatal alert: InternalError");
+        assert!(matches!(classify(&status, "c:1", false), SessionError::Lost { .. }));
     }
 }

@@ -73,7 +73,7 @@ impl From<fleet_proto::transport::TransportError> for Error {
     fn from(e: fleet_proto::transport::TransportError) -> Error {
         use fleet_proto::transport::TransportError;
         match e {
-            TransportError::Connect(sentence) => Error::Unreachable(sentence),
+            TransportError::Connect { message, .. } => Error::Unreachable(message),
             // A bad address, CA file or TLS setting is the operator's input.
             other => Error::Usage(other.to_string()),
         }
@@ -104,7 +104,10 @@ mod tests {
         assert_eq!(Error::Failed("x".into()).exit_code() as u8, 1);
         let missing = crate::config::Settings::default().require().expect_err("incomplete");
         assert_eq!(Error::from(missing).exit_code() as u8, 2);
-        let connect = fleet_proto::transport::TransportError::Connect("cannot reach".into());
+        let connect = fleet_proto::transport::TransportError::Connect {
+            message: "cannot reach".into(),
+            cause: fleet_proto::transport::Cause::Other("test".into()),
+        };
         assert_eq!(Error::from(connect).exit_code() as u8, 5);
         let address = fleet_proto::transport::TransportError::BadAddress("x".into());
         assert_eq!(Error::from(address).exit_code() as u8, 2);

@@ -33,9 +33,14 @@ pub enum TransportError {
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
-    /// The connection failed; the message explains why in operator terms.
-    #[error("{0}")]
-    Connect(String),
+    /// The connection failed; `message` explains why in operator terms.
+    #[error("{message}")]
+    Connect {
+        /// The operator sentence.
+        message: String,
+        /// What went wrong, for callers that act on it.
+        cause: Cause,
+    },
 }
 
 /// The `ring` crypto provider, the only one fleet uses.
@@ -216,16 +221,22 @@ pub async fn connect(addr: &str, config: Arc<ClientConfig>) -> Result<Channel, T
     let uri: Uri = format!("https://{}", authority(&host, port))
         .parse()
         .map_err(|_| TransportError::BadAddress(addr.to_string()))?;
+    let addr_key = addr.to_string();
     let connector = tower::service_fn(move |_: Uri| {
         let (host, server_name, config) = (host.clone(), server_name.clone(), config.clone());
+        let addr_key = addr_key.clone();
         async move {
             // Invariant: lookup happens here, per attempt, never cached.
             let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
             let tls = tokio_rustls::TlsConnector::from(config)
                 .connect(server_name, tcp)
-                .await?;
-            Ok::<_, std::io::Error>(TokioIo::new(tls))
+                .await
+                .inspect_err(|e| remember_alert(&addr_key, e))?;
+            Ok::<_, std::io::Error>(TokioIo::new(Watched {
+                inner: tls,
+                addr: addr_key,
+            }))
         }
     });
     Endpoint::from(uri)
@@ -235,7 +246,10 @@ pub async fn connect(addr: &str, config: Arc<ClientConfig>) -> Result<Channel, T
         .keep_alive_while_idle(true)
         .connect_with_connector(connector)
         .await
-        .map_err(|e| TransportError::Connect(explain(&e, addr)))
+        .map_err(|e| TransportError::Connect {
+            message: explain(&e, addr),
+            cause: cause_at(&e, addr),
+        })
 }
 
 fn authority(host: &str, port: u16) -> String {
@@ -259,6 +273,116 @@ pub enum Cause {
     Other(String),
 }
 
+/// TLS alerts that mean "the peer refused the certificate", by rustls name.
+const CERT_ALERTS: [rustls::AlertDescription; 8] = [
+    rustls::AlertDescription::CertificateRevoked,
+    rustls::AlertDescription::CertificateExpired,
+    rustls::AlertDescription::UnknownCA,
+    rustls::AlertDescription::BadCertificate,
+    rustls::AlertDescription::CertificateUnknown,
+    rustls::AlertDescription::CertificateRequired,
+    rustls::AlertDescription::UnsupportedCertificate,
+    rustls::AlertDescription::AccessDenied,
+];
+
+/// The last certificate alert received from each address, with when.
+///
+/// Why a process-wide record: HTTP/2 (hyper, h2) turns the TLS error of a
+/// connection into "connection closed" or a bare string before it reaches
+/// the caller, so the typed rustls alert survives only if it is noted where
+/// the bytes are read, in [`Watched`].
+static ALERTS: std::sync::Mutex<Vec<(String, std::time::Instant, rustls::AlertDescription)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// How long a recorded alert explains later failures to the same address.
+const ALERT_MEMORY: Duration = Duration::from_secs(60);
+
+fn remember_alert(addr: &str, err: &std::io::Error) {
+    let Some(rustls::Error::AlertReceived(alert)) = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>())
+    else {
+        return;
+    };
+    let mut alerts = ALERTS.lock().unwrap_or_else(|p| p.into_inner());
+    alerts.retain(|(a, _, _)| a != addr);
+    alerts.push((addr.to_string(), std::time::Instant::now(), *alert));
+}
+
+fn recent_alert(addr: &str) -> Option<rustls::AlertDescription> {
+    let alerts = ALERTS.lock().unwrap_or_else(|p| p.into_inner());
+    alerts
+        .iter()
+        .find(|(a, at, _)| a == addr && at.elapsed() < ALERT_MEMORY)
+        .map(|(_, _, alert)| *alert)
+}
+
+/// The client side of a TLS connection, noting certificate alerts as they are read.
+struct Watched {
+    inner: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    addr: String,
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let r = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Err(e)) = &r {
+            remember_alert(&this.addr, e);
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Whether the controller refused this client's certificate (as opposed to a
+/// failure worth retrying).
+pub fn is_certificate_refusal(cause: &Cause) -> bool {
+    matches!(cause, Cause::Alert(a) if CERT_ALERTS.contains(a))
+}
+
+/// Like [`cause_of`], and when the chain has lost the TLS alert (HTTP/2 erased
+/// it), the certificate alert last received from `addr`, if recent.
+pub fn cause_at(err: &(dyn std::error::Error + 'static), addr: &str) -> Cause {
+    match cause_of(err) {
+        Cause::Io(..) | Cause::Other(_) if recent_alert(addr).is_some() => {
+            Cause::Alert(recent_alert(addr).unwrap_or(rustls::AlertDescription::BadCertificate))
+        }
+        c => c,
+    }
+}
+
+/// Finds a certificate alert in rustls' wording ("received fatal alert: X"),
+/// which is all that is left of it once h2 has stringified the error.
+fn alert_in_text(text: &str) -> Option<rustls::AlertDescription> {
+    let (_, rest) = text.split_once("received fatal alert: ")?;
+    let name = rest.split(|c: char| !c.is_ascii_alphanumeric()).next()?;
+    CERT_ALERTS.into_iter().find(|a| format!("{a:?}") == name)
+}
+
 /// Finds the most telling cause in an error chain.
 pub fn cause_of(err: &(dyn std::error::Error + 'static)) -> Cause {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
@@ -272,6 +396,9 @@ pub fn cause_of(err: &(dyn std::error::Error + 'static)) -> Cause {
                 return tls_cause(tls);
             }
             io.get_or_insert(Cause::Io(ioe.kind(), ioe.to_string()));
+        }
+        if let Some(alert) = alert_in_text(&e.to_string()) {
+            return Cause::Alert(alert);
         }
         cur = e.source();
     }
@@ -287,15 +414,18 @@ fn tls_cause(e: &rustls::Error) -> Cause {
 
 /// An operator-facing sentence for a failed connection to `addr`.
 pub fn explain(err: &(dyn std::error::Error + 'static), addr: &str) -> String {
-    match cause_of(err) {
+    match cause_at(err, addr) {
         Cause::Alert(rustls::AlertDescription::CertificateRevoked) => format!(
             "the controller at {addr} refused this client's certificate: it was revoked (the host was removed); enroll again with a new join token"
         ),
         Cause::Alert(rustls::AlertDescription::CertificateExpired) => format!(
             "the controller at {addr} refused this client's certificate: it expired; enroll again with a new join token"
         ),
+        Cause::Alert(rustls::AlertDescription::UnknownCA) => format!(
+            "the controller at {addr} refused this client's certificate: another CA issued it (alert UnknownCA); enroll with this controller's join token"
+        ),
         Cause::Alert(a) => format!(
-            "the controller at {addr} refused the TLS handshake ({a:?}): this client's certificate is not one it issued, or it was revoked"
+            "the controller at {addr} refused the TLS handshake (alert {a:?}): this client's certificate is not one it honours"
         ),
         Cause::BadServerCert(detail) => format!(
             "the controller at {addr} presented a certificate this client does not trust: {detail}; check the CA file or fingerprint you were given"
@@ -320,6 +450,22 @@ mod tests {
         assert!(split_host_port("nohost").is_err());
         assert!(split_host_port(":80").is_err());
         assert!(split_host_port("a:port").is_err());
+    }
+
+    #[test]
+    fn alerts_survive_stringification() {
+        // h2 keeps only rustls' text; if rustls rewords it, this fails.
+        let text = format!(
+            "h2 protocol error: {}",
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked)
+        );
+        let err = std::io::Error::other(text);
+        assert_eq!(
+            cause_of(&err),
+            Cause::Alert(rustls::AlertDescription::CertificateRevoked)
+        );
+        let other = std::io::Error::other("received fatal alert: DecodeError");
+        assert!(matches!(cause_of(&other), Cause::Io(..)));
     }
 
     #[test]

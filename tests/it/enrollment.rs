@@ -10,7 +10,10 @@ fn three_agents_enroll_and_heartbeat() {
     let fleet = Fleet::start(3);
     let hosts = fleet.wait_connected(3, Duration::from_secs(30));
 
-    let mut names: Vec<&str> = hosts.iter().map(|h| h["hostname"].as_str().expect("hostname")).collect();
+    let mut names: Vec<&str> = hosts
+        .iter()
+        .map(|h| h["hostname"].as_str().expect("hostname"))
+        .collect();
     names.sort();
     assert_eq!(names, ["web-1", "web-2", "web-3"]);
     for h in &hosts {
@@ -22,7 +25,10 @@ fn three_agents_enroll_and_heartbeat() {
         assert!(h["memory_used_bytes"].as_u64().unwrap_or(0) > 0, "{h}");
         assert!(h["disk_total_bytes"].as_u64().unwrap_or(0) > 0, "{h}");
         assert!(h["uptime_secs"].as_u64().unwrap_or(0) > 0, "{h}");
-        assert!(h["cert_not_after_ms"].as_i64().unwrap_or(0) > h["enrolled_at_ms"].as_i64().unwrap_or(0), "{h}");
+        assert!(
+            h["cert_not_after_ms"].as_i64().unwrap_or(0) > h["enrolled_at_ms"].as_i64().unwrap_or(0),
+            "{h}"
+        );
         assert!(h["remote_addr"].as_str().unwrap_or("").starts_with("127.0.0.1:"), "{h}");
     }
 
@@ -36,7 +42,10 @@ fn three_agents_enroll_and_heartbeat() {
 
     // The private key stays on the host, readable by its owner only.
     for a in &fleet.agents {
-        let mode = std::fs::metadata(a.dir.join("state/identity.pem")).expect("identity.pem").permissions().mode();
+        let mode = std::fs::metadata(a.dir.join("state/identity.pem"))
+            .expect("identity.pem")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "identity.pem of {}", a.name);
     }
     // The token's uses were spent, once per host.
@@ -46,8 +55,14 @@ fn three_agents_enroll_and_heartbeat() {
 
     let metrics = fleet.controller.metrics_text();
     assert!(metrics.contains("fleet_agents_connected 3"), "{metrics}");
-    assert!(metrics.contains("fleet_enrollments_total{result=\"ok\"} 3"), "{metrics}");
-    assert!(metrics.contains("fleet_rpc_requests_total{method=\"HostService/ListHosts\",code=\"Ok\"}"), "{metrics}");
+    assert!(
+        metrics.contains("fleet_enrollments_total{result=\"ok\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("fleet_rpc_requests_total{method=\"HostService/ListHosts\",code=\"Ok\"}"),
+        "{metrics}"
+    );
     assert!(metrics.contains("fleet_hosts_enrolled 3"), "{metrics}");
 }
 
@@ -67,7 +82,11 @@ fn hosts_can_be_labelled_and_selected() {
     // A bad label is refused with its name, and changes nothing.
     let out = fleet.fleetctl(&["hosts", "label", "web-2", "bad key=x"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("bad key"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bad key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Unknown host: exit code 3 (not found).
     let out = fleet.fleetctl(&["hosts", "show", "no-such-host"]);
@@ -77,5 +96,8 @@ fn hosts_can_be_labelled_and_selected() {
     // The table output lists both hosts.
     let out = fleet.fleetctl(&["hosts", "ls"]);
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.contains("web-1") && table.contains("web-2") && table.contains("connected"), "{table}");
+    assert!(
+        table.contains("web-1") && table.contains("web-2") && table.contains("connected"),
+        "{table}"
+    );
 }

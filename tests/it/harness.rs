@@ -50,7 +50,12 @@ pub fn wait_exit(child: &mut Child, timeout: Duration, what: &str) -> ExitStatus
 
 /// Sends SIGTERM to a process.
 pub fn sigterm(child: &Child) {
-    let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill").success();
+    // The shell's builtin kill: no dependency on procps being installed.
+    let ok = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", child.id())])
+        .status()
+        .expect("sh")
+        .success();
     assert!(ok, "kill -TERM {} failed", child.id());
 }
 
@@ -87,7 +92,11 @@ impl Controller {
             .args(["--listen", &addr.to_string(), "--metrics-listen", &metrics.to_string()])
             .output()
             .expect("run fleet-controller init");
-        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         let ca_fingerprint = stdout
             .split_whitespace()
@@ -123,7 +132,11 @@ impl Controller {
     /// Starts `serve` and waits for /healthz.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "controller already running");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
         let child = Command::new(bin("fleet-controller"))
             .args(["serve", "--config"])
             .arg(&self.config)
@@ -163,11 +176,11 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").ok()?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
     let (head, body) = resp.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    (head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200")).then(|| body.to_string())
 }
 
 /// One agent process with its own state dir.
@@ -186,7 +199,14 @@ pub struct Agent {
 
 impl Agent {
     /// Writes agent.toml for `controller_addr` in `root/<name>`.
-    pub fn new(root: &Path, name: &str, controller_addr: &str, ca_fingerprint: &str, token: &str, labels: &[(&str, &str)]) -> Agent {
+    pub fn new(
+        root: &Path,
+        name: &str,
+        controller_addr: &str,
+        ca_fingerprint: &str,
+        token: &str,
+        labels: &[(&str, &str)],
+    ) -> Agent {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).expect("agent dir");
         let config = dir.join("agent.toml");
@@ -202,13 +222,23 @@ impl Agent {
             }
         }
         std::fs::write(&config, text).expect("write agent.toml");
-        Agent { name: name.into(), log: dir.join("agent.log"), dir, config, child: None }
+        Agent {
+            name: name.into(),
+            log: dir.join("agent.log"),
+            dir,
+            config,
+            child: None,
+        }
     }
 
     /// Starts the agent.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "agent {} already running", self.name);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
         let child = Command::new(bin("fleet-agent"))
             .args(["run", "--config"])
             .arg(&self.config)
@@ -264,7 +294,11 @@ impl Fleet {
         let root = tempfile::Builder::new().prefix("fleet-it-").tempdir().expect("tempdir");
         let mut controller = Controller::init(root.path(), extra);
         controller.start();
-        Fleet { root, controller, agents: Vec::new() }
+        Fleet {
+            root,
+            controller,
+            agents: Vec::new(),
+        }
     }
 
     /// A controller and `n` enrolled, connected agents (web-1 … web-n) enrolled
@@ -282,7 +316,14 @@ impl Fleet {
     /// Adds and starts an agent.
     pub fn add_agent(&mut self, name: &str, token: &str, labels: &[(&str, &str)]) -> usize {
         let addr = self.controller.addr.to_string();
-        let mut agent = Agent::new(self.root.path(), name, &addr, &self.controller.ca_fingerprint, token, labels);
+        let mut agent = Agent::new(
+            self.root.path(),
+            name,
+            &addr,
+            &self.controller.ca_fingerprint,
+            token,
+            labels,
+        );
         agent.start();
         self.agents.push(agent);
         self.agents.len() - 1
@@ -312,8 +353,12 @@ impl Fleet {
             out.status.code(),
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("fleetctl {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "fleetctl {args:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     }
 
     /// `fleetctl token create ARGS`, returning the secret token string.
@@ -326,19 +371,26 @@ impl Fleet {
 
     /// `fleetctl hosts ls --output json`.
     pub fn hosts(&self) -> Vec<Value> {
-        self.fleetctl_json(&["hosts", "ls"]).as_array().expect("hosts array").clone()
+        self.fleetctl_json(&["hosts", "ls"])
+            .as_array()
+            .expect("hosts array")
+            .clone()
     }
 
     /// Waits until exactly `n` hosts are connected and have sent a heartbeat.
     pub fn wait_connected(&self, n: usize, timeout: Duration) -> Vec<Value> {
-        wait_until(timeout, &format!("{n} connected hosts with heartbeats\n{}", self.logs()), || {
-            let hosts = self.hosts();
-            let ready = hosts
-                .iter()
-                .filter(|h| h["status"] == "connected" && h["memory_total_bytes"].as_u64().unwrap_or(0) > 0)
-                .count();
-            (ready == n).then_some(hosts)
-        })
+        wait_until(
+            timeout,
+            &format!("{n} connected hosts with heartbeats\n{}", self.logs()),
+            || {
+                let hosts = self.hosts();
+                let ready = hosts
+                    .iter()
+                    .filter(|h| h["status"] == "connected" && h["memory_total_bytes"].as_u64().unwrap_or(0) > 0)
+                    .count();
+                (ready == n).then_some(hosts)
+            },
+        )
     }
 
     /// Every log, for failure messages.

@@ -16,7 +16,10 @@ fn controller_kill9_and_restart_keeps_the_store_and_agents_return() {
     fleet.controller.start();
     let restarted = Instant::now();
     let after = fleet.wait_connected(3, Duration::from_secs(10));
-    eprintln!("all 3 agents back {:?} after the controller came up", restarted.elapsed());
+    eprintln!(
+        "all 3 agents back {:?} after the controller came up",
+        restarted.elapsed()
+    );
 
     let ids = |hs: &[serde_json::Value]| {
         let mut v: Vec<String> = hs.iter().map(|h| h["id"].as_str().unwrap_or("").to_string()).collect();
@@ -39,7 +42,11 @@ fn sigterm_stops_the_controller_gracefully_and_agents_reconnect() {
     assert!(fleet.controller.log_text().contains("fleet-controller stopped"));
     // Agents survive a controller outage and come back by themselves.
     for a in &mut fleet.agents {
-        assert!(a.child.as_mut().expect("agent").try_wait().expect("try_wait").is_none(), "agent {} exited", a.name);
+        assert!(
+            a.child.as_mut().expect("agent").try_wait().expect("try_wait").is_none(),
+            "agent {} exited",
+            a.name
+        );
     }
     fleet.controller.start();
     fleet.wait_connected(2, Duration::from_secs(20));
@@ -59,7 +66,11 @@ fn removing_a_host_cuts_its_stream_and_refuses_it_afterwards() {
     let code = fleet.agents[0].wait_exit(Duration::from_secs(10));
     eprintln!("removed agent exited {:?} after the rm", removed_at.elapsed());
     assert_eq!(code, Some(3), "{}", fleet.logs());
-    assert!(fleet.agents[0].log_text().contains("removed"), "{}", fleet.agents[0].log_text());
+    assert!(
+        fleet.agents[0].log_text().contains("removed"),
+        "{}",
+        fleet.agents[0].log_text()
+    );
 
     // Started again with the same certificate, it is refused and says why.
     fleet.agents[0].start();
@@ -79,7 +90,10 @@ fn removing_a_host_cuts_its_stream_and_refuses_it_afterwards() {
     assert_eq!(hosts[0]["hostname"], "web-2");
     assert_eq!(hosts[0]["status"], "connected");
     let metrics = fleet.controller.metrics_text();
-    assert!(metrics.contains("fleet_tls_refused_total{reason=\"revoked\"}"), "{metrics}");
+    assert!(
+        metrics.contains("fleet_tls_refused_total{reason=\"revoked\"}"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -104,7 +118,11 @@ fn certificates_renew_at_half_life_without_dropping_the_stream() {
     let h = fleet.fleetctl_json(&["hosts", "show", &id]);
     assert_eq!(h["status"], "connected", "{}", fleet.logs());
     let log = fleet.controller.log_text();
-    assert_eq!(log.matches("agent connected").count(), 1, "the stream was never dropped:\n{log}");
+    assert_eq!(
+        log.matches("agent connected").count(),
+        1,
+        "the stream was never dropped:\n{log}"
+    );
     assert!(log.contains("certificate renewed"), "{log}");
     // A restarted agent uses the renewed identity.
     fleet.agents[0].kill9();
