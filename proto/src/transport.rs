@@ -16,6 +16,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// The ALPN protocol gRPC runs on.
@@ -229,13 +230,31 @@ pub async fn connect(addr: &str, config: Arc<ClientConfig>) -> Result<Channel, T
             // Invariant: lookup happens here, per attempt, never cached.
             let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
-            let tls = tokio_rustls::TlsConnector::from(config)
+            let mut tls = tokio_rustls::TlsConnector::from(config)
                 .connect(server_name, tcp)
                 .await
                 .inspect_err(|e| remember_alert(&addr_key, e))?;
+            // In TLS 1.3 the server judges our certificate after we think the
+            // handshake is done. Wait for its first bytes (the HTTP/2 server
+            // preface, sent unprompted) so a refusal surfaces here as a typed
+            // rustls alert instead of a later "connection closed" from h2.
+            let mut first = vec![0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut first))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer after the TLS handshake"))?
+                .inspect_err(|e| remember_alert(&addr_key, e))?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the controller closed the connection right after the TLS handshake",
+                ));
+            }
+            first.truncate(n);
             Ok::<_, std::io::Error>(TokioIo::new(Watched {
                 inner: tls,
                 addr: addr_key,
+                prefix: first,
+                pos: 0,
             }))
         }
     });
@@ -319,6 +338,9 @@ fn recent_alert(addr: &str) -> Option<rustls::AlertDescription> {
 struct Watched {
     inner: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     addr: String,
+    /// Bytes read while waiting for the server's verdict, replayed first.
+    prefix: Vec<u8>,
+    pos: usize,
 }
 
 impl tokio::io::AsyncRead for Watched {
@@ -328,6 +350,16 @@ impl tokio::io::AsyncRead for Watched {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         let this = &mut *self;
+        if this.pos < this.prefix.len() {
+            let n = buf.remaining().min(this.prefix.len() - this.pos);
+            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
+            this.pos += n;
+            if this.pos == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.pos = 0;
+            }
+            return std::task::Poll::Ready(Ok(()));
+        }
         let r = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
         if let std::task::Poll::Ready(Err(e)) = &r {
             remember_alert(&this.addr, e);
