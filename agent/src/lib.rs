@@ -12,6 +12,7 @@ pub mod identity;
 mod renew;
 mod stream;
 mod tasks;
+pub mod unpack;
 
 use std::time::{Duration, UNIX_EPOCH};
 
