@@ -685,6 +685,14 @@ mod tests {
     }
 
     #[test]
+    fn enospc_is_disk_full() {
+        let e = io_error(Path::new("/r/f"), io::Error::from_raw_os_error(28));
+        assert!(matches!(e, UnpackError::DiskFull { .. }), "{e}");
+        let e = io_error(Path::new("/r/f"), io::Error::from(io::ErrorKind::PermissionDenied));
+        assert!(matches!(e, UnpackError::Io { .. }), "{e}");
+    }
+
+    #[test]
     fn format_names() {
         assert_eq!(Format::from_name("tar.gz"), Some(Format::TarGz));
         assert_eq!(Format::from_name("tar.zst"), Some(Format::TarZst));
