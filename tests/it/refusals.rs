@@ -275,77 +275,62 @@ fn fleetctl_refuses_a_wrong_token_and_a_wrong_ca() {
     assert!(run(token, &good_ca).status.success());
 }
 
+/// Runs `program args…`, asserting it exits `code` and its stderr names every one of `needles`.
+fn refused(program: &str, args: &[&std::ffi::OsStr], envs: &[(&str, &std::path::Path)], code: i32, needles: &[&str]) {
+    let mut cmd = Command::new(bin(program));
+    cmd.args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {program}: {e}"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{program} {args:?}: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{program} {args:?} must say '{n}': {err}");
+    }
+}
+
 #[test]
 fn corrupt_configs_and_foreign_data_dirs_are_refused() {
     let root = tempfile::tempdir().expect("tmp");
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
     // Agent: a truncated config.
     let agent_cfg = root.path().join("agent.toml");
     std::fs::write(&agent_cfg, "controller = \"127.0.0.1:1\"\nca_fingerprint = \"sha256:ab").expect("write");
-    let out = Command::new(bin("fleet-agent"))
-        .args(["run", "--config"])
-        .arg(&agent_cfg)
-        .output()
-        .expect("agent");
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("agent.toml"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let agent_args = [os("run"), os("--config"), agent_cfg.as_os_str()];
+    refused("fleet-agent", &agent_args, &[], 2, &["agent.toml"]);
 
     // Agent: a valid TOML with a bad fingerprint.
-    std::fs::write(
-        &agent_cfg,
-        format!("controller = \"127.0.0.1:1\"\nca_fingerprint = \"md5:00\"\njoin_token = \"fleet_jt_a.b\"\nstate_dir = \"{}\"\n", root.path().join("s").display()),
-    )
-    .expect("write");
-    let out = Command::new(bin("fleet-agent"))
-        .args(["run", "--config"])
-        .arg(&agent_cfg)
-        .output()
-        .expect("agent");
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("ca_fingerprint"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let state = root.path().join("s");
+    let text = format!(
+        "controller = \"127.0.0.1:1\"\nca_fingerprint = \"md5:00\"\njoin_token = \"fleet_jt_a.b\"\nstate_dir = \"{}\"\n",
+        state.display()
     );
+    std::fs::write(&agent_cfg, text).expect("write");
+    refused("fleet-agent", &agent_args, &[], 2, &["ca_fingerprint"]);
 
     // Controller: unknown key.
     let ctl_cfg = root.path().join("controller.toml");
+    let serve_args = [os("serve"), os("--config"), ctl_cfg.as_os_str()];
     std::fs::write(&ctl_cfg, "data_dir = \"/tmp\"\nlistn = \"0.0.0.0:1\"\n").expect("write");
-    let out = Command::new(bin("fleet-controller"))
-        .args(["serve", "--config"])
-        .arg(&ctl_cfg)
-        .output()
-        .expect("ctl");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("controller.toml") && err.contains("listn"), "{err}");
+    refused("fleet-controller", &serve_args, &[], 2, &["controller.toml", "listn"]);
 
     // Controller: a data dir that is not one.
     let empty = root.path().join("empty");
     std::fs::create_dir(&empty).expect("mkdir");
-    std::fs::write(
-        &ctl_cfg,
-        format!(
-            "data_dir = \"{}\"\nlisten = \"{}\"\nmetrics_listen = \"{}\"\n",
-            empty.display(),
-            free_addr(),
-            free_addr()
-        ),
-    )
-    .expect("write");
-    let out = Command::new(bin("fleet-controller"))
-        .args(["serve", "--config"])
-        .arg(&ctl_cfg)
-        .output()
-        .expect("ctl");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("not a fleet-controller data dir") && err.contains("fleet-controller init"),
-        "{err}"
+    let text = format!(
+        "data_dir = \"{}\"\nlisten = \"{}\"\nmetrics_listen = \"{}\"\n",
+        empty.display(),
+        free_addr(),
+        free_addr()
+    );
+    std::fs::write(&ctl_cfg, text).expect("write");
+    refused(
+        "fleet-controller",
+        &serve_args,
+        &[],
+        2,
+        &["not a fleet-controller data dir", "fleet-controller init"],
     );
     assert_eq!(
         std::fs::read_dir(&empty).expect("ls").count(),
@@ -356,27 +341,18 @@ fn corrupt_configs_and_foreign_data_dirs_are_refused() {
     // init refuses to overwrite a data dir.
     let ctl = Controller::init(root.path(), &[]);
     let ca_before = std::fs::read(ctl.data_dir.join("ca.pem")).expect("ca");
-    let out = Command::new(bin("fleet-controller"))
-        .args(["init", "--data-dir"])
-        .arg(&ctl.data_dir)
-        .output()
-        .expect("init");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to overwrite"));
+    let init_args = [os("init"), os("--data-dir"), ctl.data_dir.as_os_str()];
+    refused("fleet-controller", &init_args, &[], 2, &["refusing to overwrite"]);
     assert_eq!(std::fs::read(ctl.data_dir.join("ca.pem")).expect("ca"), ca_before);
 
     // fleetctl: a corrupt config file.
     let bad = root.path().join("fleetctl.toml");
     std::fs::write(&bad, "controller = [1, 2").expect("write");
-    let out = Command::new(bin("fleetctl"))
-        .args(["hosts", "ls"])
-        .env("FLEET_CONFIG", &bad)
-        .output()
-        .expect("fleetctl");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("fleetctl.toml"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    refused(
+        "fleetctl",
+        &[os("hosts"), os("ls")],
+        &[("FLEET_CONFIG", &bad)],
+        2,
+        &["fleetctl.toml"],
     );
 }
