@@ -279,7 +279,7 @@ fn classify(status: &Status, addr: &str, welcomed: bool) -> SessionError {
         return SessionError::Refused(message);
     }
     // The controller refusing our certificate in the handshake.
-    if transport::is_certificate_refusal(&transport::cause_at(status, addr)) {
+    if transport::is_certificate_refusal(&transport::cause_of(status)) {
         return SessionError::Refused(transport::explain(status, addr));
     }
     SessionError::Lost {

@@ -222,18 +222,15 @@ pub async fn connect(addr: &str, config: Arc<ClientConfig>) -> Result<Channel, T
     let uri: Uri = format!("https://{}", authority(&host, port))
         .parse()
         .map_err(|_| TransportError::BadAddress(addr.to_string()))?;
-    let addr_key = addr.to_string();
     let connector = tower::service_fn(move |_: Uri| {
         let (host, server_name, config) = (host.clone(), server_name.clone(), config.clone());
-        let addr_key = addr_key.clone();
         async move {
             // Invariant: lookup happens here, per attempt, never cached.
             let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
             let mut tls = tokio_rustls::TlsConnector::from(config)
                 .connect(server_name, tcp)
-                .await
-                .inspect_err(|e| remember_alert(&addr_key, e))?;
+                .await?;
             // In TLS 1.3 the server judges our certificate after we think the
             // handshake is done. Wait for its first bytes (the HTTP/2 server
             // preface, sent unprompted) so a refusal surfaces here as a typed
@@ -241,8 +238,9 @@ pub async fn connect(addr: &str, config: Arc<ClientConfig>) -> Result<Channel, T
             let mut first = vec![0u8; 4096];
             let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut first))
                 .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer after the TLS handshake"))?
-                .inspect_err(|e| remember_alert(&addr_key, e))?;
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer after the TLS handshake")
+                })??;
             if n == 0 {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::ConnectionAborted,
@@ -250,9 +248,8 @@ pub async fn connect(addr: &str, config: Arc<ClientConfig>) -> Result<Channel, T
                 ));
             }
             first.truncate(n);
-            Ok::<_, std::io::Error>(TokioIo::new(Watched {
+            Ok::<_, std::io::Error>(TokioIo::new(Replayed {
                 inner: tls,
-                addr: addr_key,
                 prefix: first,
                 pos: 0,
             }))
@@ -267,7 +264,7 @@ pub async fn connect(addr: &str, config: Arc<ClientConfig>) -> Result<Channel, T
         .await
         .map_err(|e| TransportError::Connect {
             message: explain(&e, addr),
-            cause: cause_at(&e, addr),
+            cause: cause_of(&e),
         })
 }
 
@@ -304,46 +301,16 @@ const CERT_ALERTS: [rustls::AlertDescription; 8] = [
     rustls::AlertDescription::AccessDenied,
 ];
 
-/// The last certificate alert received from each address, with when.
-///
-/// Why a process-wide record: HTTP/2 (hyper, h2) turns the TLS error of a
-/// connection into "connection closed" or a bare string before it reaches
-/// the caller, so the typed rustls alert survives only if it is noted where
-/// the bytes are read, in [`Watched`].
-static ALERTS: std::sync::Mutex<Vec<(String, std::time::Instant, rustls::AlertDescription)>> =
-    std::sync::Mutex::new(Vec::new());
-
-/// How long a recorded alert explains later failures to the same address.
-const ALERT_MEMORY: Duration = Duration::from_secs(60);
-
-fn remember_alert(addr: &str, err: &std::io::Error) {
-    let Some(rustls::Error::AlertReceived(alert)) = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>())
-    else {
-        return;
-    };
-    let mut alerts = ALERTS.lock().unwrap_or_else(|p| p.into_inner());
-    alerts.retain(|(a, _, _)| a != addr);
-    alerts.push((addr.to_string(), std::time::Instant::now(), *alert));
-}
-
-fn recent_alert(addr: &str) -> Option<rustls::AlertDescription> {
-    let alerts = ALERTS.lock().unwrap_or_else(|p| p.into_inner());
-    alerts
-        .iter()
-        .find(|(a, at, _)| a == addr && at.elapsed() < ALERT_MEMORY)
-        .map(|(_, _, alert)| *alert)
-}
-
-/// The client side of a TLS connection, noting certificate alerts as they are read.
-struct Watched {
+/// The client side of a TLS connection, replaying the bytes `connect` read
+/// while it waited for the server to accept the client certificate.
+struct Replayed {
     inner: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
-    addr: String,
     /// Bytes read while waiting for the server's verdict, replayed first.
     prefix: Vec<u8>,
     pos: usize,
 }
 
-impl tokio::io::AsyncRead for Watched {
+impl tokio::io::AsyncRead for Replayed {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -360,15 +327,11 @@ impl tokio::io::AsyncRead for Watched {
             }
             return std::task::Poll::Ready(Ok(()));
         }
-        let r = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let std::task::Poll::Ready(Err(e)) = &r {
-            remember_alert(&this.addr, e);
-        }
-        r
+        std::pin::Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 
-impl tokio::io::AsyncWrite for Watched {
+impl tokio::io::AsyncWrite for Replayed {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -394,17 +357,6 @@ impl tokio::io::AsyncWrite for Watched {
 /// failure worth retrying).
 pub fn is_certificate_refusal(cause: &Cause) -> bool {
     matches!(cause, Cause::Alert(a) if CERT_ALERTS.contains(a))
-}
-
-/// Like [`cause_of`], and when the chain has lost the TLS alert (HTTP/2 erased
-/// it), the certificate alert last received from `addr`, if recent.
-pub fn cause_at(err: &(dyn std::error::Error + 'static), addr: &str) -> Cause {
-    match cause_of(err) {
-        Cause::Io(..) | Cause::Other(_) if recent_alert(addr).is_some() => {
-            Cause::Alert(recent_alert(addr).unwrap_or(rustls::AlertDescription::BadCertificate))
-        }
-        c => c,
-    }
 }
 
 /// Finds a certificate alert in rustls' wording ("received fatal alert: X"),
@@ -446,7 +398,7 @@ fn tls_cause(e: &rustls::Error) -> Cause {
 
 /// An operator-facing sentence for a failed connection to `addr`.
 pub fn explain(err: &(dyn std::error::Error + 'static), addr: &str) -> String {
-    match cause_at(err, addr) {
+    match cause_of(err) {
         Cause::Alert(rustls::AlertDescription::CertificateRevoked) => format!(
             "the controller at {addr} refused this client's certificate: it was revoked (the host was removed); enroll again with a new join token"
         ),

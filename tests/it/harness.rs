@@ -59,6 +59,23 @@ pub fn sigterm(child: &Child) {
     assert!(ok, "kill -TERM {} failed", child.id());
 }
 
+/// Starts `program SUBCOMMAND --config CONFIG`, appending its stderr to `log`.
+fn spawn_logged(program: &str, subcommand: &str, config: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    Command::new(bin(program))
+        .args([subcommand, "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {program}: {e}"))
+}
+
 /// The controller of a test fleet.
 pub struct Controller {
     /// Its data dir.
@@ -132,19 +149,7 @@ impl Controller {
     /// Starts `serve` and waits for /healthz.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "controller already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
-        let child = Command::new(bin("fleet-controller"))
-            .args(["serve", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn fleet-controller");
+        let child = spawn_logged("fleet-controller", "serve", &self.config, &self.log);
         self.child = Some(child);
         let metrics = self.metrics;
         wait_until(Duration::from_secs(20), "controller /healthz", || {
@@ -234,19 +239,7 @@ impl Agent {
     /// Starts the agent.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "agent {} already running", self.name);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
-        let child = Command::new(bin("fleet-agent"))
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn fleet-agent");
+        let child = spawn_logged("fleet-agent", "run", &self.config, &self.log);
         self.child = Some(child);
     }
 

@@ -196,43 +196,32 @@ fn an_unreachable_controller_is_named_and_retried() {
     );
     agent.kill9();
 
-    let out = Command::new(bin("fleetctl"))
-        .args([
-            "hosts",
-            "ls",
-            "--controller",
-            &dead.to_string(),
-            "--token",
-            "fleet_op_a.b",
-            "--ca",
-        ])
-        .arg(root.path().join("nope.pem"))
-        .env_remove("FLEET_CONFIG")
-        .env_remove("XDG_CONFIG_HOME")
-        .env("HOME", root.path())
-        .output()
-        .expect("fleetctl");
+    // fleetctl against the dead address, trusting `ca`.
+    let fleetctl_at_dead = |ca: &std::path::Path| {
+        Command::new(bin("fleetctl"))
+            .args([
+                "hosts",
+                "ls",
+                "--controller",
+                &dead.to_string(),
+                "--token",
+                "fleet_op_a.b",
+                "--ca",
+            ])
+            .arg(ca)
+            .env_remove("FLEET_CONFIG")
+            .env_remove("XDG_CONFIG_HOME")
+            .env("HOME", root.path())
+            .output()
+            .expect("fleetctl")
+    };
+    let out = fleetctl_at_dead(&root.path().join("nope.pem"));
     // A missing CA file is a configuration error (2), named.
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.pem"));
 
     let ctl = Controller::init(root.path(), &[]);
-    let out = Command::new(bin("fleetctl"))
-        .args([
-            "hosts",
-            "ls",
-            "--controller",
-            &dead.to_string(),
-            "--token",
-            "fleet_op_a.b",
-            "--ca",
-        ])
-        .arg(ctl.data_dir.join("ca.pem"))
-        .env_remove("FLEET_CONFIG")
-        .env_remove("XDG_CONFIG_HOME")
-        .env("HOME", root.path())
-        .output()
-        .expect("fleetctl");
+    let out = fleetctl_at_dead(&ctl.data_dir.join("ca.pem"));
     assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the controller"));
 }
