@@ -100,6 +100,28 @@ struct RawConfig {
     log_format: LogFormat,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    #[serde(default)]
+    systemd: SystemdSection,
+}
+
+/// `[systemd]`: how the agent reaches the service manager.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SystemdSection {
+    #[serde(default)]
+    bus: Bus,
+}
+
+/// Which D-Bus the agent finds systemd on.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Bus {
+    /// The system bus: the system manager (production).
+    #[default]
+    System,
+    /// The session bus named by `DBUS_SESSION_BUS_ADDRESS`: a `systemd --user`
+    /// manager (tests, and apps run as user units).
+    Session,
 }
 
 /// The validated agent configuration.
@@ -121,6 +143,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Labels sent at enrollment and in hello; the token's labels win.
     pub labels: BTreeMap<String, String>,
+    /// The bus systemd is reached on (`[systemd] bus`).
+    pub bus: Bus,
 }
 
 impl Config {
@@ -217,6 +241,7 @@ impl Config {
             hostname,
             log_format: raw.log_format,
             labels: raw.labels,
+            bus: raw.systemd.bus,
         })
     }
 

@@ -6,12 +6,16 @@
 
 pub mod backoff;
 pub mod config;
+pub mod deploy;
 mod enroll;
 pub mod facts;
+pub mod health;
+pub mod hooks;
 pub mod identity;
+pub mod layout;
 mod renew;
 mod stream;
-mod tasks;
+pub mod systemd;
 pub mod unpack;
 
 use std::time::{Duration, UNIX_EPOCH};
@@ -112,11 +116,13 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
 pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<(), AgentError> {
     let state = StateDir::new(&config.state_dir);
     state.ensure()?;
+    let worker = deploy::start(state.path(), config.bus, unpack::Limits::default(), cancel.clone());
     let mut agent = Agent {
         sampler: Sampler::new(state.path(), config.hostname.clone()),
         config,
         state,
         cancel,
+        worker,
     };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -159,6 +165,7 @@ struct Agent {
     state: StateDir,
     sampler: Sampler,
     cancel: CancellationToken,
+    worker: deploy::WorkerHandle,
 }
 
 impl Agent {
@@ -182,6 +189,7 @@ impl Agent {
                 identity: &mut identity,
                 sampler: &mut self.sampler,
                 cancel: &self.cancel,
+                worker: &mut self.worker,
             };
             let ended = session
                 .run()

@@ -9,7 +9,7 @@ use fleet_proto::agent_message::Body as Out;
 use fleet_proto::agent_service_client::AgentServiceClient;
 use fleet_proto::controller_message::Body as In;
 use fleet_proto::transport;
-use fleet_proto::{AgentMessage, ControllerMessage, Heartbeat, Hello, Inventory, Welcome};
+use fleet_proto::{AgentMessage, ControllerMessage, Heartbeat, Hello, Welcome};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::time::MissedTickBehavior;
 use tokio_stream::wrappers::ReceiverStream;
@@ -73,6 +73,8 @@ pub struct Session<'a> {
     pub sampler: &'a mut Sampler,
     /// Stops the session.
     pub cancel: &'a CancellationToken,
+    /// The deploy worker: tasks go in, reports come out.
+    pub worker: &'a mut crate::deploy::WorkerHandle,
 }
 
 impl Session<'_> {
@@ -119,7 +121,7 @@ impl Session<'_> {
             host_id: self.identity.host.host_id.clone(),
             facts: Some(self.sampler.facts()),
             labels: self.config.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            inventory: Some(Inventory::default()),
+            inventory: Some(self.worker.state.inventory().await),
         };
         // Invariant: the receiver is alive and the queue empty, so this
         // cannot fail; hello is queued before the stream opens and so is first.
@@ -127,6 +129,8 @@ impl Session<'_> {
             body: Some(Out::Hello(hello)),
         });
 
+        // Downloads share this connection; a new session publishes its own.
+        self.worker.channel.send_replace(Some(channel.clone()));
         let mut client = AgentServiceClient::new(channel);
         let mut inbound = client
             .stream(ReceiverStream::new(rx))
@@ -204,6 +208,11 @@ impl Session<'_> {
                         Err(e) => tracing::warn!(error = %e, "cannot ask for a new certificate; trying again at the next heartbeat"),
                     }
                 }
+                Some(report) = self.worker.outbox.recv() => {
+                    if tx.send(report).await.is_err() {
+                        return Err(ended(&mut inbound, addr).await);
+                    }
+                }
                 message = inbound.message() => {
                     let body = match message {
                         Ok(Some(ControllerMessage { body: Some(body) })) => body,
@@ -217,9 +226,13 @@ impl Session<'_> {
                     match body {
                         In::Welcome(_) => tracing::debug!("ignoring a second welcome"),
                         In::Task(task) => {
-                            let progress = crate::tasks::handle_task(&task);
-                            if tx.send(AgentMessage { body: Some(Out::TaskProgress(progress)) }).await.is_err() {
-                                return Err(ended(&mut inbound, addr).await);
+                            tracing::info!(task_id = %task.task_id, rollout_id = %task.rollout_id, "task received");
+                            if let Err(e) = self.worker.tasks.try_send(task) {
+                                let task = e.into_inner();
+                                let busy = busy(&task);
+                                if tx.send(AgentMessage { body: Some(Out::TaskProgress(busy)) }).await.is_err() {
+                                    return Err(ended(&mut inbound, addr).await);
+                                }
                             }
                         }
                         In::Renewed(answer) => self.take_renewal(&mut renewal, answer),
@@ -251,6 +264,18 @@ impl Session<'_> {
             // next heartbeat asks again.
             Err(e) => tracing::error!(error = %e, "cannot store the renewed certificate"),
         }
+    }
+}
+
+/// The answer to a task when the worker's queue is full.
+fn busy(task: &fleet_proto::Task) -> fleet_proto::TaskProgress {
+    fleet_proto::TaskProgress {
+        task_id: task.task_id.clone(),
+        phase: "done".into(),
+        state: fleet_proto::TaskState::Failed.into(),
+        detail: "this agent has too many tasks queued; send it again when the running ones finish".into(),
+        cause: fleet_proto::FailureCause::Agent.into(),
+        ..Default::default()
     }
 }
 

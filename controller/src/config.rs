@@ -48,6 +48,9 @@ pub struct RawConfig {
     /// "text" or "json".
     #[serde(default = "defaults::log_format")]
     pub log_format: String,
+    /// Largest release artifact `release push` accepts, e.g. "2GiB", "500MiB".
+    #[serde(default = "defaults::max_release_size")]
+    pub max_release_size: String,
 }
 
 /// Every default of the controller, in one place.
@@ -76,6 +79,10 @@ pub mod defaults {
     pub fn log_format() -> String {
         "text".into()
     }
+    /// Largest release.
+    pub fn max_release_size() -> String {
+        "2GiB".into()
+    }
 }
 
 /// The validated configuration `serve` runs with.
@@ -97,6 +104,18 @@ pub struct Config {
     pub token_ttl: Duration,
     /// Emit JSON logs.
     pub json_logs: bool,
+    /// Largest release artifact, bytes.
+    pub max_release_bytes: u64,
+}
+
+/// Parses "123", "10KiB", "500MiB", "2GiB" into bytes.
+pub fn parse_size(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let (num, mult) = [("KiB", 1u64 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("B", 1)]
+        .iter()
+        .find_map(|(suffix, m)| v.strip_suffix(suffix).map(|n| (n.trim(), *m)))
+        .unwrap_or((v, 1));
+    num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
 /// Shortest certificate lifetime a join token may ask for (the floor).
@@ -160,8 +179,15 @@ impl Config {
                 ))
             }
         };
+        let max_release_bytes = parse_size(&raw.max_release_size).filter(|n| *n > 0).ok_or_else(|| {
+            invalid(
+                "max_release_size",
+                format!("'{}' is not a size such as 500MiB or 2GiB", raw.max_release_size),
+            )
+        })?;
         Ok(Config {
             path: path.into(),
+            max_release_bytes,
             data_dir,
             listen: addr("listen", &raw.listen)?,
             metrics_listen: addr("metrics_listen", &raw.metrics_listen)?,

@@ -11,6 +11,7 @@ use crate::ca::Ca;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::{Store, StoreError};
+use crate::tasks::Tasks;
 
 /// Settings the services need from `controller.toml`.
 #[derive(Debug, Clone)]
@@ -21,6 +22,10 @@ pub struct Settings {
     pub cert_ttl: Duration,
     /// Default join token lifetime.
     pub token_ttl: Duration,
+    /// The data dir (artifacts live in `artifacts/` under it).
+    pub data_dir: std::path::PathBuf,
+    /// Largest release artifact accepted, bytes.
+    pub max_release_bytes: u64,
 }
 
 /// The store, the CA, the live registry and the metrics, shared by every service.
@@ -31,6 +36,8 @@ pub struct Fleet {
     pub ca: Ca,
     /// Live streams.
     pub registry: Registry,
+    /// Tasks sent to agents and not finished.
+    pub tasks: Tasks,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Settings.

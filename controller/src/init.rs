@@ -161,6 +161,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
         cert_ttl: crate::config::defaults::cert_ttl(),
         token_ttl: crate::config::defaults::token_ttl(),
         log_format: crate::config::defaults::log_format(),
+        max_release_size: crate::config::defaults::max_release_size(),
     };
     let config_path = dir.join("controller.toml");
     let toml_text = toml::to_string(&raw).map_err(|e| InitError::Invalid(e.to_string()))?;

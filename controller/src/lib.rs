@@ -1,6 +1,7 @@
 //! fleet-controller: holds the fleet's state, enrolls agents, keeps a live
 //! mTLS stream to each, and serves the operator API. See ARCHITECTURE.md.
 
+pub mod apps;
 pub mod ca;
 pub mod config;
 pub mod enroll;
@@ -9,9 +10,11 @@ pub mod init;
 pub mod metrics;
 pub mod ops;
 pub mod registry;
+pub mod releases;
 pub mod server;
 pub mod store;
 pub mod stream;
+pub mod tasks;
 pub mod tls;
 
 pub use config::Config;

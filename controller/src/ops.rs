@@ -66,7 +66,8 @@ impl Interceptor for OperatorAuth {
     }
 }
 
-fn operator<T>(req: &Request<T>) -> Operator {
+/// The operator a request was authenticated as.
+pub fn operator<T>(req: &Request<T>) -> Operator {
     req.extensions().get::<Operator>().cloned().unwrap_or(Operator {
         name: "unknown".into(),
         role: String::new(),

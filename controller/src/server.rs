@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_proto::agent_service_server::AgentServiceServer;
+use fleet_proto::app_service_server::AppServiceServer;
 use fleet_proto::enrollment_server::EnrollmentServer;
 use fleet_proto::host_service_server::HostServiceServer;
+use fleet_proto::release_service_server::ReleaseServiceServer;
 use fleet_proto::session_server::SessionServer;
 use fleet_proto::token_service_server::TokenServiceServer;
 use fleet_proto::transport::{certs_from_pem, key_from_pem};
@@ -105,7 +107,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             heartbeat_interval: config.heartbeat_interval,
             cert_ttl: config.cert_ttl,
             token_ttl: config.token_ttl,
+            data_dir: config.data_dir.clone(),
+            max_release_bytes: config.max_release_bytes,
         },
+        tasks: Default::default(),
         shutdown: shutdown.clone(),
     });
 
@@ -155,7 +160,18 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             HostsService(fleet.clone()),
             auth.clone(),
         ))
-        .add_service(TokenServiceServer::with_interceptor(TokensService(fleet.clone()), auth));
+        .add_service(TokenServiceServer::with_interceptor(
+            TokensService(fleet.clone()),
+            auth.clone(),
+        ))
+        .add_service(AppServiceServer::with_interceptor(
+            crate::apps::AppsService(fleet.clone()),
+            auth.clone(),
+        ))
+        .add_service(ReleaseServiceServer::with_interceptor(
+            crate::releases::ReleasesService(fleet.clone()),
+            auth,
+        ));
     let stop = shutdown.clone();
     let server = tokio::spawn(
         router.serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move { stop.cancelled().await }),

@@ -9,6 +9,8 @@
 //! | `certs` | `sha256:<hex>` of a client certificate's DER | `1` + JSON [`CertRecord`] |
 //! | `tokens` | join token id | `1` + JSON [`TokenRecord`] |
 //! | `operators` | operator token id | `1` + JSON [`OperatorRecord`] |
+//! | `apps` | app name | `1` + protobuf `fleet.v1.AppSpec` |
+//! | `releases` | `<app>\0<version>` | `1` + protobuf `fleet.v1.Release` (the bytes are in `DATA_DIR/artifacts/<sha256>`) |
 //!
 //! Invariant: a client certificate is valid only while its `certs` entry
 //! exists AND the host it names exists in `hosts`; removing the host is
@@ -23,7 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
-use fleet_proto::Host;
+use fleet_proto::{AppSpec, Host, Release};
 
 const V1: u8 = 1;
 
@@ -191,6 +193,37 @@ pub struct Store {
     certs: sled::Tree,
     tokens: sled::Tree,
     operators: sled::Tree,
+    apps: sled::Tree,
+    releases: sled::Tree,
+}
+
+fn enc_proto<M: Message>(m: &M) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + m.encoded_len());
+    out.push(V1);
+    // Invariant: encoding into a Vec cannot run out of space.
+    m.encode(&mut out).expect("Vec grows");
+    out
+}
+
+fn dec_proto<M: Message + Default>(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<M, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        tree,
+        key: String::from_utf8_lossy(key).into(),
+        detail,
+    };
+    match bytes.split_first() {
+        Some((&V1, rest)) => M::decode(rest).map_err(|e| corrupt(e.to_string())),
+        Some((v, _)) => Err(corrupt(format!("version byte {v}"))),
+        None => Err(corrupt("empty".into())),
+    }
+}
+
+fn release_key(app: &str, version: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(app.len() + 1 + version.len());
+    k.extend_from_slice(app.as_bytes());
+    k.push(0);
+    k.extend_from_slice(version.as_bytes());
+    k
 }
 
 fn enc_json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -215,11 +248,7 @@ fn dec_json<T: DeserializeOwned>(tree: &'static str, key: &[u8], bytes: &[u8]) -
 }
 
 fn enc_host(h: &Host) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + h.encoded_len());
-    out.push(V1);
-    // Invariant: encoding into a Vec cannot run out of space.
-    h.encode(&mut out).expect("Vec grows");
-    out
+    enc_proto(h)
 }
 
 fn dec_host(key: &[u8], bytes: &[u8]) -> Result<Host, StoreError> {
@@ -259,6 +288,8 @@ impl Store {
             certs: db.open_tree("certs")?,
             tokens: db.open_tree("tokens")?,
             operators: db.open_tree("operators")?,
+            apps: db.open_tree("apps")?,
+            releases: db.open_tree("releases")?,
             db,
         })
     }
@@ -451,6 +482,94 @@ impl Store {
             Ok(Some((host, n)))
         });
         unwrap_txn(r)
+    }
+
+    // --- apps and releases -----------------------------------------------
+
+    /// Stores an app; `create` refuses to overwrite one (returns false).
+    pub fn put_app(&self, spec: &AppSpec, create: bool) -> Result<bool, StoreError> {
+        let v = enc_proto(spec);
+        if create {
+            let r = self
+                .apps
+                .compare_and_swap(spec.name.as_bytes(), None as Option<&[u8]>, Some(v))?;
+            return Ok(r.is_ok());
+        }
+        self.apps.insert(spec.name.as_bytes(), v)?;
+        Ok(true)
+    }
+
+    /// An app by name.
+    pub fn app(&self, name: &str) -> Result<Option<AppSpec>, StoreError> {
+        self.apps
+            .get(name)?
+            .map(|v| dec_proto("apps", name.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Every app, sorted by name.
+    pub fn apps(&self) -> Result<Vec<AppSpec>, StoreError> {
+        self.apps
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                dec_proto("apps", &k, &v)
+            })
+            .collect()
+    }
+
+    /// Stores a release unless that version exists; returns the stored one
+    /// when it does (the caller compares digests).
+    pub fn put_release(&self, rel: &Release) -> Result<Result<(), Release>, StoreError> {
+        let version = rel.artifact.as_ref().map(|a| a.version.as_str()).unwrap_or_default();
+        let key = release_key(&rel.app, version);
+        match self
+            .releases
+            .compare_and_swap(&key, None as Option<&[u8]>, Some(enc_proto(rel)))?
+        {
+            Ok(()) => Ok(Ok(())),
+            Err(e) => {
+                let current = e.current.unwrap_or_default();
+                Ok(Err(dec_proto("releases", &key, &current)?))
+            }
+        }
+    }
+
+    /// One release.
+    pub fn release(&self, app: &str, version: &str) -> Result<Option<Release>, StoreError> {
+        let key = release_key(app, version);
+        self.releases
+            .get(&key)?
+            .map(|v| dec_proto("releases", &key, &v))
+            .transpose()
+    }
+
+    /// An app's releases, newest first.
+    pub fn releases(&self, app: &str) -> Result<Vec<Release>, StoreError> {
+        let mut prefix = app.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out: Vec<Release> = self
+            .releases
+            .scan_prefix(&prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                dec_proto("releases", &k, &v)
+            })
+            .collect::<Result<_, _>>()?;
+        out.sort_by(|a, b| b.pushed_at_ms.cmp(&a.pushed_at_ms));
+        Ok(out)
+    }
+
+    /// Whether any stored release has this digest.
+    pub fn has_artifact(&self, sha256: &str) -> Result<bool, StoreError> {
+        for kv in self.releases.iter() {
+            let (k, v) = kv?;
+            let rel: Release = dec_proto("releases", &k, &v)?;
+            if rel.artifact.is_some_and(|a| a.sha256 == sha256) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
 

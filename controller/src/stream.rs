@@ -12,7 +12,9 @@ use fleet_proto::agent_message::Body as FromAgent;
 use fleet_proto::agent_service_server::AgentService;
 use fleet_proto::controller_message::Body as ToAgent;
 use fleet_proto::transport::fingerprint;
-use fleet_proto::{now_ms, AgentMessage, ControllerMessage, RenewResponse, Welcome};
+use fleet_proto::{
+    now_ms, AgentMessage, ArtifactChunk, ControllerMessage, FetchArtifactRequest, RenewResponse, Welcome,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -32,6 +34,26 @@ pub struct StreamService(pub Arc<Fleet>);
 #[tonic::async_trait]
 impl AgentService for StreamService {
     type StreamStream = ReceiverStream<Result<ControllerMessage, Status>>;
+    type FetchArtifactStream = ReceiverStream<Result<ArtifactChunk, Status>>;
+
+    async fn fetch_artifact(
+        &self,
+        req: Request<FetchArtifactRequest>,
+    ) -> Result<Response<Self::FetchArtifactStream>, Status> {
+        let fleet = &self.0;
+        let Some(fp) = crate::tls::peer_fingerprint(&req) else {
+            return Err(Status::unauthenticated(
+                "downloading a release needs the host's client certificate",
+            ));
+        };
+        let cert = fleet
+            .store
+            .cert_host(&fp)
+            .map_err(internal)?
+            .ok_or_else(|| Status::permission_denied("this certificate was revoked (the host was removed)"))?;
+        tracing::debug!(host_id = %cert.host_id, sha256 = %req.get_ref().sha256, offset = req.get_ref().offset, "artifact download");
+        Ok(Response::new(crate::releases::fetch(fleet, req.get_ref())?))
+    }
 
     async fn stream(&self, req: Request<Streaming<AgentMessage>>) -> Result<Response<Self::StreamStream>, Status> {
         let fleet = self.0.clone();
@@ -153,7 +175,8 @@ async fn run_session(
             }
             Some(FromAgent::TaskProgress(p)) => {
                 fleet.registry.seen(&host_id, session.id, now, None);
-                tracing::info!(host_id, task_id = %p.task_id, phase = %p.phase, state = p.state, detail = %p.detail, "task progress");
+                tracing::info!(host_id, task_id = %p.task_id, phase = %p.phase, state = p.state, duration_ms = p.duration_ms, detail = %p.detail, "task progress");
+                fleet.tasks.progress(&host_id, p);
             }
             Some(FromAgent::Hello(_)) | None => {
                 let _ = tx
@@ -166,6 +189,7 @@ async fn run_session(
         }
     };
     if let Some(live) = fleet.registry.unregister(&host_id, session.id) {
+        fleet.tasks.host_gone(&host_id, &ended);
         let last_seen = live.last_seen_ms;
         if let Err(e) = fleet
             .store

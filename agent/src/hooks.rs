@@ -1,0 +1,367 @@
+//! `fleet.toml`, the optional manifest at the root of a release, and its
+//! hooks: `pre_activate` (before the swap), `post_activate` (after the
+//! restart) and `validate` (after the health check). Each runs with the
+//! release directory as its working directory, as the app's `run_as` user
+//! when the agent is root (as the agent's own user otherwise), in its own
+//! process group that is killed when the timeout passes.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tokio::io::AsyncReadExt;
+
+use crate::health::tail;
+
+/// The manifest's file name.
+pub const MANIFEST: &str = "fleet.toml";
+/// A hook's deadline when the manifest names none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The three hook points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// Before `current` is swapped; failing leaves everything untouched.
+    PreActivate,
+    /// After the unit restarted on the new release.
+    PostActivate,
+    /// After the health check passed.
+    Validate,
+}
+
+impl Hook {
+    /// Its name in the manifest and in progress reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::PreActivate => "pre_activate",
+            Hook::PostActivate => "post_activate",
+            Hook::Validate => "validate",
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    #[serde(default)]
+    hooks: RawHooks,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHooks {
+    pre_activate: Option<String>,
+    post_activate: Option<String>,
+    validate: Option<String>,
+    timeout: Option<String>,
+}
+
+/// A release's manifest, checked.
+#[derive(Debug, Default, Clone)]
+pub struct Manifest {
+    pre_activate: Option<PathBuf>,
+    post_activate: Option<PathBuf>,
+    validate: Option<PathBuf>,
+    /// Deadline of each hook.
+    pub timeout: Duration,
+}
+
+/// What a hook did.
+#[derive(Debug, Clone)]
+pub struct HookRun {
+    /// Exit code, or `None` when it was killed or could not start.
+    pub code: Option<i32>,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// Exit status and the tail of its output, for the report.
+    pub detail: String,
+}
+
+impl Manifest {
+    /// Reads `<release>/fleet.toml`; a release without one has no hooks.
+    pub fn load(release: &Path) -> Result<Manifest, String> {
+        let path = release.join(MANIFEST);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Manifest {
+                    timeout: DEFAULT_TIMEOUT,
+                    ..Default::default()
+                })
+            }
+            Err(e) => return Err(format!("cannot read {MANIFEST}: {e}")),
+        };
+        let raw: RawManifest =
+            toml::from_str(&text).map_err(|e| format!("{MANIFEST} is not valid: {}", e.message().trim()))?;
+        let timeout = match raw.hooks.timeout.as_deref() {
+            None => DEFAULT_TIMEOUT,
+            Some(t) => humantime::parse_duration(t)
+                .map_err(|e| format!("{MANIFEST}: hooks.timeout '{t}' is not a duration such as 60s ({e})"))?,
+        };
+        let check = |name: &str, v: Option<String>| -> Result<Option<PathBuf>, String> {
+            let Some(v) = v else { return Ok(None) };
+            hook_path(release, &v)
+                .map(Some)
+                .map_err(|e| format!("{MANIFEST}: hooks.{name} = '{v}': {e}"))
+        };
+        Ok(Manifest {
+            pre_activate: check("pre_activate", raw.hooks.pre_activate)?,
+            post_activate: check("post_activate", raw.hooks.post_activate)?,
+            validate: check("validate", raw.hooks.validate)?,
+            timeout,
+        })
+    }
+
+    /// The hook's path inside the release, when the manifest names one.
+    pub fn hook(&self, hook: Hook) -> Option<&Path> {
+        match hook {
+            Hook::PreActivate => self.pre_activate.as_deref(),
+            Hook::PostActivate => self.post_activate.as_deref(),
+            Hook::Validate => self.validate.as_deref(),
+        }
+    }
+}
+
+/// A hook path must be relative, stay inside the release (also through
+/// symlinks) and name an executable regular file.
+fn hook_path(release: &Path, v: &str) -> Result<PathBuf, String> {
+    let rel = Path::new(v);
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err("must be a relative path inside the release, without '..'".into());
+    }
+    let root = release.canonicalize().map_err(|e| e.to_string())?;
+    let full = root
+        .join(rel)
+        .canonicalize()
+        .map_err(|e| format!("does not exist in the release ({e})"))?;
+    if !full.starts_with(&root) {
+        return Err("resolves outside the release".into());
+    }
+    let meta = std::fs::metadata(&full).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err("is not executable; set its x bit in the archive".into());
+    }
+    Ok(full)
+}
+
+/// The user a hook runs as: `Some((uid, gid))` to switch to, `None` to stay.
+pub fn resolve_user(run_as: &str) -> Result<Option<(u32, u32)>, String> {
+    if run_as.is_empty() {
+        return Ok(None);
+    }
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX);
+    let line = std::fs::read_to_string("/etc/passwd")
+        .map_err(|e| format!("cannot read /etc/passwd to find user {run_as}: {e}"))?
+        .lines()
+        .find(|l| l.split(':').next() == Some(run_as))
+        .map(str::to_string)
+        .ok_or_else(|| format!("user '{run_as}' (the app's run_as) does not exist on this host"))?;
+    let fields: Vec<&str> = line.split(':').collect();
+    let (uid, gid) = match (
+        fields.get(2).and_then(|u| u.parse().ok()),
+        fields.get(3).and_then(|g| g.parse().ok()),
+    ) {
+        (Some(u), Some(g)) => (u, g),
+        _ => return Err(format!("/etc/passwd has a malformed entry for {run_as}")),
+    };
+    if uid == me {
+        return Ok(None);
+    }
+    if me != 0 {
+        return Err(format!(
+            "hooks should run as {run_as} (uid {uid}) but the agent runs as uid {me} and cannot switch users; \
+             clear the app's run_as or make the agent's user the app's user"
+        ));
+    }
+    Ok(Some((uid, gid)))
+}
+
+/// Runs one hook to completion or until `timeout`.
+pub async fn run(
+    path: &Path,
+    release: &Path,
+    env: &[(&str, String)],
+    user: Option<(u32, u32)>,
+    timeout: Duration,
+) -> HookRun {
+    let started = Instant::now();
+    let mut cmd = std::process::Command::new(path);
+    cmd.current_dir(release)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid);
+    }
+    let mut child = match tokio::process::Command::from(cmd).kill_on_drop(true).spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return HookRun {
+                code: None,
+                ok: false,
+                detail: format!("cannot start {}: {e}", path.display()),
+            }
+        }
+    };
+    let pgid = child.id();
+    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
+    let collect = async {
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        let read_out = async {
+            if let Some(o) = out.as_mut() {
+                let _ = o.read_to_end(&mut a).await;
+            }
+        };
+        let read_err = async {
+            if let Some(e) = err.as_mut() {
+                let _ = e.read_to_end(&mut b).await;
+            }
+        };
+        tokio::join!(read_out, read_err);
+        let status = child.wait().await;
+        (status, a, b)
+    };
+    match tokio::time::timeout(timeout, collect).await {
+        Ok((status, a, b)) => {
+            let mut text = String::from_utf8_lossy(&a).into_owned();
+            text.push_str(&String::from_utf8_lossy(&b));
+            let (code, ok, how) = match status {
+                Ok(s) => (s.code(), s.success(), s.to_string()),
+                Err(e) => (None, false, format!("could not be waited for: {e}")),
+            };
+            HookRun {
+                code,
+                ok,
+                detail: format!(
+                    "{} {how} after {:.1}s; output: {}",
+                    path.display(),
+                    started.elapsed().as_secs_f64(),
+                    tail(&text, crate::health::TAIL)
+                ),
+            }
+        }
+        Err(_) => {
+            if let Some(pgid) = pgid {
+                // The whole group: a hook's children must not outlive it.
+                let _ = tokio::process::Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{pgid}")])
+                    .status()
+                    .await;
+            }
+            HookRun {
+                code: None,
+                ok: false,
+                detail: format!("{} did not finish within {timeout:?} and was killed", path.display()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(files: &[(&str, &str, u32)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, body, mode) in files {
+            let p = dir.path().join(name);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&p, body).expect("write");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).expect("chmod");
+        }
+        dir
+    }
+
+    #[test]
+    fn no_manifest_means_no_hooks() {
+        let r = release(&[]);
+        let m = Manifest::load(r.path()).expect("ok");
+        assert!(m.hook(Hook::PreActivate).is_none());
+        assert_eq!(m.timeout, DEFAULT_TIMEOUT);
+    }
+
+    #[test]
+    fn hook_paths_must_stay_inside_and_be_executable() {
+        for (manifest, needle) in [
+            ("[hooks]\npre_activate = \"../x\"", "without '..'"),
+            ("[hooks]\npre_activate = \"/bin/true\"", "relative"),
+            ("[hooks]\npre_activate = \"missing.sh\"", "does not exist"),
+            ("[hooks]\npre_activate = \"plain.sh\"", "not executable"),
+            ("[hooks]\npre_activate = \"run.sh\"\ntimeout = \"soon\"", "timeout"),
+            ("[hook]\npre_activate = \"run.sh\"", "not valid"),
+        ] {
+            let r = release(&[
+                (MANIFEST, manifest, 0o644),
+                ("plain.sh", "#!/bin/sh\n", 0o644),
+                ("run.sh", "#!/bin/sh\n", 0o755),
+            ]);
+            let e = Manifest::load(r.path()).expect_err(manifest);
+            assert!(e.contains(needle), "{manifest}: {e}");
+        }
+        let r = release(&[(MANIFEST, "[hooks]\npre_activate = \"link.sh\"", 0o644)]);
+        std::os::unix::fs::symlink("/bin/true", r.path().join("link.sh")).expect("symlink");
+        let e = Manifest::load(r.path()).expect_err("escaping symlink");
+        assert!(e.contains("outside"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_hook_reports_its_code_and_output_and_is_killed_on_timeout() {
+        let r = release(&[
+            (
+                MANIFEST,
+                "[hooks]\npre_activate = \"hooks/pre.sh\"\nvalidate = \"slow.sh\"\ntimeout = \"300ms\"",
+                0o644,
+            ),
+            (
+                "hooks/pre.sh",
+                "#!/bin/sh\necho \"checking $FLEET_VERSION\"; echo migration failed >&2; exit 7\n",
+                0o755,
+            ),
+            ("slow.sh", "#!/bin/sh\nsleep 30\n", 0o755),
+        ]);
+        let m = Manifest::load(r.path()).expect("valid");
+        let env = [("FLEET_VERSION", "1.2.3".to_string())];
+        let pre = m.hook(Hook::PreActivate).expect("pre");
+        let run1 = run(pre, r.path(), &env, None, m.timeout).await;
+        assert_eq!(run1.code, Some(7));
+        assert!(!run1.ok);
+        assert!(
+            run1.detail.contains("checking 1.2.3") && run1.detail.contains("migration failed"),
+            "{}",
+            run1.detail
+        );
+        let started = Instant::now();
+        let slow = run(
+            m.hook(Hook::Validate).expect("validate"),
+            r.path(),
+            &env,
+            None,
+            m.timeout,
+        )
+        .await;
+        assert!(!slow.ok && slow.detail.contains("killed"), "{}", slow.detail);
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn an_unknown_run_as_user_is_named() {
+        let e = resolve_user("no-such-user-fleet").expect_err("unknown");
+        assert!(e.contains("no-such-user-fleet"), "{e}");
+        assert_eq!(resolve_user("").expect("empty"), None);
+    }
+}

@@ -1,0 +1,253 @@
+//! The service manager over D-Bus (zbus): restart a unit and wait for its
+//! job, read its state. The same code talks to the system manager in
+//! production and to a `systemd --user` manager in tests; only the bus
+//! differs (`[systemd] bus` in agent.toml).
+
+use std::time::Duration;
+
+use fleet_proto::UnitState;
+use tokio_stream::StreamExt;
+use zbus::zvariant::OwnedObjectPath;
+
+use crate::config::Bus;
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1"
+)]
+trait Manager {
+    /// Restarts a unit (starts it when stopped); returns the job.
+    fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    /// The object of a unit, loading it when needed.
+    fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    /// Asks the manager to send its signals to us.
+    fn subscribe(&self) -> zbus::Result<()>;
+    /// A job finished: id, job path, unit, result ("done", "failed", ...).
+    #[zbus(signal)]
+    fn job_removed(&self, id: u32, job: OwnedObjectPath, unit: String, result: String) -> zbus::Result<()>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Unit",
+    default_service = "org.freedesktop.systemd1"
+)]
+trait Unit {
+    /// "active", "failed", "activating", ...
+    #[zbus(property)]
+    fn active_state(&self) -> zbus::Result<String>;
+    /// "running", "dead", "auto-restart", ...
+    #[zbus(property)]
+    fn sub_state(&self) -> zbus::Result<String>;
+    /// "loaded", "not-found", ...
+    #[zbus(property)]
+    fn load_state(&self) -> zbus::Result<String>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Service",
+    default_service = "org.freedesktop.systemd1"
+)]
+trait Service {
+    /// How often systemd restarted the service by itself.
+    #[zbus(property, name = "NRestarts")]
+    fn n_restarts(&self) -> zbus::Result<u32>;
+    /// The main process, 0 when none.
+    #[zbus(property, name = "MainPID")]
+    fn main_pid(&self) -> zbus::Result<u32>;
+}
+
+/// Why talking to systemd failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    /// No bus, or no systemd on it.
+    #[error("cannot reach systemd on the {bus} bus: {detail}; check [systemd] bus in agent.toml")]
+    Connect { bus: &'static str, detail: String },
+    /// The unit file does not exist.
+    #[error("unit {unit} is not installed (LoadState {load_state}); install its unit file on the host")]
+    NotFound { unit: String, load_state: String },
+    /// A D-Bus call failed.
+    #[error("systemd: {what} {unit}: {detail}")]
+    Call {
+        what: &'static str,
+        unit: String,
+        detail: String,
+    },
+    /// The restart job did not finish in time.
+    #[error("the restart job of {unit} did not finish within {secs}s")]
+    JobTimeout { unit: String, secs: u64 },
+}
+
+/// A connection to the service manager.
+#[derive(Clone)]
+pub struct Systemd {
+    conn: zbus::Connection,
+    bus: &'static str,
+}
+
+fn bus_name(bus: Bus) -> &'static str {
+    match bus {
+        Bus::System => "system",
+        Bus::Session => "session",
+    }
+}
+
+impl Systemd {
+    /// Connects to the bus the config names.
+    pub async fn connect(bus: Bus) -> Result<Systemd, SystemdError> {
+        let name = bus_name(bus);
+        let err = |e: zbus::Error| SystemdError::Connect {
+            bus: name,
+            detail: e.to_string(),
+        };
+        let conn = match bus {
+            Bus::System => zbus::Connection::system().await.map_err(err)?,
+            Bus::Session => zbus::Connection::session().await.map_err(err)?,
+        };
+        Ok(Systemd { conn, bus: name })
+    }
+
+    /// Which bus this is ("system" or "session").
+    pub fn bus(&self) -> &'static str {
+        self.bus
+    }
+
+    async fn manager(&self) -> Result<ManagerProxy<'static>, SystemdError> {
+        ManagerProxy::new(&self.conn).await.map_err(|e| SystemdError::Connect {
+            bus: self.bus,
+            detail: e.to_string(),
+        })
+    }
+
+    async fn unit_path(&self, unit: &str) -> Result<OwnedObjectPath, SystemdError> {
+        self.manager()
+            .await?
+            .load_unit(unit)
+            .await
+            .map_err(|e| call("load", unit, e))
+    }
+
+    /// Restarts `unit` and waits for its job to end; returns the job result
+    /// ("done" on success; "failed", "timeout", "dependency", ... otherwise).
+    pub async fn restart(&self, unit: &str, timeout: Duration) -> Result<String, SystemdError> {
+        let state = self.state(unit).await?;
+        if state.load_state != "loaded" {
+            return Err(SystemdError::NotFound {
+                unit: unit.into(),
+                load_state: state.load_state,
+            });
+        }
+        let manager = self.manager().await?;
+        manager.subscribe().await.map_err(|e| call("subscribe to", unit, e))?;
+        // Listen before asking, so the signal cannot slip by in between.
+        let mut removed = manager
+            .receive_job_removed()
+            .await
+            .map_err(|e| call("watch jobs of", unit, e))?;
+        let job = manager
+            .restart_unit(unit, "replace")
+            .await
+            .map_err(|e| call("restart", unit, e))?;
+        let wait = async {
+            while let Some(signal) = removed.next().await {
+                let Ok(args) = signal.args() else { continue };
+                if args.job == job {
+                    return Ok(args.result.clone());
+                }
+            }
+            Err(SystemdError::Call {
+                what: "wait for the restart job of",
+                unit: unit.into(),
+                detail: "the bus connection closed".into(),
+            })
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| SystemdError::JobTimeout {
+                unit: unit.into(),
+                secs: timeout.as_secs(),
+            })?
+    }
+
+    /// The unit's state now, read fresh (no property cache).
+    pub async fn state(&self, unit: &str) -> Result<FullState, SystemdError> {
+        let path = self.unit_path(unit).await?;
+        let u = UnitProxy::builder(&self.conn)
+            .path(path.clone())
+            .map_err(|e| call("read", unit, e))?
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(|e| call("read", unit, e))?;
+        let load_state = u.load_state().await.map_err(|e| call("read", unit, e))?;
+        let active_state = u.active_state().await.map_err(|e| call("read", unit, e))?;
+        let sub_state = u.sub_state().await.map_err(|e| call("read", unit, e))?;
+        let (n_restarts, main_pid) = if load_state == "loaded" {
+            let s = ServiceProxy::builder(&self.conn)
+                .path(path)
+                .map_err(|e| call("read", unit, e))?
+                .cache_properties(zbus::proxy::CacheProperties::No)
+                .build()
+                .await
+                .map_err(|e| call("read", unit, e))?;
+            (
+                s.n_restarts().await.map_err(|e| call("read", unit, e))?,
+                s.main_pid().await.map_err(|e| call("read", unit, e))?,
+            )
+        } else {
+            (0, 0)
+        };
+        Ok(FullState {
+            unit: UnitState {
+                name: unit.into(),
+                active_state,
+                sub_state,
+                n_restarts,
+                main_pid,
+            },
+            load_state,
+        })
+    }
+
+    /// The unit's last journal lines, when a journal exists; empty otherwise.
+    pub async fn journal_tail(&self, unit: &str, lines: u32) -> String {
+        let mut cmd = tokio::process::Command::new("journalctl");
+        if self.bus == "session" {
+            cmd.arg("--user");
+        }
+        cmd.args(["--no-pager", "-o", "short-iso", "-n"])
+            .arg(lines.to_string())
+            .arg("-u")
+            .arg(unit)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        match tokio::time::timeout(Duration::from_secs(5), cmd.output()).await {
+            Ok(Ok(out)) if out.status.success() => {
+                let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                if text.is_empty() || text == "-- No entries --" {
+                    String::new()
+                } else {
+                    text
+                }
+            }
+            _ => String::new(),
+        }
+    }
+}
+
+/// A unit's state with its LoadState.
+#[derive(Debug, Clone)]
+pub struct FullState {
+    /// What goes into the inventory.
+    pub unit: UnitState,
+    /// "loaded", "not-found", ...
+    pub load_state: String,
+}
+
+fn call(what: &'static str, unit: &str, e: zbus::Error) -> SystemdError {
+    SystemdError::Call {
+        what,
+        unit: unit.into(),
+        detail: e.to_string(),
+    }
+}

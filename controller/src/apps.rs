@@ -1,0 +1,328 @@
+//! `AppService`: app definitions, and deploying or rolling back one host.
+//!
+//! A deploy is a task sent on the host's stream; the agent reports each phase
+//! and the controller forwards those reports to the caller until the task
+//! ends. The rollout engine builds its batches on the same task path.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_proto::app_service_server::AppService;
+use fleet_proto::controller_message::Body as ToAgent;
+use fleet_proto::health_check::Check;
+use fleet_proto::{
+    task, AppSpec, AppStatus, ControllerMessage, DeployRequest, DeployTask, FailureCause, GetAppRequest,
+    ListAppsRequest, ListAppsResponse, RollbackTask, Task, TaskProgress, TaskState,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::fleet::{internal, Fleet};
+use crate::ops::parse_selector;
+use crate::releases::{unknown_app, unknown_release};
+use crate::tasks::is_final;
+
+/// Releases kept per host when the app names no number.
+pub const DEFAULT_KEEP: u32 = 5;
+/// How long the unit must stay up after a restart, by default.
+pub const DEFAULT_SETTLE_MS: u64 = 3_000;
+/// How long a health check keeps trying, by default.
+pub const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 30_000;
+/// How long one deploy may take in all before the caller is told it timed out.
+pub const TASK_DEADLINE: Duration = Duration::from_secs(30 * 60);
+
+/// Validates an app definition and fills in defaults.
+pub fn normalize(mut spec: AppSpec) -> Result<AppSpec, Status> {
+    let name_ok = !spec.name.is_empty()
+        && spec.name.len() <= 63
+        && !spec.name.starts_with(['.', '-'])
+        && spec
+            .name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
+    if !name_ok {
+        return Err(Status::invalid_argument(format!(
+            "app name '{}' is not valid: 1-63 of [a-z0-9._-], not starting with '.' or '-'",
+            spec.name
+        )));
+    }
+    let unit_ok = spec.unit.ends_with(".service")
+        && spec.unit.len() > ".service".len()
+        && spec
+            .unit
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | ':' | '\\'));
+    if !unit_ok {
+        return Err(Status::invalid_argument(format!(
+            "unit '{}' is not a systemd service name (e.g. api-service.service)",
+            spec.unit
+        )));
+    }
+    parse_selector(&spec.selector)?;
+    let health = spec.health.get_or_insert_with(Default::default);
+    match &health.check {
+        Some(Check::HttpUrl(u)) if !u.starts_with("http://") => {
+            return Err(Status::invalid_argument(format!(
+                "health URL '{u}' must start with http:// (the check runs on the host, against the app's local port)"
+            )))
+        }
+        Some(Check::Command(c)) if c.trim().is_empty() => {
+            return Err(Status::invalid_argument("the health command is empty"))
+        }
+        _ => {}
+    }
+    if health.timeout_ms == 0 {
+        health.timeout_ms = DEFAULT_HEALTH_TIMEOUT_MS;
+    }
+    if spec.keep == 0 {
+        spec.keep = DEFAULT_KEEP;
+    }
+    if spec.keep < 2 {
+        return Err(Status::invalid_argument(
+            "keep must be at least 2: the current and the previous release always stay on disk",
+        ));
+    }
+    if spec.settle_ms == 0 {
+        spec.settle_ms = DEFAULT_SETTLE_MS;
+    }
+    Ok(spec)
+}
+
+/// `AppService`.
+pub struct AppsService(pub Arc<Fleet>);
+
+#[tonic::async_trait]
+impl AppService for AppsService {
+    async fn create_app(&self, req: Request<AppSpec>) -> Result<Response<AppSpec>, Status> {
+        let spec = normalize(req.into_inner())?;
+        if !self.0.store.put_app(&spec, true).map_err(internal)? {
+            return Err(Status::already_exists(format!(
+                "app '{}' exists; change it with 'fleetctl app update {}'",
+                spec.name, spec.name
+            )));
+        }
+        self.0.store.flush().await.map_err(internal)?;
+        tracing::info!(app = %spec.name, unit = %spec.unit, "app created");
+        Ok(Response::new(spec))
+    }
+
+    async fn update_app(&self, req: Request<AppSpec>) -> Result<Response<AppSpec>, Status> {
+        let spec = normalize(req.into_inner())?;
+        self.0
+            .store
+            .app(&spec.name)
+            .map_err(internal)?
+            .ok_or_else(|| unknown_app(&spec.name))?;
+        self.0.store.put_app(&spec, false).map_err(internal)?;
+        self.0.store.flush().await.map_err(internal)?;
+        tracing::info!(app = %spec.name, "app updated");
+        Ok(Response::new(spec))
+    }
+
+    async fn list_apps(&self, _req: Request<ListAppsRequest>) -> Result<Response<ListAppsResponse>, Status> {
+        let apps = self.0.store.apps().map_err(internal)?;
+        Ok(Response::new(ListAppsResponse { apps }))
+    }
+
+    async fn get_app(&self, req: Request<GetAppRequest>) -> Result<Response<AppStatus>, Status> {
+        let name = &req.get_ref().name;
+        let spec = self
+            .0
+            .store
+            .app(name)
+            .map_err(internal)?
+            .ok_or_else(|| unknown_app(name))?;
+        let mut status = AppStatus {
+            spec: Some(spec),
+            ..Default::default()
+        };
+        for host in self.0.store.hosts().map_err(internal)? {
+            let inv = host.inventory.unwrap_or_default();
+            if let Some(app) = inv.apps.into_iter().find(|a| &a.app == name) {
+                status.hosts.insert(host.id, app);
+            }
+        }
+        Ok(Response::new(status))
+    }
+
+    type DeployStream = ReceiverStream<Result<TaskProgress, Status>>;
+
+    async fn deploy(&self, req: Request<DeployRequest>) -> Result<Response<Self::DeployStream>, Status> {
+        let fleet = self.0.clone();
+        let r = req.into_inner();
+        let spec = fleet
+            .store
+            .app(&r.app)
+            .map_err(internal)?
+            .ok_or_else(|| unknown_app(&r.app))?;
+        let host = fleet.resolve_host(&r.host)?;
+        let selector = parse_selector(&spec.selector)?;
+        if let Some((k, v)) = selector.iter().find(|(k, v)| host.labels.get(k) != Some(v)) {
+            return Err(Status::failed_precondition(format!(
+                "host {} does not match app {}'s selector ({k}={v} is not among its labels); \
+                 label it with 'fleetctl hosts label' or change the app's selector",
+                host.id, spec.name
+            )));
+        }
+        let kind = if r.rollback {
+            task::Kind::Rollback(RollbackTask {
+                app: spec.name.clone(),
+                to_version: r.version.clone(),
+                spec: Some(spec.clone()),
+            })
+        } else {
+            let release = fleet
+                .store
+                .release(&spec.name, &r.version)
+                .map_err(internal)?
+                .ok_or_else(|| unknown_release(&spec.name, &r.version))?;
+            task::Kind::Deploy(DeployTask {
+                app: spec.name.clone(),
+                release: release.artifact,
+                spec: Some(spec.clone()),
+            })
+        };
+        let Some(sender) = fleet.registry.sender(&host.id) else {
+            return Err(Status::unavailable(format!(
+                "host {} is not connected (last seen {}); deploy again when it is back",
+                host.id,
+                crate::store::utc(host.last_seen_ms)
+            )));
+        };
+        let task_id = format!("t-{}", crate::random_hex(8));
+        let mut progress = fleet.tasks.register(&task_id, &host.id);
+        let task = Task {
+            task_id: task_id.clone(),
+            rollout_id: String::new(),
+            kind: Some(kind),
+        };
+        let sent = sender
+            .send_timeout(
+                Ok(ControllerMessage {
+                    body: Some(ToAgent::Task(task)),
+                }),
+                Duration::from_secs(10),
+            )
+            .await;
+        if sent.is_err() {
+            fleet.tasks.forget(&task_id);
+            return Err(Status::unavailable(format!(
+                "host {} did not take the task (its stream is closed or stuck); try again",
+                host.id
+            )));
+        }
+        tracing::info!(task_id, host_id = %host.id, app = %spec.name, version = %r.version, rollback = r.rollback, "task sent");
+
+        let (tx, rx) = mpsc::channel(64);
+        let host_id = host.id.clone();
+        tokio::spawn(async move {
+            let deadline = tokio::time::sleep(TASK_DEADLINE);
+            tokio::pin!(deadline);
+            let mut phase = String::from("start");
+            loop {
+                let p = tokio::select! {
+                    p = progress.recv() => p,
+                    _ = &mut deadline => None,
+                    _ = tx.closed() => {
+                        // The caller left; the agent carries on and reports its inventory.
+                        fleet.tasks.forget(&task_id);
+                        return;
+                    }
+                };
+                let Some(p) = p else {
+                    fleet.tasks.forget(&task_id);
+                    let _ = tx
+                        .send(Ok(TaskProgress {
+                            task_id: task_id.clone(),
+                            phase: "done".into(),
+                            state: TaskState::Failed.into(),
+                            detail: format!("no end of the task within {TASK_DEADLINE:?}; timed out in phase {phase}"),
+                            cause: FailureCause::Timeout.into(),
+                            host_id: host_id.clone(),
+                            ..Default::default()
+                        }))
+                        .await;
+                    return;
+                };
+                phase = p.phase.clone();
+                let last = is_final(&p);
+                if tx.send(Ok(p)).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_proto::HealthCheck;
+
+    fn spec() -> AppSpec {
+        AppSpec {
+            name: "api-service".into(),
+            unit: "api-service.service".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let s = normalize(spec()).expect("valid");
+        assert_eq!(s.keep, DEFAULT_KEEP);
+        assert_eq!(s.settle_ms, DEFAULT_SETTLE_MS);
+        assert_eq!(s.health.expect("health").timeout_ms, DEFAULT_HEALTH_TIMEOUT_MS);
+    }
+
+    #[test]
+    fn bad_definitions_are_refused_by_field() {
+        let cases: Vec<(AppSpec, &str)> = vec![
+            (
+                AppSpec {
+                    name: "Api".into(),
+                    ..spec()
+                },
+                "app name",
+            ),
+            (
+                AppSpec {
+                    name: "../x".into(),
+                    ..spec()
+                },
+                "app name",
+            ),
+            (
+                AppSpec {
+                    unit: "api".into(),
+                    ..spec()
+                },
+                "unit",
+            ),
+            (AppSpec { keep: 1, ..spec() }, "keep"),
+            (
+                AppSpec {
+                    selector: "role".into(),
+                    ..spec()
+                },
+                "selector",
+            ),
+            (
+                AppSpec {
+                    health: Some(HealthCheck {
+                        check: Some(Check::HttpUrl("https://x/health".into())),
+                        timeout_ms: 0,
+                    }),
+                    ..spec()
+                },
+                "http://",
+            ),
+        ];
+        for (s, needle) in cases {
+            let e = normalize(s.clone()).expect_err("refused");
+            assert!(e.message().contains(needle), "{s:?}: {}", e.message());
+        }
+    }
+}
