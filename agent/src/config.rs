@@ -102,6 +102,26 @@ struct RawConfig {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     systemd: SystemdSection,
+    #[serde(default)]
+    releases: ReleasesSection,
+}
+
+/// `[releases]`: limits on what one release may unpack to.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReleasesSection {
+    max_unpacked_size: Option<String>,
+    max_entries: Option<u64>,
+}
+
+/// Parses "123", "10KiB", "500MiB", "2GiB" into bytes.
+fn parse_size(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let (num, mult) = [("KiB", 1u64 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("B", 1)]
+        .iter()
+        .find_map(|(suffix, m)| v.strip_suffix(suffix).map(|n| (n.trim(), *m)))
+        .unwrap_or((v, 1));
+    num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
 /// `[systemd]`: how the agent reaches the service manager.
@@ -145,6 +165,8 @@ pub struct Config {
     pub labels: BTreeMap<String, String>,
     /// The bus systemd is reached on (`[systemd] bus`).
     pub bus: Bus,
+    /// What one release may unpack to (`[releases]`).
+    pub limits: crate::unpack::Limits,
 }
 
 impl Config {
@@ -232,8 +254,25 @@ impl Config {
             ));
         }
 
+        let mut limits = crate::unpack::Limits::default();
+        if let Some(size) = &raw.releases.max_unpacked_size {
+            limits.max_unpacked_bytes = parse_size(size).filter(|n| *n > 0).ok_or_else(|| {
+                invalid(
+                    "releases.max_unpacked_size",
+                    format!("'{size}' is not a size such as 500MiB or 4GiB"),
+                )
+            })?;
+        }
+        if let Some(n) = raw.releases.max_entries {
+            if n == 0 {
+                return Err(invalid("releases.max_entries", "must be at least 1".into()));
+            }
+            limits.max_entries = n;
+        }
+
         Ok(Config {
             path: path.to_path_buf(),
+            limits,
             controller,
             ca_fingerprint,
             join_token,

@@ -16,6 +16,8 @@ pub mod layout;
 mod renew;
 mod stream;
 pub mod systemd;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod unpack;
 
 use std::time::{Duration, UNIX_EPOCH};
@@ -116,7 +118,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
 pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<(), AgentError> {
     let state = StateDir::new(&config.state_dir);
     state.ensure()?;
-    let worker = deploy::start(state.path(), config.bus, unpack::Limits::default(), cancel.clone());
+    let worker = deploy::start(state.path(), config.bus, config.limits.clone(), cancel.clone());
     let mut agent = Agent {
         sampler: Sampler::new(state.path(), config.hostname.clone()),
         config,

@@ -104,7 +104,18 @@ impl Systemd {
             Bus::System => zbus::Connection::system().await.map_err(err)?,
             Bus::Session => zbus::Connection::session().await.map_err(err)?,
         };
-        Ok(Systemd { conn, bus: name })
+        let sd = Systemd { conn, bus: name };
+        // Once per connection: systemd sends JobRemoved only to subscribers,
+        // and refuses a second Subscribe from the same client.
+        sd.manager()
+            .await?
+            .subscribe()
+            .await
+            .map_err(|e| SystemdError::Connect {
+                bus: name,
+                detail: format!("Subscribe: {e}"),
+            })?;
+        Ok(sd)
     }
 
     /// Which bus this is ("system" or "session").
@@ -138,7 +149,6 @@ impl Systemd {
             });
         }
         let manager = self.manager().await?;
-        manager.subscribe().await.map_err(|e| call("subscribe to", unit, e))?;
         // Listen before asking, so the signal cannot slip by in between.
         let mut removed = manager
             .receive_job_removed()

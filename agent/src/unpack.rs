@@ -553,59 +553,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::testkit::Tar;
     use std::os::unix::fs::MetadataExt;
-
-    /// A raw header: the name and link bytes go in unchecked, so `..` and
-    /// absolute paths can be crafted.
-    fn header(name: &str, kind: EntryType, mode: u32, size: u64, link: &str) -> tar::Header {
-        let mut h = tar::Header::new_gnu();
-        let old = h.as_old_mut();
-        old.name[..name.len()].copy_from_slice(name.as_bytes());
-        old.linkname[..link.len()].copy_from_slice(link.as_bytes());
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(size);
-        h.set_mtime(0);
-        h.set_cksum();
-        h
-    }
-
-    struct Tar(tar::Builder<Vec<u8>>);
-
-    impl Tar {
-        fn new() -> Tar {
-            Tar(tar::Builder::new(Vec::new()))
-        }
-        fn file(mut self, name: &str, mode: u32, data: &[u8]) -> Tar {
-            let h = header(name, EntryType::Regular, mode, data.len() as u64, "");
-            self.0.append(&h, data).unwrap();
-            self
-        }
-        fn dir(mut self, name: &str, mode: u32) -> Tar {
-            self.0
-                .append(&header(name, EntryType::Directory, mode, 0, ""), io::empty())
-                .unwrap();
-            self
-        }
-        fn link(mut self, kind: EntryType, name: &str, target: &str) -> Tar {
-            self.0
-                .append(&header(name, kind, 0o777, 0, target), io::empty())
-                .unwrap();
-            self
-        }
-        fn special(mut self, kind: EntryType, name: &str) -> Tar {
-            self.0.append(&header(name, kind, 0o644, 0, ""), io::empty()).unwrap();
-            self
-        }
-        fn bytes(self) -> Vec<u8> {
-            self.0.into_inner().unwrap()
-        }
-        fn gz(self) -> Vec<u8> {
-            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            enc.write_all(&self.bytes()).unwrap();
-            enc.finish().unwrap()
-        }
-    }
 
     struct Run {
         _dir: tempfile::TempDir,
@@ -861,14 +810,7 @@ mod tests {
 
     #[test]
     fn pax_path_disagreeing_with_header_is_refused() {
-        let mut tar = Tar::new();
-        tar.0.append_pax_extensions([("path", &b"bin/evil"[..])]).unwrap();
-        let mut h = tar::Header::new_ustar();
-        h.set_path("bin/good").unwrap();
-        h.set_size(1);
-        h.set_mode(0o644);
-        h.set_cksum();
-        tar.0.append(&h, &b"x"[..]).unwrap();
+        let tar = Tar::new().pax_mismatch("bin/evil", "bin/good");
         refused!(run(&tar.gz()), UnpackError::HeaderMismatch { .. });
     }
 }

@@ -2,7 +2,9 @@
 //! the bearer token on every call, and gRPC statuses turned into fleetctl
 //! errors with the right exit code.
 
+use fleet_proto::app_service_client::AppServiceClient;
 use fleet_proto::host_service_client::HostServiceClient;
+use fleet_proto::release_service_client::ReleaseServiceClient;
 use fleet_proto::session_client::SessionClient;
 use fleet_proto::token_service_client::TokenServiceClient;
 use fleet_proto::transport::{self, Trust};
@@ -80,6 +82,16 @@ impl Client {
     /// `TokenService`.
     pub fn tokens(&self) -> TokenServiceClient<Authed> {
         TokenServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// `AppService`.
+    pub fn apps(&self) -> AppServiceClient<Authed> {
+        AppServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// `ReleaseService`.
+    pub fn releases(&self) -> ReleaseServiceClient<Authed> {
+        ReleaseServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     /// Turns a failed call's status into a fleetctl error.

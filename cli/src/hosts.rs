@@ -224,7 +224,7 @@ pub fn host_json(host: &Host) -> Value {
 }
 
 /// One app of a host's inventory; `unit` and `last_health` only when known.
-fn app_json(app: &AppInventory) -> Value {
+pub fn app_json(app: &AppInventory) -> Value {
     let mut v = json!({
         "app": app.app,
         "current": app.current,

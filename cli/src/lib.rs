@@ -4,6 +4,7 @@
 //! Each command returns a [`output::Report`] or an [`error::Error`]; [`run`]
 //! prints the one and maps the other to an exit code (ARCHITECTURE.md).
 
+pub mod apps;
 pub mod args;
 pub mod client;
 pub mod config;
@@ -16,7 +17,7 @@ pub mod tokens;
 use std::io::Write;
 use std::process::ExitCode;
 
-use args::{Cli, Command, HostsCommand, TokenCommand};
+use args::{AppCommand, Cli, Command, HostsCommand, ReleaseCommand, TokenCommand};
 use client::Client;
 use config::Env;
 use error::{Error, Exit};
@@ -49,6 +50,21 @@ pub async fn execute(cli: &Cli, env: &Env) -> Result<Report, Error> {
         Command::Token(TokenCommand::Create(args)) => tokens::create(&connect(cli, env).await?, args, format).await,
         Command::Token(TokenCommand::Ls { all }) => tokens::list(&connect(cli, env).await?, *all, format).await,
         Command::Token(TokenCommand::Revoke { id }) => tokens::revoke(&connect(cli, env).await?, id, format).await,
+        Command::App(AppCommand::Create { name, args }) => {
+            apps::create(&connect(cli, env).await?, name, args, format).await
+        }
+        Command::App(AppCommand::Update { name, args }) => {
+            apps::update(&connect(cli, env).await?, name, args, format).await
+        }
+        Command::App(AppCommand::Ls) => apps::list(&connect(cli, env).await?, format).await,
+        Command::App(AppCommand::Show { name }) => apps::show(&connect(cli, env).await?, name, format).await,
+        Command::Release(ReleaseCommand::Push(args)) => apps::push(&connect(cli, env).await?, args, format).await,
+        Command::Release(ReleaseCommand::Ls { app }) => apps::releases(&connect(cli, env).await?, app, format).await,
+        Command::Release(ReleaseCommand::Show { app, version }) => {
+            apps::release(&connect(cli, env).await?, app, version, format).await
+        }
+        Command::Deploy(args) => apps::deploy(&connect(cli, env).await?, args, false, format).await,
+        Command::Rollback(args) => apps::deploy(&connect(cli, env).await?, args, true, format).await,
         Command::Hosts(HostsCommand::Ls { selector }) => {
             hosts::list(&connect(cli, env).await?, selector.as_deref(), format).await
         }

@@ -60,7 +60,7 @@ pub fn sigterm(child: &Child) {
 }
 
 /// Starts `program SUBCOMMAND --config CONFIG`, appending its stderr to `log`.
-fn spawn_logged(program: &str, subcommand: &str, config: &Path, log: &Path) -> Child {
+fn spawn_logged(program: &str, subcommand: &str, config: &Path, log: &Path, env: &[(String, String)]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -70,6 +70,7 @@ fn spawn_logged(program: &str, subcommand: &str, config: &Path, log: &Path) -> C
         .args([subcommand, "--config"])
         .arg(config)
         .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -149,7 +150,7 @@ impl Controller {
     /// Starts `serve` and waits for /healthz.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "controller already running");
-        let child = spawn_logged("fleet-controller", "serve", &self.config, &self.log);
+        let child = spawn_logged("fleet-controller", "serve", &self.config, &self.log, &[]);
         self.child = Some(child);
         let metrics = self.metrics;
         wait_until(Duration::from_secs(20), "controller /healthz", || {
@@ -200,6 +201,8 @@ pub struct Agent {
     pub log: PathBuf,
     /// The running process.
     pub child: Option<Child>,
+    /// Extra environment (e.g. the session bus of a systemd sandbox).
+    pub env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -233,13 +236,14 @@ impl Agent {
             dir,
             config,
             child: None,
+            env: Vec::new(),
         }
     }
 
     /// Starts the agent.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "agent {} already running", self.name);
-        let child = spawn_logged("fleet-agent", "run", &self.config, &self.log);
+        let child = spawn_logged("fleet-agent", "run", &self.config, &self.log, &self.env);
         self.child = Some(child);
     }
 
@@ -308,6 +312,17 @@ impl Fleet {
 
     /// Adds and starts an agent.
     pub fn add_agent(&mut self, name: &str, token: &str, labels: &[(&str, &str)]) -> usize {
+        self.add_agent_with(name, token, labels, None)
+    }
+
+    /// Adds and starts an agent whose units run in `systemd` (a sandbox).
+    pub fn add_agent_with(
+        &mut self,
+        name: &str,
+        token: &str,
+        labels: &[(&str, &str)],
+        systemd: Option<&crate::sandbox::Sandbox>,
+    ) -> usize {
         let addr = self.controller.addr.to_string();
         let mut agent = Agent::new(
             self.root.path(),
@@ -317,6 +332,13 @@ impl Fleet {
             token,
             labels,
         );
+        if let Some(sd) = systemd {
+            let mut text = std::fs::read_to_string(&agent.config).expect("agent.toml");
+            // The table must come after the top-level keys and [labels].
+            text.push_str("[systemd]\nbus = \"session\"\n");
+            std::fs::write(&agent.config, text).expect("agent.toml");
+            agent.env = sd.env();
+        }
         agent.start();
         self.agents.push(agent);
         self.agents.len() - 1

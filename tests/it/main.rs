@@ -7,3 +7,5 @@ mod harness;
 mod enrollment;
 mod lifecycle;
 mod refusals;
+mod releases;
+mod sandbox;

@@ -1,0 +1,596 @@
+//! `fleetctl app …`, `release …`, `deploy` and `rollback --host`: apps,
+//! their releases, and changing one host (`AppService`, `ReleaseService`).
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use fleet_proto::health_check::Check;
+use fleet_proto::{
+    AppInventory, AppSpec, AppStatus, DeployRequest, FailureCause, GetAppRequest, GetReleaseRequest, HealthCheck,
+    ListAppsRequest, ListReleasesRequest, PushReleaseChunk, Release, ReleaseHeader, TaskProgress, TaskState,
+};
+use serde_json::{json, Value};
+use tokio::io::AsyncReadExt;
+
+use crate::args::{label_map, AppArgs, DeployArgs, PushArgs};
+use crate::client::Client;
+use crate::error::Error;
+use crate::output::{self, Block, Format, Report, Table};
+
+/// Upload chunk size.
+const CHUNK: usize = 1 << 20;
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// Applies the flags to a spec (all of it for create, what is given for update).
+fn apply(spec: &mut AppSpec, args: &AppArgs) -> Result<(), Error> {
+    if let Some(unit) = &args.unit {
+        spec.unit = unit.clone();
+    }
+    if let Some(sel) = &args.selector {
+        spec.selector = sel.clone();
+    }
+    if let Some(keep) = args.keep {
+        spec.keep = keep;
+    }
+    if let Some(settle) = args.settle {
+        spec.settle_ms = millis(settle);
+    }
+    if let Some(user) = &args.run_as {
+        spec.run_as = user.clone();
+    }
+    let health = spec.health.get_or_insert_with(HealthCheck::default);
+    match (&args.health_http, &args.health_command, args.no_health) {
+        (Some(url), None, false) => health.check = Some(Check::HttpUrl(url.clone())),
+        (None, Some(cmd), false) => health.check = Some(Check::Command(cmd.clone())),
+        (None, None, true) => health.check = None,
+        (None, None, false) => {}
+        _ => {
+            return Err(Error::Usage(
+                "give one of --health-http, --health-command or --no-health".into(),
+            ))
+        }
+    }
+    if let Some(t) = args.health_timeout {
+        health.timeout_ms = millis(t);
+    }
+    Ok(())
+}
+
+/// `app create`.
+pub async fn create(client: &Client, name: &str, args: &AppArgs, format: Format) -> Result<Report, Error> {
+    if args.unit.is_none() {
+        return Err(Error::Usage(format!(
+            "--unit is required: the systemd unit that runs {name}, e.g. --unit {name}.service"
+        )));
+    }
+    let mut spec = AppSpec {
+        name: name.to_string(),
+        ..Default::default()
+    };
+    apply(&mut spec, args)?;
+    let spec = client
+        .apps()
+        .create_app(spec)
+        .await
+        .map_err(|s| client.fail(s))?
+        .into_inner();
+    Ok(spec_report(&spec, format, "created"))
+}
+
+/// `app update`: changes only what the flags name.
+pub async fn update(client: &Client, name: &str, args: &AppArgs, format: Format) -> Result<Report, Error> {
+    let status = client
+        .apps()
+        .get_app(GetAppRequest { name: name.to_string() })
+        .await
+        .map_err(|s| client.fail(s))?
+        .into_inner();
+    let mut spec = status.spec.unwrap_or_default();
+    apply(&mut spec, args)?;
+    let spec = client
+        .apps()
+        .update_app(spec)
+        .await
+        .map_err(|s| client.fail(s))?
+        .into_inner();
+    Ok(spec_report(&spec, format, "updated"))
+}
+
+fn spec_report(spec: &AppSpec, format: Format, verb: &str) -> Report {
+    match format {
+        Format::Json => Report::json(&spec_json(spec)),
+        Format::Table => Report::out(format!("{verb} app {}\n{}", spec.name, spec_block(spec).render())),
+    }
+}
+
+fn health_text(h: Option<&HealthCheck>) -> String {
+    let h = h.cloned().unwrap_or_default();
+    let timeout = humantime::format_duration(Duration::from_millis(h.timeout_ms));
+    match h.check {
+        Some(Check::HttpUrl(u)) => format!("GET {u} (2xx within {timeout})"),
+        Some(Check::Command(c)) => format!("command `{c}` (exit 0 within {timeout})"),
+        None => "unit active only".into(),
+    }
+}
+
+fn spec_block(spec: &AppSpec) -> Block {
+    let mut b = Block::default();
+    b.line("unit", spec.unit.clone());
+    b.line("health", health_text(spec.health.as_ref()));
+    b.line(
+        "selector",
+        if spec.selector.is_empty() {
+            "all hosts".to_string()
+        } else {
+            spec.selector.clone()
+        },
+    );
+    b.line(
+        "settle",
+        humantime::format_duration(Duration::from_millis(spec.settle_ms)).to_string(),
+    );
+    b.line("keep", format!("{} releases per host", spec.keep));
+    if !spec.run_as.is_empty() {
+        b.line("hooks run as", spec.run_as.clone());
+    }
+    b
+}
+
+fn spec_json(spec: &AppSpec) -> Value {
+    let h = spec.health.clone().unwrap_or_default();
+    let (kind, target) = match h.check {
+        Some(Check::HttpUrl(u)) => ("http", u),
+        Some(Check::Command(c)) => ("command", c),
+        None => ("none", String::new()),
+    };
+    json!({
+        "name": spec.name,
+        "unit": spec.unit,
+        "selector": spec.selector,
+        "health": {"kind": kind, "target": target, "timeout_ms": h.timeout_ms},
+        "keep": spec.keep,
+        "settle_ms": spec.settle_ms,
+        "run_as": spec.run_as,
+    })
+}
+
+/// `app ls`.
+pub async fn list(client: &Client, format: Format) -> Result<Report, Error> {
+    let apps = client
+        .apps()
+        .list_apps(ListAppsRequest {})
+        .await
+        .map_err(|s| client.fail(s))?
+        .into_inner()
+        .apps;
+    Ok(match format {
+        Format::Json => Report::json(&Value::Array(apps.iter().map(spec_json).collect())),
+        Format::Table => {
+            let mut t = Table::new(vec!["NAME", "UNIT", "HEALTH", "SELECTOR", "KEEP"]);
+            for a in &apps {
+                t.row(vec![
+                    a.name.clone(),
+                    a.unit.clone(),
+                    health_text(a.health.as_ref()),
+                    a.selector.clone(),
+                    a.keep.to_string(),
+                ]);
+            }
+            let mut r = Report::out(t.render());
+            if apps.is_empty() {
+                r.stderr = "no apps yet; create one with 'fleetctl app create NAME --unit NAME.service'\n".into();
+            }
+            r
+        }
+    })
+}
+
+/// `app show`: the definition and what every host runs.
+pub async fn show(client: &Client, name: &str, format: Format) -> Result<Report, Error> {
+    let status: AppStatus = client
+        .apps()
+        .get_app(GetAppRequest { name: name.to_string() })
+        .await
+        .map_err(|s| client.fail(s))?
+        .into_inner();
+    let spec = status.spec.clone().unwrap_or_default();
+    let mut hosts: Vec<(&String, &AppInventory)> = status.hosts.iter().collect();
+    hosts.sort_by_key(|(id, _)| *id);
+    Ok(match format {
+        Format::Json => {
+            let mut v = spec_json(&spec);
+            v["hosts"] = hosts
+                .iter()
+                .map(|(id, inv)| {
+                    let mut h = crate::hosts::app_json(inv);
+                    h["host_id"] = json!(id);
+                    h
+                })
+                .collect();
+            Report::json(&v)
+        }
+        Format::Table => {
+            let mut out = format!("app {}\n{}", spec.name, spec_block(&spec).render());
+            if hosts.is_empty() {
+                out.push_str("\nno host runs it yet; deploy with 'fleetctl deploy APP --version V --host ID'\n");
+            } else {
+                let now = fleet_proto::now_ms();
+                let mut t = Table::new(vec![
+                    "HOST", "CURRENT", "PREVIOUS", "UNIT", "PID", "RESTARTS", "HEALTH", "ON DISK",
+                ]);
+                for (id, inv) in hosts {
+                    let unit = inv.unit.clone().unwrap_or_default();
+                    let health = match &inv.last_health {
+                        Some(h) => format!(
+                            "{} {}",
+                            if h.ok { "ok" } else { "FAILED" },
+                            output::relative(h.checked_at_ms, now)
+                        ),
+                        None => "-".into(),
+                    };
+                    t.row(vec![
+                        id.clone(),
+                        or_dash(&inv.current),
+                        or_dash(&inv.previous),
+                        if unit.name.is_empty() {
+                            "-".into()
+                        } else {
+                            format!("{}/{}", unit.active_state, unit.sub_state)
+                        },
+                        unit.main_pid.to_string(),
+                        unit.n_restarts.to_string(),
+                        health,
+                        inv.releases.join(" "),
+                    ]);
+                }
+                out.push('\n');
+                out.push_str(&t.render());
+            }
+            Report::out(out)
+        }
+    })
+}
+
+fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_string()
+    }
+}
+
+/// The format of an archive, from its file name.
+fn format_of(path: &Path) -> Result<&'static str, Error> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
+        Ok("tar.gz")
+    } else if name.ends_with(".tar.zst") || name.ends_with(".tzst") {
+        Ok("tar.zst")
+    } else {
+        Err(Error::Usage(format!(
+            "{} is neither .tar.gz nor .tar.zst; releases are gzip or zstd tarballs",
+            path.display()
+        )))
+    }
+}
+
+async fn sha256_of(path: &Path) -> Result<(String, u64), Error> {
+    let mut f = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| Error::Failed(format!("cannot read {}: {e}", path.display())))?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; CHUNK];
+    let mut size = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .await
+            .map_err(|e| Error::Failed(format!("cannot read {}: {e}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((fleet_proto::transport::hex(ctx.finish().as_ref()), size))
+}
+
+/// `release push`: hashes the file, then streams it in chunks.
+pub async fn push(client: &Client, args: &PushArgs, format: Format) -> Result<Report, Error> {
+    let fmt = format_of(&args.file)?;
+    let (sha256, size) = sha256_of(&args.file).await?;
+    let header = ReleaseHeader {
+        app: args.app.clone(),
+        version: args.version.clone(),
+        sha256: sha256.clone(),
+        size,
+        metadata: label_map(&args.meta).map_err(Error::Usage)?,
+        format: fmt.into(),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<PushReleaseChunk>(4);
+    let path = args.file.clone();
+    let reader = tokio::spawn(async move {
+        let mut f = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut first = Some(header);
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            let n = f
+                .read(&mut buf)
+                .await
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            buf.truncate(n);
+            if n == 0 && first.is_none() {
+                return Ok::<(), String>(());
+            }
+            let chunk = PushReleaseChunk {
+                header: first.take(),
+                data: buf,
+            };
+            if tx.send(chunk).await.is_err() || n == 0 {
+                // The controller answered early (e.g. the same bytes again).
+                return Ok(());
+            }
+        }
+    });
+    let pushed = client
+        .releases()
+        .push_release(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await;
+    reader.abort();
+    let release = pushed.map_err(|s| client.fail(s))?.into_inner();
+    Ok(match format {
+        Format::Json => Report::json(&release_json(&release)),
+        Format::Table => {
+            let a = release.artifact.clone().unwrap_or_default();
+            Report::out(format!(
+                "{} {} stored: {} ({}), sha256 {}\n",
+                release.app,
+                a.version,
+                output::bytes(a.size),
+                a.format,
+                a.sha256
+            ))
+        }
+    })
+}
+
+fn release_json(r: &Release) -> Value {
+    let a = r.artifact.clone().unwrap_or_default();
+    json!({
+        "app": r.app,
+        "version": a.version,
+        "sha256": a.sha256,
+        "size": a.size,
+        "format": a.format,
+        "pushed_by": r.pushed_by,
+        "pushed_at_ms": r.pushed_at_ms,
+        "metadata": output::sorted(&r.metadata),
+    })
+}
+
+/// `release ls APP`.
+pub async fn releases(client: &Client, app: &str, format: Format) -> Result<Report, Error> {
+    let list = client
+        .releases()
+        .list_releases(ListReleasesRequest { app: app.to_string() })
+        .await
+        .map_err(|s| client.fail(s))?
+        .into_inner()
+        .releases;
+    Ok(match format {
+        Format::Json => Report::json(&Value::Array(list.iter().map(release_json).collect())),
+        Format::Table => {
+            let now = fleet_proto::now_ms();
+            let mut t = Table::new(vec!["VERSION", "SIZE", "FORMAT", "SHA256", "PUSHED", "BY", "META"]);
+            for r in &list {
+                let a = r.artifact.clone().unwrap_or_default();
+                t.row(vec![
+                    a.version,
+                    output::bytes(a.size),
+                    a.format,
+                    a.sha256.chars().take(12).collect(),
+                    output::relative(r.pushed_at_ms, now),
+                    r.pushed_by.clone(),
+                    output::labels(&r.metadata),
+                ]);
+            }
+            let mut rep = Report::out(t.render());
+            if list.is_empty() {
+                rep.stderr =
+                    format!("{app} has no releases; push one with 'fleetctl release push {app} FILE --version V'\n");
+            }
+            rep
+        }
+    })
+}
+
+/// `release show APP VERSION`.
+pub async fn release(client: &Client, app: &str, version: &str, format: Format) -> Result<Report, Error> {
+    let r = client
+        .releases()
+        .get_release(GetReleaseRequest {
+            app: app.to_string(),
+            version: version.to_string(),
+        })
+        .await
+        .map_err(|s| client.fail(s))?
+        .into_inner();
+    Ok(match format {
+        Format::Json => Report::json(&release_json(&r)),
+        Format::Table => {
+            let a = r.artifact.clone().unwrap_or_default();
+            let mut b = Block::default();
+            b.line("app", r.app.clone());
+            b.line("version", a.version);
+            b.line("sha256", a.sha256);
+            b.line("size", output::bytes(a.size));
+            b.line("format", a.format);
+            b.line("pushed", output::timestamp(r.pushed_at_ms));
+            b.line("pushed by", r.pushed_by.clone());
+            for (k, v) in output::sorted(&r.metadata) {
+                b.line(format!("meta {k}"), v);
+            }
+            Report::out(b.render())
+        }
+    })
+}
+
+fn cause_name(c: FailureCause) -> &'static str {
+    match c {
+        FailureCause::Unspecified => "",
+        FailureCause::Download => "download failed",
+        FailureCause::ArchiveRefused => "archive refused",
+        FailureCause::Hook => "hook failed",
+        FailureCause::Unit => "unit failed",
+        FailureCause::Health => "health check failed",
+        FailureCause::Timeout => "timed out",
+        FailureCause::Unreachable => "host unreachable",
+        FailureCause::DiskFull => "disk full",
+        FailureCause::Invalid => "invalid task",
+        FailureCause::Agent => "agent error",
+    }
+}
+
+fn state_name(s: TaskState) -> &'static str {
+    match s {
+        TaskState::Running => "running",
+        TaskState::Succeeded => "ok",
+        TaskState::Failed => "FAILED",
+        TaskState::Unspecified => "?",
+    }
+}
+
+fn progress_json(p: &TaskProgress) -> Value {
+    json!({
+        "phase": p.phase,
+        "state": state_name(p.state()).to_lowercase(),
+        "duration_ms": p.duration_ms,
+        "detail": p.detail,
+        "cause": cause_name(p.cause()),
+    })
+}
+
+/// `deploy APP --version V --host ID` and `rollback APP --host ID`: sends
+/// the task and prints each phase as the agent reports it.
+pub async fn deploy(client: &Client, args: &DeployArgs, rollback: bool, format: Format) -> Result<Report, Error> {
+    let request = DeployRequest {
+        app: args.app.clone(),
+        version: args.version.clone().unwrap_or_default(),
+        host: args.host.clone(),
+        rollback,
+    };
+    if !rollback && request.version.is_empty() {
+        return Err(Error::Usage("--version is required: the release to deploy".into()));
+    }
+    let mut stream = client
+        .apps()
+        .deploy(request)
+        .await
+        .map_err(|s| client.fail(s))?
+        .into_inner();
+    let live = format == Format::Table;
+    let mut phases = Vec::new();
+    let mut last: Option<TaskProgress> = None;
+    while let Some(p) = stream.message().await.map_err(|s| client.fail(s))? {
+        if live && !(p.phase == "done") && p.state() != TaskState::Running {
+            let mut line = format!(
+                "{:<14} {:<6} {:>7}  {}\n",
+                p.phase,
+                state_name(p.state()),
+                format!("{:.1}s", p.duration_ms as f64 / 1000.0),
+                p.detail.lines().next().unwrap_or_default()
+            );
+            for more in p.detail.lines().skip(1) {
+                line.push_str(&format!("{:31}{more}\n", ""));
+            }
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(line.as_bytes());
+            let _ = out.flush();
+        }
+        if p.phase != "done" && p.state() != TaskState::Running {
+            phases.push(progress_json(&p));
+        }
+        let end = p.phase == "done";
+        last = Some(p);
+        if end {
+            break;
+        }
+    }
+    let last = last.ok_or_else(|| Error::Failed("the controller ended the deploy without a result".into()))?;
+    let ok = last.state() == TaskState::Succeeded;
+    let summary = json!({
+        "task_id": last.task_id,
+        "host_id": last.host_id,
+        "app": args.app,
+        "state": if ok { "succeeded" } else { "failed" },
+        "current": last.current,
+        "reverted": last.reverted,
+        "cause": cause_name(last.cause()),
+        "detail": last.detail,
+        "duration_ms": last.duration_ms,
+        "phases": phases,
+    });
+    if !ok {
+        if format == Format::Json {
+            // CI reads the record on stdout; the exit code says it failed.
+            let _ = std::io::stdout().write_all(format!("{summary:#}\n").as_bytes());
+        }
+        let what = if last.reverted {
+            format!("; reverted to {}", or_dash(&last.current))
+        } else if last.current.is_empty() {
+            String::new()
+        } else {
+            format!("; current is {}", last.current)
+        };
+        return Err(Error::Failed(format!(
+            "{} on host {}: {}{what}",
+            cause_name(last.cause()),
+            last.host_id,
+            last.detail
+        )));
+    }
+    Ok(match format {
+        Format::Json => Report::json(&summary),
+        Format::Table => Report::out(format!(
+            "done in {:.1}s: {}\n",
+            last.duration_ms as f64 / 1000.0,
+            last.detail
+        )),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_come_from_the_file_name() {
+        assert_eq!(format_of(Path::new("api.tar.gz")).expect("gz"), "tar.gz");
+        assert_eq!(format_of(Path::new("/x/api-1.2.tgz")).expect("tgz"), "tar.gz");
+        assert_eq!(format_of(Path::new("api.tar.zst")).expect("zst"), "tar.zst");
+        assert!(format_of(Path::new("api.zip")).is_err());
+    }
+
+    #[test]
+    fn health_flags_are_exclusive() {
+        let mut spec = AppSpec::default();
+        let args = AppArgs {
+            health_http: Some("http://127.0.0.1:1/health".into()),
+            health_command: Some("true".into()),
+            ..Default::default()
+        };
+        assert!(matches!(apply(&mut spec, &args), Err(Error::Usage(_))));
+        let args = AppArgs {
+            no_health: true,
+            ..Default::default()
+        };
+        apply(&mut spec, &args).expect("no health");
+        assert!(spec.health.expect("health").check.is_none());
+    }
+}

@@ -1,0 +1,502 @@
+//! Releases reach hosts: real controller, real agent, real `systemd --user`
+//! manager (see `sandbox`), and the sample app serving its version over HTTP.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use fleet_agent::testkit::{attacks, Tar};
+use serde_json::Value;
+
+use crate::harness::{bin, free_addr, http_get, wait_until, Fleet};
+use crate::sandbox::Sandbox;
+
+const APP: &str = "demo";
+const UNIT: &str = "demo.service";
+
+/// One host with a systemd sandbox and the demo app defined.
+struct Host {
+    fleet: Fleet,
+    sandbox: Sandbox,
+    port: u16,
+    host_id: String,
+}
+
+impl Host {
+    /// `agent_extra` is appended to agent.toml (e.g. a `[releases]` table).
+    fn start(agent_extra: &str) -> Host {
+        let mut fleet = Fleet::controller_only(&[]);
+        let sandbox = Sandbox::start(&fleet.root.path().join("systemd"));
+        let token = fleet.token(&["--label", "role=web"]);
+        let i = fleet.add_agent_with("app-1", &token, &[], Some(&sandbox));
+        if !agent_extra.is_empty() {
+            let agent = &mut fleet.agents[i];
+            agent.kill9();
+            let mut text = std::fs::read_to_string(&agent.config).expect("agent.toml");
+            text.push_str(agent_extra);
+            std::fs::write(&agent.config, text).expect("agent.toml");
+            agent.start();
+        }
+        fleet.wait_connected(1, Duration::from_secs(30));
+        let host_id = fleet.agents[0].host_id().expect("enrolled");
+        let port = free_addr().port();
+        let current = fleet.agents[0].dir.join("state/apps").join(APP).join("current");
+        sandbox.install_unit(
+            UNIT,
+            &format!(
+                "[Unit]\nDescription=fleet e2e sample app\n\n[Service]\nWorkingDirectory={}\nExecStart={} {port}\n\
+                 Restart=on-failure\nRestartSec=300ms\n",
+                current.display(),
+                bin("fleet-sample-app").display()
+            ),
+        );
+        let created = fleet.fleetctl(&[
+            "app",
+            "create",
+            APP,
+            "--unit",
+            UNIT,
+            "--health-http",
+            &format!("http://127.0.0.1:{port}/health"),
+            "--health-timeout",
+            "3s",
+            "--settle",
+            "1s",
+            "--keep",
+            "3",
+            "--selector",
+            "role=web",
+        ]);
+        assert_success(&created, "app create");
+        Host {
+            fleet,
+            sandbox,
+            port,
+            host_id,
+        }
+    }
+
+    fn app_dir(&self) -> PathBuf {
+        self.fleet.agents[0].dir.join("state/apps").join(APP)
+    }
+
+    /// Writes `bytes` as a release file and pushes it as `version`.
+    fn push(&self, version: &str, name: &str, bytes: &[u8]) -> Output {
+        let path = self.fleet.root.path().join(name);
+        std::fs::write(&path, bytes).expect("write release");
+        self.fleet.fleetctl(&[
+            "release",
+            "push",
+            APP,
+            path.to_str().expect("utf-8"),
+            "--version",
+            version,
+        ])
+    }
+
+    fn deploy(&self, version: &str) -> Output {
+        self.fleet.fleetctl(&[
+            "deploy",
+            APP,
+            "--version",
+            version,
+            "--host",
+            &self.host_id,
+            "--output",
+            "json",
+        ])
+    }
+
+    fn version_served(&self) -> Option<String> {
+        http_get(([127, 0, 0, 1], self.port).into(), "/version").map(|b| b.trim().to_string())
+    }
+
+    fn main_pid(&self) -> String {
+        self.sandbox.unit_property(UNIT, "Service", "MainPID")
+    }
+
+    fn current(&self) -> Option<String> {
+        let target = std::fs::read_link(self.app_dir().join("current")).ok()?;
+        Some(target.file_name()?.to_string_lossy().into_owned())
+    }
+
+    fn fetches(&self) -> u64 {
+        self.fleet
+            .controller
+            .metrics_text()
+            .lines()
+            .filter(|l| l.starts_with("fleet_rpc_requests_total") && l.contains("AgentService/FetchArtifact"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+}
+
+fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?}):\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON on stdout ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// A release of the sample app.
+fn release(version: &str, extra: &[(&str, &str, u32)]) -> Tar {
+    let mut tar = Tar::new().file("VERSION", 0o644, format!("{version}\n").as_bytes());
+    for (name, body, mode) in extra {
+        tar = tar.file(name, *mode, body.as_bytes());
+    }
+    tar
+}
+
+fn phases(v: &Value) -> Vec<String> {
+    v["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn deploy_health_revert_hooks_rollback_and_inventory() {
+    let host = Host::start("");
+    let f = &host.fleet;
+
+    // Push: gzip and zstd; the same bytes again are a no-op; other bytes under
+    // the same version are refused.
+    let v1 = release("1.0.0", &[]).gz();
+    assert_success(&host.push("1.0.0", "v1.tar.gz", &v1), "push v1");
+    assert_success(&host.push("1.0.0", "v1-again.tar.gz", &v1), "push v1 again");
+    let other = host.push("1.0.0", "v1-other.tar.gz", &release("1.0.0-other", &[]).gz());
+    assert!(!other.status.success());
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("immutable"),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    let v2 = release(
+        "2.0.0",
+        &[
+            (
+                "fleet.toml",
+                "[hooks]\npre_activate = \"hooks/pre.sh\"\npost_activate = \"hooks/post.sh\"\n",
+                0o644,
+            ),
+            (
+                "hooks/pre.sh",
+                "#!/bin/sh\necho \"$FLEET_PREVIOUS_VERSION\" > saw-previous\necho pre ok\n",
+                0o755,
+            ),
+            ("hooks/post.sh", "#!/bin/sh\necho post ok\n", 0o755),
+        ],
+    )
+    .zst();
+    assert_success(&host.push("2.0.0", "v2.tar.zst", &v2), "push v2");
+    let v3 = release("3.0.0", &[("HEALTH", "fail\n", 0o644)]).gz();
+    assert_success(&host.push("3.0.0", "v3.tar.gz", &v3), "push v3");
+    let v4 = release(
+        "4.0.0",
+        &[
+            ("fleet.toml", "[hooks]\npre_activate = \"migrate.sh\"\n", 0o644),
+            (
+                "migrate.sh",
+                "#!/bin/sh\necho 'migration refused: schema 12 expected' >&2\nexit 4\n",
+                0o755,
+            ),
+        ],
+    )
+    .gz();
+    assert_success(&host.push("4.0.0", "v4.tar.gz", &v4), "push v4");
+    let releases = f.fleetctl_json(&["release", "ls", APP]);
+    assert_eq!(releases.as_array().expect("array").len(), 4, "{releases}");
+
+    // v1, then v2: seen through HTTP.
+    let out = host.deploy("1.0.0");
+    assert_success(&out, "deploy v1");
+    assert_eq!(host.version_served().as_deref(), Some("1.0.0"));
+    let out = host.deploy("2.0.0");
+    assert_success(&out, "deploy v2");
+    let v = json(&out);
+    assert_eq!(v["current"], "2.0.0");
+    for p in [
+        "fetch",
+        "verify",
+        "unpack",
+        "pre_activate",
+        "swap",
+        "restart",
+        "settle",
+        "post_activate",
+        "health",
+    ] {
+        assert!(phases(&v).iter().any(|x| x == p), "phase {p} missing in {v}");
+    }
+    assert!(
+        v["phases"]
+            .as_array()
+            .expect("phases")
+            .iter()
+            .all(|p| p["duration_ms"].is_u64()),
+        "every phase reports its duration: {v}"
+    );
+    assert_eq!(host.version_served().as_deref(), Some("2.0.0"));
+    let saw = std::fs::read_to_string(host.app_dir().join("releases/2.0.0/saw-previous")).expect("hook ran");
+    assert_eq!(saw.trim(), "1.0.0", "pre_activate sees the previous version");
+
+    // v3 fails its health check: reverted to v2 by the agent itself.
+    let out = host.deploy("3.0.0");
+    assert!(!out.status.success(), "a failing health check must fail the deploy");
+    let v = json(&out);
+    assert_eq!(v["cause"], "health check failed", "{v}");
+    assert_eq!(v["reverted"], true, "{v}");
+    assert_eq!(v["current"], "2.0.0", "{v}");
+    let detail = v["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains("503") && detail.contains("HEALTH says fail"),
+        "the report says why: {detail}"
+    );
+    assert!(detail.contains("reverted to 2.0.0"), "{detail}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("health check failed"));
+    assert_eq!(host.version_served().as_deref(), Some("2.0.0"));
+    assert_eq!(host.current().as_deref(), Some("2.0.0"));
+
+    // A failing pre_activate hook leaves v2 untouched: same process, same link.
+    let pid = host.main_pid();
+    let out = host.deploy("4.0.0");
+    assert!(!out.status.success());
+    let v = json(&out);
+    assert_eq!(v["cause"], "hook failed", "{v}");
+    assert_eq!(v["reverted"], false, "nothing to revert: {v}");
+    let detail = v["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains("pre_activate") && detail.contains("exit status: 4") && detail.contains("schema 12 expected"),
+        "{detail}"
+    );
+    assert!(!phases(&v).iter().any(|p| p == "swap"), "{v}");
+    assert_eq!(host.main_pid(), pid, "the unit was not restarted");
+    assert_eq!(host.current().as_deref(), Some("2.0.0"));
+    assert_eq!(host.version_served().as_deref(), Some("2.0.0"));
+
+    // Rollback: back to the previous release on disk, without a download.
+    let fetches = host.fetches();
+    assert!(fetches >= 4, "four releases were downloaded ({fetches})");
+    let out = f.fleetctl(&["rollback", APP, "--host", &host.host_id, "--output", "json"]);
+    assert_success(&out, "rollback");
+    let v = json(&out);
+    assert_eq!(v["current"], "1.0.0", "{v}");
+    assert!(!phases(&v).iter().any(|p| p == "fetch" || p == "unpack"), "{v}");
+    assert_eq!(host.fetches(), fetches, "rollback must not download");
+    assert_eq!(host.version_served().as_deref(), Some("1.0.0"));
+
+    // Inventory, in `app show` and `hosts show`; keep 3 pruned the oldest
+    // release that is neither current nor previous.
+    let shown = wait_until(Duration::from_secs(10), "inventory after rollback", || {
+        let v = f.fleetctl_json(&["app", "show", APP]);
+        (v["hosts"][0]["current"] == "1.0.0").then_some(v)
+    });
+    let h = &shown["hosts"][0];
+    assert_eq!(h["host_id"], host.host_id.as_str());
+    assert_eq!(h["previous"], "2.0.0", "{h}");
+    assert_eq!(h["unit"]["active_state"], "active", "{h}");
+    assert_eq!(h["unit"]["sub_state"], "running", "{h}");
+    assert!(h["unit"]["main_pid"].as_u64().unwrap_or(0) > 0, "{h}");
+    assert_eq!(h["last_health"]["ok"], true, "{h}");
+    let on_disk: Vec<&str> = h["releases"]
+        .as_array()
+        .expect("releases")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(on_disk.len(), 3, "keep 3: {on_disk:?}");
+    assert!(on_disk.contains(&"1.0.0") && on_disk.contains(&"2.0.0"), "{on_disk:?}");
+    let hs = f.fleetctl_json(&["hosts", "show", &host.host_id]);
+    assert_eq!(hs["inventory"][0]["app"], APP);
+    assert_eq!(hs["inventory"][0]["current"], "1.0.0");
+    let table = f.fleetctl(&["app", "show", APP]);
+    assert_success(&table, "app show");
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("active/running") && text.contains("1.0.0"), "{text}");
+}
+
+#[test]
+fn hostile_archives_and_bad_downloads_are_refused_and_current_stays() {
+    let host = Host::start("[releases]\nmax_unpacked_size = \"1MiB\"\n");
+    assert_success(&host.push("1.0.0", "v1.tar.gz", &release("1.0.0", &[]).gz()), "push v1");
+    assert_success(&host.deploy("1.0.0"), "deploy v1");
+    let pid = host.main_pid();
+    let _ = std::fs::remove_file("/tmp/fleet-evil");
+
+    for (i, (name, bytes)) in attacks(4 << 20).into_iter().enumerate() {
+        let version = format!("bad-{i}");
+        assert_success(&host.push(&version, &format!("bad-{i}.tar.gz"), &bytes), name);
+        let out = host.deploy(&version);
+        assert!(!out.status.success(), "{name}: the deploy must fail");
+        let v = json(&out);
+        assert_eq!(v["cause"], "archive refused", "{name}: {v}");
+        let detail = v["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains("unpack failed") && detail.contains("current release stays"),
+            "{name}: {detail}"
+        );
+        assert_eq!(host.current().as_deref(), Some("1.0.0"), "{name}");
+        assert!(
+            !host.app_dir().join("releases").join(&version).exists(),
+            "{name}: nothing unpacked stays"
+        );
+    }
+    assert!(
+        !Path::new("/tmp/fleet-evil").exists(),
+        "an archive wrote outside its release"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(host.app_dir())
+        .expect("app dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+
+    // A digest mismatch: the artifact changed on the controller's disk after
+    // the push. Refused before anything is unpacked.
+    let good = release("2.0.0", &[]).gz();
+    let pushed = host.push("2.0.0", "v2.tar.gz", &good);
+    assert_success(&pushed, "push v2");
+    let sha = host.fleet.fleetctl_json(&["release", "show", APP, "2.0.0"])["sha256"]
+        .as_str()
+        .expect("sha256")
+        .to_string();
+    let stored = host.fleet.controller.data_dir.join("artifacts").join(&sha);
+    let mut bytes = std::fs::read(&stored).unwrap_or_else(|e| panic!("{}: {e}", stored.display()));
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&stored, bytes).expect("corrupt artifact");
+    let out = host.deploy("2.0.0");
+    assert!(!out.status.success());
+    let v = json(&out);
+    assert_eq!(v["cause"], "download failed", "{v}");
+    assert!(
+        v["detail"].as_str().unwrap_or_default().contains(&format!("not {sha}")),
+        "{v}"
+    );
+    assert!(!host.app_dir().join("releases/2.0.0").exists());
+
+    // Through all of it the app kept running, untouched.
+    assert_eq!(host.main_pid(), pid);
+    assert_eq!(host.version_served().as_deref(), Some("1.0.0"));
+}
+
+/// Starts `fleetctl deploy` without waiting for it.
+fn deploy_in_background(host: &Host, version: &str) -> std::process::Child {
+    Command::new(bin("fleetctl"))
+        .args([
+            "deploy",
+            APP,
+            "--version",
+            version,
+            "--host",
+            &host.host_id,
+            "--output",
+            "json",
+        ])
+        .env("FLEET_CONFIG", &host.fleet.controller.fleetctl_config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn fleetctl")
+}
+
+fn entries(dir: &Path, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn sigkill_during_unpack_and_after_the_swap_recovers_on_restart() {
+    let mut host = Host::start("");
+    assert_success(&host.push("1.0.0", "v1.tar.gz", &release("1.0.0", &[]).gz()), "push v1");
+    assert_success(&host.deploy("1.0.0"), "deploy v1");
+
+    // A release big enough (many fsynced files) that unpacking takes a while.
+    let mut big = release("2.0.0", &[]);
+    let blob: Vec<u8> = (0..16 * 1024).map(|i| (i * 31 % 253) as u8).collect();
+    for i in 0..3000 {
+        big = big.file(&format!("data/{i:05}.bin"), 0o644, &blob);
+    }
+    assert_success(&host.push("2.0.0", "v2.tar.gz", &big.gz()), "push v2");
+
+    // 1. SIGKILL while unpacking.
+    let app_dir = host.app_dir();
+    let deploy = deploy_in_background(&host, "2.0.0");
+    wait_until(Duration::from_secs(60), "the agent to start unpacking", || {
+        (!entries(&app_dir, ".staging-").is_empty()).then_some(())
+    });
+    host.fleet.agents[0].kill9();
+    let out = deploy.wait_with_output().expect("fleetctl");
+    assert!(!out.status.success());
+    let v = json(&out);
+    assert_eq!(v["cause"], "host unreachable", "{v}");
+    assert_eq!(host.current().as_deref(), Some("1.0.0"), "current is untouched");
+    assert!(
+        app_dir.join("releases/1.0.0/VERSION").is_file(),
+        "current points at a complete release"
+    );
+    assert_eq!(host.version_served().as_deref(), Some("1.0.0"));
+
+    host.fleet.agents[0].start();
+    host.fleet.wait_connected(1, Duration::from_secs(30));
+    assert!(
+        entries(&app_dir, ".staging-").is_empty(),
+        "the restarted agent removed the partial unpack"
+    );
+    assert!(!app_dir.join("releases/2.0.0").exists());
+    let out = host.deploy("2.0.0");
+    assert_success(&out, "deploy v2 after the restart");
+    assert_eq!(host.version_served().as_deref(), Some("2.0.0"));
+
+    // 2. SIGKILL after the swap, before the change is verified (the intent
+    // record exists from just before the swap until the health check passed).
+    assert_success(&host.push("3.0.0", "v3.tar.gz", &release("3.0.0", &[]).gz()), "push v3");
+    let deploy = deploy_in_background(&host, "3.0.0");
+    wait_until(Duration::from_secs(60), "the agent to swap to 3.0.0", || {
+        (app_dir.join("intent.json").exists() && host.current().as_deref() == Some("3.0.0")).then_some(())
+    });
+    host.fleet.agents[0].kill9();
+    let _ = deploy.wait_with_output();
+    let current = host.current().expect("exactly one current link, pointing at a release");
+    assert!(app_dir.join("releases").join(&current).join("VERSION").is_file());
+
+    host.fleet.agents[0].start();
+    host.fleet.wait_connected(1, Duration::from_secs(30));
+    wait_until(Duration::from_secs(30), "recovery back to 2.0.0", || {
+        (host.current().as_deref() == Some("2.0.0")
+            && !app_dir.join("intent.json").exists()
+            && host.version_served().as_deref() == Some("2.0.0"))
+        .then_some(())
+    });
+    assert!(entries(&app_dir, ".link-").is_empty(), "no stray links");
+    let log = host.fleet.agents[0].log_text();
+    assert!(
+        log.contains("stopped during a deploy"),
+        "the agent says what it recovered from"
+    );
+    assert_eq!(host.sandbox.unit_property(UNIT, "Unit", "ActiveState"), "active");
+}
