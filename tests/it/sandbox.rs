@@ -9,7 +9,17 @@ use std::time::Duration;
 
 use crate::harness::wait_until;
 
+/// Each manager gets cgroups of its own: two user managers sharing one
+/// cgroup would stop each other's units (the same unit name maps to the
+/// same cgroup path) when one of them stops.
 const SCRIPT: &str = r#"set -e
+moved=0
+for h in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
+    if [ -f "$h/cgroup.procs" ] && [ -w "$h" ]; then
+        mkdir -p "$h/$FLEET_CGROUP" && echo $$ > "$h/$FLEET_CGROUP/cgroup.procs" && moved=1
+    fi
+done
+[ "$moved" = 1 ] || { echo "no writable cgroup hierarchy to isolate this systemd in" >&2; exit 1; }
 mount -t tmpfs tmpfs /run/systemd
 mkdir -p /run/systemd/system
 dbus-daemon --session --address="unix:path=$XDG_RUNTIME_DIR/bus" --fork --nopidfile --print-pid=3 3>"$XDG_RUNTIME_DIR/dbus.pid"
@@ -23,7 +33,9 @@ pub struct Sandbox {
     pub dir: PathBuf,
     runtime: PathBuf,
     units: PathBuf,
+    cgroup: String,
     systemd: Option<Child>,
+    dbus_pid: Option<String>,
 }
 
 impl Sandbox {
@@ -55,21 +67,31 @@ impl Sandbox {
             );
         }
         let log = std::fs::File::create(dir.join("systemd.log")).expect("systemd log");
+        // Unique per test fleet: the fleet's temp dir name.
+        let cgroup = dir
+            .parent()
+            .and_then(Path::file_name)
+            .and_then(|n| n.to_str())
+            .expect("sandbox dir inside a named temp dir")
+            .to_string();
         let child = Command::new("unshare")
             .args(["-m", "sh", "-c", SCRIPT])
             .env("XDG_RUNTIME_DIR", &runtime)
             .env("XDG_CONFIG_HOME", &config)
+            .env("FLEET_CGROUP", &cgroup)
             .env_remove("DBUS_SESSION_BUS_ADDRESS")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
             .expect("start unshare + systemd --user");
-        let sandbox = Sandbox {
+        let mut sandbox = Sandbox {
             dir: dir.to_path_buf(),
             runtime,
             units,
+            cgroup,
             systemd: Some(child),
+            dbus_pid: None,
         };
         wait_until(Duration::from_secs(20), "systemd --user to be running", || {
             let state = sandbox.busctl_opt(&[
@@ -81,6 +103,10 @@ impl Sandbox {
             ])?;
             (state.contains("running") || state.contains("degraded")).then_some(())
         });
+        // Kept in memory: the directory may be gone by the time of Drop.
+        sandbox.dbus_pid = std::fs::read_to_string(sandbox.runtime.join("dbus.pid"))
+            .ok()
+            .map(|p| p.trim().to_string());
         sandbox
     }
 
@@ -172,8 +198,40 @@ impl Drop for Sandbox {
                 let _ = child.wait();
             }
         }
-        if let Ok(pid) = std::fs::read_to_string(self.runtime.join("dbus.pid")) {
-            let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+        let pid = self.dbus_pid.clone().or_else(|| {
+            std::fs::read_to_string(self.runtime.join("dbus.pid"))
+                .ok()
+                .map(|p| p.trim().to_string())
+        });
+        if let Some(pid) = &pid {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+        // Empty now; systemd removed its own sub-cgroups when it stopped.
+        // The killed processes leave their cgroups a moment after the signal.
+        for _ in 0..50 {
+            let mut left = false;
+            for h in ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+                let dir = Path::new(h).join(&self.cgroup);
+                remove_cgroup(&dir);
+                left |= dir.exists();
+            }
+            if !left {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Removes a cgroup and its children, deepest first (a cgroup directory
+/// goes with rmdir once it has no processes and no children).
+fn remove_cgroup(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
