@@ -498,7 +498,7 @@ pub async fn deploy(client: &Client, args: &DeployArgs, rollback: bool, format: 
     let mut phases = Vec::new();
     let mut last: Option<TaskProgress> = None;
     while let Some(p) = stream.message().await.map_err(|s| client.fail(s))? {
-        if live && !(p.phase == "done") && p.state() != TaskState::Running {
+        if live && p.phase != "done" && p.state() != TaskState::Running {
             let mut line = format!(
                 "{:<14} {:<6} {:>7}  {}\n",
                 p.phase,

@@ -556,7 +556,7 @@ impl Store {
                 dec_proto("releases", &k, &v)
             })
             .collect::<Result<_, _>>()?;
-        out.sort_by(|a, b| b.pushed_at_ms.cmp(&a.pushed_at_ms));
+        out.sort_by_key(|r| std::cmp::Reverse(r.pushed_at_ms));
         Ok(out)
     }
 

@@ -203,6 +203,9 @@ pub struct Agent {
     pub child: Option<Child>,
     /// Extra environment (e.g. the session bus of a systemd sandbox).
     pub env: Vec<(String, String)>,
+    /// Run the agent in the mount namespace of this process (a systemd
+    /// sandbox), so that it sees the mounts the sandbox has.
+    pub mount_namespace_of: Option<u32>,
 }
 
 impl Agent {
@@ -237,13 +240,34 @@ impl Agent {
             config,
             child: None,
             env: Vec::new(),
+            mount_namespace_of: None,
         }
     }
 
     /// Starts the agent.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "agent {} already running", self.name);
-        let child = spawn_logged("fleet-agent", "run", &self.config, &self.log, &self.env);
+        let child = match self.mount_namespace_of {
+            None => spawn_logged("fleet-agent", "run", &self.config, &self.log, &self.env),
+            Some(pid) => {
+                let log = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.log)
+                    .expect("log file");
+                Command::new("nsenter")
+                    .args(["-t", &pid.to_string(), "-m", "--"])
+                    .arg(bin("fleet-agent"))
+                    .args(["run", "--config"])
+                    .arg(&self.config)
+                    .env("RUST_LOG", "info")
+                    .envs(self.env.iter().map(|(k, v)| (k, v)))
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .expect("spawn nsenter + fleet-agent")
+            }
+        };
         self.child = Some(child);
     }
 

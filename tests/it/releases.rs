@@ -20,25 +20,62 @@ struct Host {
     sandbox: Sandbox,
     port: u16,
     host_id: String,
+    /// Where the test sees the agent's files: through /proc/PID/root when
+    /// they live on a mount inside the sandbox's namespace.
+    view: PathBuf,
 }
 
 impl Host {
     /// `agent_extra` is appended to agent.toml (e.g. a `[releases]` table).
     fn start(agent_extra: &str) -> Host {
+        Host::start_with(agent_extra, None)
+    }
+
+    /// Like `start`, with the agent's state dir on a tmpfs of `state_size`
+    /// (in a private mount namespace): a small disk that can fill up.
+    fn start_with(agent_extra: &str, state_size: Option<&str>) -> Host {
         let mut fleet = Fleet::controller_only(&[]);
         let sandbox = Sandbox::start(&fleet.root.path().join("systemd"));
         let token = fleet.token(&["--label", "role=web"]);
         let i = fleet.add_agent_with("app-1", &token, &[], Some(&sandbox));
-        if !agent_extra.is_empty() {
+        if !agent_extra.is_empty() || state_size.is_some() {
+            let token = fleet_token(&fleet);
             let agent = &mut fleet.agents[i];
             agent.kill9();
             let mut text = std::fs::read_to_string(&agent.config).expect("agent.toml");
             text.push_str(agent_extra);
+            if let Some(size) = state_size {
+                // A fresh, small state dir (the agent enrolls again on it),
+                // seen alike by the agent and by the units systemd runs.
+                let state = agent.dir.join("state");
+                // It may not have written anything yet.
+                let _ = std::fs::remove_dir_all(&state);
+                sandbox.mount_tmpfs(&state, size);
+                agent.mount_namespace_of = Some(sandbox.pid());
+                text = text
+                    .lines()
+                    .map(|l| {
+                        if l.starts_with("join_token") {
+                            format!("join_token = \"{token}\"")
+                        } else {
+                            l.to_string()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+                    + "\n";
+            }
             std::fs::write(&agent.config, text).expect("agent.toml");
             agent.start();
         }
-        fleet.wait_connected(1, Duration::from_secs(30));
-        let host_id = fleet.agents[0].host_id().expect("enrolled");
+        let hosts = wait_until(Duration::from_secs(30), "the agent connected", || {
+            let hosts = fleet.hosts();
+            hosts
+                .iter()
+                .find(|h| h["status"] == "connected")
+                .map(|h| h["id"].as_str().unwrap_or_default().to_string())
+        });
+        let host_id = hosts;
         let port = free_addr().port();
         let current = fleet.agents[0].dir.join("state/apps").join(APP).join("current");
         sandbox.install_unit(
@@ -68,16 +105,22 @@ impl Host {
             "role=web",
         ]);
         assert_success(&created, "app create");
+        let view = match state_size {
+            Some(_) => Path::new(&format!("/proc/{}/root", sandbox.pid()))
+                .join(fleet.agents[0].dir.strip_prefix("/").expect("absolute agent dir")),
+            None => fleet.agents[0].dir.clone(),
+        };
         Host {
             fleet,
             sandbox,
             port,
             host_id,
+            view,
         }
     }
 
     fn app_dir(&self) -> PathBuf {
-        self.fleet.agents[0].dir.join("state/apps").join(APP)
+        self.view.join("state/apps").join(APP)
     }
 
     /// Writes `bytes` as a release file and pushes it as `version`.
@@ -149,6 +192,10 @@ fn json(out: &Output) -> Value {
             String::from_utf8_lossy(&out.stderr)
         )
     })
+}
+
+fn fleet_token(fleet: &Fleet) -> String {
+    fleet.token(&["--label", "role=web"])
 }
 
 /// A release of the sample app.
@@ -499,4 +546,32 @@ fn sigkill_during_unpack_and_after_the_swap_recovers_on_restart() {
         "the agent says what it recovered from"
     );
     assert_eq!(host.sandbox.unit_property(UNIT, "Unit", "ActiveState"), "active");
+}
+
+#[test]
+fn a_disk_that_fills_up_while_unpacking_is_refused_and_current_stays() {
+    // 8 MiB of state: v1 fits; v2 unpacks to 12 MiB (from a few KiB of gzip).
+    let host = Host::start_with("", Some("8m"));
+    assert_success(&host.push("1.0.0", "v1.tar.gz", &release("1.0.0", &[]).gz()), "push v1");
+    assert_success(&host.deploy("1.0.0"), "deploy v1");
+    let pid = host.main_pid();
+    let v2 = release("2.0.0", &[]).file("zeros", 0o644, &vec![0u8; 12 << 20]).gz();
+    assert_success(&host.push("2.0.0", "v2.tar.gz", &v2), "push v2");
+    let out = host.deploy("2.0.0");
+    assert!(!out.status.success());
+    let v = json(&out);
+    assert_eq!(v["cause"], "disk full", "{v}");
+    let detail = v["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("disk full") && detail.contains("free space"),
+        "{detail}"
+    );
+    assert_eq!(host.current().as_deref(), Some("1.0.0"));
+    assert!(!host.app_dir().join("releases/2.0.0").exists());
+    assert!(
+        entries(&host.app_dir(), ".staging-").is_empty(),
+        "the partial unpack was removed"
+    );
+    assert_eq!(host.main_pid(), pid);
+    assert_eq!(host.version_served().as_deref(), Some("1.0.0"));
 }

@@ -110,6 +110,27 @@ impl Sandbox {
         sandbox
     }
 
+    /// The manager's pid: its mount namespace is the sandbox's.
+    pub fn pid(&self) -> u32 {
+        self.systemd.as_ref().expect("running").id()
+    }
+
+    /// Mounts a tmpfs of `size` (e.g. "8m") on `path`, inside the sandbox's
+    /// mount namespace only: a small disk for its units and for an agent
+    /// started in that namespace.
+    pub fn mount_tmpfs(&self, path: &Path, size: &str) {
+        std::fs::create_dir_all(path).expect("mount point");
+        let ok = Command::new("nsenter")
+            .args(["-t", &self.pid().to_string(), "-m", "--", "mount", "-t", "tmpfs", "-o"])
+            .arg(format!("size={size}"))
+            .arg("tmpfs")
+            .arg(path)
+            .status()
+            .expect("nsenter mount")
+            .success();
+        assert!(ok, "mounting a tmpfs on {} in the sandbox failed", path.display());
+    }
+
     /// The environment a process needs to reach this manager.
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
