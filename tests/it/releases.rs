@@ -375,6 +375,17 @@ fn deploy_health_revert_hooks_rollback_and_inventory() {
     assert_success(&table, "app show");
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.contains("active/running") && text.contains("1.0.0"), "{text}");
+
+    // The table output follows the deploy phase by phase; a release still
+    // on disk is not downloaded again.
+    let out = f.fleetctl(&["deploy", APP, "--version", "2.0.0", "--host", &host.host_id]);
+    assert_success(&out, "deploy v2 again");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in ["fetch", "already on disk", "swap", "restart", "settle", "health", "done in"] {
+        assert!(text.contains(line), "{line:?} missing in:\n{text}");
+    }
+    assert_eq!(host.fetches(), fetches, "no download for a release on disk");
+    assert_eq!(host.version_served().as_deref(), Some("2.0.0"));
 }
 
 #[test]
