@@ -774,6 +774,9 @@ impl Worker {
             }
             attempt += 1;
             let current = channel.borrow_and_update().clone();
+            if attempt > 1 {
+                tracing::info!(sha256 = %rel.sha256, offset = have, size = rel.size, "resuming the download");
+            }
             let Some(ch) = current else {
                 // Wait for a session to publish a channel.
                 let _ = tokio::time::timeout(Duration::from_secs(5), channel.changed()).await;

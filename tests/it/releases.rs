@@ -381,7 +381,15 @@ fn deploy_health_revert_hooks_rollback_and_inventory() {
     let out = f.fleetctl(&["deploy", APP, "--version", "2.0.0", "--host", &host.host_id]);
     assert_success(&out, "deploy v2 again");
     let text = String::from_utf8_lossy(&out.stdout);
-    for line in ["fetch", "already on disk", "swap", "restart", "settle", "health", "done in"] {
+    for line in [
+        "fetch",
+        "already on disk",
+        "swap",
+        "restart",
+        "settle",
+        "health",
+        "done in",
+    ] {
         assert!(text.contains(line), "{line:?} missing in:\n{text}");
     }
     assert_eq!(host.fetches(), fetches, "no download for a release on disk");
@@ -585,4 +593,66 @@ fn a_disk_that_fills_up_while_unpacking_is_refused_and_current_stays() {
     );
     assert_eq!(host.main_pid(), pid);
     assert_eq!(host.version_served().as_deref(), Some("1.0.0"));
+}
+
+#[test]
+fn a_download_cut_by_a_controller_crash_resumes_from_its_offset() {
+    let mut host = Host::start("");
+    assert_success(&host.push("1.0.0", "v1.tar.gz", &release("1.0.0", &[]).gz()), "push v1");
+    assert_success(&host.deploy("1.0.0"), "deploy v1");
+
+    // 128 MiB that gzip cannot shrink, so the download takes a moment.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..128 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let v2 = release("2.0.0", &[]).file("noise.bin", 0o644, &noise).gz();
+    let size = v2.len() as u64;
+    assert_success(&host.push("2.0.0", "v2.tar.gz", &v2), "push v2");
+
+    let deploy = deploy_in_background(&host, "2.0.0");
+    let downloads = host.view.join("state/downloads");
+    wait_until(Duration::from_secs(60), "the download to be under way", || {
+        let part = entries(&downloads, "").into_iter().find(|n| n.ends_with(".part"))?;
+        let len = std::fs::metadata(downloads.join(part)).ok()?.len();
+        (len > 0 && len < size).then_some(())
+    });
+    host.fleet.controller.kill9();
+    let out = deploy.wait_with_output().expect("fleetctl");
+    assert!(!out.status.success(), "the deploy call ends with the controller");
+    host.fleet.controller.start();
+
+    // The agent carries on by itself: resumes the download where it broke,
+    // verifies, and activates 2.0.0.
+    wait_until(
+        Duration::from_secs(120),
+        "2.0.0 served after the resumed download",
+        || (host.version_served().as_deref() == Some("2.0.0")).then_some(()),
+    );
+    let log = host.fleet.agents[0].log_text();
+    let resumed = log
+        .lines()
+        .filter(|l| l.contains("resuming the download"))
+        .filter_map(|l| {
+            l.split("offset=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap_or_else(|| panic!("no resumed download in the agent's log:\n{log}"));
+    assert!(resumed > 0 && resumed < size, "resumed at {resumed} of {size}");
+    assert!(log.contains("sha256") && !log.contains("not as the release says"));
+    let shown = wait_until(Duration::from_secs(20), "inventory at 2.0.0", || {
+        let v = host.fleet.fleetctl_json(&["app", "show", APP]);
+        (v["hosts"][0]["current"] == "2.0.0").then_some(v)
+    });
+    assert_eq!(shown["hosts"][0]["previous"], "1.0.0");
 }
