@@ -53,5 +53,7 @@ awk -v c="$((c1 - c0))" -v tick="$tick" -v t0="$t0" -v t1="$t1" -v min="$min" -v
     wall = t1 - t0; cpu = c / tick
     printf "fleet-agent idle over %.1f s (release build, heartbeat 10 s):\n", wall
     printf "  resident memory: %.1f MiB min, %.1f MiB max\n", min / 1024, max / 1024
-    printf "  CPU: %.2f s = %.3f %% of one core\n", cpu, 100 * cpu / wall
+    printf "  CPU: %d ticks of 1/%d s = %.2f s = %.3f %% of one core", c, tick, cpu, 100 * cpu / wall
+    if (c == 0) printf " (below one tick: under %.3f %%)", 100 / tick / wall
+    printf "\n"
 }'
