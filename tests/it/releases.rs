@@ -266,8 +266,28 @@ fn deploy_health_revert_hooks_rollback_and_inventory() {
     )
     .gz();
     assert_success(&host.push("4.0.0", "v4.tar.gz", &v4), "push v4");
+    // The same bytes under another version are stored once.
+    let artifacts = f.controller.data_dir.join("artifacts");
+    let stored = entries(&artifacts, "").len();
+    assert_success(
+        &host.push("1.0.0-copy", "v1-copy.tar.gz", &v1),
+        "push v1 as another version",
+    );
+    assert_eq!(
+        entries(&artifacts, "").len(),
+        stored,
+        "content-addressed: no second copy"
+    );
     let releases = f.fleetctl_json(&["release", "ls", APP]);
-    assert_eq!(releases.as_array().expect("array").len(), 4, "{releases}");
+    assert_eq!(releases.as_array().expect("array").len(), 5, "{releases}");
+    let shown = f.fleetctl_json(&["release", "show", APP, "2.0.0"]);
+    assert_eq!(shown["format"], "tar.zst", "{shown}");
+
+    // app update changes only what it is given.
+    let updated = f.fleetctl_json(&["app", "update", APP, "--settle", "2s"]);
+    assert_eq!(updated["settle_ms"], 2000, "{updated}");
+    assert_eq!(updated["unit"], UNIT, "{updated}");
+    assert_eq!(updated["keep"], 3, "{updated}");
 
     // v1, then v2: seen through HTTP.
     let out = host.deploy("1.0.0");
