@@ -64,9 +64,25 @@ pub struct Host {
     state_dir: PathBuf,
     bus: Bus,
     systemd: Mutex<Option<Systemd>>,
+    /// Tasks accepted and not finished (queued or running).
+    running: std::sync::Mutex<Vec<String>>,
 }
 
 impl Host {
+    fn running(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a task taken from the controller.
+    pub fn accept(&self, task_id: &str) {
+        self.running().push(task_id.to_string());
+    }
+
+    /// Forgets a task: finished, or never queued.
+    pub fn finish(&self, task_id: &str) {
+        self.running().retain(|t| t != task_id);
+    }
+
     /// A connection to systemd, made on first use and kept.
     async fn systemd(&self) -> Result<Systemd, String> {
         let mut guard = self.systemd.lock().await;
@@ -99,7 +115,10 @@ impl Host {
                 last_health: dir.health(),
             });
         }
-        Inventory { apps }
+        Inventory {
+            apps,
+            running_tasks: self.running().clone(),
+        }
     }
 }
 
@@ -112,6 +131,7 @@ pub fn start(state_dir: &Path, bus: Bus, limits: Limits, cancel: CancellationTok
         state_dir: state_dir.to_path_buf(),
         bus,
         systemd: Mutex::new(None),
+        running: Default::default(),
     });
     let worker = Worker {
         host: host.clone(),
@@ -247,7 +267,9 @@ impl Worker {
                 _ = cancel.cancelled() => return,
                 t = tasks.recv() => match t { Some(t) => t, None => return },
             };
+            let task_id = task.task_id.clone();
             self.handle(task).await;
+            self.host.finish(&task_id);
             self.send_inventory().await;
         }
     }

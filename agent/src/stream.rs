@@ -227,8 +227,10 @@ impl Session<'_> {
                         In::Welcome(_) => tracing::debug!("ignoring a second welcome"),
                         In::Task(task) => {
                             tracing::info!(task_id = %task.task_id, rollout_id = %task.rollout_id, "task received");
+                            self.worker.state.accept(&task.task_id);
                             if let Err(e) = self.worker.tasks.try_send(task) {
                                 let task = e.into_inner();
+                                self.worker.state.finish(&task.task_id);
                                 let busy = busy(&task);
                                 if tx.send(AgentMessage { body: Some(Out::TaskProgress(busy)) }).await.is_err() {
                                     return Err(ended(&mut inbound, addr).await);

@@ -294,6 +294,12 @@ impl Store {
         })
     }
 
+    /// A tree of the database, for modules that keep their own records
+    /// (each documents its key layout in the table above).
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
     /// Makes every write so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;
