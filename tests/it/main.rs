@@ -8,4 +8,5 @@ mod enrollment;
 mod lifecycle;
 mod refusals;
 mod releases;
+mod rollouts;
 mod sandbox;
