@@ -305,6 +305,7 @@ fn plan(fleet: &Fleet, req: &StartRolloutRequest, who: &str) -> Result<Rollout, 
             hosts: first.iter().map(entry).collect(),
             state: "pending".into(),
             canary: true,
+            ..Default::default()
         });
     }
     for chunk in rest.chunks(size) {
@@ -312,6 +313,7 @@ fn plan(fleet: &Fleet, req: &StartRolloutRequest, who: &str) -> Result<Rollout, 
             hosts: chunk.iter().map(entry).collect(),
             state: "pending".into(),
             canary: false,
+            ..Default::default()
         });
     }
     let target = if req.rollback {
@@ -673,11 +675,13 @@ impl Engine {
             if self.r.batches[b].state != "done" {
                 self.r.current_batch = b as u32;
                 self.r.batches[b].state = "running".into();
+                self.r.batches[b].started_at_ms = now_ms();
                 self.save(true).await?;
                 self.emit("batch_started", "", format!("batch {} of {n_batches}", b + 1));
                 self.run_batch(b).await?;
                 let failed_here = self.r.batches[b].hosts.iter().any(|h| h.state == "failed");
                 self.r.batches[b].state = if failed_here { "failed" } else { "done" }.into();
+                self.r.batches[b].ended_at_ms = now_ms();
                 self.save(true).await?;
                 self.emit(
                     "batch_done",
