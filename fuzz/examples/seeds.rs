@@ -90,6 +90,7 @@ fn good() -> Archive {
         .symlink("bin/app.toml", "../etc/app.toml")
         .symlink("current", ".")
         .symlink("etc/up", "..")
+        .symlink("bin/via-current", "../current/etc/app.toml")
         .hard_link("etc/app.copy", "etc/app.toml")
         .long_file(&format!("share/{}", "n".repeat(120)), b"long name\n")
         .pax_file("doc/readme", "doc/readme", b"hello\n")

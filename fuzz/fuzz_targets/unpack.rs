@@ -13,7 +13,8 @@
 //!   instead of being spent on compressed bytes.
 //!
 //! Every run works in one sandbox per process, `$FLEET_FUZZ_DIR` (default:
-//! `/dev/shm` when it exists, else the temp dir) `/fleet-fuzz-unpack-PID`:
+//! `/dev/shm` when it exists, else the temp dir) `/fleet-fuzz-unpack-PID`,
+//! removed by a later process once this one is gone:
 //!
 //! ```text
 //! fleet-fuzz-unpack-PID/
@@ -62,7 +63,8 @@ fn sandbox() -> &'static Sandbox {
             None if Path::new("/dev/shm").is_dir() => PathBuf::from("/dev/shm"),
             None => std::env::temp_dir(),
         };
-        let base = root.join(format!("fleet-fuzz-unpack-{}", std::process::id()));
+        remove_stale_sandboxes(&root);
+        let base = root.join(format!("{PREFIX}{}", std::process::id()));
         // A leftover from an earlier process with the same pid.
         let _ = fs::remove_dir_all(&base);
         let outer = base.join("outer");
@@ -76,6 +78,27 @@ fn sandbox() -> &'static Sandbox {
             sandbox,
         }
     })
+}
+
+const PREFIX: &str = "fleet-fuzz-unpack-";
+
+/// libFuzzer ends the process with `exit`, so no sandbox cleans up after
+/// itself; the next process removes those whose process is gone (`-jobs`
+/// and `-fork` workers running beside it keep theirs).
+fn remove_stale_sandboxes(root: &Path) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            // Ignored error: another process may be removing it too.
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
