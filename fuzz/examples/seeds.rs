@@ -136,6 +136,10 @@ fn main() -> io::Result<()> {
         ),
         ("symlink-up", Archive::new().dir("a/").symlink("a/out", "../..")),
         (
+            "dot-dot-after-symlink",
+            Archive::new().symlink("up", ".").symlink("a", "up/.."),
+        ),
+        (
             "file-through-symlink",
             Archive::new()
                 .dir("real/")
