@@ -426,6 +426,7 @@ mod tests {
                         checked_at_ms: 9_000,
                     }),
                 }],
+                running_tasks: Vec::new(),
             }),
             remote_addr: "127.0.0.1:5555".into(),
         }
