@@ -255,7 +255,7 @@ pub async fn show(client: &Client, name: &str, format: Format) -> Result<Report,
     })
 }
 
-fn or_dash(s: &str) -> String {
+pub(crate) fn or_dash(s: &str) -> String {
     if s.is_empty() {
         "-".into()
     } else {
@@ -441,7 +441,7 @@ pub async fn release(client: &Client, app: &str, version: &str, format: Format) 
     })
 }
 
-fn cause_name(c: FailureCause) -> &'static str {
+pub(crate) fn cause_name(c: FailureCause) -> &'static str {
     match c {
         FailureCause::Unspecified => "",
         FailureCause::Download => "download failed",

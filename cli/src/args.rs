@@ -78,12 +78,248 @@ pub enum Command {
     /// Deploy a release to one host and follow it phase by phase.
     #[command(disable_version_flag = true)]
     Deploy(DeployArgs),
-    /// Roll one host back to its previous release (already on disk: no download).
+    /// Roll hosts back to their previous release (already on disk: no download):
+    /// one host with --host, else the app's whole selection as a rollout.
     #[command(disable_version_flag = true)]
-    Rollback(DeployArgs),
+    Rollback(RollbackArgs),
+    /// Move an app's hosts to a release in batches, or manage rollouts (ls, show, status, pause, resume, abort).
+    #[command(disable_version_flag = true)]
+    Rollout(RolloutArgs),
     /// Enrolled hosts.
     #[command(subcommand)]
     Hosts(HostsCommand),
+    /// The audit log: every mutating operator call, oldest first.
+    Audit(AuditArgs),
+}
+
+/// `fleetctl audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only calls at or after this: a duration back from now (1h, 7d) or an RFC 3339 time
+    #[arg(long, value_name = "DURATION|TIME", value_parser = parse_since)]
+    pub since: Option<Since>,
+}
+
+/// `--since`: how far back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// This long before now.
+    Ago(Duration),
+    /// From this Unix time in ms.
+    At(i64),
+}
+
+impl Since {
+    /// The start as Unix ms, given the time now.
+    pub fn start_ms(self, now_ms: i64) -> i64 {
+        match self {
+            Since::Ago(d) => now_ms.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            Since::At(ms) => ms,
+        }
+    }
+}
+
+fn parse_since(s: &str) -> Result<Since, String> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(Since::Ago(d));
+    }
+    let at = humantime::parse_rfc3339_weak(s).map_err(|_| {
+        format!("'{s}' is neither a duration nor an RFC 3339 time; use e.g. 1h, 7d or 2024-05-01T12:00:00Z")
+    })?;
+    let ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("'{s}' is before 1970; give a later time"))?
+        .as_millis();
+    Ok(Since::At(i64::try_from(ms).unwrap_or(i64::MAX)))
+}
+
+/// `fleetctl rollout`: either a subcommand or an app to roll out.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct RolloutArgs {
+    /// A subcommand that works on existing rollouts.
+    #[command(subcommand)]
+    pub command: Option<RolloutCommand>,
+    /// Start a rollout of this app.
+    #[command(flatten)]
+    pub start: StartArgs,
+}
+
+/// `fleetctl rollout APP ...`: what to roll out, where, and how fast.
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// App name
+    #[arg(required = true)]
+    pub app: Option<String>,
+    /// Target version
+    #[arg(long, value_name = "V", conflicts_with = "latest")]
+    pub version: Option<String>,
+    /// Roll out the newest release
+    #[arg(long)]
+    pub latest: bool,
+    /// Canary hosts, changed first and alone
+    #[arg(long, value_name = "N")]
+    pub canary: Option<u32>,
+    /// Wait this long after the canary is healthy before going on, e.g. 60s
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "canary", conflicts_with = "canary_approve")]
+    pub canary_wait: Option<Duration>,
+    /// Stop after the canary until 'fleetctl rollout resume ID'
+    #[arg(long, requires = "canary")]
+    pub canary_approve: bool,
+    /// When failures exceed the budget, stop but leave the hosts already changed as they are
+    #[arg(long)]
+    pub no_auto_rollback: bool,
+    /// Batch size, pacing, failures and output
+    #[command(flatten)]
+    pub flags: RolloutFlags,
+}
+
+/// Flags shared by `rollout APP` and the fleet-wide `rollback APP`.
+#[derive(Debug, Args, Default, Clone)]
+pub struct RolloutFlags {
+    /// Only the app's hosts whose labels match, e.g. env=prod,region=eu-west-1
+    #[arg(long, short = 'l', value_name = "K=V,...")]
+    pub selector: Option<String>,
+    /// Hosts changed at once: a share (25%) or a count (2) [default: 25%; rollback: 50%]
+    #[arg(long, value_name = "N|P%", value_parser = parse_batch)]
+    pub batch: Option<String>,
+    /// Wait between batches, e.g. 10s
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub pause_between: Option<Duration>,
+    /// Failed hosts tolerated before the rollout stops: a count (2) or a share (10%) [default: 0]
+    #[arg(long, value_name = "N|P%", value_parser = parse_max_failures)]
+    pub max_failures: Option<String>,
+    /// Hosts offline when their batch comes: skip them (they converge when they return) or wait:5m [default: skip]
+    #[arg(long, value_name = "skip|wait:DURATION", value_parser = parse_offline)]
+    pub offline: Option<String>,
+    /// How long one batch may take before its unfinished hosts count as failed [default: the controller's]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub batch_deadline: Option<Duration>,
+    /// Print the plan (hosts per batch, from which release to which, failure budget) and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Block until the rollout ends; exit 0 only when it succeeded
+    #[arg(long, conflicts_with = "dry_run")]
+    pub wait: bool,
+    /// Follow the rollout live until it ends (progress bars on a terminal, a line per event otherwise)
+    #[arg(long, conflicts_with = "dry_run")]
+    pub watch: bool,
+}
+
+/// `fleetctl rollout ls|show|status|pause|resume|abort`.
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// List rollouts, newest first.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only this app's rollouts
+        app: Option<String>,
+    },
+    /// Show one rollout: its batches and a timeline per host with each phase's duration.
+    Show {
+        /// Rollout id
+        id: String,
+    },
+    /// Where a rollout stands; --watch follows it until it ends.
+    Status {
+        /// Rollout id
+        id: String,
+        /// Follow it live until it ends
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Pause a rollout after the hosts in flight finish.
+    Pause {
+        /// Rollout id
+        id: String,
+    },
+    /// Resume a paused rollout (or approve its canary).
+    Resume {
+        /// Rollout id
+        id: String,
+    },
+    /// Stop a rollout; with --rollback, also move the hosts it changed back.
+    Abort {
+        /// Rollout id
+        id: String,
+        /// Roll the hosts it already changed back to their previous release
+        #[arg(long)]
+        rollback: bool,
+    },
+}
+
+/// `fleetctl rollback APP [--host ID]`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// App name
+    pub app: String,
+    /// One host only: host id, unique id prefix, or hostname
+    #[arg(long, value_name = "ID")]
+    pub host: Option<String>,
+    /// With --host: the release to go back to [default: the previous release]
+    #[arg(long, value_name = "V", requires = "host")]
+    pub version: Option<String>,
+    /// Without --host: batch size, pacing, failures and output of the rollback rollout
+    #[command(flatten)]
+    pub flags: RolloutFlags,
+}
+
+impl RollbackArgs {
+    /// The single-host form, when --host was given.
+    pub fn single_host(&self) -> Option<DeployArgs> {
+        let host = self.host.clone()?;
+        Some(DeployArgs {
+            app: self.app.clone(),
+            version: self.version.clone(),
+            host,
+        })
+    }
+}
+
+/// Checks `--batch`: "25%" (1-100) or a count of at least 1.
+pub fn parse_batch(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let ok = match s.strip_suffix('%') {
+        Some(p) => p.parse::<u32>().is_ok_and(|p| (1..=100).contains(&p)),
+        None => s.parse::<u32>().is_ok_and(|n| n >= 1),
+    };
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "batch '{s}' is neither a share of 1-100% nor a host count of at least 1; use e.g. 25% or 2"
+        ))
+    }
+}
+
+/// Checks `--max-failures`: a count (0 and up) or "10%" (0-100).
+pub fn parse_max_failures(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let ok = match s.strip_suffix('%') {
+        Some(p) => p.parse::<u32>().is_ok_and(|p| p <= 100),
+        None => s.parse::<u32>().is_ok(),
+    };
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "failure budget '{s}' is neither a host count nor a share of 0-100%; use e.g. 0, 2 or 10%"
+        ))
+    }
+}
+
+/// Checks `--offline`: "skip" or "wait:DURATION"; the duration is kept as given.
+pub fn parse_offline(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s == "skip" {
+        return Ok(s.into());
+    }
+    match s.strip_prefix("wait:") {
+        Some(d) => parse_duration(d).map(|_| s.to_string()),
+        None => Err(format!(
+            "--offline '{s}' is neither 'skip' nor 'wait:DURATION'; use e.g. wait:5m"
+        )),
+    }
 }
 
 /// `fleetctl login`: takes --controller, --token and --ca (or --ca-fingerprint).
@@ -394,5 +630,191 @@ mod tests {
         assert_eq!(args.ttl, Some(Duration::from_secs(3600)));
         assert_eq!(args.cert_ttl, Some(Duration::from_secs(7 * 86_400)));
         assert!(Cli::try_parse_from(["fleetctl", "token", "create", "--ttl", "soon"]).is_err());
+    }
+
+    fn rollout(args: &[&str]) -> Result<RolloutArgs, clap::Error> {
+        let mut all = vec!["fleetctl", "rollout"];
+        all.extend(args);
+        match Cli::try_parse_from(all)?.command {
+            Command::Rollout(r) => Ok(r),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rollout_start_takes_every_flag() {
+        let r = rollout(&[
+            "api",
+            "--version",
+            "2.0",
+            "--selector",
+            "env=prod",
+            "--batch",
+            "2",
+            "--canary",
+            "1",
+            "--canary-wait",
+            "60s",
+            "--pause-between",
+            "10s",
+            "--max-failures",
+            "10%",
+            "--no-auto-rollback",
+            "--offline",
+            "wait:5m",
+            "--batch-deadline",
+            "10m",
+            "--wait",
+            "--watch",
+        ])
+        .expect("parse");
+        assert!(r.command.is_none());
+        let s = r.start;
+        assert_eq!(s.app.as_deref(), Some("api"));
+        assert_eq!(s.version.as_deref(), Some("2.0"));
+        assert_eq!(s.canary, Some(1));
+        assert_eq!(s.canary_wait, Some(Duration::from_secs(60)));
+        assert!(s.no_auto_rollback && s.flags.wait && s.flags.watch && !s.flags.dry_run);
+        assert_eq!(s.flags.batch.as_deref(), Some("2"));
+        assert_eq!(s.flags.max_failures.as_deref(), Some("10%"));
+        assert_eq!(s.flags.offline.as_deref(), Some("wait:5m"));
+        assert_eq!(s.flags.batch_deadline, Some(Duration::from_secs(600)));
+        assert_eq!(s.flags.pause_between, Some(Duration::from_secs(10)));
+
+        let req = crate::rollouts::start_request(&s).expect("request");
+        assert_eq!(
+            (req.app.as_str(), req.version.as_str(), req.batch.as_str()),
+            ("api", "2.0", "2")
+        );
+        assert_eq!(
+            (req.canary, req.canary_wait_ms, req.pause_between_ms),
+            (1, 60_000, 10_000)
+        );
+        assert_eq!((req.max_failures.as_str(), req.offline.as_str()), ("10%", "wait:5m"));
+        assert_eq!(req.batch_deadline_ms, 600_000);
+        assert!(req.no_auto_rollback && !req.dry_run && !req.rollback);
+    }
+
+    #[test]
+    fn rollout_defaults() {
+        let s = rollout(&["api", "--latest", "--dry-run"]).expect("parse").start;
+        let req = crate::rollouts::start_request(&s).expect("request");
+        assert!(req.latest && req.dry_run && req.version.is_empty());
+        assert_eq!(
+            (req.batch.as_str(), req.max_failures.as_str(), req.offline.as_str()),
+            ("25%", "0", "skip")
+        );
+        assert_eq!((req.canary, req.canary_wait_ms, req.batch_deadline_ms), (0, 0, 0));
+        let s = rollout(&["api"]).expect("parse").start;
+        let err = crate::rollouts::start_request(&s).expect_err("no version");
+        assert!(err.to_string().contains("--latest"), "{err}");
+        assert_eq!(err.exit_code() as u8, 2);
+    }
+
+    #[test]
+    fn rollout_subcommands() {
+        assert!(matches!(
+            rollout(&["ls"]).expect("ls").command,
+            Some(RolloutCommand::Ls { app: None })
+        ));
+        assert!(matches!(
+            rollout(&["ls", "api"]).expect("ls app").command,
+            Some(RolloutCommand::Ls { app: Some(a) }) if a == "api"
+        ));
+        assert!(matches!(
+            rollout(&["show", "r1"]).expect("show").command,
+            Some(RolloutCommand::Show { id }) if id == "r1"
+        ));
+        assert!(matches!(
+            rollout(&["status", "r1", "--watch"]).expect("status").command,
+            Some(RolloutCommand::Status { id, watch: true }) if id == "r1"
+        ));
+        assert!(matches!(
+            rollout(&["pause", "r1"]).expect("pause").command,
+            Some(RolloutCommand::Pause { .. })
+        ));
+        assert!(matches!(
+            rollout(&["resume", "r1"]).expect("resume").command,
+            Some(RolloutCommand::Resume { .. })
+        ));
+        assert!(matches!(
+            rollout(&["abort", "r1", "--rollback"]).expect("abort").command,
+            Some(RolloutCommand::Abort { rollback: true, .. })
+        ));
+        // Start flags belong to starting a rollout, not to its subcommands.
+        assert!(rollout(&["ls", "--batch", "2"]).is_err());
+        // Neither a subcommand nor an app.
+        assert_eq!(rollout(&[]).expect_err("nothing").exit_code(), 2);
+    }
+
+    #[test]
+    fn rollout_flags_are_checked() {
+        for bad in [
+            vec!["api", "--latest", "--version", "1"],
+            vec!["api", "--latest", "--batch", "0"],
+            vec!["api", "--latest", "--batch", "120%"],
+            vec!["api", "--latest", "--batch", "half"],
+            vec!["api", "--latest", "--max-failures", "-1"],
+            vec!["api", "--latest", "--max-failures", "101%"],
+            vec!["api", "--latest", "--offline", "wait"],
+            vec!["api", "--latest", "--offline", "wait:soon"],
+            vec!["api", "--latest", "--canary-wait", "60s"],
+            vec![
+                "api",
+                "--latest",
+                "--canary",
+                "1",
+                "--canary-wait",
+                "1s",
+                "--canary-approve",
+            ],
+            vec!["api", "--latest", "--dry-run", "--wait"],
+        ] {
+            let err = rollout(&bad).expect_err(&format!("{bad:?}"));
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+        let err = rollout(&["api", "--latest", "--batch", "0"]).expect_err("zero batch");
+        assert!(err.to_string().contains("'0'"), "{err}");
+        assert!(rollout(&["api", "--latest", "--canary", "1", "--canary-approve"]).is_ok());
+        assert!(rollout(&["api", "--latest", "--max-failures", "0%"]).is_ok());
+        assert!(rollout(&["api", "--latest", "--batch", "100%"]).is_ok());
+    }
+
+    #[test]
+    fn rollback_with_or_without_host() {
+        let cli = Cli::try_parse_from(["fleetctl", "rollback", "api", "--host", "web-1"]).expect("parse");
+        let Command::Rollback(args) = cli.command else {
+            panic!("wrong command");
+        };
+        let one = args.single_host().expect("single host");
+        assert_eq!(
+            (one.app.as_str(), one.host.as_str(), one.version),
+            ("api", "web-1", None)
+        );
+
+        let cli =
+            Cli::try_parse_from(["fleetctl", "rollback", "api", "--selector", "env=prod", "--wait"]).expect("parse");
+        let Command::Rollback(args) = cli.command else {
+            panic!("wrong command");
+        };
+        assert!(args.single_host().is_none());
+        let req = crate::rollouts::rollback_request(&args);
+        assert!(req.rollback && req.version.is_empty() && req.canary == 0);
+        assert_eq!((req.batch.as_str(), req.selector.as_str()), ("50%", "env=prod"));
+        // --version picks the release of one host only.
+        assert!(Cli::try_parse_from(["fleetctl", "rollback", "api", "--version", "1.0"]).is_err());
+    }
+
+    #[test]
+    fn audit_since_is_a_duration_or_a_time() {
+        let cli = Cli::try_parse_from(["fleetctl", "audit", "--since", "1h"]).expect("parse");
+        let Command::Audit(args) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.since, Some(Since::Ago(Duration::from_secs(3600))));
+        assert_eq!(Since::Ago(Duration::from_secs(1)).start_ms(10_000), 9_000);
+        assert_eq!(parse_since("2023-11-14T22:13:20.5Z"), Ok(Since::At(1_700_000_000_500)));
+        let err = parse_since("yesterday").expect_err("not a time");
+        assert!(err.contains("'yesterday'"), "{err}");
     }
 }

@@ -3,8 +3,10 @@
 //! errors with the right exit code.
 
 use fleet_proto::app_service_client::AppServiceClient;
+use fleet_proto::audit_service_client::AuditServiceClient;
 use fleet_proto::host_service_client::HostServiceClient;
 use fleet_proto::release_service_client::ReleaseServiceClient;
+use fleet_proto::rollout_service_client::RolloutServiceClient;
 use fleet_proto::session_client::SessionClient;
 use fleet_proto::token_service_client::TokenServiceClient;
 use fleet_proto::transport::{self, Trust};
@@ -92,6 +94,16 @@ impl Client {
     /// `ReleaseService`.
     pub fn releases(&self) -> ReleaseServiceClient<Authed> {
         ReleaseServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// `RolloutService`.
+    pub fn rollouts(&self) -> RolloutServiceClient<Authed> {
+        RolloutServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// `AuditService`.
+    pub fn audit(&self) -> AuditServiceClient<Authed> {
+        AuditServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     /// Turns a failed call's status into a fleetctl error.

@@ -6,18 +6,21 @@
 
 pub mod apps;
 pub mod args;
+pub mod audit;
 pub mod client;
 pub mod config;
 pub mod error;
 pub mod hosts;
 pub mod output;
+pub mod rollouts;
 pub mod session;
 pub mod tokens;
+pub mod watch;
 
 use std::io::Write;
 use std::process::ExitCode;
 
-use args::{AppCommand, Cli, Command, HostsCommand, ReleaseCommand, TokenCommand};
+use args::{AppCommand, Cli, Command, HostsCommand, ReleaseCommand, RolloutCommand, TokenCommand};
 use client::Client;
 use config::Env;
 use error::{Error, Exit};
@@ -64,7 +67,35 @@ pub async fn execute(cli: &Cli, env: &Env) -> Result<Report, Error> {
             apps::release(&connect(cli, env).await?, app, version, format).await
         }
         Command::Deploy(args) => apps::deploy(&connect(cli, env).await?, args, false, format).await,
-        Command::Rollback(args) => apps::deploy(&connect(cli, env).await?, args, true, format).await,
+        Command::Rollback(args) => match args.single_host() {
+            Some(one) => apps::deploy(&connect(cli, env).await?, &one, true, format).await,
+            None => {
+                let request = rollouts::rollback_request(args);
+                rollouts::start(&connect(cli, env).await?, request, &args.flags, format).await
+            }
+        },
+        Command::Rollout(args) => match &args.command {
+            None => {
+                // Checked before dialling: a usage error needs no controller.
+                let request = rollouts::start_request(&args.start)?;
+                rollouts::start(&connect(cli, env).await?, request, &args.start.flags, format).await
+            }
+            Some(RolloutCommand::Ls { app }) => rollouts::list(&connect(cli, env).await?, app.as_deref(), format).await,
+            Some(RolloutCommand::Show { id }) => rollouts::show(&connect(cli, env).await?, id, format).await,
+            Some(RolloutCommand::Status { id, watch }) => {
+                rollouts::status(&connect(cli, env).await?, id, *watch, format).await
+            }
+            Some(RolloutCommand::Pause { id }) => {
+                rollouts::control(&connect(cli, env).await?, id, "pause", false, format).await
+            }
+            Some(RolloutCommand::Resume { id }) => {
+                rollouts::control(&connect(cli, env).await?, id, "resume", false, format).await
+            }
+            Some(RolloutCommand::Abort { id, rollback }) => {
+                rollouts::control(&connect(cli, env).await?, id, "abort", *rollback, format).await
+            }
+        },
+        Command::Audit(args) => audit::list(&connect(cli, env).await?, args, format).await,
         Command::Hosts(HostsCommand::Ls { selector }) => {
             hosts::list(&connect(cli, env).await?, selector.as_deref(), format).await
         }

@@ -2,6 +2,7 @@
 //! mTLS stream to each, and serves the operator API. See ARCHITECTURE.md.
 
 pub mod apps;
+pub mod audit;
 pub mod ca;
 pub mod config;
 pub mod enroll;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use fleet_proto::agent_service_server::AgentServiceServer;
 use fleet_proto::app_service_server::AppServiceServer;
+use fleet_proto::audit_service_server::AuditServiceServer;
 use fleet_proto::enrollment_server::EnrollmentServer;
 use fleet_proto::host_service_server::HostServiceServer;
 use fleet_proto::release_service_server::ReleaseServiceServer;
@@ -154,8 +155,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     tokio::spawn(accept_loop(listener, TlsAcceptor::from(tls), conn_tx, shutdown.clone()));
 
     let auth = OperatorAuth(store.clone());
+    let audit = Arc::new(crate::audit::AuditLog::open(&store).map_err(|e| ServeError::Store {
+        path: store_path.display().to_string(),
+        detail: e.to_string(),
+    })?);
     let router = tonic::transport::Server::builder()
         .layer(RpcMetricsLayer(metrics.clone()))
+        .layer(crate::audit::AuditLayer(audit.clone()))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(EnrollmentServer::new(crate::enroll::EnrollmentService(fleet.clone())))
@@ -171,6 +177,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         ))
         .add_service(AppServiceServer::with_interceptor(
             crate::apps::AppsService(fleet.clone()),
+            auth.clone(),
+        ))
+        .add_service(AuditServiceServer::with_interceptor(
+            crate::audit::AuditLogService(audit),
             auth.clone(),
         ))
         .add_service(ReleaseServiceServer::with_interceptor(

@@ -1,0 +1,435 @@
+//! Following a rollout live from `RolloutService/WatchRollout` (a server
+//! stream, never polling): progress bars (indicatif) per batch and overall
+//! on a terminal, one plain line per event otherwise, or nothing for --wait.
+//! Results go where the command's results go: stdout for tables; with
+//! `--output json` stdout is kept for the final record and progress goes to
+//! stderr.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use fleet_proto::{Event, GetRolloutRequest, Rollout, RolloutBatch};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tonic::Code;
+
+use crate::client::Client;
+use crate::error::Error;
+use crate::output::Format;
+use crate::rollouts::{has_ended, Counts};
+
+/// How many times in a row a lost stream is opened again before giving up.
+const REOPEN_ATTEMPTS: u32 = 10;
+
+/// Follows rollout `id` until it ends and returns its final record. With
+/// `show` progress is drawn; without, it only waits (`--wait`).
+pub async fn follow(client: &Client, id: &str, show: bool, format: Format) -> Result<Rollout, Error> {
+    let to_stdout = format == Format::Table;
+    let mut sink = if !show {
+        Sink::Quiet
+    } else if (to_stdout && std::io::stdout().is_terminal()) || (!to_stdout && std::io::stderr().is_terminal()) {
+        Sink::Bars(Bars::new(to_stdout))
+    } else {
+        Sink::Lines { to_stdout }
+    };
+    let mut last: Option<Rollout> = None;
+    let mut failures = 0u32;
+    loop {
+        match watch_once(client, id, &mut sink, &mut last).await {
+            Ok(Some(ended)) => {
+                sink.finish();
+                return Ok(ended);
+            }
+            // The stream ended before the rollout did (a controller restart
+            // or a proxy cut it): open it again; the snapshot catches up.
+            Ok(None) => {}
+            Err(status) if reopenable(&status) => {}
+            Err(status) => {
+                sink.finish();
+                return Err(client.fail(status));
+            }
+        }
+        failures += 1;
+        if failures > REOPEN_ATTEMPTS {
+            sink.finish();
+            return Err(Error::Unreachable(format!(
+                "lost the controller at {} while following rollout {id}; the rollout goes on without fleetctl: \
+                 see 'fleetctl rollout status {id} --watch'",
+                client.addr()
+            )));
+        }
+        sink.note(&format!(
+            "the stream of rollout {id} was cut; opening it again (attempt {failures} of {REOPEN_ATTEMPTS})"
+        ));
+        tokio::time::sleep(Duration::from_secs(u64::from(failures.min(5)))).await;
+    }
+}
+
+fn reopenable(status: &tonic::Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled)
+}
+
+/// One WatchRollout stream: Some(final record) when the rollout ended,
+/// None when the stream ended first.
+async fn watch_once(
+    client: &Client,
+    id: &str,
+    sink: &mut Sink,
+    last: &mut Option<Rollout>,
+) -> Result<Option<Rollout>, tonic::Status> {
+    let mut stream = client
+        .rollouts()
+        .watch_rollout(GetRolloutRequest { id: id.to_string() })
+        .await?
+        .into_inner();
+    while let Some(event) = stream.message().await? {
+        sink.event(&event);
+        if let Some(r) = &event.rollout {
+            *last = Some(r.clone());
+            if event.kind == "rollout_ended" || (event.kind == "snapshot" && has_ended(r)) {
+                return Ok(Some(r.clone()));
+            }
+        }
+    }
+    Ok(last.clone().filter(has_ended))
+}
+
+/// Where progress goes.
+enum Sink {
+    /// `--wait` alone: nothing.
+    Quiet,
+    /// A line per event (stdout not a terminal).
+    Lines { to_stdout: bool },
+    /// Progress bars on a terminal.
+    Bars(Bars),
+}
+
+impl Sink {
+    fn event(&mut self, event: &Event) {
+        match self {
+            Sink::Quiet => {}
+            Sink::Lines { to_stdout } => write_line(*to_stdout, &event_line(event)),
+            Sink::Bars(bars) => bars.event(event),
+        }
+    }
+
+    fn note(&mut self, text: &str) {
+        match self {
+            Sink::Bars(bars) => {
+                let _ = bars.multi.println(text);
+            }
+            _ => {
+                let _ = writeln!(std::io::stderr(), "fleetctl: {text}");
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Sink::Bars(bars) = self {
+            bars.finish();
+        }
+    }
+}
+
+fn write_line(to_stdout: bool, line: &str) {
+    // A closed pipe (`| head`) must not stop the wait for the outcome.
+    if to_stdout {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    } else {
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }
+}
+
+/// `HH:MM:SS` (UTC) of a timestamp.
+fn clock(at_ms: i64) -> String {
+    let ts = crate::output::timestamp(at_ms);
+    ts.get(11..19).map(str::to_string).unwrap_or(ts)
+}
+
+fn batch_label(r: &Rollout) -> String {
+    let i = r.current_batch as usize;
+    let canary = r.batches.get(i).is_some_and(|b| b.canary);
+    format!(
+        "batch {}/{}{}",
+        i + 1,
+        r.batches.len(),
+        if canary { " (canary)" } else { "" }
+    )
+}
+
+fn with_detail(text: String, detail: &str) -> String {
+    let detail = detail.lines().next().unwrap_or_default().trim();
+    if detail.is_empty() {
+        text
+    } else {
+        format!("{text}: {detail}")
+    }
+}
+
+/// One event as a line for logs and pipes: `HH:MM:SS what happened`. The
+/// counts and states come from the snapshot the event carries.
+pub fn event_line(e: &Event) -> String {
+    let empty = Rollout::default();
+    let r = e.rollout.as_ref().unwrap_or(&empty);
+    let counts = Counts::of(r.batches.iter());
+    let text = match e.kind.as_str() {
+        "snapshot" => format!(
+            "rollout {} of {} to {}: {}, {}",
+            r.id,
+            r.app,
+            if r.version.is_empty() { "previous" } else { &r.version },
+            r.state.replace('_', " "),
+            counts.summary()
+        ),
+        "rollout_started" => format!(
+            "started: {} hosts in {} batches, failure budget {}",
+            counts.total(),
+            r.batches.len(),
+            r.failure_budget
+        ),
+        "batch_started" => {
+            let hosts: Vec<&str> = r
+                .batches
+                .get(r.current_batch as usize)
+                .map(|b| b.hosts.iter().map(|h| h.host_id.as_str()).collect())
+                .unwrap_or_default();
+            format!("{} started: {}", batch_label(r), hosts.join(", "))
+        }
+        "host_phase" => format!("{} {}", e.host_id, e.detail.trim()),
+        "host_done" => {
+            let host = r.batches.iter().flat_map(|b| &b.hosts).find(|h| h.host_id == e.host_id);
+            match host {
+                Some(h) if h.state == "succeeded" => format!("{} done", h.host_id),
+                Some(h) => {
+                    let cause = crate::apps::cause_name(h.cause());
+                    let why = if h.detail.is_empty() {
+                        e.detail.as_str()
+                    } else {
+                        &h.detail
+                    };
+                    let state = h.state.replace('_', " ");
+                    let text = if cause.is_empty() {
+                        format!("{} {state}", h.host_id)
+                    } else {
+                        format!("{} {state}, {cause}", h.host_id)
+                    };
+                    with_detail(text, why)
+                }
+                None => with_detail(format!("{} done", e.host_id), &e.detail),
+            }
+        }
+        "batch_done" => {
+            let batch = r.batches.get(r.current_batch as usize);
+            let state = batch.map(|b| b.state.as_str()).unwrap_or("done");
+            let in_batch = Counts::of(batch.into_iter());
+            format!("{} {state}: {}", batch_label(r), in_batch.summary())
+        }
+        // The detail may repeat the kind or the state ("resumed",
+        // "succeeded"): only a reason is worth adding.
+        kind @ ("paused" | "resumed") => with_detail(kind.into(), e.detail.trim_start_matches(kind)),
+        "rolling_back" => with_detail("rolling back the changed hosts".into(), &e.detail),
+        "rollout_ended" => {
+            let why = if r.reason.is_empty() {
+                e.detail.trim_start_matches(r.state.as_str()).trim_start_matches(':')
+            } else {
+                &r.reason
+            };
+            with_detail(
+                format!("ended {}, {}", r.state.replace('_', " "), counts.summary()),
+                why,
+            )
+        }
+        other => {
+            let mut text = other.to_string();
+            if !e.host_id.is_empty() {
+                text = format!("{text} {}", e.host_id);
+            }
+            with_detail(text, &e.detail)
+        }
+    };
+    format!("{} {text}", clock(e.at_ms))
+}
+
+/// The overall bar's message: "3 done, 1 failed, 4 pending · running".
+pub fn overall_message(r: &Rollout) -> String {
+    format!(
+        "{} · {}",
+        Counts::of(r.batches.iter()).summary(),
+        r.state.replace('_', " ")
+    )
+}
+
+/// A batch bar's message: its state, counts, and each running host's phase.
+pub fn batch_message(b: &RolloutBatch) -> String {
+    let c = Counts::of(std::iter::once(b));
+    let mut text = format!("{} · {} done, {} failed", b.state, c.done, c.failed);
+    if c.skipped > 0 {
+        text.push_str(&format!(", {} skipped", c.skipped));
+    }
+    let running: Vec<String> = b
+        .hosts
+        .iter()
+        .filter(|h| h.state == "running")
+        .map(|h| {
+            format!(
+                "{} {}",
+                h.host_id,
+                if h.phase.is_empty() { "starting" } else { &h.phase }
+            )
+        })
+        .collect();
+    if !running.is_empty() {
+        text.push_str(&format!(" · {}", running.join(", ")));
+    }
+    text
+}
+
+/// Bars: overall first, then one per batch.
+struct Bars {
+    multi: MultiProgress,
+    overall: ProgressBar,
+    batches: Vec<ProgressBar>,
+}
+
+impl Bars {
+    fn new(to_stdout: bool) -> Bars {
+        let target = if to_stdout {
+            ProgressDrawTarget::stdout()
+        } else {
+            ProgressDrawTarget::stderr()
+        };
+        let multi = MultiProgress::with_draw_target(target);
+        let overall = multi.add(ProgressBar::new(0).with_style(style()).with_prefix("overall"));
+        Bars {
+            multi,
+            overall,
+            batches: Vec::new(),
+        }
+    }
+
+    fn event(&mut self, e: &Event) {
+        // Host phases show on the bars; everything else is also worth a line.
+        if e.kind != "host_phase" {
+            let _ = self.multi.println(event_line(e));
+        }
+        let Some(r) = &e.rollout else { return };
+        let c = Counts::of(r.batches.iter());
+        self.overall.set_length(c.total() as u64);
+        self.overall.set_position(c.finished() as u64);
+        self.overall.set_message(overall_message(r));
+        for (i, b) in r.batches.iter().enumerate() {
+            if self.batches.len() <= i {
+                let label = format!("batch {}{}", i + 1, if b.canary { " canary" } else { "" });
+                let bar = self.multi.add(
+                    ProgressBar::new(b.hosts.len() as u64)
+                        .with_style(style())
+                        .with_prefix(label),
+                );
+                self.batches.push(bar);
+            }
+            let c = Counts::of(std::iter::once(b));
+            let bar = &self.batches[i];
+            bar.set_length(c.total() as u64);
+            bar.set_position(c.finished() as u64);
+            bar.set_message(batch_message(b));
+        }
+    }
+
+    fn finish(&mut self) {
+        for bar in std::iter::once(&self.overall).chain(&self.batches) {
+            bar.finish();
+        }
+    }
+}
+
+fn style() -> ProgressStyle {
+    // The template is a constant that parses; fall back to the default
+    // style rather than fail a rollout over a drawing detail.
+    ProgressStyle::with_template("{prefix:>14} [{bar:30.cyan/blue}] {pos}/{len} {msg}")
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollouts::tests::sample;
+
+    fn event(kind: &str, host: &str, detail: &str, r: Rollout) -> Event {
+        Event {
+            at_ms: 1_700_000_000_000,
+            rollout_id: r.id.clone(),
+            host_id: host.into(),
+            kind: kind.into(),
+            detail: detail.into(),
+            rollout: Some(r),
+        }
+    }
+
+    #[test]
+    fn events_render_as_one_line_each() {
+        let r = sample();
+        let line = |kind: &str, host: &str, detail: &str| event_line(&event(kind, host, detail, r.clone()));
+        assert_eq!(
+            line("snapshot", "", ""),
+            "22:13:20 rollout r-42 of api to 2.0: running, 1 done, 1 failed, 2 pending"
+        );
+        assert_eq!(
+            line("rollout_started", "", ""),
+            "22:13:20 started: 4 hosts in 3 batches, failure budget 1"
+        );
+        assert_eq!(
+            line("batch_started", "", ""),
+            "22:13:20 batch 2/3 started: web-2, web-3"
+        );
+        assert_eq!(
+            line("host_phase", "web-2", "health running"),
+            "22:13:20 web-2 health running"
+        );
+        assert_eq!(line("host_done", "web-1", ""), "22:13:20 web-1 done");
+        assert_eq!(
+            line("host_done", "web-3", ""),
+            "22:13:20 web-3 failed, health check failed: HTTP 500 from /health"
+        );
+        assert_eq!(
+            line("batch_done", "", ""),
+            "22:13:20 batch 2/3 running: 0 done, 1 failed, 1 pending"
+        );
+        assert_eq!(line("paused", "", "by admin"), "22:13:20 paused: by admin");
+        assert_eq!(line("resumed", "", "resumed"), "22:13:20 resumed");
+        assert_eq!(line("something_new", "web-4", "x"), "22:13:20 something_new web-4: x");
+        let mut ended = sample();
+        ended.state = "rolled_back".into();
+        ended.reason = "2 hosts failed, budget 1".into();
+        assert_eq!(
+            event_line(&event("rollout_ended", "", "", ended)),
+            "22:13:20 ended rolled back, 1 done, 1 failed, 2 pending: 2 hosts failed, budget 1"
+        );
+        let mut done = sample();
+        done.state = "succeeded".into();
+        assert_eq!(
+            event_line(&event("rollout_ended", "", "succeeded", done)),
+            "22:13:20 ended succeeded, 1 done, 1 failed, 2 pending"
+        );
+        let first = sample().batches[0].clone();
+        let mut canary = sample();
+        canary.current_batch = 0;
+        canary.batches[0] = first;
+        assert_eq!(
+            event_line(&event("batch_started", "", "", canary)),
+            "22:13:20 batch 1/3 (canary) started: web-1"
+        );
+    }
+
+    #[test]
+    fn bar_messages_show_counts_and_phases() {
+        let r = sample();
+        assert_eq!(overall_message(&r), "1 done, 1 failed, 2 pending · running");
+        assert_eq!(
+            batch_message(&r.batches[1]),
+            "running · 0 done, 1 failed · web-2 health"
+        );
+        assert_eq!(batch_message(&r.batches[0]), "done · 1 done, 0 failed");
+    }
+}
