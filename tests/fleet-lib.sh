@@ -24,8 +24,9 @@ fleet_cleanup() {
     sleep 0.3
     for h in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
         d="$h/$(basename "$work")"
-        [ -d "$d" ] && { find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true; }
+        if [ -d "$d" ]; then find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true; fi
     done
+    return 0
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo $((20000 + RANDOM % 20000)); }
