@@ -377,6 +377,23 @@ fn an_offline_host_is_skipped_and_converges_when_it_returns() {
     });
     let shown = c.fleet.fleetctl_json(&["app", "show", APP]);
     assert_eq!(shown["desired_version"], "2.0.0", "{shown}");
+
+    // --offline wait: the rollout waits for a host that is down, and
+    // deploys it when it is back within the wait.
+    c.push("3.0.0", &[]);
+    c.fleet.agents[3].kill9();
+    let out = c.rollout(&["--version", "3.0.0", "--batch", "100%", "--offline", "wait:60s", "--output", "json"]);
+    assert_success(&out, "start rollout 3.0.0");
+    let id = rollout_id(&out);
+    wait_until(Duration::from_secs(60), "the online hosts on 3.0.0", || {
+        (0..3).all(|i| c.served(i).as_deref() == Some("3.0.0")).then_some(())
+    });
+    assert_eq!(c.show(&id)["state"], "running", "still waiting for app-4");
+    c.fleet.agents[3].start();
+    let r = c.wait_state(&id, &["succeeded", "failed", "rolled_back", "aborted"]);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert_eq!(host_states(&c, &r)[3], (3, "succeeded".to_string()), "{r}");
+    c.wait_all_serve("3.0.0");
 }
 
 #[test]
@@ -459,4 +476,11 @@ fn canary_approval_pause_resume_abort_and_one_rollout_per_app() {
     let r = c.wait_state(&id, &["succeeded"]);
     assert_eq!(done(&r), 4, "{r}");
     c.wait_all_serve("3.0.0");
+
+    // The whole fleet back to the previous release, as a rollout of its own.
+    let out = c.fleet.fleetctl(&["rollback", APP, "--wait", "--output", "json"]);
+    assert_success(&out, "fleet-wide rollback");
+    let r = json(&out);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    c.wait_all_serve("2.0.0");
 }
