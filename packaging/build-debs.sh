@@ -71,7 +71,7 @@ Version: $version
 Architecture: $arch
 Maintainer: $maintainer
 Installed-Size: $size
-Depends: $depends, adduser, init-system-helpers
+Depends: $depends, adduser, init-system-helpers (>= 1.54~)
 Section: admin
 Priority: optional
 Homepage: https://example.invalid/fleet
