@@ -194,7 +194,9 @@ mod tests {
         let name = format!("fleet-agent-test-{}", std::process::id());
         let listener =
             UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).expect("addr")).expect("bind");
-        listener.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        listener
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
         let n = Notifier::new(Path::new(&format!("@{name}")), None).expect("notifier");
         n.ready();
         assert_eq!(receive(&listener), "READY=1");

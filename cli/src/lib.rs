@@ -5,6 +5,7 @@
 //! prints the one and maps the other to an exit code (ARCHITECTURE.md).
 
 pub mod args;
+pub mod bootstrap;
 pub mod client;
 pub mod config;
 pub mod error;
@@ -62,6 +63,7 @@ pub async fn execute(cli: &Cli, env: &Env) -> Result<Report, Error> {
             let confirm = hosts::Confirm::from_flag(*yes)?;
             hosts::remove(&connect(cli, env).await?, id, confirm, format).await
         }
+        Command::Bootstrap(args) => bootstrap::run(cli, env, args).await,
     }
 }
 
