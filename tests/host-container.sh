@@ -131,7 +131,16 @@ echo "$user ALL=(ALL) NOPASSWD:ALL" >"$r/etc/sudoers.d/90-fleet-test"
 chmod 0440 "$r/etc/sudoers.d/90-fleet-test"
 rm -f "$r/etc/machine-id"
 : >"$r/etc/machine-id"
-exec chroot "$r" env -i container=fleet-test PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+# A build image's "start no services" switch; a real host has none.
+rm -f "$r/usr/sbin/policy-rc.d"
+# pivot_root, not chroot: the kernel refuses user namespaces (PrivateUsers=)
+# to a chrooted process.
+mkdir "$r/.old-root"
+cd "$r"
+pivot_root . .old-root
+umount -l /.old-root
+rmdir /.old-root
+exec env -i container=fleet-test PATH=/usr/sbin:/usr/bin:/sbin:/bin \
     /lib/systemd/systemd --unit=fleet-test.target --log-target=console --log-level=notice
 BOOT
 

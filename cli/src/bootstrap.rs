@@ -17,7 +17,7 @@ use fleet_proto::transport::{self, Trust};
 use fleet_proto::{CreateTokenRequest, HostStatus, ListHostsRequest};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use russh::client;
-use russh::keys::known_hosts::{known_host_keys_path, learn_known_hosts_path};
+use russh::keys::known_hosts::known_host_keys_path;
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::ChannelMsg;
 use serde_json::json;
@@ -374,13 +374,13 @@ fn summarize(outcomes: &[Outcome], format: Format) -> Result<Report, Error> {
     }
     // The summary is the result even when hosts failed: print it, then fail.
     print!("{}", report.stdout);
-    let names: Vec<String> = failed.iter().map(|o| o.target.to_string()).collect();
-    Err(Error::Failed(format!(
-        "{} of {} hosts failed: {}",
-        failed.len(),
-        outcomes.len(),
-        names.join(", ")
-    )))
+    let mut message = format!("{} of {} hosts failed:", failed.len(), outcomes.len());
+    for o in &failed {
+        if let Err(e) = &o.result {
+            message.push_str(&format!("\n  {}: {e}", o.target));
+        }
+    }
+    Err(Error::Failed(message))
 }
 
 /// Bootstraps one host; `Ok` is its host id once connected.
@@ -580,10 +580,38 @@ impl HostKeyCheck {
                 known_hosts,
             });
         }
-        learn_known_hosts_path(&self.host, self.port, key, &self.known_hosts).map_err(|e| HostError::Connect {
+        self.record(key).map_err(|e| HostError::Connect {
             host: self.label.clone(),
             detail: format!("cannot record its host key in {known_hosts}: {e}"),
         })
+    }
+
+    /// Appends the key to known_hosts as ssh writes it (`[host]:port` when
+    /// the port is not 22), creating the file (0600) and its directory.
+    fn record(&self, key: &PublicKey) -> std::io::Result<()> {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Some(dir) = self.known_hosts.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&self.known_hosts)?;
+        let mut last = [0u8; 1];
+        let needs_newline =
+            file.seek(SeekFrom::End(-1)).is_ok() && file.read_exact(&mut last).is_ok() && last[0] != b'\n';
+        let name = if self.port == 22 {
+            self.host.clone()
+        } else {
+            format!("[{}]:{}", self.host, self.port)
+        };
+        let openssh = key.to_openssh().map_err(std::io::Error::other)?;
+        let line = format!("{}{name} {openssh}\n", if needs_newline { "\n" } else { "" });
+        file.write_all(line.as_bytes())?;
+        file.sync_all()
     }
 }
 

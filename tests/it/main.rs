@@ -4,6 +4,8 @@
 
 mod harness;
 
+mod bootstrap;
 mod enrollment;
 mod lifecycle;
 mod refusals;
+mod watchdog;
