@@ -293,8 +293,23 @@ fn bootstrap_over_ssh_installs_enrolls_and_refuses_untrusted_hosts() {
         "fleet-agent",
         "the agent runs unprivileged"
     );
-    let first_ping = host.sh("systemctl show -p WatchdogTimestampMonotonic --value fleet-agent");
-    assert_ne!(first_ping, "0", "no WATCHDOG=1 reached systemd");
+    // The watchdog for real: with WatchdogSec=2s systemd kills an agent that
+    // does not ping within 2 s; the agent must stay up, unrestarted, while
+    // systemd's last-ping timestamp moves.
+    host.sh("mkdir -p /etc/systemd/system/fleet-agent.service.d && \
+         printf '[Service]\\nWatchdogSec=2s\\n' >/etc/systemd/system/fleet-agent.service.d/watchdog.conf && \
+         systemctl daemon-reload && systemctl restart fleet-agent");
+    let ping = || host.sh("systemctl show -p WatchdogTimestampMonotonic --value fleet-agent");
+    let first = ping();
+    std::thread::sleep(Duration::from_secs(5));
+    let later = ping();
+    assert_ne!(first, later, "no WATCHDOG=1 reached systemd in 5 s");
+    assert_eq!(
+        host.sh("systemctl show fleet-agent -p NRestarts -p ActiveState -p WatchdogUSec"),
+        "WatchdogUSec=2s\nNRestarts=0\nActiveState=active",
+        "the watchdog killed the agent: {}",
+        host.journal()
+    );
     assert_eq!(
         host.sh("stat -c '%a %U:%G' /etc/fleet/agent.toml"),
         "640 root:fleet-agent"
