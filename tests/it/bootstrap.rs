@@ -232,6 +232,35 @@ fn bootstrap_over_ssh_installs_enrolls_and_refuses_untrusted_hosts() {
             && err.contains("authorized_keys"),
         "the refusal names the key, the user and the fix: {err}"
     );
+    // A user without passwordless sudo: told so, before anything is uploaded.
+    let public = std::fs::read_to_string(&user_pub).expect("read user key");
+    host.sh(&format!(
+        "useradd --create-home --shell /bin/sh nosudo && install -d -o nosudo -m 0700 /home/nosudo/.ssh && \
+         echo '{}' >/home/nosudo/.ssh/authorized_keys && chown nosudo /home/nosudo/.ssh/authorized_keys",
+        public.trim()
+    ));
+    let mut args: Vec<String> = vec!["bootstrap".into(), format!("nosudo@127.0.0.1:{port}")];
+    for (flag, value) in [
+        ("--identity", &user_key),
+        ("--known-hosts", &known_hosts),
+        ("--deb", &deb),
+    ] {
+        args.push(flag.into());
+        args.push(value.display().to_string());
+    }
+    let out = fleet.fleetctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "a user without sudo must fail: {err}");
+    assert!(
+        err.contains("sudo on nosudo@127.0.0.1") && err.contains("passwordless sudo"),
+        "the refusal says sudo needs a NOPASSWD rule: {err}"
+    );
+    assert_eq!(
+        host.sh("ls /tmp | grep -c fleet-agent || true"),
+        "0",
+        "nothing was uploaded"
+    );
+
     // None of the refused attempts got as far as making a join token.
     let tokens = fleet.fleetctl_json(&["token", "ls", "--all"]);
     assert_eq!(tokens.as_array().map(Vec::len), Some(0), "tokens made: {tokens}");
