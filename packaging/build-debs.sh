@@ -61,6 +61,12 @@ build_one() {
         echo /etc/fleet/agent.toml >"$root/DEBIAN/conffiles"
     fi
 
+    # The agent's one privilege is a polkit rule (JavaScript rules: polkit
+    # >= 0.106, Debian 12's polkitd, Ubuntu >= 23.10). Recommends, not
+    # Depends: without polkitd the agent installs and runs, and may manage no
+    # unit at all.
+    local recommends=""
+    [ "$pkg" = fleet-agent ] && recommends=$'\nRecommends: polkitd'
     local depends
     depends=$(cd "$shlibs_dir" && dpkg-shlibdeps -O "$OLDPWD/$root/usr/bin/$pkg" | sed -n 's/^shlibs:Depends=//p')
     local size
@@ -71,7 +77,7 @@ Version: $version
 Architecture: $arch
 Maintainer: $maintainer
 Installed-Size: $size
-Depends: $depends, adduser, init-system-helpers (>= 1.54~)
+Depends: $depends, adduser, init-system-helpers (>= 1.54~)$recommends
 Section: admin
 Priority: optional
 Homepage: https://example.invalid/fleet
