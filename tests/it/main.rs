@@ -4,9 +4,11 @@
 
 mod harness;
 
+mod bootstrap;
 mod enrollment;
 mod lifecycle;
 mod refusals;
 mod releases;
 mod rollouts;
 mod sandbox;
+mod watchdog;

@@ -382,7 +382,16 @@ fn an_offline_host_is_skipped_and_converges_when_it_returns() {
     // deploys it when it is back within the wait.
     c.push("3.0.0", &[]);
     c.fleet.agents[3].kill9();
-    let out = c.rollout(&["--version", "3.0.0", "--batch", "100%", "--offline", "wait:60s", "--output", "json"]);
+    let out = c.rollout(&[
+        "--version",
+        "3.0.0",
+        "--batch",
+        "100%",
+        "--offline",
+        "wait:60s",
+        "--output",
+        "json",
+    ]);
     assert_success(&out, "start rollout 3.0.0");
     let id = rollout_id(&out);
     wait_until(Duration::from_secs(60), "the online hosts on 3.0.0", || {
