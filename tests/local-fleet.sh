@@ -10,6 +10,7 @@
 # Ctrl-C (or the end, with --once) stops everything; the work dir stays.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash tests/deps.sh
 cargo build --workspace --bins
 source tests/fleet-lib.sh
 trap 'fleet_cleanup; echo "stopped; logs and state are in $work"' EXIT
