@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod audit;
 mod enrollment;
 mod lifecycle;
 mod refusals;
