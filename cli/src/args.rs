@@ -256,7 +256,9 @@ pub struct RollbackArgs {
     /// App name
     pub app: String,
     /// One host only: host id, unique id prefix, or hostname
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", conflicts_with_all = [
+        "selector", "batch", "pause_between", "max_failures", "offline", "batch_deadline", "dry_run", "wait", "watch",
+    ])]
     pub host: Option<String>,
     /// With --host: the release to go back to [default: the previous release]
     #[arg(long, value_name = "V", requires = "host")]
@@ -852,6 +854,8 @@ mod tests {
         let req = crate::rollouts::rollback_request(&args);
         assert!(req.rollback && req.version.is_empty() && req.canary == 0);
         assert_eq!((req.batch.as_str(), req.selector.as_str()), ("50%", "env=prod"));
+        // Rollout flags belong to the fleet-wide form.
+        assert!(Cli::try_parse_from(["fleetctl", "rollback", "api", "--host", "web-1", "--batch", "2"]).is_err());
         // --version picks the release of one host only.
         assert!(Cli::try_parse_from(["fleetctl", "rollback", "api", "--version", "1.0"]).is_err());
     }

@@ -11,6 +11,7 @@
 //! | `operators` | operator token id | `1` + JSON [`OperatorRecord`] |
 //! | `apps` | app name | `1` + protobuf `fleet.v1.AppSpec` |
 //! | `releases` | `<app>\0<version>` | `1` + protobuf `fleet.v1.Release` (the bytes are in `DATA_DIR/artifacts/<sha256>`) |
+//! | `audit` | big-endian ms timestamp + big-endian sequence (8 + 8 bytes) | `1` + JSON `audit::Record` (owned by `audit`) |
 //!
 //! Invariant: a client certificate is valid only while its `certs` entry
 //! exists AND the host it names exists in `hosts`; removing the host is

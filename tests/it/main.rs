@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod audit;
 mod bootstrap;
 mod enrollment;
 mod lifecycle;
