@@ -280,8 +280,10 @@ fn hosts(r: &Rollout) -> impl Iterator<Item = &RolloutHost> {
 pub struct Counts {
     /// On the target release.
     pub done: usize,
-    /// Failed, or failed and rolled back.
+    /// Failed (a failed host reverts itself on the agent).
     pub failed: usize,
+    /// Changed by the rollout, then rolled back when it stopped.
+    pub rolled_back: usize,
     /// Skipped (offline when their batch came).
     pub skipped: usize,
     /// Not started or in flight.
@@ -297,7 +299,8 @@ impl Counts {
         for h in batches.flat_map(|b| b.hosts.iter()) {
             match h.state.as_str() {
                 "succeeded" => c.done += 1,
-                "failed" | "rolled_back" => c.failed += 1,
+                "failed" => c.failed += 1,
+                "rolled_back" => c.rolled_back += 1,
                 "skipped" => c.skipped += 1,
                 "running" => {
                     c.pending += 1;
@@ -311,17 +314,20 @@ impl Counts {
 
     /// Hosts in all.
     pub fn total(&self) -> usize {
-        self.done + self.failed + self.skipped + self.pending
+        self.done + self.failed + self.rolled_back + self.skipped + self.pending
     }
 
     /// Hosts that are through (done, failed or skipped).
     pub fn finished(&self) -> usize {
-        self.done + self.failed + self.skipped
+        self.done + self.failed + self.rolled_back + self.skipped
     }
 
     /// "3 done, 1 failed, 4 pending" (skipped only when there are some).
     pub fn summary(&self) -> String {
         let mut s = format!("{} done, {} failed", self.done, self.failed);
+        if self.rolled_back > 0 {
+            let _ = write!(s, ", {} rolled back", self.rolled_back);
+        }
         if self.skipped > 0 {
             let _ = write!(s, ", {} skipped", self.skipped);
         }
@@ -468,7 +474,17 @@ pub fn list_table(rollouts: &[Rollout], now_ms: i64) -> String {
             r.app.clone(),
             target(r),
             r.state.clone(),
-            format!("{}/{} done, {} failed", c.done, c.total(), c.failed),
+            if c.rolled_back > 0 {
+                format!(
+                    "{}/{} done, {} failed, {} rolled back",
+                    c.done,
+                    c.total(),
+                    c.failed,
+                    c.rolled_back
+                )
+            } else {
+                format!("{}/{} done, {} failed", c.done, c.total(), c.failed)
+            },
             output::relative_or(r.created_at_ms, now_ms, "-"),
             or_dash(&r.created_by),
         ]);
@@ -652,6 +668,7 @@ pub fn rollout_json(r: &Rollout) -> Value {
             "total": c.total(),
             "done": c.done,
             "failed": c.failed,
+            "rolled_back": c.rolled_back,
             "skipped": c.skipped,
             "pending": c.pending,
         },
@@ -781,12 +798,18 @@ pub(crate) mod tests {
             Counts {
                 done: 1,
                 failed: 1,
+                rolled_back: 0,
                 skipped: 0,
                 pending: 2,
                 running: 1
             }
         );
         assert_eq!(c.summary(), "1 done, 1 failed, 2 pending");
+        assert_eq!((c.total(), c.finished()), (4, 2));
+        let mut r = sample();
+        r.batches[0].hosts[0].state = "rolled_back".into();
+        let c = Counts::of(r.batches.iter());
+        assert_eq!(c.summary(), "0 done, 1 failed, 1 rolled back, 2 pending");
         assert_eq!((c.total(), c.finished()), (4, 2));
     }
 

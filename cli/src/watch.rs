@@ -264,6 +264,9 @@ pub fn overall_message(r: &Rollout) -> String {
 pub fn batch_message(b: &RolloutBatch) -> String {
     let c = Counts::of(std::iter::once(b));
     let mut text = format!("{} · {} done, {} failed", b.state, c.done, c.failed);
+    if c.rolled_back > 0 {
+        text.push_str(&format!(", {} rolled back", c.rolled_back));
+    }
     if c.skipped > 0 {
         text.push_str(&format!(", {} skipped", c.skipped));
     }

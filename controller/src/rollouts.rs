@@ -962,10 +962,12 @@ impl Engine {
             .iter()
             .enumerate()
             .flat_map(|(b, batch)| {
+                // A host that timed out may still finish its task on the
+                // agent: it is rolled back too (the rollback queues behind it).
                 batch
                     .hosts
                     .iter()
-                    .filter(|h| h.state == "succeeded")
+                    .filter(|h| h.state == "succeeded" || (h.state == "failed" && h.cause() == FailureCause::Timeout))
                     .map(move |h| (b, h.host_id.clone(), h.from_version.clone()))
             })
             .collect();
@@ -1005,8 +1007,12 @@ impl Engine {
             let e = self.host_mut(b, &host_id);
             match end {
                 Some(p) if p.state() == TaskState::Succeeded => {
+                    e.detail = if e.state == "failed" {
+                        format!("{}; rolled back to {from}", e.detail)
+                    } else {
+                        format!("rolled back to {from}")
+                    };
                     e.state = "rolled_back".into();
-                    e.detail = format!("rolled back to {from}");
                 }
                 Some(p) => e.detail = format!("rollback to {from} failed: {}", p.detail),
                 None => e.detail = format!("rollback to {from} did not finish"),

@@ -121,6 +121,28 @@ impl Cluster {
         assert_success(&out, "release push");
     }
 
+    /// A release whose pre_activate hook takes `secs` seconds.
+    fn push_slow(&self, version: &str, secs: u32) {
+        let tar = release(
+            version,
+            &[
+                ("fleet.toml", "[hooks]\npre_activate = \"slow.sh\"\n", 0o644),
+                ("slow.sh", &format!("#!/bin/sh\nsleep {secs}\n"), 0o755),
+            ],
+        );
+        let path = self.fleet.root.path().join(format!("{version}.tar.gz"));
+        std::fs::write(&path, tar.gz()).expect("write release");
+        let out = self.fleet.fleetctl(&[
+            "release",
+            "push",
+            APP,
+            path.to_str().expect("utf-8"),
+            "--version",
+            version,
+        ]);
+        assert_success(&out, "release push");
+    }
+
     fn rollout(&self, args: &[&str]) -> Output {
         let mut all = vec!["rollout", APP];
         all.extend(args);
@@ -492,4 +514,37 @@ fn canary_approval_pause_resume_abort_and_one_rollout_per_app() {
     let r = json(&out);
     assert_eq!(r["state"], "succeeded", "{r}");
     c.wait_all_serve("2.0.0");
+}
+
+#[test]
+fn a_batch_past_its_deadline_fails_in_the_phase_it_was_in_and_is_rolled_back() {
+    let c = Cluster::start(2);
+    c.push("1.0.0", &[]);
+    assert_success(
+        &c.rollout(&["--version", "1.0.0", "--batch", "100%", "--wait"]),
+        "rollout 1.0.0",
+    );
+    c.push_slow("2.0.0", 6);
+    let out = c.rollout(&[
+        "--version",
+        "2.0.0",
+        "--batch",
+        "100%",
+        "--batch-deadline",
+        "2s",
+        "--wait",
+        "--output",
+        "json",
+    ]);
+    assert!(!out.status.success(), "a timed-out batch fails the rollout");
+    let r = json(&out);
+    assert_eq!(r["state"], "rolled_back", "{r}");
+    for h in r["batches"][0]["hosts"].as_array().expect("hosts") {
+        let detail = h["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("timed out in phase pre_activate"), "{h}");
+        assert_eq!(h["cause"], "timed out", "{h}");
+        assert_eq!(h["state"], "rolled_back", "the task finished late and was undone: {h}");
+    }
+    // The hosts' late deploys were undone: both serve 1.0.0.
+    c.wait_all_serve("1.0.0");
 }
