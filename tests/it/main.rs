@@ -1,6 +1,7 @@
 //! End-to-end tests: the real fleet-controller, fleet-agent and fleetctl
-//! binaries on loopback, real TLS, real sled. Build the binaries first:
-//! `cargo build --workspace --bins && cargo test --workspace`.
+//! binaries on loopback, real TLS, real sled, real systemd managers, a real
+//! sshd. Run them all with `bash tests/run-all.sh` (it builds the binaries
+//! and the packages they use first).
 
 mod harness;
 
