@@ -19,7 +19,7 @@ const UNIT: &str = "demo.service";
 
 struct Cluster {
     fleet: Fleet,
-    _sandboxes: Vec<Sandbox>,
+    sandboxes: Vec<Sandbox>,
     ports: Vec<u16>,
     /// Activation log: "start|end VERSION PORT NANOS" lines from the hooks.
     log: PathBuf,
@@ -40,24 +40,7 @@ impl Cluster {
         let mut sandboxes = Vec::new();
         let mut ports = Vec::new();
         for i in 1..=n {
-            let sandbox = Sandbox::start(&fleet.root.path().join(format!("systemd-{i}")));
-            let port = free_addr().port();
-            let idx = fleet.add_agent_with(
-                &format!("app-{i}"),
-                &token,
-                &[],
-                Some(&sandbox),
-                &[("SAMPLE_PORT", port.to_string())],
-            );
-            let current = fleet.agents[idx].dir.join("state/apps").join(APP).join("current");
-            sandbox.install_unit(
-                UNIT,
-                &format!(
-                    "[Service]\nWorkingDirectory={}\nExecStart={} {port}\nRestart=on-failure\nRestartSec=300ms\n",
-                    current.display(),
-                    bin("fleet-sample-app").display()
-                ),
-            );
+            let (sandbox, port) = host(&mut fleet, &token, i);
             sandboxes.push(sandbox);
             ports.push(port);
         }
@@ -82,7 +65,7 @@ impl Cluster {
         let log = fleet.root.path().join("activations.log");
         Cluster {
             fleet,
-            _sandboxes: sandboxes,
+            sandboxes: sandboxes,
             ports,
             log,
         }
@@ -218,6 +201,30 @@ impl Cluster {
             .position(|a| a.host_id().as_deref() == Some(host_id))
             .unwrap_or_else(|| panic!("no agent has host id {host_id}"))
     }
+}
+
+/// Starts host `app-<i>`: a systemd sandbox with the app's unit on its own
+/// port, and an agent enrolled with `token`.
+fn host(fleet: &mut Fleet, token: &str, i: usize) -> (Sandbox, u16) {
+    let sandbox = Sandbox::start(&fleet.root.path().join(format!("systemd-{i}")));
+    let port = free_addr().port();
+    let idx = fleet.add_agent_with(
+        &format!("app-{i}"),
+        token,
+        &[],
+        Some(&sandbox),
+        &[("SAMPLE_PORT", port.to_string())],
+    );
+    let current = fleet.agents[idx].dir.join("state/apps").join(APP).join("current");
+    sandbox.install_unit(
+        UNIT,
+        &format!(
+            "[Service]\nWorkingDirectory={}\nExecStart={} {port}\nRestart=on-failure\nRestartSec=300ms\n",
+            current.display(),
+            bin("fleet-sample-app").display()
+        ),
+    );
+    (sandbox, port)
 }
 
 /// Host states of a rollout record, by agent index.
@@ -399,6 +406,17 @@ fn an_offline_host_is_skipped_and_converges_when_it_returns() {
     });
     let shown = c.fleet.fleetctl_json(&["app", "show", APP]);
     assert_eq!(shown["desired_version"], "2.0.0", "{shown}");
+
+    // A new host with matching labels converges by itself when it enrolls.
+    let token = c.fleet.token(&["--label", "role=web", "--uses", "1"]);
+    let (sandbox, port) = host(&mut c.fleet, &token, 5);
+    c.sandboxes.push(sandbox);
+    c.ports.push(port);
+    wait_until(
+        Duration::from_secs(60),
+        "the new host app-5 to converge to 2.0.0",
+        || (c.served(4).as_deref() == Some("2.0.0")).then_some(()),
+    );
 
     // --offline wait: the rollout waits for a host that is down, and
     // deploys it when it is back within the wait.
