@@ -65,7 +65,7 @@ impl Cluster {
         let log = fleet.root.path().join("activations.log");
         Cluster {
             fleet,
-            sandboxes: sandboxes,
+            sandboxes,
             ports,
             log,
         }
