@@ -114,16 +114,6 @@ struct ReleasesSection {
     max_entries: Option<u64>,
 }
 
-/// Parses "123", "10KiB", "500MiB", "2GiB" into bytes.
-fn parse_size(v: &str) -> Option<u64> {
-    let v = v.trim();
-    let (num, mult) = [("KiB", 1u64 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("B", 1)]
-        .iter()
-        .find_map(|(suffix, m)| v.strip_suffix(suffix).map(|n| (n.trim(), *m)))
-        .unwrap_or((v, 1));
-    num.parse::<u64>().ok()?.checked_mul(mult)
-}
-
 /// `[systemd]`: how the agent reaches the service manager.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -256,7 +246,7 @@ impl Config {
 
         let mut limits = crate::unpack::Limits::default();
         if let Some(size) = &raw.releases.max_unpacked_size {
-            limits.max_unpacked_bytes = parse_size(size).filter(|n| *n > 0).ok_or_else(|| {
+            limits.max_unpacked_bytes = fleet_proto::parse_size(size).filter(|n| *n > 0).ok_or_else(|| {
                 invalid(
                     "releases.max_unpacked_size",
                     format!("'{size}' is not a size such as 500MiB or 4GiB"),

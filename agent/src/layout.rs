@@ -26,12 +26,7 @@ use serde::{Deserialize, Serialize};
 
 /// Checks a name that becomes a directory (app or version).
 pub fn check_name(kind: &str, v: &str) -> Result<(), String> {
-    let ok = !v.is_empty()
-        && v.len() <= 64
-        && !v.starts_with('.')
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'));
-    if ok {
+    if fleet_proto::is_safe_name(v) {
         Ok(())
     } else {
         Err(format!("{kind} '{v}' is not a valid directory name"))

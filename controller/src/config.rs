@@ -108,16 +108,6 @@ pub struct Config {
     pub max_release_bytes: u64,
 }
 
-/// Parses "123", "10KiB", "500MiB", "2GiB" into bytes.
-pub fn parse_size(v: &str) -> Option<u64> {
-    let v = v.trim();
-    let (num, mult) = [("KiB", 1u64 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("B", 1)]
-        .iter()
-        .find_map(|(suffix, m)| v.strip_suffix(suffix).map(|n| (n.trim(), *m)))
-        .unwrap_or((v, 1));
-    num.parse::<u64>().ok()?.checked_mul(mult)
-}
-
 /// Shortest certificate lifetime a join token may ask for (the floor).
 pub const MIN_TOKEN_CERT_TTL: Duration = Duration::from_secs(3600);
 /// Shortest `cert_ttl` controller.toml accepts; below an hour is for tests of renewal.
@@ -179,12 +169,14 @@ impl Config {
                 ))
             }
         };
-        let max_release_bytes = parse_size(&raw.max_release_size).filter(|n| *n > 0).ok_or_else(|| {
-            invalid(
-                "max_release_size",
-                format!("'{}' is not a size such as 500MiB or 2GiB", raw.max_release_size),
-            )
-        })?;
+        let max_release_bytes = fleet_proto::parse_size(&raw.max_release_size)
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                invalid(
+                    "max_release_size",
+                    format!("'{}' is not a size such as 500MiB or 2GiB", raw.max_release_size),
+                )
+            })?;
         Ok(Config {
             path: path.into(),
             max_release_bytes,

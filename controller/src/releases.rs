@@ -32,12 +32,7 @@ pub const FORMATS: [&str; 2] = ["tar.gz", "tar.zst"];
 
 /// Checks a version string: it becomes a directory name on every host.
 pub fn check_version(v: &str) -> Result<(), Status> {
-    let ok = !v.is_empty()
-        && v.len() <= 64
-        && !v.starts_with('.')
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'));
-    if ok {
+    if fleet_proto::is_safe_name(v) {
         Ok(())
     } else {
         Err(Status::invalid_argument(format!(

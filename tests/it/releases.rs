@@ -78,15 +78,7 @@ impl Host {
         let host_id = hosts;
         let port = free_addr().port();
         let current = fleet.agents[0].dir.join("state/apps").join(APP).join("current");
-        sandbox.install_unit(
-            UNIT,
-            &format!(
-                "[Unit]\nDescription=fleet e2e sample app\n\n[Service]\nWorkingDirectory={}\nExecStart={} {port}\n\
-                 Restart=on-failure\nRestartSec=300ms\n",
-                current.display(),
-                bin("fleet-sample-app").display()
-            ),
-        );
+        sandbox.install_sample_app(UNIT, &current, port);
         let created = fleet.fleetctl(&[
             "app",
             "create",

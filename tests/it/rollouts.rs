@@ -216,14 +216,7 @@ fn host(fleet: &mut Fleet, token: &str, i: usize) -> (Sandbox, u16) {
         &[("SAMPLE_PORT", port.to_string())],
     );
     let current = fleet.agents[idx].dir.join("state/apps").join(APP).join("current");
-    sandbox.install_unit(
-        UNIT,
-        &format!(
-            "[Service]\nWorkingDirectory={}\nExecStart={} {port}\nRestart=on-failure\nRestartSec=300ms\n",
-            current.display(),
-            bin("fleet-sample-app").display()
-        ),
-    );
+    sandbox.install_sample_app(UNIT, &current, port);
     (sandbox, port)
 }
 

@@ -179,6 +179,20 @@ impl Sandbox {
         ]);
     }
 
+    /// Installs `unit` running the sample app on `port` from `current` (an
+    /// agent's `apps/<app>/current` link), restarted by systemd on failure.
+    pub fn install_sample_app(&self, unit: &str, current: &Path, port: u16) {
+        self.install_unit(
+            unit,
+            &format!(
+                "[Unit]\nDescription=fleet e2e sample app\n\n[Service]\nWorkingDirectory={}\nExecStart={} {port}\n\
+                 Restart=on-failure\nRestartSec=300ms\n",
+                current.display(),
+                crate::harness::bin("fleet-sample-app").display()
+            ),
+        );
+    }
+
     /// A property of a unit, e.g. ("Unit", "ActiveState") or ("Service", "MainPID").
     pub fn unit_property(&self, unit: &str, iface: &str, prop: &str) -> String {
         let path = self.busctl(&[
