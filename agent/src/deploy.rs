@@ -83,11 +83,20 @@ impl Host {
         self.running().retain(|t| t != task_id);
     }
 
-    /// A connection to systemd, made on first use and kept.
+    /// A connection to systemd, made on first use and kept while it answers.
     async fn systemd(&self) -> Result<Systemd, String> {
         let mut guard = self.systemd.lock().await;
         if let Some(s) = guard.as_ref() {
-            return Ok(s.clone());
+            if s.alive().await {
+                return Ok(s.clone());
+            }
+            // The bus went away (dbus or systemd restarted): connect again
+            // instead of failing every deploy until the agent restarts.
+            tracing::warn!(
+                bus = s.bus(),
+                "the connection to systemd no longer answers; connecting again"
+            );
+            *guard = None;
         }
         let s = Systemd::connect(self.bus).await.map_err(|e| e.to_string())?;
         *guard = Some(s.clone());

@@ -118,6 +118,23 @@ impl Systemd {
         Ok(sd)
     }
 
+    /// Whether the bus connection still reaches systemd (a D-Bus ping).
+    pub async fn alive(&self) -> bool {
+        let proxy = async {
+            zbus::fdo::PeerProxy::builder(&self.conn)
+                .destination("org.freedesktop.systemd1")?
+                .path("/org/freedesktop/systemd1")?
+                .build()
+                .await
+        };
+        match proxy.await {
+            Ok(p) => tokio::time::timeout(Duration::from_secs(5), p.ping())
+                .await
+                .is_ok_and(|r| r.is_ok()),
+            Err(_) => false,
+        }
+    }
+
     /// Which bus this is ("system" or "session").
     pub fn bus(&self) -> &'static str {
         self.bus
