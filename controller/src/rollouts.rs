@@ -396,7 +396,7 @@ impl RolloutService for RolloutsService {
         }
         // One active rollout per app; checked and written under one lock so
         // two concurrent starts cannot both pass.
-        let _guard = lock(&fleet.rollouts.controls);
+        let guard = lock(&fleet.rollouts.controls);
         if let Some(running) = fleet.rollouts.active(&req.app).map_err(internal)? {
             return Err(Status::failed_precondition(format!(
                 "{} already has rollout {} ({}, to {}); wait for it, or 'fleetctl rollout abort {}'",
@@ -412,7 +412,7 @@ impl RolloutService for RolloutsService {
             )));
         }
         fleet.rollouts.put(&rollout).map_err(internal)?;
-        drop(_guard);
+        drop(guard);
         fleet.store.flush().await.map_err(internal)?;
         tracing::info!(rollout_id = %rollout.id, app = %rollout.app, version = %rollout.version, hosts = rollout.batches.iter().map(|b| b.hosts.len()).sum::<usize>(), "rollout started");
         spawn(fleet, rollout.clone());
@@ -1018,13 +1018,14 @@ impl Engine {
                 None => e.detail = format!("rollback to {from} did not finish"),
             }
             self.save(true).await?;
-            self.emit("host_done", &host_id, e_detail(&self.r, b, &host_id));
+            self.emit("host_done", &host_id, host_line(&self.r, b, &host_id));
         }
         Ok(())
     }
 }
 
-fn e_detail(r: &Rollout, b: usize, host_id: &str) -> String {
+/// "state: detail" of one host, for its event line.
+fn host_line(r: &Rollout, b: usize, host_id: &str) -> String {
     r.batches[b]
         .hosts
         .iter()
