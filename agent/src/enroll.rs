@@ -69,7 +69,7 @@ pub async fn enroll(
                 tracing::warn!(controller = %config.controller, %reason, delay = ?delay, "enrollment failed; retrying");
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(None),
-                    _ = tokio::time::sleep(delay) => {}
+                    _ = crate::watchdog::sleep(delay) => {}
                 }
             }
         }

@@ -19,6 +19,7 @@ pub mod systemd;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod unpack;
+pub mod watchdog;
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -134,6 +135,7 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<(), 
         state_dir = %agent.state.path().display(),
         "fleet-agent starting"
     );
+    watchdog::ready();
 
     let loaded = agent.state.load()?;
     let identity = match loaded {
@@ -177,6 +179,7 @@ impl Agent {
     async fn connect_loop(&mut self, mut identity: Identity) -> Result<(), AgentError> {
         let mut backoff = Backoff::new();
         loop {
+            watchdog::alive();
             if identity.is_expired(fleet_proto::now_ms()) {
                 match self
                     .enroll_after_expiry(&identity, "while the controller could not be reached")
@@ -247,7 +250,7 @@ impl Agent {
                     tracing::warn!(host_id = %host_id, %reason, delay = ?delay, "stream lost; reconnecting");
                     tokio::select! {
                         _ = self.cancel.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(delay) => {}
+                        _ = watchdog::sleep(delay) => {}
                     }
                 }
             }

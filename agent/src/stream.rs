@@ -172,9 +172,11 @@ impl Session<'_> {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut renewal = Renewal::default();
+        let mut watchdog = crate::watchdog::ticker();
 
         loop {
             tokio::select! {
+                _ = watchdog.tick() => crate::watchdog::alive(),
                 _ = self.cancel.cancelled() => {
                     // Half-close: the controller sees our side end cleanly.
                     drop(tx);

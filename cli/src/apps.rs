@@ -203,6 +203,7 @@ pub async fn show(client: &Client, name: &str, format: Format) -> Result<Report,
     Ok(match format {
         Format::Json => {
             let mut v = spec_json(&spec);
+            v["desired_version"] = json!(status.desired_version);
             v["hosts"] = hosts
                 .iter()
                 .map(|(id, inv)| {
@@ -214,7 +215,14 @@ pub async fn show(client: &Client, name: &str, format: Format) -> Result<Report,
             Report::json(&v)
         }
         Format::Table => {
-            let mut out = format!("app {}\n{}", spec.name, spec_block(&spec).render());
+            let mut block = spec_block(&spec);
+            if !status.desired_version.is_empty() {
+                block.line(
+                    "desired",
+                    format!("{} (hosts converge to it when they connect)", status.desired_version),
+                );
+            }
+            let mut out = format!("app {}\n{}", spec.name, block.render());
             if hosts.is_empty() {
                 out.push_str("\nno host runs it yet; deploy with 'fleetctl deploy APP --version V --host ID'\n");
             } else {

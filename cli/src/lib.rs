@@ -7,6 +7,7 @@
 pub mod apps;
 pub mod args;
 pub mod audit;
+pub mod bootstrap;
 pub mod client;
 pub mod config;
 pub mod error;
@@ -109,6 +110,7 @@ pub async fn execute(cli: &Cli, env: &Env) -> Result<Report, Error> {
             let confirm = hosts::Confirm::from_flag(*yes)?;
             hosts::remove(&connect(cli, env).await?, id, confirm, format).await
         }
+        Command::Bootstrap(args) => bootstrap::run(cli, env, args).await,
     }
 }
 

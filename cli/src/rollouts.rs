@@ -674,6 +674,8 @@ pub fn rollout_json(r: &Rollout) -> Value {
             "index": i,
             "canary": b.canary,
             "state": b.state,
+            "started_at_ms": b.started_at_ms,
+            "ended_at_ms": b.ended_at_ms,
             "hosts": b.hosts.iter().map(|h| json!({
                 "host_id": h.host_id,
                 "from_version": h.from_version,
@@ -748,16 +750,19 @@ pub(crate) mod tests {
                     hosts: vec![ok],
                     state: "done".into(),
                     canary: true,
+                    ..Default::default()
                 },
                 RolloutBatch {
                     hosts: vec![running, failed],
                     state: "running".into(),
                     canary: false,
+                    ..Default::default()
                 },
                 RolloutBatch {
                     hosts: vec![host("web-4", "1.0", "pending")],
                     state: "pending".into(),
                     canary: false,
+                    ..Default::default()
                 },
             ],
             created_at_ms: 1_700_000_000_000,

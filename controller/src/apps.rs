@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_proto::app_service_server::AppService;
-use fleet_proto::controller_message::Body as ToAgent;
 use fleet_proto::health_check::Check;
 use fleet_proto::{
-    task, AppSpec, AppStatus, ControllerMessage, DeployRequest, DeployTask, FailureCause, GetAppRequest,
-    ListAppsRequest, ListAppsResponse, RollbackTask, Task, TaskProgress, TaskState,
+    task, AppSpec, AppStatus, DeployRequest, DeployTask, FailureCause, GetAppRequest, ListAppsRequest,
+    ListAppsResponse, RollbackTask, TaskProgress, TaskState,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -135,6 +134,7 @@ impl AppService for AppsService {
             .ok_or_else(|| unknown_app(name))?;
         let mut status = AppStatus {
             spec: Some(spec),
+            desired_version: self.0.rollouts.desired(name).map_err(internal)?.unwrap_or_default(),
             ..Default::default()
         };
         for host in self.0.store.hosts().map_err(internal)? {
@@ -157,6 +157,12 @@ impl AppService for AppsService {
             .map_err(internal)?
             .ok_or_else(|| unknown_app(&r.app))?;
         let host = fleet.resolve_host(&r.host)?;
+        if let Some(running) = fleet.rollouts.active(&spec.name).map_err(internal)? {
+            return Err(Status::failed_precondition(format!(
+                "rollout {} of {} is under way; wait for it or abort it before deploying by hand",
+                running.id, spec.name
+            )));
+        }
         let selector = parse_selector(&spec.selector)?;
         if let Some((k, v)) = selector.iter().find(|(k, v)| host.labels.get(k) != Some(v)) {
             return Err(Status::failed_precondition(format!(
@@ -183,36 +189,15 @@ impl AppService for AppsService {
                 spec: Some(spec.clone()),
             })
         };
-        let Some(sender) = fleet.registry.sender(&host.id) else {
+        if fleet.registry.sender(&host.id).is_none() {
             return Err(Status::unavailable(format!(
                 "host {} is not connected (last seen {}); deploy again when it is back",
                 host.id,
                 crate::store::utc(host.last_seen_ms)
             )));
-        };
-        let task_id = format!("t-{}", crate::random_hex(8));
-        let mut progress = fleet.tasks.register(&task_id, &host.id);
-        let task = Task {
-            task_id: task_id.clone(),
-            rollout_id: String::new(),
-            kind: Some(kind),
-        };
-        let sent = sender
-            .send_timeout(
-                Ok(ControllerMessage {
-                    body: Some(ToAgent::Task(task)),
-                }),
-                Duration::from_secs(10),
-            )
-            .await;
-        if sent.is_err() {
-            fleet.tasks.forget(&task_id);
-            return Err(Status::unavailable(format!(
-                "host {} did not take the task (its stream is closed or stuck); try again",
-                host.id
-            )));
         }
-        tracing::info!(task_id, host_id = %host.id, app = %spec.name, version = %r.version, rollback = r.rollback, "task sent");
+        let (task_id, mut progress) = crate::tasks::send(&fleet, &host.id, "", kind).await?;
+        tracing::info!(task_id, host_id = %host.id, app = %spec.name, version = %r.version, rollback = r.rollback, "deploy requested");
 
         let (tx, rx) = mpsc::channel(64);
         let host_id = host.id.clone();

@@ -38,6 +38,8 @@ pub struct Fleet {
     pub registry: Registry,
     /// Tasks sent to agents and not finished.
     pub tasks: Tasks,
+    /// Rollouts (persisted) and their engines' channels.
+    pub rollouts: crate::rollouts::Rollouts,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Settings.

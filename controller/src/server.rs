@@ -15,6 +15,7 @@ use fleet_proto::audit_service_server::AuditServiceServer;
 use fleet_proto::enrollment_server::EnrollmentServer;
 use fleet_proto::host_service_server::HostServiceServer;
 use fleet_proto::release_service_server::ReleaseServiceServer;
+use fleet_proto::rollout_service_server::RolloutServiceServer;
 use fleet_proto::session_server::SessionServer;
 use fleet_proto::token_service_server::TokenServiceServer;
 use fleet_proto::transport::{certs_from_pem, key_from_pem};
@@ -112,6 +113,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             max_release_bytes: config.max_release_bytes,
         },
         tasks: Default::default(),
+        rollouts: crate::rollouts::Rollouts::open(&store).map_err(|e| ServeError::Store {
+            path: store_path.display().to_string(),
+            detail: e.to_string(),
+        })?,
         shutdown: shutdown.clone(),
     });
 
@@ -180,12 +185,18 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         ))
         .add_service(ReleaseServiceServer::with_interceptor(
             crate::releases::ReleasesService(fleet.clone()),
+            auth.clone(),
+        ))
+        .add_service(RolloutServiceServer::with_interceptor(
+            crate::rollouts::RolloutsService(fleet.clone()),
             auth,
         ));
     let stop = shutdown.clone();
     let server = tokio::spawn(
         router.serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move { stop.cancelled().await }),
     );
+    // Rollouts a previous run left unfinished carry on from where they were.
+    crate::rollouts::resume_all(&fleet);
 
     shutdown.cancelled().await;
     tracing::info!("shutting down: closing agent streams");

@@ -5,9 +5,66 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
-use fleet_proto::{FailureCause, TaskProgress, TaskState};
+use fleet_proto::controller_message::Body as ToAgent;
+use fleet_proto::{task, ControllerMessage, FailureCause, Task, TaskProgress, TaskState};
 use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::fleet::Fleet;
+
+/// Sends a task to a connected host; its progress arrives on the receiver.
+/// `task_id` is made here unless given (a restarted controller re-attaches
+/// to a task by its id with [`Tasks::register`] instead).
+pub async fn send(
+    fleet: &Fleet,
+    host_id: &str,
+    rollout_id: &str,
+    kind: task::Kind,
+) -> Result<(String, mpsc::Receiver<TaskProgress>), Status> {
+    let task_id = format!("t-{}", crate::random_hex(8));
+    send_as(fleet, host_id, rollout_id, &task_id, kind)
+        .await
+        .map(|rx| (task_id, rx))
+}
+
+/// [`send`] with a task id chosen (and recorded) by the caller.
+pub async fn send_as(
+    fleet: &Fleet,
+    host_id: &str,
+    rollout_id: &str,
+    task_id: &str,
+    kind: task::Kind,
+) -> Result<mpsc::Receiver<TaskProgress>, Status> {
+    let Some(sender) = fleet.registry.sender(host_id) else {
+        return Err(Status::unavailable(format!(
+            "host {host_id} is not connected; try again when it is back"
+        )));
+    };
+    let progress = fleet.tasks.register(task_id, host_id);
+    let task = Task {
+        task_id: task_id.to_string(),
+        rollout_id: rollout_id.to_string(),
+        kind: Some(kind),
+    };
+    let sent = sender
+        .send_timeout(
+            Ok(ControllerMessage {
+                body: Some(ToAgent::Task(task)),
+            }),
+            Duration::from_secs(10),
+        )
+        .await;
+    if sent.is_err() {
+        fleet.tasks.forget(task_id);
+        return Err(Status::unavailable(format!(
+            "host {host_id} did not take the task (its stream is closed or stuck); try again"
+        )));
+    }
+    tracing::info!(task_id, host_id, rollout_id, "task sent");
+    Ok(progress)
+}
 
 struct Pending {
     host_id: String,

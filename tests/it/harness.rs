@@ -336,7 +336,7 @@ impl Fleet {
 
     /// Adds and starts an agent.
     pub fn add_agent(&mut self, name: &str, token: &str, labels: &[(&str, &str)]) -> usize {
-        self.add_agent_with(name, token, labels, None)
+        self.add_agent_with(name, token, labels, None, &[])
     }
 
     /// Adds and starts an agent whose units run in `systemd` (a sandbox).
@@ -346,6 +346,7 @@ impl Fleet {
         token: &str,
         labels: &[(&str, &str)],
         systemd: Option<&crate::sandbox::Sandbox>,
+        env: &[(&str, String)],
     ) -> usize {
         let addr = self.controller.addr.to_string();
         let mut agent = Agent::new(
@@ -363,6 +364,7 @@ impl Fleet {
             std::fs::write(&agent.config, text).expect("agent.toml");
             agent.env = sd.env();
         }
+        agent.env.extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
         agent.start();
         self.agents.push(agent);
         self.agents.len() - 1

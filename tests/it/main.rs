@@ -5,8 +5,11 @@
 mod harness;
 
 mod audit;
+mod bootstrap;
 mod enrollment;
 mod lifecycle;
 mod refusals;
 mod releases;
+mod rollouts;
 mod sandbox;
+mod watchdog;

@@ -37,7 +37,7 @@ impl Host {
         let mut fleet = Fleet::controller_only(&[]);
         let sandbox = Sandbox::start(&fleet.root.path().join("systemd"));
         let token = fleet.token(&["--label", "role=web"]);
-        let i = fleet.add_agent_with("app-1", &token, &[], Some(&sandbox));
+        let i = fleet.add_agent_with("app-1", &token, &[], Some(&sandbox), &[]);
         if !agent_extra.is_empty() || state_size.is_some() {
             let token = fleet_token(&fleet);
             let agent = &mut fleet.agents[i];
@@ -174,7 +174,7 @@ impl Host {
     }
 }
 
-fn assert_success(out: &Output, what: &str) {
+pub fn assert_success(out: &Output, what: &str) {
     assert!(
         out.status.success(),
         "{what} failed ({:?}):\nstdout: {}\nstderr: {}",
@@ -184,7 +184,7 @@ fn assert_success(out: &Output, what: &str) {
     );
 }
 
-fn json(out: &Output) -> Value {
+pub fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "no JSON on stdout ({e}): {}\nstderr: {}",
@@ -199,7 +199,7 @@ fn fleet_token(fleet: &Fleet) -> String {
 }
 
 /// A release of the sample app.
-fn release(version: &str, extra: &[(&str, &str, u32)]) -> Tar {
+pub fn release(version: &str, extra: &[(&str, &str, u32)]) -> Tar {
     let mut tar = Tar::new().file("VERSION", 0o644, format!("{version}\n").as_bytes());
     for (name, body, mode) in extra {
         tar = tar.file(name, *mode, body.as_bytes());

@@ -67,13 +67,13 @@ impl Sandbox {
             );
         }
         let log = std::fs::File::create(dir.join("systemd.log")).expect("systemd log");
-        // Unique per test fleet: the fleet's temp dir name.
-        let cgroup = dir
-            .parent()
-            .and_then(Path::file_name)
-            .and_then(|n| n.to_str())
-            .expect("sandbox dir inside a named temp dir")
-            .to_string();
+        // Unique: the fleet's temp dir name and the sandbox's own.
+        let name = |p: Option<&Path>| p.and_then(Path::file_name).and_then(|n| n.to_str()).map(String::from);
+        let cgroup = format!(
+            "{}-{}",
+            name(dir.parent()).expect("sandbox dir inside a named temp dir"),
+            name(Some(dir)).expect("named sandbox dir")
+        );
         let child = Command::new("unshare")
             .args(["-m", "sh", "-c", SCRIPT])
             .env("XDG_RUNTIME_DIR", &runtime)

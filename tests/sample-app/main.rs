@@ -5,13 +5,34 @@
 //! - `HEALTH`: when it holds `fail`, `/health` answers 503 (a release whose
 //!   health check fails).
 //! - `CRASH`: when present, the process exits 1 at start (a unit that fails).
+//! - `FAIL_PORTS`: ports (one per line) on which this release is unhealthy,
+//!   so one release can fail on some hosts of a test fleet only.
 //!
-//! Usage: `fleet-sample-app PORT`.
+//! Usage: `fleet-sample-app PORT`, or `fleet-sample-app check` to GET
+//! `/health` on `$SAMPLE_PORT` (exit 0 on 200): the health command of test
+//! fleets whose hosts all share one loopback, each app on its own port.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 
+fn check() -> ! {
+    use std::io::Read;
+    let port = std::env::var("SAMPLE_PORT").unwrap_or_default();
+    let Ok(mut s) = std::net::TcpStream::connect(format!("127.0.0.1:{port}")) else {
+        eprintln!("nothing listens on 127.0.0.1:{port}");
+        std::process::exit(1);
+    };
+    let _ = write!(s, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    print!("{resp}");
+    std::process::exit(if resp.starts_with("HTTP/1.1 200") { 0 } else { 1 })
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("check") {
+        check();
+    }
     let port: u16 = std::env::args().nth(1).and_then(|p| p.parse().ok()).unwrap_or_else(|| {
         eprintln!("usage: fleet-sample-app PORT");
         std::process::exit(2)
@@ -22,7 +43,10 @@ fn main() {
         std::process::exit(1);
     }
     let version = read("VERSION").unwrap_or_else(|_| "unknown".into());
-    let healthy = read("HEALTH").map(|h| h != "fail").unwrap_or(true);
+    let failing_here = read("FAIL_PORTS")
+        .map(|ports| ports.lines().any(|p| p.trim() == port.to_string()))
+        .unwrap_or(false);
+    let healthy = read("HEALTH").map(|h| h != "fail").unwrap_or(true) && !failing_here;
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap_or_else(|e| {
         eprintln!("cannot listen on 127.0.0.1:{port}: {e}");
         std::process::exit(1)

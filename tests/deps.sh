@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the build, the tests and the main job use,
+# only those that are missing (run as root; a no-op when all are there).
+set -euo pipefail
+
+# Debian packages the build and tests use: a C compiler and linker (ring,
+# sled's deps); dpkg-dev, binutils and lintian for the packages; systemd,
+# dbus, polkitd, sudo and openssh-server for the throwaway hosts of the
+# package and bootstrap tests, and (with util-linux's unshare and busctl)
+# the systemd --user sandboxes of the release and rollout tests; cloud-init
+# for `cloud-init schema`.
+need=()
+command -v cc >/dev/null || need+=(gcc libc6-dev)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+command -v dpkg-shlibdeps >/dev/null || need+=(dpkg-dev)
+command -v strip >/dev/null || need+=(binutils)
+command -v lintian >/dev/null || need+=(lintian)
+[ -x /lib/systemd/systemd ] && command -v busctl >/dev/null || need+=(systemd)
+command -v dbus-daemon >/dev/null || need+=(dbus)
+[ -x /usr/lib/polkit-1/polkitd ] || need+=(polkitd pkexec)
+command -v sudo >/dev/null || need+=(sudo)
+command -v /usr/sbin/sshd >/dev/null || need+=(openssh-server)
+command -v ssh-keygen >/dev/null || need+=(openssh-client)
+command -v cloud-init >/dev/null || need+=(cloud-init)
+command -v unshare >/dev/null || need+=(util-linux)
+if ((${#need[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    # No service of these packages may start on this machine while they
+    # install (an sshd on port 22, cloud-init): policy-rc.d refuses, and is
+    # removed again afterwards if we made it.
+    made_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 0755 /usr/sbin/policy-rc.d
+        made_policy=yes
+    fi
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${need[@]}"
+    [ -n "$made_policy" ] && rm -f /usr/sbin/policy-rc.d
+fi

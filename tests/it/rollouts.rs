@@ -1,0 +1,495 @@
+//! Rollouts across a fleet of agents, each with its own real systemd manager
+//! and its own instance of the sample app (one port per host, since they
+//! share loopback). Release hooks write when each host's activation started
+//! and ended into one shared log, so the tests see the batches from the
+//! hosts' side.
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{bin, free_addr, http_get, wait_until, Fleet};
+use crate::releases::{assert_success, json, release};
+use crate::sandbox::Sandbox;
+
+const APP: &str = "demo";
+const UNIT: &str = "demo.service";
+
+struct Cluster {
+    fleet: Fleet,
+    _sandboxes: Vec<Sandbox>,
+    ports: Vec<u16>,
+    /// Activation log: "start|end VERSION PORT NANOS" lines from the hooks.
+    log: PathBuf,
+}
+
+/// One activation seen through the hooks.
+#[derive(Debug, Clone)]
+struct Span {
+    port: u16,
+    start: u128,
+    end: Option<u128>,
+}
+
+impl Cluster {
+    fn start(n: usize) -> Cluster {
+        let mut fleet = Fleet::controller_only(&[]);
+        let token = fleet.token(&["--label", "role=web", "--uses", &n.to_string()]);
+        let mut sandboxes = Vec::new();
+        let mut ports = Vec::new();
+        for i in 1..=n {
+            let sandbox = Sandbox::start(&fleet.root.path().join(format!("systemd-{i}")));
+            let port = free_addr().port();
+            let idx = fleet.add_agent_with(
+                &format!("app-{i}"),
+                &token,
+                &[],
+                Some(&sandbox),
+                &[("SAMPLE_PORT", port.to_string())],
+            );
+            let current = fleet.agents[idx].dir.join("state/apps").join(APP).join("current");
+            sandbox.install_unit(
+                UNIT,
+                &format!(
+                    "[Service]\nWorkingDirectory={}\nExecStart={} {port}\nRestart=on-failure\nRestartSec=300ms\n",
+                    current.display(),
+                    bin("fleet-sample-app").display()
+                ),
+            );
+            sandboxes.push(sandbox);
+            ports.push(port);
+        }
+        fleet.wait_connected(n, Duration::from_secs(60));
+        let check = format!("{} check", bin("fleet-sample-app").display());
+        let created = fleet.fleetctl(&[
+            "app",
+            "create",
+            APP,
+            "--unit",
+            UNIT,
+            "--health-command",
+            &check,
+            "--health-timeout",
+            "3s",
+            "--settle",
+            "1s",
+            "--selector",
+            "role=web",
+        ]);
+        assert_success(&created, "app create");
+        let log = fleet.root.path().join("activations.log");
+        Cluster {
+            fleet,
+            _sandboxes: sandboxes,
+            ports,
+            log,
+        }
+    }
+
+    /// A release whose hooks record its activation on each host;
+    /// `failing_ports` are the hosts where it is unhealthy.
+    fn push(&self, version: &str, failing_ports: &[u16]) {
+        let log = self.log.display().to_string();
+        let hook =
+            |what: &str| format!("#!/bin/sh\necho \"{what} $FLEET_VERSION $SAMPLE_PORT $(date +%s%N)\" >> '{log}'\n");
+        let fail: String = failing_ports.iter().map(|p| format!("{p}\n")).collect();
+        let tar = release(
+            version,
+            &[
+                (
+                    "fleet.toml",
+                    "[hooks]\npre_activate = \"hooks/start.sh\"\nvalidate = \"hooks/end.sh\"\n",
+                    0o644,
+                ),
+                ("hooks/start.sh", &hook("start"), 0o755),
+                ("hooks/end.sh", &hook("end"), 0o755),
+                ("FAIL_PORTS", &fail, 0o644),
+            ],
+        );
+        let path = self.fleet.root.path().join(format!("{version}.tar.gz"));
+        std::fs::write(&path, tar.gz()).expect("write release");
+        let out = self.fleet.fleetctl(&[
+            "release",
+            "push",
+            APP,
+            path.to_str().expect("utf-8"),
+            "--version",
+            version,
+        ]);
+        assert_success(&out, "release push");
+    }
+
+    fn rollout(&self, args: &[&str]) -> Output {
+        let mut all = vec!["rollout", APP];
+        all.extend(args);
+        self.fleet.fleetctl(&all)
+    }
+
+    fn served(&self, i: usize) -> Option<String> {
+        http_get(([127, 0, 0, 1], self.ports[i]).into(), "/version").map(|b| b.trim().to_string())
+    }
+
+    fn wait_all_serve(&self, version: &str) {
+        wait_until(
+            Duration::from_secs(60),
+            &format!("every host serving {version}"),
+            || {
+                (0..self.ports.len())
+                    .all(|i| self.served(i).as_deref() == Some(version))
+                    .then_some(())
+            },
+        );
+    }
+
+    /// Activations of `version`, by start time.
+    fn spans(&self, version: &str) -> Vec<Span> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut spans: Vec<Span> = Vec::new();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let [what, v, port, at] = f[..] else { continue };
+            if v != version {
+                continue;
+            }
+            let (Ok(port), Ok(at)) = (port.parse::<u16>(), at.parse::<u128>()) else {
+                continue;
+            };
+            match what {
+                "start" => spans.push(Span {
+                    port,
+                    start: at,
+                    end: None,
+                }),
+                "end" => {
+                    if let Some(s) = spans.iter_mut().rev().find(|s| s.port == port && s.end.is_none()) {
+                        s.end = Some(at);
+                    }
+                }
+                _ => {}
+            }
+        }
+        spans.sort_by_key(|s| s.start);
+        spans
+    }
+
+    fn show(&self, id: &str) -> Value {
+        self.fleet.fleetctl_json(&["rollout", "show", id])
+    }
+
+    fn wait_state(&self, id: &str, states: &[&str]) -> Value {
+        wait_until(
+            Duration::from_secs(120),
+            &format!("rollout {id} to be {states:?}"),
+            || {
+                let v = self.show(id);
+                states.contains(&v["state"].as_str().unwrap_or_default()).then_some(v)
+            },
+        )
+    }
+
+    fn host_index(&self, host_id: &str) -> usize {
+        self.fleet
+            .agents
+            .iter()
+            .position(|a| a.host_id().as_deref() == Some(host_id))
+            .unwrap_or_else(|| panic!("no agent has host id {host_id}"))
+    }
+}
+
+/// Host states of a rollout record, by agent index.
+fn host_states(c: &Cluster, r: &Value) -> Vec<(usize, String)> {
+    let mut out: Vec<(usize, String)> = r["batches"]
+        .as_array()
+        .expect("batches")
+        .iter()
+        .flat_map(|b| b["hosts"].as_array().expect("hosts").clone())
+        .map(|h| {
+            (
+                c.host_index(h["host_id"].as_str().expect("host_id")),
+                h["state"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The most activations that overlapped in time.
+fn max_overlap(spans: &[Span]) -> usize {
+    let mut edges: Vec<(u128, i32)> = Vec::new();
+    for s in spans {
+        edges.push((s.start, 1));
+        edges.push((s.end.unwrap_or(u128::MAX), -1));
+    }
+    edges.sort();
+    let (mut now, mut max) = (0i32, 0i32);
+    for (_, d) in edges {
+        now += d;
+        max = max.max(now);
+    }
+    max as usize
+}
+
+fn rollout_id(out: &Output) -> String {
+    let v = json(out);
+    v["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no rollout id in {v}"))
+        .to_string()
+}
+
+#[test]
+fn batches_run_in_order_and_the_failure_budget_rolls_back_exactly_the_changed_hosts() {
+    let c = Cluster::start(4);
+    c.push("1.0.0", &[]);
+    let out = c.rollout(&["--version", "1.0.0", "--batch", "100%", "--wait", "--output", "json"]);
+    assert_success(&out, "rollout 1.0.0");
+    assert_eq!(json(&out)["state"], "succeeded");
+    c.wait_all_serve("1.0.0");
+
+    // Batches of one: never two hosts changing at once, in hostname order.
+    c.push("2.0.0", &[]);
+    let out = c.rollout(&["--version", "2.0.0", "--batch", "1", "--wait", "--output", "json"]);
+    assert_success(&out, "rollout 2.0.0");
+    let r = json(&out);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert_eq!(r["batches"].as_array().expect("batches").len(), 4, "{r}");
+    let spans = c.spans("2.0.0");
+    assert_eq!(spans.len(), 4, "one activation per host: {spans:?}");
+    assert_eq!(
+        max_overlap(&spans),
+        1,
+        "batch size 1 changed two hosts at once: {spans:?}"
+    );
+    let order: Vec<u16> = spans.iter().map(|s| s.port).collect();
+    assert_eq!(order, c.ports, "batches follow the plan's order");
+    c.wait_all_serve("2.0.0");
+
+    // 3.0.0 is unhealthy on app-3 only. Batches of two: app-1 and app-2
+    // succeed, then app-3 fails (and reverts itself); the budget of 0 is
+    // exceeded, so app-1, app-2 and app-4 are rolled back to 2.0.0.
+    c.push("3.0.0", &[c.ports[2]]);
+    let out = c.rollout(&[
+        "--version",
+        "3.0.0",
+        "--batch",
+        "2",
+        "--max-failures",
+        "0",
+        "--wait",
+        "--output",
+        "json",
+    ]);
+    assert!(!out.status.success(), "a rolled-back rollout must fail --wait");
+    let r = json(&out);
+    assert_eq!(r["state"], "rolled_back", "{r}");
+    let reason = r["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("failure budget"), "{reason}");
+    let states = host_states(&c, &r);
+    assert_eq!(
+        states,
+        vec![
+            (0, "rolled_back".to_string()),
+            (1, "rolled_back".to_string()),
+            (2, "failed".to_string()),
+            (3, "rolled_back".to_string()),
+        ],
+        "{r}"
+    );
+    let spans = c.spans("3.0.0");
+    assert!(max_overlap(&spans) <= 2, "batch size 2 exceeded: {spans:?}");
+    c.wait_all_serve("2.0.0");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("rolled_back") || stderr.contains("rolled back"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_controller_killed_mid_rollout_resumes_without_deploying_a_host_twice() {
+    let mut c = Cluster::start(4);
+    c.push("1.0.0", &[]);
+    assert_success(
+        &c.rollout(&["--version", "1.0.0", "--batch", "100%", "--wait"]),
+        "rollout 1.0.0",
+    );
+    c.push("2.0.0", &[]);
+    let out = c.rollout(&["--version", "2.0.0", "--batch", "1", "--output", "json"]);
+    assert_success(&out, "start rollout 2.0.0");
+    let id = rollout_id(&out);
+    wait_until(Duration::from_secs(60), "the second batch to start", || {
+        (c.spans("2.0.0").len() >= 2).then_some(())
+    });
+    c.fleet.controller.kill9();
+    c.fleet.controller.start();
+    let r = c.wait_state(&id, &["succeeded", "failed", "rolled_back", "aborted"]);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let spans = c.spans("2.0.0");
+    let mut ports: Vec<u16> = spans.iter().map(|s| s.port).collect();
+    ports.sort();
+    let mut want = c.ports.clone();
+    want.sort();
+    assert_eq!(ports, want, "every host activated 2.0.0 exactly once: {spans:?}");
+    c.wait_all_serve("2.0.0");
+}
+
+#[test]
+fn an_offline_host_is_skipped_and_converges_when_it_returns() {
+    let mut c = Cluster::start(4);
+    c.push("1.0.0", &[]);
+    assert_success(
+        &c.rollout(&["--version", "1.0.0", "--batch", "100%", "--wait"]),
+        "rollout 1.0.0",
+    );
+    c.push("2.0.0", &[]);
+    // app-4 goes away while the first batch runs.
+    let out = c.rollout(&[
+        "--version",
+        "2.0.0",
+        "--batch",
+        "2",
+        "--offline",
+        "skip",
+        "--output",
+        "json",
+    ]);
+    assert_success(&out, "start rollout 2.0.0");
+    let id = rollout_id(&out);
+    wait_until(Duration::from_secs(60), "the first batch to start", || {
+        (!c.spans("2.0.0").is_empty()).then_some(())
+    });
+    c.fleet.agents[3].kill9();
+    let r = c.wait_state(&id, &["succeeded", "failed", "rolled_back", "aborted"]);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let states = host_states(&c, &r);
+    assert_eq!(states[3], (3, "skipped".to_string()), "{r}");
+    assert_eq!(
+        c.served(3).as_deref(),
+        Some("1.0.0"),
+        "app-4's unit still runs what it had"
+    );
+    c.fleet.agents[3].start();
+    wait_until(Duration::from_secs(60), "app-4 to converge to 2.0.0", || {
+        (c.served(3).as_deref() == Some("2.0.0")).then_some(())
+    });
+    let shown = c.fleet.fleetctl_json(&["app", "show", APP]);
+    assert_eq!(shown["desired_version"], "2.0.0", "{shown}");
+
+    // --offline wait: the rollout waits for a host that is down, and
+    // deploys it when it is back within the wait.
+    c.push("3.0.0", &[]);
+    c.fleet.agents[3].kill9();
+    let out = c.rollout(&[
+        "--version",
+        "3.0.0",
+        "--batch",
+        "100%",
+        "--offline",
+        "wait:60s",
+        "--output",
+        "json",
+    ]);
+    assert_success(&out, "start rollout 3.0.0");
+    let id = rollout_id(&out);
+    wait_until(Duration::from_secs(60), "the online hosts on 3.0.0", || {
+        (0..3).all(|i| c.served(i).as_deref() == Some("3.0.0")).then_some(())
+    });
+    assert_eq!(c.show(&id)["state"], "running", "still waiting for app-4");
+    c.fleet.agents[3].start();
+    let r = c.wait_state(&id, &["succeeded", "failed", "rolled_back", "aborted"]);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert_eq!(host_states(&c, &r)[3], (3, "succeeded".to_string()), "{r}");
+    c.wait_all_serve("3.0.0");
+}
+
+#[test]
+fn canary_approval_pause_resume_abort_and_one_rollout_per_app() {
+    let c = Cluster::start(4);
+    c.push("1.0.0", &[]);
+    assert_success(
+        &c.rollout(&["--version", "1.0.0", "--batch", "100%", "--wait"]),
+        "rollout 1.0.0",
+    );
+
+    c.push("2.0.0", &[]);
+    let out = c.rollout(&[
+        "--version",
+        "2.0.0",
+        "--canary",
+        "1",
+        "--canary-approve",
+        "--batch",
+        "2",
+        "--output",
+        "json",
+    ]);
+    assert_success(&out, "start rollout 2.0.0");
+    let id = rollout_id(&out);
+    let r = c.wait_state(&id, &["paused"]);
+    assert!(r["reason"].as_str().unwrap_or_default().contains("resume"), "{r}");
+    assert_eq!(c.served(0).as_deref(), Some("2.0.0"), "the canary runs 2.0.0");
+    assert_eq!(c.served(1).as_deref(), Some("1.0.0"), "the rest waits for approval");
+
+    // A second rollout of the app is refused, naming the running one.
+    let second = c.rollout(&["--version", "2.0.0"]);
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains(&id), "{stderr}");
+
+    assert_success(&c.fleet.fleetctl(&["rollout", "resume", &id]), "resume");
+    let r = c.wait_state(&id, &["succeeded", "failed", "rolled_back", "aborted"]);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    c.wait_all_serve("2.0.0");
+
+    // Abort with rollback while waiting for approval: the canary goes back.
+    c.push("3.0.0", &[]);
+    let out = c.rollout(&[
+        "--version",
+        "3.0.0",
+        "--canary",
+        "1",
+        "--canary-approve",
+        "--output",
+        "json",
+    ]);
+    let id = rollout_id(&out);
+    c.wait_state(&id, &["paused"]);
+    assert_eq!(c.served(0).as_deref(), Some("3.0.0"));
+    assert_success(&c.fleet.fleetctl(&["rollout", "abort", &id, "--rollback"]), "abort");
+    let r = c.wait_state(&id, &["aborted"]);
+    assert_eq!(host_states(&c, &r)[0], (0, "rolled_back".to_string()), "{r}");
+    c.wait_all_serve("2.0.0");
+
+    // Pause between batches, then resume.
+    let out = c.rollout(&[
+        "--version",
+        "3.0.0",
+        "--batch",
+        "1",
+        "--pause-between",
+        "2s",
+        "--output",
+        "json",
+    ]);
+    let id = rollout_id(&out);
+    assert_success(&c.fleet.fleetctl(&["rollout", "pause", &id]), "pause");
+    let r = c.wait_state(&id, &["paused"]);
+    let done = |r: &Value| host_states(&c, r).iter().filter(|(_, s)| s == "succeeded").count();
+    let at_pause = done(&r);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(done(&c.show(&id)), at_pause, "a paused rollout changes no more hosts");
+    assert_success(&c.fleet.fleetctl(&["rollout", "resume", &id]), "resume");
+    let r = c.wait_state(&id, &["succeeded"]);
+    assert_eq!(done(&r), 4, "{r}");
+    c.wait_all_serve("3.0.0");
+
+    // The whole fleet back to the previous release, as a rollout of its own.
+    let out = c.fleet.fleetctl(&["rollback", APP, "--wait", "--output", "json"]);
+    assert_success(&out, "fleet-wide rollback");
+    let r = json(&out);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    c.wait_all_serve("2.0.0");
+}
