@@ -118,6 +118,14 @@ pub async fn start(
         });
     }
     if flags.wait || flags.watch {
+        if !flags.watch {
+            // A CI log shows what it is waiting for; the result stays on stdout.
+            eprintln!(
+                "fleetctl: rollout {} started ({}); waiting for it to end",
+                rollout.id,
+                headline(&rollout)
+            );
+        }
         let ended = watch::follow(client, &rollout.id, flags.watch, format).await?;
         return outcome(&ended, format);
     }
