@@ -171,9 +171,13 @@ impl Systemd {
             .receive_job_removed()
             .await
             .map_err(|e| call("watch jobs of", unit, e))?;
-        let job = manager
-            .restart_unit(unit, "replace")
+        let job = tokio::time::timeout(Duration::from_secs(30), manager.restart_unit(unit, "replace"))
             .await
+            .map_err(|_| SystemdError::Call {
+                what: "restart",
+                unit: unit.into(),
+                detail: "systemd did not take the restart within 30s".into(),
+            })?
             .map_err(|e| call("restart", unit, e))?;
         let wait = async {
             while let Some(signal) = removed.next().await {
@@ -196,8 +200,19 @@ impl Systemd {
             })?
     }
 
-    /// The unit's state now, read fresh (no property cache).
+    /// The unit's state now, read fresh (no property cache); a manager that
+    /// does not answer within 10 s is an error, never a hang.
     pub async fn state(&self, unit: &str) -> Result<FullState, SystemdError> {
+        tokio::time::timeout(Duration::from_secs(10), self.read_state(unit))
+            .await
+            .map_err(|_| SystemdError::Call {
+                what: "read",
+                unit: unit.into(),
+                detail: "systemd did not answer within 10s".into(),
+            })?
+    }
+
+    async fn read_state(&self, unit: &str) -> Result<FullState, SystemdError> {
         let path = self.unit_path(unit).await?;
         let u = UnitProxy::builder(&self.conn)
             .path(path.clone())
