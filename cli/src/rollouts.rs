@@ -530,7 +530,8 @@ fn header_block(r: &Rollout, now_ms: i64) -> Block {
     b
 }
 
-fn running_phases(b: &RolloutBatch) -> String {
+/// "host phase, host phase" for the hosts of a batch that are running.
+pub(crate) fn running_phases(b: &RolloutBatch) -> String {
     b.hosts
         .iter()
         .filter(|h| h.state == "running")

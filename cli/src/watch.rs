@@ -270,20 +270,9 @@ pub fn batch_message(b: &RolloutBatch) -> String {
     if c.skipped > 0 {
         text.push_str(&format!(", {} skipped", c.skipped));
     }
-    let running: Vec<String> = b
-        .hosts
-        .iter()
-        .filter(|h| h.state == "running")
-        .map(|h| {
-            format!(
-                "{} {}",
-                h.host_id,
-                if h.phase.is_empty() { "starting" } else { &h.phase }
-            )
-        })
-        .collect();
+    let running = crate::rollouts::running_phases(b);
     if !running.is_empty() {
-        text.push_str(&format!(" · {}", running.join(", ")));
+        text.push_str(&format!(" · {running}"));
     }
     text
 }

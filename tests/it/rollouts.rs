@@ -71,6 +71,17 @@ impl Cluster {
         }
     }
 
+    /// `n` hosts all running 1.0.0 (rolled out to all at once).
+    fn on_v1(n: usize) -> Cluster {
+        let c = Cluster::start(n);
+        c.push("1.0.0", &[]);
+        assert_success(
+            &c.rollout(&["--version", "1.0.0", "--batch", "100%", "--wait"]),
+            "rollout 1.0.0",
+        );
+        c
+    }
+
     /// A release whose hooks record its activation on each host;
     /// `failing_ports` are the hosts where it is unhealthy.
     fn push(&self, version: &str, failing_ports: &[u16]) {
@@ -332,12 +343,7 @@ fn batches_run_in_order_and_the_failure_budget_rolls_back_exactly_the_changed_ho
 
 #[test]
 fn a_controller_killed_mid_rollout_resumes_without_deploying_a_host_twice() {
-    let mut c = Cluster::start(4);
-    c.push("1.0.0", &[]);
-    assert_success(
-        &c.rollout(&["--version", "1.0.0", "--batch", "100%", "--wait"]),
-        "rollout 1.0.0",
-    );
+    let mut c = Cluster::on_v1(4);
     c.push("2.0.0", &[]);
     let out = c.rollout(&["--version", "2.0.0", "--batch", "1", "--output", "json"]);
     assert_success(&out, "start rollout 2.0.0");
@@ -360,12 +366,7 @@ fn a_controller_killed_mid_rollout_resumes_without_deploying_a_host_twice() {
 
 #[test]
 fn an_offline_host_is_skipped_and_converges_when_it_returns() {
-    let mut c = Cluster::start(4);
-    c.push("1.0.0", &[]);
-    assert_success(
-        &c.rollout(&["--version", "1.0.0", "--batch", "100%", "--wait"]),
-        "rollout 1.0.0",
-    );
+    let mut c = Cluster::on_v1(4);
     c.push("2.0.0", &[]);
     // app-4 goes away while the first batch runs.
     let out = c.rollout(&[
@@ -440,12 +441,7 @@ fn an_offline_host_is_skipped_and_converges_when_it_returns() {
 
 #[test]
 fn canary_approval_pause_resume_abort_and_one_rollout_per_app() {
-    let c = Cluster::start(4);
-    c.push("1.0.0", &[]);
-    assert_success(
-        &c.rollout(&["--version", "1.0.0", "--batch", "100%", "--wait"]),
-        "rollout 1.0.0",
-    );
+    let c = Cluster::on_v1(4);
 
     c.push("2.0.0", &[]);
     let out = c.rollout(&[
@@ -529,12 +525,7 @@ fn canary_approval_pause_resume_abort_and_one_rollout_per_app() {
 
 #[test]
 fn a_batch_past_its_deadline_fails_in_the_phase_it_was_in_and_is_rolled_back() {
-    let c = Cluster::start(2);
-    c.push("1.0.0", &[]);
-    assert_success(
-        &c.rollout(&["--version", "1.0.0", "--batch", "100%", "--wait"]),
-        "rollout 1.0.0",
-    );
+    let c = Cluster::on_v1(2);
     c.push_slow("2.0.0", 6);
     let out = c.rollout(&[
         "--version",
