@@ -189,7 +189,8 @@ pub async fn list(client: &Client, format: Format) -> Result<Report, Error> {
     })
 }
 
-/// `app show`: the definition and what every host runs.
+/// `app show`: the definition, the release for new hosts, and per host
+/// what it should run and what it runs (drift flagged).
 pub async fn show(client: &Client, name: &str, format: Format) -> Result<Report, Error> {
     let status: AppStatus = client
         .apps()
@@ -198,18 +199,26 @@ pub async fn show(client: &Client, name: &str, format: Format) -> Result<Report,
         .map_err(|s| client.fail(s))?
         .into_inner();
     let spec = status.spec.clone().unwrap_or_default();
-    let mut hosts: Vec<(&String, &AppInventory)> = status.hosts.iter().collect();
-    hosts.sort_by_key(|(id, _)| *id);
+    let empty = AppInventory::default();
+    let inventory = |id: &str| status.hosts.get(id).unwrap_or(&empty);
     Ok(match format {
         Format::Json => {
             let mut v = spec_json(&spec);
             v["desired_version"] = json!(status.desired_version);
-            v["hosts"] = hosts
+            v["release_for_new_hosts"] = json!(status.desired_version);
+            v["drift"] = json!(status.host_states.iter().filter(|h| h.drift).count());
+            v["hosts"] = status
+                .host_states
                 .iter()
-                .map(|(id, inv)| {
-                    let mut h = crate::hosts::app_json(inv);
-                    h["host_id"] = json!(id);
-                    h
+                .map(|h| {
+                    let mut j = crate::hosts::app_json(inventory(&h.host_id));
+                    j["host_id"] = json!(h.host_id);
+                    j["hostname"] = json!(h.hostname);
+                    j["desired"] = json!(h.desired);
+                    j["current"] = json!(h.current);
+                    j["connected"] = json!(h.connected);
+                    j["drift"] = json!(h.drift);
+                    j
                 })
                 .collect();
             Report::json(&v)
@@ -218,19 +227,31 @@ pub async fn show(client: &Client, name: &str, format: Format) -> Result<Report,
             let mut block = spec_block(&spec);
             if !status.desired_version.is_empty() {
                 block.line(
-                    "desired",
-                    format!("{} (hosts converge to it when they connect)", status.desired_version),
+                    "for new hosts",
+                    format!("{} (hosts that join get it)", status.desired_version),
+                );
+            }
+            let drifting = status.host_states.iter().filter(|h| h.drift).count();
+            if drifting > 0 {
+                block.line(
+                    "drift",
+                    format!(
+                        "{drifting} host{} run{} something other than their desired release; they converge through the rollout engine when connected",
+                        if drifting == 1 { "" } else { "s" },
+                        if drifting == 1 { "s" } else { "" }
+                    ),
                 );
             }
             let mut out = format!("app {}\n{}", spec.name, block.render());
-            if hosts.is_empty() {
-                out.push_str("\nno host runs it yet; deploy with 'fleetctl deploy APP --version V --host ID'\n");
+            if status.host_states.is_empty() {
+                out.push_str("\nno host matches or runs it yet; check the selector with 'fleetctl hosts ls'\n");
             } else {
                 let now = fleet_proto::now_ms();
                 let mut t = Table::new(vec![
-                    "HOST", "CURRENT", "PREVIOUS", "UNIT", "PID", "RESTARTS", "HEALTH", "ON DISK",
+                    "HOST", "DESIRED", "CURRENT", "", "PREVIOUS", "UNIT", "PID", "RESTARTS", "HEALTH", "ON DISK",
                 ]);
-                for (id, inv) in hosts {
+                for h in &status.host_states {
+                    let inv = inventory(&h.host_id);
                     let unit = inv.unit.clone().unwrap_or_default();
                     let health = match &inv.last_health {
                         Some(h) => format!(
@@ -240,9 +261,20 @@ pub async fn show(client: &Client, name: &str, format: Format) -> Result<Report,
                         ),
                         None => "-".into(),
                     };
+                    let desired = if h.desired.is_empty() && !status.desired_version.is_empty() {
+                        format!("({})", status.desired_version)
+                    } else {
+                        or_dash(&h.desired)
+                    };
                     t.row(vec![
-                        id.clone(),
-                        or_dash(&inv.current),
+                        crate::rollouts::host_label(&h.host_id, &h.hostname),
+                        desired,
+                        or_dash(&h.current),
+                        match (h.drift, h.connected) {
+                            (true, _) => "DRIFT".into(),
+                            (false, false) => "offline".into(),
+                            _ => String::new(),
+                        },
                         or_dash(&inv.previous),
                         if unit.name.is_empty() {
                             "-".into()
@@ -259,6 +291,37 @@ pub async fn show(client: &Client, name: &str, format: Format) -> Result<Report,
                 out.push_str(&t.render());
             }
             Report::out(out)
+        }
+    })
+}
+
+/// `app history APP`: what was rolled out when, by whom, and how it ended
+/// (operator rollouts, rollbacks and the controller's convergence runs).
+pub async fn history(client: &Client, name: &str, format: Format) -> Result<Report, Error> {
+    client
+        .apps()
+        .get_app(GetAppRequest { name: name.to_string() })
+        .await
+        .map_err(|s| client.fail(s))?;
+    let rollouts = client
+        .rollouts()
+        .list_rollouts(fleet_proto::ListRolloutsRequest { app: name.to_string() })
+        .await
+        .map_err(|s| client.fail(s))?
+        .into_inner()
+        .rollouts;
+    Ok(match format {
+        Format::Json => Report::json(&serde_json::Value::Array(
+            rollouts.iter().map(crate::rollouts::history_json).collect(),
+        )),
+        Format::Table => {
+            let mut r = Report::out(crate::rollouts::history_table(&rollouts, fleet_proto::now_ms()));
+            if rollouts.is_empty() {
+                r.stderr = format!(
+                    "{name} has no history yet; roll a release out with 'fleetctl rollout {name} --version V'\n"
+                );
+            }
+            r
         }
     })
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use fleet_proto::rollout::{BatchSpec, FailureBudget, OfflinePolicy};
 
 use crate::config::Flags;
 use crate::output::Format;
@@ -224,7 +225,7 @@ pub enum RolloutCommand {
     },
     /// Where a rollout stands; --watch follows it until it ends.
     Status {
-        /// Rollout id
+        /// Rollout id, or an app name for its latest rollout
         id: String,
         /// Follow it live until it ends
         #[arg(long)]
@@ -260,9 +261,11 @@ pub struct RollbackArgs {
         "selector", "batch", "pause_between", "max_failures", "offline", "batch_deadline", "dry_run", "wait", "watch",
     ])]
     pub host: Option<String>,
-    /// With --host: the release to go back to [default: the previous release]
-    #[arg(long, value_name = "V", requires = "host")]
-    pub version: Option<String>,
+    /// The release to go back to, one for every host [default: the release
+    /// before the app's current one in its history; with --host: the host's
+    /// previous release]
+    #[arg(long, value_name = "V", visible_alias = "version")]
+    pub to: Option<String>,
     /// Without --host: batch size, pacing, failures and output of the rollback rollout
     #[command(flatten)]
     pub flags: RolloutFlags,
@@ -274,56 +277,27 @@ impl RollbackArgs {
         let host = self.host.clone()?;
         Some(DeployArgs {
             app: self.app.clone(),
-            version: self.version.clone(),
+            version: self.to.clone(),
             host,
         })
     }
 }
 
-/// Checks `--batch`: "25%" (1-100) or a count of at least 1.
+/// Checks `--batch` with the contract's own parser (`fleet_proto::rollout`),
+/// the one the controller uses: "25%" (1-100) or a count of at least 1.
 pub fn parse_batch(s: &str) -> Result<String, String> {
-    let s = s.trim();
-    let ok = match s.strip_suffix('%') {
-        Some(p) => p.parse::<u32>().is_ok_and(|p| (1..=100).contains(&p)),
-        None => s.parse::<u32>().is_ok_and(|n| n >= 1),
-    };
-    if ok {
-        Ok(s.to_string())
-    } else {
-        Err(format!(
-            "batch '{s}' is neither a share of 1-100% nor a host count of at least 1; use e.g. 25% or 2"
-        ))
-    }
+    s.parse::<BatchSpec>().map(|b| b.to_string())
 }
 
-/// Checks `--max-failures`: a count (0 and up) or "10%" (0-100).
+/// Checks `--max-failures` with the contract's parser: a count or "10%".
 pub fn parse_max_failures(s: &str) -> Result<String, String> {
-    let s = s.trim();
-    let ok = match s.strip_suffix('%') {
-        Some(p) => p.parse::<u32>().is_ok_and(|p| p <= 100),
-        None => s.parse::<u32>().is_ok(),
-    };
-    if ok {
-        Ok(s.to_string())
-    } else {
-        Err(format!(
-            "failure budget '{s}' is neither a host count nor a share of 0-100%; use e.g. 0, 2 or 10%"
-        ))
-    }
+    s.parse::<FailureBudget>().map(|b| b.to_string())
 }
 
-/// Checks `--offline`: "skip" or "wait:DURATION"; the duration is kept as given.
+/// Checks `--offline` with the contract's parser: "skip" or "wait:DURATION"
+/// (kept as given).
 pub fn parse_offline(s: &str) -> Result<String, String> {
-    let s = s.trim();
-    if s == "skip" {
-        return Ok(s.into());
-    }
-    match s.strip_prefix("wait:") {
-        Some(d) => parse_duration(d).map(|_| s.to_string()),
-        None => Err(format!(
-            "--offline '{s}' is neither 'skip' nor 'wait:DURATION'; use e.g. wait:5m"
-        )),
-    }
+    s.parse::<OfflinePolicy>().map(|_| s.trim().to_string())
 }
 
 /// `fleetctl bootstrap`: per host, verify its SSH host key, upload the agent
@@ -481,8 +455,13 @@ pub enum AppCommand {
     /// List apps.
     #[command(visible_alias = "list")]
     Ls,
-    /// Show an app and what each host runs.
+    /// Show an app and, per host, what it should run and what it runs.
     Show {
+        /// App name
+        name: String,
+    },
+    /// What was rolled out when, by whom, and how it ended.
+    History {
         /// App name
         name: String,
     },
@@ -856,8 +835,14 @@ mod tests {
         assert_eq!((req.batch.as_str(), req.selector.as_str()), ("50%", "env=prod"));
         // Rollout flags belong to the fleet-wide form.
         assert!(Cli::try_parse_from(["fleetctl", "rollback", "api", "--host", "web-1", "--batch", "2"]).is_err());
-        // --version picks the release of one host only.
-        assert!(Cli::try_parse_from(["fleetctl", "rollback", "api", "--version", "1.0"]).is_err());
+        // --to (or --version) names one release for the whole selection.
+        for flag in ["--to", "--version"] {
+            let cli = Cli::try_parse_from(["fleetctl", "rollback", "api", flag, "1.0"]).expect("parse");
+            let Command::Rollback(args) = cli.command else {
+                panic!("wrong command");
+            };
+            assert_eq!(crate::rollouts::rollback_request(&args).version, "1.0");
+        }
     }
 
     #[test]

@@ -62,6 +62,7 @@ pub async fn execute(cli: &Cli, env: &Env) -> Result<Report, Error> {
         }
         Command::App(AppCommand::Ls) => apps::list(&connect(cli, env).await?, format).await,
         Command::App(AppCommand::Show { name }) => apps::show(&connect(cli, env).await?, name, format).await,
+        Command::App(AppCommand::History { name }) => apps::history(&connect(cli, env).await?, name, format).await,
         Command::Release(ReleaseCommand::Push(args)) => apps::push(&connect(cli, env).await?, args, format).await,
         Command::Release(ReleaseCommand::Ls { app }) => apps::releases(&connect(cli, env).await?, app, format).await,
         Command::Release(ReleaseCommand::Show { app, version }) => {

@@ -6,9 +6,10 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use fleet_proto::rollout::short_id;
 use fleet_proto::{
-    ControlRolloutRequest, GetRolloutRequest, ListRolloutsRequest, Rollout, RolloutBatch, RolloutHost,
-    StartRolloutRequest, TaskProgress, TaskState,
+    ControlAction, ControlRolloutRequest, GetRolloutRequest, HostState, ListRolloutsRequest, Rollout, RolloutBatch,
+    RolloutHost, RolloutKind, RolloutState, StartRolloutRequest, TaskProgress, TaskState,
 };
 use serde_json::{json, Value};
 
@@ -28,12 +29,22 @@ pub const DEFAULT_MAX_FAILURES: &str = "0";
 /// Offline hosts are skipped by default: they converge when they return.
 pub const DEFAULT_OFFLINE: &str = "skip";
 
-/// States a rollout ends in.
-const ENDED: [&str; 4] = ["succeeded", "failed", "rolled_back", "aborted"];
-
 /// Whether a rollout has ended.
 pub fn has_ended(r: &Rollout) -> bool {
-    ENDED.contains(&r.state.as_str())
+    r.state().ended()
+}
+
+/// A host as people read it: "web-1 (0123456789ab)", or the short id alone.
+pub fn host_label(host_id: &str, hostname: &str) -> String {
+    if hostname.is_empty() {
+        short_id(host_id).to_string()
+    } else {
+        format!("{hostname} ({})", short_id(host_id))
+    }
+}
+
+fn label(h: &RolloutHost) -> String {
+    host_label(&h.host_id, &h.hostname)
 }
 
 fn millis(d: Option<Duration>) -> u64 {
@@ -80,10 +91,12 @@ pub fn start_request(args: &StartArgs) -> Result<StartRolloutRequest, Error> {
 }
 
 /// The request of the fleet-wide `rollback APP` (no --host): every host of
-/// the selection back to its previous release, no canary, large batches.
+/// the selection to one earlier release (`--to`, or the one before the
+/// app's current release in its history), no canary, large batches.
 pub fn rollback_request(args: &RollbackArgs) -> StartRolloutRequest {
     let mut req = StartRolloutRequest {
         app: args.app.clone(),
+        version: args.to.clone().unwrap_or_default(),
         rollback: true,
         ..Default::default()
     };
@@ -181,14 +194,44 @@ pub async fn show(client: &Client, id: &str, format: Format) -> Result<Report, E
     })
 }
 
-/// `rollout status ID [--watch]`: where it stands; --watch follows it to its
-/// end and exits like --wait.
+/// A rollout id, or an app name for that app's latest rollout.
+async fn resolve(client: &Client, id_or_app: &str) -> Result<Rollout, Error> {
+    if id_or_app.starts_with("r-") {
+        return get(client, id_or_app).await;
+    }
+    let rollouts = client
+        .rollouts()
+        .list_rollouts(ListRolloutsRequest {
+            app: id_or_app.to_string(),
+        })
+        .await
+        .map_err(|s| client.fail(s))?
+        .into_inner()
+        .rollouts;
+    rollouts.into_iter().next().ok_or_else(|| Error::Rpc {
+        code: tonic::Code::NotFound,
+        message: format!(
+            "no rollout '{id_or_app}', and no app of that name has any; list them with 'fleetctl rollout ls'"
+        ),
+    })
+}
+
+/// `rollout status ID|APP [--watch]`: where it stands. Exits like --wait:
+/// 0 only for a rollout that succeeded, 1 when it ended otherwise; one
+/// still going exits 0 (--watch follows it to its end).
 pub async fn status(client: &Client, id: &str, follow: bool, format: Format) -> Result<Report, Error> {
+    let rollout = resolve(client, id).await?;
     if follow {
-        let ended = watch::follow(client, id, true, format).await?;
+        let ended = watch::follow(client, &rollout.id, true, format).await?;
         return outcome(&ended, format);
     }
-    let rollout = get(client, id).await?;
+    if has_ended(&rollout) && rollout.state() != RolloutState::Succeeded {
+        if format == Format::Table {
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(status_text(&rollout).as_bytes());
+        }
+        return outcome(&rollout, format);
+    }
     Ok(match format {
         Format::Json => Report::json(&rollout_json(&rollout)),
         Format::Table => Report::out(status_text(&rollout)),
@@ -201,7 +244,12 @@ pub async fn control(client: &Client, id: &str, action: &str, rollback: bool, fo
         .rollouts()
         .control_rollout(ControlRolloutRequest {
             id: id.to_string(),
-            action: action.to_string(),
+            action: match action {
+                "pause" => ControlAction::Pause,
+                "resume" => ControlAction::Resume,
+                _ => ControlAction::Abort,
+            }
+            .into(),
             rollback,
         })
         .await
@@ -224,7 +272,7 @@ pub async fn control(client: &Client, id: &str, action: &str, rollback: bool, fo
 /// The result of --wait / --watch: Ok when the rollout succeeded, else a
 /// failure (exit 1) with the reason; with JSON the record is printed either way.
 pub fn outcome(rollout: &Rollout, format: Format) -> Result<Report, Error> {
-    if rollout.state == "succeeded" {
+    if rollout.state() == RolloutState::Succeeded {
         return Ok(match format {
             Format::Json => Report::json(&rollout_json(rollout)),
             Format::Table => Report::out(format!(
@@ -244,15 +292,23 @@ pub fn outcome(rollout: &Rollout, format: Format) -> Result<Report, Error> {
 
 /// Why a rollout did not succeed, naming the failed hosts (the first five).
 pub fn failure_text(r: &Rollout) -> String {
-    let mut text = format!("rollout {} of {} ended {}", r.id, r.app, r.state.replace('_', " "));
+    let mut text = format!(
+        "rollout {} of {} ended {}",
+        r.id,
+        r.app,
+        r.state().word().replace('_', " ")
+    );
     if !r.reason.is_empty() {
         let _ = write!(text, ": {}", r.reason);
     }
     let failed: Vec<&RolloutHost> = hosts(r)
-        .filter(|h| h.state == "failed" || (h.state == "rolled_back" && h.cause != 0))
+        .filter(|h| {
+            matches!(h.state(), HostState::Failed | HostState::RollbackFailed)
+                || (h.state() == HostState::RolledBack && h.cause != 0)
+        })
         .collect();
     for h in failed.iter().take(5) {
-        let _ = write!(text, "\n  {}: {}", h.host_id, host_failure(h));
+        let _ = write!(text, "\n  {}: {}", label(h), host_failure(h));
     }
     if failed.len() > 5 {
         let _ = write!(
@@ -271,7 +327,7 @@ fn host_failure(h: &RolloutHost) -> String {
         (false, false) => format!("{cause}: {}", first_line(&h.detail)),
         (false, true) => cause.to_string(),
         (true, false) => first_line(&h.detail).to_string(),
-        (true, true) => h.state.replace('_', " "),
+        (true, true) => h.state().word().replace('_', " "),
     }
 }
 
@@ -305,16 +361,16 @@ impl Counts {
     pub fn of<'a>(batches: impl Iterator<Item = &'a RolloutBatch>) -> Counts {
         let mut c = Counts::default();
         for h in batches.flat_map(|b| b.hosts.iter()) {
-            match h.state.as_str() {
-                "succeeded" => c.done += 1,
-                "failed" => c.failed += 1,
-                "rolled_back" => c.rolled_back += 1,
-                "skipped" => c.skipped += 1,
-                "running" => {
+            match h.state() {
+                HostState::Succeeded | HostState::Unchanged => c.done += 1,
+                HostState::Failed | HostState::RollbackFailed => c.failed += 1,
+                HostState::RolledBack => c.rolled_back += 1,
+                HostState::Skipped => c.skipped += 1,
+                HostState::Running | HostState::RollingBack => {
                     c.pending += 1;
                     c.running += 1;
                 }
-                _ => c.pending += 1,
+                HostState::Pending | HostState::Unspecified => c.pending += 1,
             }
         }
         c
@@ -354,21 +410,20 @@ fn plural(n: usize, one: &str) -> String {
 
 /// The release a rollout moves hosts to, in words.
 fn target(r: &Rollout) -> String {
-    let rollback = r.params.as_ref().is_some_and(|p| p.rollback);
-    match (rollback, r.version.is_empty()) {
+    match (r.kind(), r.version.is_empty()) {
         (_, false) => r.version.clone(),
-        (true, true) => "previous".into(),
-        (false, true) => "?".into(),
+        (RolloutKind::Converge, true) => "desired".into(),
+        (_, true) => "?".into(),
     }
 }
 
 /// "api-service → 2.0.0, 8 hosts in 4 batches" (or "rollback of …").
 pub fn headline(r: &Rollout) -> String {
     let n = hosts(r).count();
-    let what = if r.params.as_ref().is_some_and(|p| p.rollback) {
-        format!("rollback of {} to {}", r.app, target(r))
-    } else {
-        format!("{} → {}", r.app, target(r))
+    let what = match r.kind() {
+        RolloutKind::Rollback => format!("rollback of {} to {}", r.app, target(r)),
+        RolloutKind::Converge => format!("convergence of {} to each host's desired release", r.app),
+        _ => format!("{} → {}", r.app, target(r)),
     };
     format!("{what}, {} in {}", plural(n, "host"), plural(r.batches.len(), "batch")).replace("batchs", "batches")
 }
@@ -432,17 +487,17 @@ pub fn plan_text(r: &Rollout) -> String {
         });
         let _ = writeln!(out, "pacing: {}", pacing.join("; "));
     }
-    let width = hosts(r).map(|h| h.host_id.chars().count()).max().unwrap_or(0);
-    let to = target(r);
+    let width = hosts(r).map(|h| label(h).chars().count()).max().unwrap_or(0);
     for (i, b) in r.batches.iter().enumerate() {
         let _ = writeln!(out, "{}: {}", batch_name(r, i), plural(b.hosts.len(), "host"));
         for h in &b.hosts {
             let _ = writeln!(
                 out,
-                "  {:width$}  {} → {to}{}",
-                h.host_id,
+                "  {:width$}  {} → {}{}",
+                label(h),
                 or_none(&h.from_version),
-                if h.state == "skipped" {
+                h.to_version,
+                if h.state() == HostState::Skipped {
                     "  (skipped: offline)"
                 } else {
                     ""
@@ -474,14 +529,15 @@ fn seconds(ms: u64) -> String {
 
 /// `rollout ls` as a table.
 pub fn list_table(rollouts: &[Rollout], now_ms: i64) -> String {
-    let mut t = Table::new(vec!["ID", "APP", "VERSION", "STATE", "HOSTS", "STARTED", "BY"]);
+    let mut t = Table::new(vec!["ID", "APP", "KIND", "VERSION", "STATE", "HOSTS", "STARTED", "BY"]);
     for r in rollouts {
         let c = Counts::of(r.batches.iter());
         t.row(vec![
             r.id.clone(),
             r.app.clone(),
+            r.kind().word().to_string(),
             target(r),
-            r.state.clone(),
+            r.state().word().to_string(),
             if c.rolled_back > 0 {
                 format!(
                     "{}/{} done, {} failed, {} rolled back",
@@ -500,11 +556,53 @@ pub fn list_table(rollouts: &[Rollout], now_ms: i64) -> String {
     t.render()
 }
 
+/// `app history` as a table: newest first, one line per rollout.
+pub fn history_table(rollouts: &[Rollout], now_ms: i64) -> String {
+    let mut t = Table::new(vec!["WHEN", "KIND", "VERSION", "OUTCOME", "HOSTS", "BY", "ID"]);
+    for r in rollouts {
+        let c = Counts::of(r.batches.iter());
+        let scope = r
+            .params
+            .as_ref()
+            .map(|p| p.selector.clone())
+            .filter(|s| !s.is_empty())
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default();
+        t.row(vec![
+            output::relative_or(r.created_at_ms, now_ms, "-"),
+            r.kind().word().to_string(),
+            format!("{}{scope}", target(r)),
+            r.state().word().to_string(),
+            format!("{}/{} done, {} failed", c.done, c.total(), c.failed),
+            or_dash(&r.created_by),
+            r.id.clone(),
+        ]);
+    }
+    t.render()
+}
+
+/// One `app history` entry for scripts.
+pub fn history_json(r: &Rollout) -> Value {
+    let c = Counts::of(r.batches.iter());
+    json!({
+        "id": r.id,
+        "kind": r.kind().word(),
+        "version": r.version,
+        "selector": r.params.as_ref().map(|p| p.selector.clone()).unwrap_or_default(),
+        "state": r.state().word(),
+        "reason": r.reason,
+        "created_at_ms": r.created_at_ms,
+        "ended_at_ms": r.ended_at_ms,
+        "created_by": r.created_by,
+        "hosts": { "total": c.total(), "done": c.done, "failed": c.failed, "rolled_back": c.rolled_back, "skipped": c.skipped },
+    })
+}
+
 fn state_line(r: &Rollout) -> String {
     if has_ended(r) || r.batches.is_empty() {
-        return r.state.clone();
+        return r.state().word().to_string();
     }
-    format!("{} ({})", r.state, batch_name(r, r.current_batch as usize))
+    format!("{} ({})", r.state().word(), batch_name(r, r.current_batch as usize))
 }
 
 fn header_block(r: &Rollout, now_ms: i64) -> Block {
@@ -534,11 +632,11 @@ fn header_block(r: &Rollout, now_ms: i64) -> Block {
 pub(crate) fn running_phases(b: &RolloutBatch) -> String {
     b.hosts
         .iter()
-        .filter(|h| h.state == "running")
+        .filter(|h| h.state().in_flight())
         .map(|h| {
             format!(
                 "{} {}",
-                h.host_id,
+                label(h),
                 if h.phase.is_empty() { "starting" } else { &h.phase }
             )
         })
@@ -553,7 +651,7 @@ pub fn status_text(r: &Rollout) -> String {
     let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
     for (b, name) in r.batches.iter().zip(&names) {
         let c = Counts::of(std::iter::once(b));
-        let mut line = format!("{name:width$}  {:<7}  {}", b.state, c.summary());
+        let mut line = format!("{name:width$}  {:<7}  {}", b.state().word(), c.summary());
         let running = running_phases(b);
         if !running.is_empty() {
             let _ = write!(line, "; now: {running}");
@@ -605,23 +703,25 @@ pub fn show_text(r: &Rollout, now_ms: i64) -> String {
         out = out.trim_end().to_string();
         let _ = writeln!(out, "\nparameters:     {}", how.join(", "));
     }
-    let to = target(r);
-    let width = hosts(r).map(|h| h.host_id.chars().count()).max().unwrap_or(0);
+    let width = hosts(r).map(|h| label(h).chars().count()).max().unwrap_or(0);
     for (i, b) in r.batches.iter().enumerate() {
-        let _ = writeln!(out, "\n{}: {}", batch_name(r, i), b.state);
+        let _ = writeln!(out, "\n{}: {}", batch_name(r, i), b.state().word());
         for h in &b.hosts {
             let total: u64 = steps(h).map(|p| p.duration_ms).sum();
             let mut line = format!(
-                "  {:width$}  {} → {to}  {}",
-                h.host_id,
+                "  {:width$}  {} → {}  {}",
+                label(h),
                 or_none(&h.from_version),
-                h.state.replace('_', " ")
+                h.to_version,
+                h.state().word().replace('_', " ")
             );
-            match h.state.as_str() {
-                "running" if !h.phase.is_empty() => {
+            match h.state() {
+                HostState::Running | HostState::RollingBack if !h.phase.is_empty() => {
                     let _ = write!(line, " (in {})", h.phase);
                 }
-                "failed" | "rolled_back" if h.cause != 0 || !h.detail.is_empty() => {
+                HostState::Failed | HostState::RolledBack | HostState::RollbackFailed | HostState::Skipped
+                    if h.cause != 0 || !h.detail.is_empty() =>
+                {
                     let _ = write!(line, ": {}", host_failure(h));
                 }
                 _ => {}
@@ -665,7 +765,10 @@ pub fn rollout_json(r: &Rollout) -> Value {
         "id": r.id,
         "app": r.app,
         "version": r.version,
-        "state": r.state,
+        "kind": r.kind().word(),
+        "state": r.state().word(),
+        "whole_selection": r.whole_selection,
+        "batch_size": r.batch_size,
         "reason": r.reason,
         "created_at_ms": r.created_at_ms,
         "ended_at_ms": r.ended_at_ms,
@@ -699,13 +802,15 @@ pub fn rollout_json(r: &Rollout) -> Value {
         "batches": r.batches.iter().enumerate().map(|(i, b)| json!({
             "index": i,
             "canary": b.canary,
-            "state": b.state,
+            "state": b.state().word(),
             "started_at_ms": b.started_at_ms,
             "ended_at_ms": b.ended_at_ms,
             "hosts": b.hosts.iter().map(|h| json!({
                 "host_id": h.host_id,
+                "hostname": h.hostname,
                 "from_version": h.from_version,
-                "state": h.state,
+                "to_version": h.to_version,
+                "state": h.state().word(),
                 "phase": h.phase,
                 "cause": cause_name(h.cause()),
                 "detail": h.detail,
@@ -720,13 +825,31 @@ pub(crate) mod tests {
     use super::*;
     use fleet_proto::FailureCause;
 
+    fn host_state(word: &str) -> HostState {
+        HostState::from_str_name(&format!("HOST_STATE_{}", word.to_uppercase())).expect("a host state")
+    }
+
+    fn batch(hosts: Vec<RolloutHost>, state: &str, canary: bool) -> RolloutBatch {
+        let mut b = RolloutBatch {
+            hosts,
+            canary,
+            ..Default::default()
+        };
+        b.set_state(
+            fleet_proto::BatchState::from_str_name(&format!("BATCH_STATE_{}", state.to_uppercase())).expect("state"),
+        );
+        b
+    }
+
     fn host(id: &str, from: &str, state: &str) -> RolloutHost {
-        RolloutHost {
+        let mut h = RolloutHost {
             host_id: id.into(),
             from_version: from.into(),
-            state: state.into(),
+            to_version: "2.0".into(),
             ..Default::default()
-        }
+        };
+        h.set_state(host_state(state));
+        h
     }
 
     fn step(phase: &str, state: TaskState, ms: u64, detail: &str) -> TaskProgress {
@@ -756,11 +879,10 @@ pub(crate) mod tests {
         failed.cause = FailureCause::Health as i32;
         failed.detail = "HTTP 500 from /health\nbody: boom".into();
         failed.timeline = vec![step("health", TaskState::Failed, 30_000, "HTTP 500 from /health")];
-        Rollout {
+        let mut r = Rollout {
             id: "r-42".into(),
             app: "api".into(),
             version: "2.0".into(),
-            state: "running".into(),
             params: Some(StartRolloutRequest {
                 app: "api".into(),
                 version: "2.0".into(),
@@ -772,31 +894,18 @@ pub(crate) mod tests {
                 ..Default::default()
             }),
             batches: vec![
-                RolloutBatch {
-                    hosts: vec![ok],
-                    state: "done".into(),
-                    canary: true,
-                    ..Default::default()
-                },
-                RolloutBatch {
-                    hosts: vec![running, failed],
-                    state: "running".into(),
-                    canary: false,
-                    ..Default::default()
-                },
-                RolloutBatch {
-                    hosts: vec![host("web-4", "1.0", "pending")],
-                    state: "pending".into(),
-                    canary: false,
-                    ..Default::default()
-                },
+                batch(vec![ok], "done", true),
+                batch(vec![running, failed], "running", false),
+                batch(vec![host("web-4", "1.0", "pending")], "pending", false),
             ],
             created_at_ms: 1_700_000_000_000,
             created_by: "admin".into(),
             failure_budget: 1,
             current_batch: 1,
             ..Default::default()
-        }
+        };
+        r.set_state(RolloutState::Running);
+        r
     }
 
     #[test]
@@ -816,7 +925,7 @@ pub(crate) mod tests {
         assert_eq!(c.summary(), "1 done, 1 failed, 2 pending");
         assert_eq!((c.total(), c.finished()), (4, 2));
         let mut r = sample();
-        r.batches[0].hosts[0].state = "rolled_back".into();
+        r.batches[0].hosts[0].set_state(HostState::RolledBack);
         let c = Counts::of(r.batches.iter());
         assert_eq!(c.summary(), "0 done, 1 failed, 1 rolled back, 2 pending");
         assert_eq!((c.total(), c.finished()), (4, 2));
@@ -825,7 +934,7 @@ pub(crate) mod tests {
     #[test]
     fn plan_lists_batches_versions_and_budget() {
         let mut r = sample();
-        r.state = "planned".into();
+        r.set_state(RolloutState::Planned);
         let text = plan_text(&r);
         assert_eq!(
             text,
@@ -849,8 +958,8 @@ pub(crate) mod tests {
         let text = list_table(&[sample()], 1_700_000_060_000);
         assert_eq!(
             text,
-            "ID    APP  VERSION  STATE    HOSTS               STARTED  BY\n\
-             r-42  api  2.0      running  1/4 done, 1 failed  1m ago   admin\n"
+            "ID    APP  KIND     VERSION  STATE    HOSTS               STARTED  BY\n\
+             r-42  api  rollout  2.0      running  1/4 done, 1 failed  1m ago   admin\n"
         );
     }
 
@@ -898,7 +1007,7 @@ pub(crate) mod tests {
     #[test]
     fn failure_names_the_reason_and_the_hosts() {
         let mut r = sample();
-        r.state = "rolled_back".into();
+        r.set_state(RolloutState::RolledBack);
         r.reason = "2 hosts failed, budget 1".into();
         assert_eq!(
             failure_text(&r),
@@ -906,7 +1015,7 @@ pub(crate) mod tests {
         );
         let err = outcome(&r, Format::Table).expect_err("rolled back is a failure");
         assert_eq!(err.exit_code() as u8, 1);
-        r.state = "succeeded".into();
+        r.set_state(RolloutState::Succeeded);
         let report = outcome(&r, Format::Table).expect("success");
         assert_eq!(report.stdout, "rollout r-42 succeeded: 1 done, 1 failed, 2 pending\n");
     }
@@ -923,13 +1032,31 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn rollback_headline_names_the_previous_release() {
+    fn headlines_name_the_kind_and_the_release() {
         let mut r = sample();
+        r.version = "1.0".into();
+        r.set_kind(RolloutKind::Rollback);
+        assert_eq!(headline(&r), "rollback of api to 1.0, 4 hosts in 3 batches");
         r.version.clear();
-        r.params = Some(StartRolloutRequest {
-            rollback: true,
-            ..Default::default()
-        });
-        assert_eq!(headline(&r), "rollback of api to previous, 4 hosts in 3 batches");
+        r.set_kind(RolloutKind::Converge);
+        assert_eq!(
+            headline(&r),
+            "convergence of api to each host's desired release, 4 hosts in 3 batches"
+        );
+    }
+
+    #[test]
+    fn hosts_are_named_by_hostname_and_short_id() {
+        assert_eq!(host_label("0123456789abcdef", "web-1"), "web-1 (0123456789ab)");
+        assert_eq!(host_label("0123456789abcdef", ""), "0123456789ab");
+        let mut r = sample();
+        r.batches[1].hosts[1].hostname = "db-7".into();
+        r.batches[1].hosts[1].host_id = "fedcba9876543210".into();
+        r.set_state(RolloutState::RolledBack);
+        assert!(
+            failure_text(&r).contains("\n  db-7 (fedcba987654): health check failed"),
+            "{}",
+            failure_text(&r)
+        );
     }
 }

@@ -8,7 +8,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use fleet_proto::{Event, GetRolloutRequest, Rollout, RolloutBatch};
+use fleet_proto::{Event, EventKind, GetRolloutRequest, HostState, Rollout, RolloutBatch};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tonic::Code;
 
@@ -85,7 +85,7 @@ async fn watch_once(
         sink.event(&event);
         if let Some(r) = &event.rollout {
             *last = Some(r.clone());
-            if event.kind == "rollout_ended" || (event.kind == "snapshot" && has_ended(r)) {
+            if event.kind() == EventKind::RolloutEnded || (event.kind() == EventKind::Snapshot && has_ended(r)) {
                 return Ok(Some(r.clone()));
             }
         }
@@ -173,34 +173,47 @@ pub fn event_line(e: &Event) -> String {
     let empty = Rollout::default();
     let r = e.rollout.as_ref().unwrap_or(&empty);
     let counts = Counts::of(r.batches.iter());
-    let text = match e.kind.as_str() {
-        "snapshot" => format!(
-            "rollout {} of {} to {}: {}, {}",
+    let who = || {
+        if e.hostname.is_empty() {
+            crate::rollouts::host_label(&e.host_id, "")
+        } else {
+            crate::rollouts::host_label(&e.host_id, &e.hostname)
+        }
+    };
+    let text = match e.kind() {
+        EventKind::Snapshot => format!(
+            "{} {} of {} to {}: {}, {}",
+            r.kind().word(),
             r.id,
             r.app,
-            if r.version.is_empty() { "previous" } else { &r.version },
-            r.state.replace('_', " "),
+            if r.version.is_empty() { "desired" } else { &r.version },
+            r.state().word().replace('_', " "),
             counts.summary()
         ),
-        "rollout_started" => format!(
+        EventKind::RolloutStarted => format!(
             "started: {} hosts in {} batches, failure budget {}",
             counts.total(),
             r.batches.len(),
             r.failure_budget
         ),
-        "batch_started" => {
-            let hosts: Vec<&str> = r
+        EventKind::BatchStarted => {
+            let hosts: Vec<String> = r
                 .batches
                 .get(r.current_batch as usize)
-                .map(|b| b.hosts.iter().map(|h| h.host_id.as_str()).collect())
+                .map(|b| {
+                    b.hosts
+                        .iter()
+                        .map(|h| crate::rollouts::host_label(&h.host_id, &h.hostname))
+                        .collect()
+                })
                 .unwrap_or_default();
             format!("{} started: {}", batch_label(r), hosts.join(", "))
         }
-        "host_phase" => format!("{} {}", e.host_id, e.detail.trim()),
-        "host_done" => {
+        EventKind::HostPhase => format!("{} {}", who(), e.detail.trim()),
+        EventKind::HostDone => {
             let host = r.batches.iter().flat_map(|b| &b.hosts).find(|h| h.host_id == e.host_id);
             match host {
-                Some(h) if h.state == "succeeded" => format!("{} done", h.host_id),
+                Some(h) if h.state() == HostState::Succeeded => format!("{} done", who()),
                 Some(h) => {
                     let cause = crate::apps::cause_name(h.cause());
                     let why = if h.detail.is_empty() {
@@ -208,40 +221,42 @@ pub fn event_line(e: &Event) -> String {
                     } else {
                         &h.detail
                     };
-                    let state = h.state.replace('_', " ");
+                    let state = h.state().word().replace('_', " ");
                     let text = if cause.is_empty() {
-                        format!("{} {state}", h.host_id)
+                        format!("{} {state}", who())
                     } else {
-                        format!("{} {state}, {cause}", h.host_id)
+                        format!("{} {state}, {cause}", who())
                     };
                     with_detail(text, why)
                 }
-                None => with_detail(format!("{} done", e.host_id), &e.detail),
+                None => with_detail(format!("{} done", who()), &e.detail),
             }
         }
-        "batch_done" => {
+        EventKind::BatchDone => {
             let batch = r.batches.get(r.current_batch as usize);
-            let state = batch.map(|b| b.state.as_str()).unwrap_or("done");
+            let state = batch.map(|b| b.state().word()).unwrap_or("done");
             let in_batch = Counts::of(batch.into_iter());
             format!("{} {state}: {}", batch_label(r), in_batch.summary())
         }
         // The detail may repeat the kind or the state ("resumed",
         // "succeeded"): only a reason is worth adding.
-        kind @ ("paused" | "resumed") => with_detail(kind.into(), e.detail.trim_start_matches(kind)),
-        "rolling_back" => with_detail("rolling back the changed hosts".into(), &e.detail),
-        "rollout_ended" => {
+        kind @ (EventKind::Paused | EventKind::Resumed) => {
+            with_detail(kind.word().into(), e.detail.trim_start_matches(kind.word()))
+        }
+        EventKind::RollingBack => with_detail("rolling back the changed hosts".into(), &e.detail),
+        EventKind::RolloutEnded => {
             let why = if r.reason.is_empty() {
-                e.detail.trim_start_matches(r.state.as_str()).trim_start_matches(':')
+                e.detail.trim_start_matches(r.state().word()).trim_start_matches(':')
             } else {
                 &r.reason
             };
             with_detail(
-                format!("ended {}, {}", r.state.replace('_', " "), counts.summary()),
+                format!("ended {}, {}", r.state().word().replace('_', " "), counts.summary()),
                 why,
             )
         }
         other => {
-            let mut text = other.to_string();
+            let mut text = other.word().to_string();
             if !e.host_id.is_empty() {
                 text = format!("{text} {}", e.host_id);
             }
@@ -256,14 +271,14 @@ pub fn overall_message(r: &Rollout) -> String {
     format!(
         "{} · {}",
         Counts::of(r.batches.iter()).summary(),
-        r.state.replace('_', " ")
+        r.state().word().replace('_', " ")
     )
 }
 
 /// A batch bar's message: its state, counts, and each running host's phase.
 pub fn batch_message(b: &RolloutBatch) -> String {
     let c = Counts::of(std::iter::once(b));
-    let mut text = format!("{} · {} done, {} failed", b.state, c.done, c.failed);
+    let mut text = format!("{} · {} done, {} failed", b.state().word(), c.done, c.failed);
     if c.rolled_back > 0 {
         text.push_str(&format!(", {} rolled back", c.rolled_back));
     }
@@ -302,7 +317,7 @@ impl Bars {
 
     fn event(&mut self, e: &Event) {
         // Host phases show on the bars; everything else is also worth a line.
-        if e.kind != "host_phase" {
+        if e.kind() != EventKind::HostPhase {
             let _ = self.multi.println(event_line(e));
         }
         let Some(r) = &e.rollout else { return };
@@ -349,14 +364,16 @@ mod tests {
     use crate::rollouts::tests::sample;
 
     fn event(kind: &str, host: &str, detail: &str, r: Rollout) -> Event {
-        Event {
+        let mut e = Event {
             at_ms: 1_700_000_000_000,
             rollout_id: r.id.clone(),
             host_id: host.into(),
-            kind: kind.into(),
             detail: detail.into(),
             rollout: Some(r),
-        }
+            ..Default::default()
+        };
+        e.set_kind(EventKind::from_str_name(&format!("EVENT_KIND_{}", kind.to_uppercase())).unwrap_or_default());
+        e
     }
 
     #[test]
@@ -390,16 +407,16 @@ mod tests {
         );
         assert_eq!(line("paused", "", "by admin"), "22:13:20 paused: by admin");
         assert_eq!(line("resumed", "", "resumed"), "22:13:20 resumed");
-        assert_eq!(line("something_new", "web-4", "x"), "22:13:20 something_new web-4: x");
+        assert_eq!(line("something_new", "web-4", "x"), "22:13:20 unknown web-4: x");
         let mut ended = sample();
-        ended.state = "rolled_back".into();
+        ended.set_state(fleet_proto::RolloutState::RolledBack);
         ended.reason = "2 hosts failed, budget 1".into();
         assert_eq!(
             event_line(&event("rollout_ended", "", "", ended)),
             "22:13:20 ended rolled back, 1 done, 1 failed, 2 pending: 2 hosts failed, budget 1"
         );
         let mut done = sample();
-        done.state = "succeeded".into();
+        done.set_state(fleet_proto::RolloutState::Succeeded);
         assert_eq!(
             event_line(&event("rollout_ended", "", "succeeded", done)),
             "22:13:20 ended succeeded, 1 done, 1 failed, 2 pending"

@@ -10,7 +10,7 @@ use std::time::Duration;
 use fleet_proto::app_service_server::AppService;
 use fleet_proto::health_check::Check;
 use fleet_proto::{
-    task, AppSpec, AppStatus, DeployRequest, DeployTask, FailureCause, GetAppRequest, ListAppsRequest,
+    task, AppHost, AppSpec, AppStatus, DeployRequest, DeployTask, FailureCause, GetAppRequest, ListAppsRequest,
     ListAppsResponse, RollbackTask, TaskProgress, TaskState,
 };
 use tokio::sync::mpsc;
@@ -132,17 +132,40 @@ impl AppService for AppsService {
             .app(name)
             .map_err(internal)?
             .ok_or_else(|| unknown_app(name))?;
+        let records = &self.0.rollouts.records;
+        let app_release = records.app_release(name).map_err(internal)?.unwrap_or_default();
+        let desired = records.desired_of_app(name).map_err(internal)?;
+        let selector = crate::selector::Selector::parse(&spec.selector).map_err(Status::invalid_argument)?;
         let mut status = AppStatus {
             spec: Some(spec),
-            desired_version: self.0.rollouts.desired(name).map_err(internal)?.unwrap_or_default(),
+            desired_version: app_release.clone(),
             ..Default::default()
         };
         for host in self.0.store.hosts().map_err(internal)? {
-            let inv = host.inventory.unwrap_or_default();
-            if let Some(app) = inv.apps.into_iter().find(|a| &a.app == name) {
+            let inv = host.inventory.clone().unwrap_or_default();
+            let entry = inv.apps.into_iter().find(|a| &a.app == name);
+            let selected = selector.matches(&host.labels);
+            if !selected && entry.is_none() {
+                continue;
+            }
+            let current = entry.as_ref().map(|a| a.current.clone()).unwrap_or_default();
+            let want = desired.get(&host.id).cloned().unwrap_or_default();
+            let effective = if want.is_empty() { &app_release } else { &want };
+            status.host_states.push(AppHost {
+                host_id: host.id.clone(),
+                hostname: host.facts.as_ref().map(|f| f.hostname.clone()).unwrap_or_default(),
+                drift: selected && !effective.is_empty() && *effective != current,
+                desired: want,
+                current,
+                connected: self.0.registry.sender(&host.id).is_some(),
+            });
+            if let Some(app) = entry {
                 status.hosts.insert(host.id, app);
             }
         }
+        status
+            .host_states
+            .sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.host_id.cmp(&b.host_id)));
         Ok(Response::new(status))
     }
 
@@ -157,7 +180,7 @@ impl AppService for AppsService {
             .map_err(internal)?
             .ok_or_else(|| unknown_app(&r.app))?;
         let host = fleet.resolve_host(&r.host)?;
-        if let Some(running) = fleet.rollouts.active(&spec.name).map_err(internal)? {
+        if let Some(running) = fleet.rollouts.records.active(&spec.name).map_err(internal)? {
             return Err(Status::failed_precondition(format!(
                 "rollout {} of {} is under way; wait for it or abort it before deploying by hand",
                 running.id, spec.name
@@ -201,7 +224,9 @@ impl AppService for AppsService {
 
         let (tx, rx) = mpsc::channel(64);
         let host_id = host.id.clone();
-        tokio::spawn(async move {
+        let app = spec.name.clone();
+        let owner = fleet.clone();
+        owner.tracker.spawn(async move {
             let deadline = tokio::time::sleep(TASK_DEADLINE);
             tokio::pin!(deadline);
             let mut phase = String::from("start");
@@ -232,6 +257,13 @@ impl AppService for AppsService {
                 };
                 phase = p.phase.clone();
                 let last = is_final(&p);
+                if last && p.state() == TaskState::Succeeded && !p.current.is_empty() {
+                    // What the operator asked for is now this host's desired
+                    // release, and `app show` shows it at once.
+                    if let Err(e) = crate::rollouts::store::settled(&fleet, &host_id, &app, &p.current).await {
+                        tracing::error!(error = %e, host_id, app, "cannot record the host's new desired release");
+                    }
+                }
                 if tx.send(Ok(p)).await.is_err() || last {
                     return;
                 }

@@ -51,6 +51,10 @@ pub struct RawConfig {
     /// Largest release artifact `release push` accepts, e.g. "2GiB", "500MiB".
     #[serde(default = "defaults::max_release_size")]
     pub max_release_size: String,
+    /// After a restart, how long a resumed rollout waits for its hosts to
+    /// reconnect before judging any of them offline.
+    #[serde(default = "defaults::reconnect_grace")]
+    pub reconnect_grace: String,
 }
 
 /// Every default of the controller, in one place.
@@ -83,6 +87,11 @@ pub mod defaults {
     pub fn max_release_size() -> String {
         "2GiB".into()
     }
+    /// Reconnect grace of resumed rollouts: longer than the agents' longest
+    /// reconnect backoff (30 s) plus a connection attempt.
+    pub fn reconnect_grace() -> String {
+        "60s".into()
+    }
 }
 
 /// The validated configuration `serve` runs with.
@@ -106,6 +115,8 @@ pub struct Config {
     pub json_logs: bool,
     /// Largest release artifact, bytes.
     pub max_release_bytes: u64,
+    /// Reconnect grace of resumed rollouts.
+    pub reconnect_grace: Duration,
 }
 
 /// Shortest certificate lifetime a join token may ask for (the floor).
@@ -159,6 +170,10 @@ impl Config {
             ));
         }
         let token_ttl = dur("token_ttl", &raw.token_ttl)?;
+        let reconnect_grace = dur("reconnect_grace", &raw.reconnect_grace)?;
+        if reconnect_grace > Duration::from_secs(3600) {
+            return Err(invalid("reconnect_grace", "must be at most 1h".into()));
+        }
         let json_logs = match raw.log_format.as_str() {
             "text" => false,
             "json" => true,
@@ -187,6 +202,7 @@ impl Config {
             cert_ttl,
             token_ttl,
             json_logs,
+            reconnect_grace,
         })
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use fleet_proto::{Host, HostStatus};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::Status;
 
 use crate::ca::Ca;
@@ -26,6 +27,9 @@ pub struct Settings {
     pub data_dir: std::path::PathBuf,
     /// Largest release artifact accepted, bytes.
     pub max_release_bytes: u64,
+    /// After a restart, how long a resumed rollout waits for its hosts to
+    /// reconnect before it judges any of them offline.
+    pub reconnect_grace: Duration,
 }
 
 /// The store, the CA, the live registry and the metrics, shared by every service.
@@ -46,6 +50,9 @@ pub struct Fleet {
     pub settings: Settings,
     /// Cancelled on shutdown; every session's token is a child of it.
     pub shutdown: CancellationToken,
+    /// Owns the background tasks that outlive a request (rollout engines,
+    /// the converger, deploy and watch forwarders); waited for on shutdown.
+    pub tracker: TaskTracker,
 }
 
 impl Fleet {

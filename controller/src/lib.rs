@@ -13,6 +13,7 @@ pub mod ops;
 pub mod registry;
 pub mod releases;
 pub mod rollouts;
+pub mod selector;
 pub mod server;
 pub mod store;
 pub mod stream;

@@ -39,6 +39,10 @@ pub struct Metrics {
     pub rpc_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     /// TLS handshakes refused, by reason.
     pub tls_refused: Family<Vec<(String, String)>, Counter>,
+    /// Rollouts ended, by kind (rollout, rollback, converge) and final state.
+    pub rollouts_ended: Family<Labels, Counter>,
+    /// Hosts put into convergence runs.
+    pub hosts_converging: Counter<u64, AtomicU64>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -77,7 +81,21 @@ impl Metrics {
         );
         let tls_refused = Family::default();
         registry.register("tls_refused", "TLS handshakes refused, by reason", tls_refused.clone());
+        let rollouts_ended = Family::default();
+        registry.register(
+            "rollouts_ended",
+            "Rollouts ended, by kind and final state",
+            rollouts_ended.clone(),
+        );
+        let hosts_converging = Counter::default();
+        registry.register(
+            "convergence_hosts",
+            "Hosts put into convergence runs (they ran something other than their desired release)",
+            hosts_converging.clone(),
+        );
         Metrics {
+            rollouts_ended,
+            hosts_converging,
             registry,
             agents_connected,
             hosts_enrolled,
@@ -95,6 +113,18 @@ impl Metrics {
         // Invariant: writing into a String cannot fail.
         encode(&mut out, &self.registry).expect("String write");
         out
+    }
+
+    /// Counts a rollout that ended.
+    pub fn rollout_ended(&self, kind: &str, state: &str) {
+        self.rollouts_ended
+            .get_or_create(&vec![("kind".into(), kind.into()), ("state".into(), state.into())])
+            .inc();
+    }
+
+    /// Counts hosts put into a convergence run.
+    pub fn convergence_started(&self, hosts: u64) {
+        self.hosts_converging.inc_by(hosts);
     }
 
     /// Counts an enrollment attempt.

@@ -56,6 +56,8 @@ impl SessionHandle {
 /// Live sessions by host id. The only way in is through its methods.
 pub struct Registry {
     sessions: Mutex<HashMap<String, Session>>,
+    /// Bumped whenever a stream opens or ends, for waiters (rollout engines).
+    changes: tokio::sync::watch::Sender<u64>,
     next_id: AtomicU64,
     metrics: Arc<Metrics>,
 }
@@ -71,6 +73,7 @@ impl Registry {
     pub fn new(metrics: Arc<Metrics>) -> Registry {
         Registry {
             sessions: Mutex::new(HashMap::new()),
+            changes: tokio::sync::watch::Sender::new(0),
             next_id: AtomicU64::new(1),
             metrics,
         }
@@ -100,6 +103,7 @@ impl Registry {
             tx,
         };
         let old = lock(&self.sessions).insert(host_id.to_string(), session);
+        self.changed();
         match old {
             Some(old) => cut_session(&old, Status::aborted("a newer stream from this host replaced this one")),
             None => {
@@ -114,7 +118,9 @@ impl Registry {
         let mut sessions = lock(&self.sessions);
         if sessions.get(host_id).map(|s| s.id) == Some(session_id) {
             self.metrics.agents_connected.dec();
-            return sessions.remove(host_id).map(|s| s.live);
+            let live = sessions.remove(host_id).map(|s| s.live);
+            self.changed();
+            return live;
         }
         None
     }
@@ -136,6 +142,7 @@ impl Registry {
             Some(s) => {
                 self.metrics.agents_connected.dec();
                 cut_session(&s, status);
+                self.changed();
                 true
             }
             None => false,
@@ -150,6 +157,15 @@ impl Registry {
     /// A sender onto a connected host's stream.
     pub fn sender(&self, host_id: &str) -> Option<mpsc::Sender<Result<ControllerMessage, Status>>> {
         lock(&self.sessions).get(host_id).map(|s| s.tx.clone())
+    }
+
+    /// A receiver that sees a change whenever a stream opens or ends.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// How many streams are open.

@@ -111,13 +111,18 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             token_ttl: config.token_ttl,
             data_dir: config.data_dir.clone(),
             max_release_bytes: config.max_release_bytes,
+            reconnect_grace: config.reconnect_grace,
         },
         tasks: Default::default(),
-        rollouts: crate::rollouts::Rollouts::open(&store).map_err(|e| ServeError::Store {
-            path: store_path.display().to_string(),
-            detail: e.to_string(),
-        })?,
+        rollouts: store
+            .hosts()
+            .and_then(|hosts| crate::rollouts::Rollouts::open(&store, &hosts))
+            .map_err(|e| ServeError::Store {
+                path: store_path.display().to_string(),
+                detail: e.to_string(),
+            })?,
         shutdown: shutdown.clone(),
+        tracker: tokio_util::task::TaskTracker::new(),
     });
 
     let listener = TcpListener::bind(config.listen)
@@ -195,8 +200,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let server = tokio::spawn(
         router.serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move { stop.cancelled().await }),
     );
-    // Rollouts a previous run left unfinished carry on from where they were.
-    crate::rollouts::resume_all(&fleet);
+    // Rollouts a previous run left unfinished carry on from where they
+    // were; the converger starts listening for hosts that connect.
+    crate::rollouts::start(&fleet);
 
     shutdown.cancelled().await;
     tracing::info!("shutting down: closing agent streams");
@@ -205,6 +211,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
         Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
         Err(_) => tracing::warn!("connections did not drain within 10s; exiting anyway"),
+    }
+    if tokio::time::timeout(DRAIN_TIMEOUT, crate::rollouts::stopped(&fleet))
+        .await
+        .is_err()
+    {
+        tracing::warn!("rollout engines did not stop within 10s; exiting anyway (they resume at the next start)");
     }
     if let Err(e) = store.flush().await {
         tracing::error!(error = %e, "final store flush failed");

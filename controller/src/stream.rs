@@ -115,8 +115,11 @@ impl AgentService for StreamService {
         let _ = tx.try_send(Ok(welcome));
         let hostname = hello.facts.as_ref().map(|f| f.hostname.clone()).unwrap_or_default();
         tracing::info!(host_id, %hostname, %remote, "agent connected");
-        tokio::spawn(crate::rollouts::converge(fleet.clone(), host_id.clone()));
-        tokio::spawn(run_session(fleet, host_id, session, inbound, tx));
+        fleet
+            .rollouts
+            .signal(crate::rollouts::Signal::HostConnected(host_id.clone()));
+        let owner = fleet.clone();
+        owner.tracker.spawn(run_session(fleet, host_id, session, inbound, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

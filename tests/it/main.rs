@@ -7,6 +7,7 @@ mod harness;
 
 mod audit;
 mod bootstrap;
+mod desired;
 mod enrollment;
 mod lifecycle;
 mod refusals;

@@ -14,33 +14,45 @@ use crate::harness::{bin, free_addr, http_get, wait_until, Fleet};
 use crate::releases::{assert_success, json, release};
 use crate::sandbox::Sandbox;
 
-const APP: &str = "demo";
+pub const APP: &str = "demo";
 const UNIT: &str = "demo.service";
 
-struct Cluster {
-    fleet: Fleet,
-    sandboxes: Vec<Sandbox>,
-    ports: Vec<u16>,
+pub struct Cluster {
+    pub fleet: Fleet,
+    pub sandboxes: Vec<Sandbox>,
+    pub ports: Vec<u16>,
     /// Activation log: "start|end VERSION PORT NANOS" lines from the hooks.
     log: PathBuf,
 }
 
 /// One activation seen through the hooks.
 #[derive(Debug, Clone)]
-struct Span {
-    port: u16,
+pub struct Span {
+    pub port: u16,
     start: u128,
     end: Option<u128>,
 }
 
 impl Cluster {
-    fn start(n: usize) -> Cluster {
+    pub fn start(n: usize) -> Cluster {
+        Cluster::start_groups(&vec![""; n])
+    }
+
+    /// One host per entry; a non-empty entry is the host's `group` label
+    /// (set by its join token).
+    pub fn start_groups(groups: &[&str]) -> Cluster {
+        let n = groups.len();
         let mut fleet = Fleet::controller_only(&[]);
-        let token = fleet.token(&["--label", "role=web", "--uses", &n.to_string()]);
         let mut sandboxes = Vec::new();
         let mut ports = Vec::new();
-        for i in 1..=n {
-            let (sandbox, port) = host(&mut fleet, &token, i);
+        for (i, group) in groups.iter().enumerate() {
+            let group_label = format!("group={group}");
+            let mut args = vec!["--label", "role=web", "--uses", "1"];
+            if !group.is_empty() {
+                args.extend(["--label", group_label.as_str()]);
+            }
+            let token = fleet.token(&args);
+            let (sandbox, port) = host(&mut fleet, &token, i + 1);
             sandboxes.push(sandbox);
             ports.push(port);
         }
@@ -72,7 +84,7 @@ impl Cluster {
     }
 
     /// `n` hosts all running 1.0.0 (rolled out to all at once).
-    fn on_v1(n: usize) -> Cluster {
+    pub fn on_v1(n: usize) -> Cluster {
         let c = Cluster::start(n);
         c.push("1.0.0", &[]);
         assert_success(
@@ -84,7 +96,7 @@ impl Cluster {
 
     /// A release whose hooks record its activation on each host;
     /// `failing_ports` are the hosts where it is unhealthy.
-    fn push(&self, version: &str, failing_ports: &[u16]) {
+    pub fn push(&self, version: &str, failing_ports: &[u16]) {
         let log = self.log.display().to_string();
         let hook =
             |what: &str| format!("#!/bin/sh\necho \"{what} $FLEET_VERSION $SAMPLE_PORT $(date +%s%N)\" >> '{log}'\n");
@@ -137,17 +149,17 @@ impl Cluster {
         assert_success(&out, "release push");
     }
 
-    fn rollout(&self, args: &[&str]) -> Output {
+    pub fn rollout(&self, args: &[&str]) -> Output {
         let mut all = vec!["rollout", APP];
         all.extend(args);
         self.fleet.fleetctl(&all)
     }
 
-    fn served(&self, i: usize) -> Option<String> {
+    pub fn served(&self, i: usize) -> Option<String> {
         http_get(([127, 0, 0, 1], self.ports[i]).into(), "/version").map(|b| b.trim().to_string())
     }
 
-    fn wait_all_serve(&self, version: &str) {
+    pub fn wait_all_serve(&self, version: &str) {
         wait_until(
             Duration::from_secs(60),
             &format!("every host serving {version}"),
@@ -160,7 +172,7 @@ impl Cluster {
     }
 
     /// Activations of `version`, by start time.
-    fn spans(&self, version: &str) -> Vec<Span> {
+    pub fn spans(&self, version: &str) -> Vec<Span> {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let mut spans: Vec<Span> = Vec::new();
         for line in text.lines() {
@@ -190,11 +202,11 @@ impl Cluster {
         spans
     }
 
-    fn show(&self, id: &str) -> Value {
+    pub fn show(&self, id: &str) -> Value {
         self.fleet.fleetctl_json(&["rollout", "show", id])
     }
 
-    fn wait_state(&self, id: &str, states: &[&str]) -> Value {
+    pub fn wait_state(&self, id: &str, states: &[&str]) -> Value {
         wait_until(
             Duration::from_secs(120),
             &format!("rollout {id} to be {states:?}"),
@@ -205,7 +217,7 @@ impl Cluster {
         )
     }
 
-    fn host_index(&self, host_id: &str) -> usize {
+    pub fn host_index(&self, host_id: &str) -> usize {
         self.fleet
             .agents
             .iter()
@@ -216,7 +228,7 @@ impl Cluster {
 
 /// Starts host `app-<i>`: a systemd sandbox with the app's unit on its own
 /// port, and an agent enrolled with `token`.
-fn host(fleet: &mut Fleet, token: &str, i: usize) -> (Sandbox, u16) {
+pub fn host(fleet: &mut Fleet, token: &str, i: usize) -> (Sandbox, u16) {
     let sandbox = Sandbox::start(&fleet.root.path().join(format!("systemd-{i}")));
     let port = free_addr().port();
     let idx = fleet.add_agent_with(
@@ -232,7 +244,7 @@ fn host(fleet: &mut Fleet, token: &str, i: usize) -> (Sandbox, u16) {
 }
 
 /// Host states of a rollout record, by agent index.
-fn host_states(c: &Cluster, r: &Value) -> Vec<(usize, String)> {
+pub fn host_states(c: &Cluster, r: &Value) -> Vec<(usize, String)> {
     let mut out: Vec<(usize, String)> = r["batches"]
         .as_array()
         .expect("batches")
@@ -250,7 +262,7 @@ fn host_states(c: &Cluster, r: &Value) -> Vec<(usize, String)> {
 }
 
 /// The most activations that overlapped in time.
-fn max_overlap(spans: &[Span]) -> usize {
+pub fn max_overlap(spans: &[Span]) -> usize {
     let mut edges: Vec<(u128, i32)> = Vec::new();
     for s in spans {
         edges.push((s.start, 1));
@@ -265,7 +277,7 @@ fn max_overlap(spans: &[Span]) -> usize {
     max as usize
 }
 
-fn rollout_id(out: &Output) -> String {
+pub fn rollout_id(out: &Output) -> String {
     let v = json(out);
     v["id"]
         .as_str()

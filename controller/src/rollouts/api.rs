@@ -1,0 +1,282 @@
+//! `RolloutService`: requests in, [`RolloutError`]s mapped to gRPC
+//! statuses in one place.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_proto::rollout_service_server::RolloutService;
+use fleet_proto::{
+    now_ms, ControlAction, ControlRolloutRequest, Event, EventKind, GetRolloutRequest, ListRolloutsRequest,
+    ListRolloutsResponse, Rollout, RolloutKind, StartRolloutRequest,
+};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::engine::{self, Start};
+use super::step::Control;
+use super::{plan, RolloutError};
+use crate::fleet::Fleet;
+use crate::ops::operator;
+
+impl From<RolloutError> for Status {
+    fn from(e: RolloutError) -> Status {
+        let msg = e.to_string();
+        match e {
+            RolloutError::Store(e) => crate::fleet::internal(e),
+            RolloutError::UnknownApp(_) | RolloutError::UnknownRelease { .. } | RolloutError::NotFound(_) => {
+                Status::not_found(msg)
+            }
+            RolloutError::NoReleases { .. }
+            | RolloutError::NoHosts { .. }
+            | RolloutError::NoEarlierRelease { .. }
+            | RolloutError::Busy { .. }
+            | RolloutError::Ended { .. } => Status::failed_precondition(msg),
+            RolloutError::Invalid(_) => Status::invalid_argument(msg),
+            RolloutError::NoEngine(_) => Status::unavailable(msg),
+        }
+    }
+}
+
+/// `RolloutService`.
+pub struct RolloutsService(pub Arc<Fleet>);
+
+/// Plans a rollout of `req` (stored and started unless it is a dry run).
+pub async fn start(fleet: &Arc<Fleet>, req: &StartRolloutRequest, who: &str) -> Result<Rollout, RolloutError> {
+    let spec = fleet
+        .store
+        .app(&req.app)?
+        .ok_or_else(|| RolloutError::UnknownApp(req.app.clone()))?;
+    let hosts = fleet.store.hosts()?;
+    let releases: Vec<String> = fleet
+        .store
+        .releases(&req.app)?
+        .into_iter()
+        .filter_map(|r| r.artifact.map(|a| a.version))
+        .collect();
+    let history: Vec<Rollout> = fleet
+        .rollouts
+        .records
+        .all()?
+        .into_iter()
+        .filter(|r| r.app == req.app)
+        .collect();
+    let app_release = fleet.rollouts.records.app_release(&req.app)?;
+    let rollout = plan::plan(&plan::Input {
+        app: &spec,
+        req,
+        hosts: &hosts,
+        releases: &releases,
+        history: &history,
+        app_release: app_release.as_deref(),
+        who,
+        id: format!("r-{}", crate::random_hex(6)),
+        now_ms: now_ms(),
+    })?;
+    if req.dry_run {
+        return Ok(rollout);
+    }
+    store_and_run(fleet, rollout).await
+}
+
+/// How long an operator's rollout waits for a convergence run it preempts.
+const PREEMPT_WAIT: Duration = Duration::from_secs(60);
+
+/// Stores a planned rollout and starts its engine, unless the app has an
+/// active one (checked and written under one lock). An operator's rollout
+/// preempts a convergence run: the run is aborted (its hosts in flight
+/// finish) and the rollout starts when it has ended.
+pub async fn store_and_run(fleet: &Arc<Fleet>, rollout: Rollout) -> Result<Rollout, RolloutError> {
+    let mut preempted = false;
+    let guard = loop {
+        let guard = fleet.rollouts.starting.lock().await;
+        let Some(running) = fleet.rollouts.records.active(&rollout.app)? else {
+            break guard;
+        };
+        let convergence = running.kind() == RolloutKind::Converge;
+        if convergence && rollout.kind() != RolloutKind::Converge && !preempted {
+            drop(guard);
+            preempted = true;
+            preempt(fleet, &running.id).await;
+            continue;
+        }
+        return Err(RolloutError::Busy {
+            app: rollout.app.clone(),
+            id: running.id.clone(),
+            state: running.state().word(),
+            kind: running.kind().word(),
+            to: if running.version.is_empty() {
+                "each host's desired release".into()
+            } else {
+                running.version.clone()
+            },
+        });
+    };
+    fleet.rollouts.records.put(&rollout)?;
+    fleet.store.flush().await?;
+    drop(guard);
+    if preempted {
+        tracing::info!(app = %rollout.app, "an operator's rollout preempted a convergence run");
+    }
+    let hosts: usize = rollout.batches.iter().map(|b| b.hosts.len()).sum();
+    tracing::info!(rollout_id = %rollout.id, app = %rollout.app, version = %rollout.version, kind = rollout.kind().word(), hosts, "rollout started");
+    engine::spawn(fleet, rollout.clone(), Start::Fresh);
+    Ok(rollout)
+}
+
+/// Aborts a convergence run and waits (bounded) until it has ended.
+async fn preempt(fleet: &Fleet, id: &str) {
+    let mut events = fleet.rollouts.events(id).subscribe();
+    if !fleet.rollouts.control(id, Control::Abort { rollback: false }) {
+        return;
+    }
+    let _ = tokio::time::timeout(PREEMPT_WAIT, async {
+        loop {
+            match events.recv().await {
+                Ok(e) if e.kind() == EventKind::RolloutEnded => return,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    })
+    .await;
+}
+
+fn get(fleet: &Fleet, id: &str) -> Result<Rollout, RolloutError> {
+    fleet
+        .rollouts
+        .records
+        .get(id)?
+        .ok_or_else(|| RolloutError::NotFound(id.to_string()))
+}
+
+/// Whether an event shows that `control` took effect.
+fn shows(control: Control, e: &Event) -> bool {
+    match control {
+        Control::Pause => e.kind() == EventKind::Paused,
+        Control::Run => e.kind() == EventKind::Resumed,
+        Control::Abort { .. } => matches!(e.kind(), EventKind::RollingBack | EventKind::RolloutEnded),
+    }
+}
+
+#[tonic::async_trait]
+impl RolloutService for RolloutsService {
+    async fn start_rollout(&self, req: Request<StartRolloutRequest>) -> Result<Response<Rollout>, Status> {
+        let who = operator(&req).name;
+        let req = req.into_inner();
+        Ok(Response::new(start(&self.0, &req, &who).await?))
+    }
+
+    async fn list_rollouts(&self, req: Request<ListRolloutsRequest>) -> Result<Response<ListRolloutsResponse>, Status> {
+        let app = &req.get_ref().app;
+        let rollouts = self
+            .0
+            .rollouts
+            .records
+            .all()
+            .map_err(RolloutError::from)?
+            .into_iter()
+            .filter(|r| app.is_empty() || &r.app == app)
+            .collect();
+        Ok(Response::new(ListRolloutsResponse { rollouts }))
+    }
+
+    async fn get_rollout(&self, req: Request<GetRolloutRequest>) -> Result<Response<Rollout>, Status> {
+        Ok(Response::new(get(&self.0, &req.get_ref().id)?))
+    }
+
+    async fn control_rollout(&self, req: Request<ControlRolloutRequest>) -> Result<Response<Rollout>, Status> {
+        let fleet = &self.0;
+        let r = req.into_inner();
+        let rollout = get(fleet, &r.id)?;
+        if rollout.state().ended() {
+            return Err(RolloutError::Ended {
+                state: rollout.state().word(),
+                id: rollout.id,
+            }
+            .into());
+        }
+        let control = match r.action() {
+            ControlAction::Pause => Control::Pause,
+            ControlAction::Resume => Control::Run,
+            ControlAction::Abort => Control::Abort { rollback: r.rollback },
+            ControlAction::Unspecified => {
+                return Err(RolloutError::Invalid("control action is not pause, resume or abort".into()).into())
+            }
+        };
+        // Subscribe before asking, so the event that shows the change is seen.
+        let mut events = fleet.rollouts.events(&rollout.id).subscribe();
+        if !fleet.rollouts.control(&rollout.id, control) {
+            return Err(RolloutError::NoEngine(rollout.id).into());
+        }
+        // The engine records the change (pause and abort at the next batch
+        // boundary); answer with it when it comes quickly.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match events.recv().await {
+                    Ok(e) if shows(control, &e) => return,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        })
+        .await;
+        Ok(Response::new(get(fleet, &rollout.id)?))
+    }
+
+    type WatchRolloutStream = ReceiverStream<Result<Event, Status>>;
+
+    async fn watch_rollout(
+        &self,
+        req: Request<GetRolloutRequest>,
+    ) -> Result<Response<Self::WatchRolloutStream>, Status> {
+        let fleet = self.0.clone();
+        let id = req.get_ref().id.clone();
+        let mut events = fleet.rollouts.events(&id).subscribe();
+        let snapshot = get(&fleet, &id)?;
+        let (tx, rx) = mpsc::channel(64);
+        let shutdown = fleet.shutdown.clone();
+        let f = fleet.clone();
+        // Owned by the fleet's tracker; ends with the watcher, the
+        // rollout, or the controller.
+        fleet.tracker.spawn(async move {
+            let snap = |r: Rollout| {
+                let mut e = Event {
+                    at_ms: now_ms(),
+                    rollout_id: r.id.clone(),
+                    detail: r.state().word().to_string(),
+                    rollout: Some(r),
+                    ..Default::default()
+                };
+                e.set_kind(EventKind::Snapshot);
+                e
+            };
+            let done = snapshot.state().ended();
+            if tx.send(Ok(snap(snapshot))).await.is_err() || done {
+                return;
+            }
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tx.closed() => return,
+                    e = events.recv() => e,
+                };
+                let e = match next {
+                    Ok(e) => e,
+                    // Too slow a reader: give it the state as it is now.
+                    Err(broadcast::error::RecvError::Lagged(_)) => match get(&f, &id) {
+                        Ok(now) => snap(now),
+                        Err(_) => return,
+                    },
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let last = e.kind() == EventKind::RolloutEnded
+                    || (e.kind() == EventKind::Snapshot && e.rollout.as_ref().is_some_and(|r| r.state().ended()));
+                if tx.send(Ok(e)).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

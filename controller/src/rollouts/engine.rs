@@ -1,0 +1,341 @@
+//! The rollout engine: one task per active rollout, owned by
+//! the fleet's task tracker. It reads the world, asks [`step::next`] what to
+//! do, records the change and makes it durable, then acts (sends a task,
+//! emits events, records desired releases) — and waits for reports,
+//! controls, connections or a deadline when there is nothing to do. Every
+//! decision is in `step`; this file only does I/O.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_proto::{now_ms, task, DeployTask, HostState, RollbackTask, Rollout, TaskProgress};
+use tokio::sync::watch;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{StreamExt, StreamMap};
+use tracing::Instrument;
+
+use super::step::{self, Change, Control, Effect, HostView, Next, Outcome, Params, View};
+use super::store::current_of;
+use super::{lock, Signal};
+use crate::fleet::Fleet;
+use crate::store::StoreError;
+
+/// How an engine starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// A rollout just planned.
+    Fresh,
+    /// A rollout a previous controller left unfinished: hosts get the
+    /// reconnect grace before any is judged offline.
+    Resumed,
+}
+
+/// Starts the engine of `r` on the fleet's task tracker.
+pub fn spawn(fleet: &Arc<Fleet>, r: Rollout, start: Start) {
+    let initial = if r.state() == fleet_proto::RolloutState::Paused {
+        Control::Pause
+    } else {
+        Control::Run
+    };
+    let (tx, rx) = watch::channel(initial);
+    lock(&fleet.rollouts.controls).insert(r.id.clone(), tx);
+    let grace_until_ms = match start {
+        Start::Fresh => 0,
+        Start::Resumed => now_ms() + fleet.settings.reconnect_grace.as_millis() as i64,
+    };
+    let span = tracing::info_span!("rollout", rollout_id = %r.id, app = %r.app, kind = r.kind().word());
+    let engine = Engine {
+        params: Params::of(&r, grace_until_ms),
+        fleet: fleet.clone(),
+        connections: fleet.registry.subscribe(),
+        r,
+        control: rx,
+        hosts: HashMap::new(),
+        following: StreamMap::new(),
+        start,
+    };
+    let f = fleet.clone();
+    fleet.tracker.spawn(
+        async move {
+            let id = engine.r.id.clone();
+            let app = engine.r.app.clone();
+            if let Err(e) = engine.run().await {
+                tracing::error!(error = %e, "rollout engine stopped on a store failure; it resumes at the next controller start");
+            }
+            lock(&f.rollouts.controls).remove(&id);
+            f.rollouts.signal(Signal::AppFree(app));
+        }
+        .instrument(span),
+    );
+}
+
+struct Engine {
+    fleet: Arc<Fleet>,
+    r: Rollout,
+    params: Params,
+    control: watch::Receiver<Control>,
+    connections: watch::Receiver<u64>,
+    /// What the engine saw of the rollout's hosts when it last looked.
+    hosts: HashMap<String, HostView>,
+    /// Reports of the tasks being followed, by task id.
+    following: StreamMap<String, ReceiverStream<TaskProgress>>,
+    start: Start,
+}
+
+enum Wake {
+    Report(String, TaskProgress),
+    Looked,
+    Shutdown,
+}
+
+impl Engine {
+    async fn run(mut self) -> Result<(), StoreError> {
+        if self.start == Start::Fresh {
+            self.fleet
+                .rollouts
+                .emit(&self.r, fleet_proto::EventKind::RolloutStarted, "", self.r.plan.clone());
+        }
+        self.look()?;
+        loop {
+            let now = now_ms();
+            let control = *self.control.borrow_and_update();
+            let following: HashSet<String> = self.following.keys().cloned().collect();
+            let view = View {
+                now_ms: now,
+                control,
+                hosts: &self.hosts,
+                following: &following,
+            };
+            let mut new_task_id = || format!("t-{}", crate::random_hex(8));
+            let next = step::next(&self.r, &self.params, &view, &mut new_task_id);
+            match next {
+                Next::Done => break,
+                Next::Change(change) => {
+                    let effects = step::apply(&mut self.r, &change, now);
+                    self.commit(effects).await?;
+                    match change {
+                        Change::End { .. } => self.ended(),
+                        // Other hosts matter now: look at them.
+                        Change::NextBatch | Change::StartBatch { .. } | Change::BeginRollback { .. } => self.look()?,
+                        _ => {}
+                    }
+                }
+                Next::Send { batch, host } => self.send(batch, &host).await?,
+                Next::Follow { host, task_id } => {
+                    tracing::info!(host_id = %host, task_id, "re-attached to a task in flight");
+                    let rx = self.fleet.tasks.register(&task_id, &host);
+                    self.following.insert(task_id, ReceiverStream::new(rx));
+                }
+                Next::Wait { until_ms } => match self.wait(until_ms).await {
+                    Wake::Shutdown => return Ok(()),
+                    Wake::Report(task_id, p) => self.on_report(&task_id, p).await?,
+                    Wake::Looked => self.look()?,
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads what the hosts that matter now run and whether they are connected.
+    fn look(&mut self) -> Result<(), StoreError> {
+        let ids: Vec<String> = if self.r.state() == fleet_proto::RolloutState::RollingBack {
+            self.r
+                .batches
+                .iter()
+                .flat_map(|b| &b.hosts)
+                .map(|h| h.host_id.clone())
+                .collect()
+        } else {
+            self.r
+                .batches
+                .get(self.r.current_batch as usize)
+                .map(|b| b.hosts.iter().map(|h| h.host_id.clone()).collect())
+                .unwrap_or_default()
+        };
+        self.hosts.clear();
+        for id in ids {
+            if let Some(host) = self.fleet.store.host(&id)? {
+                let inv = host.inventory.clone().unwrap_or_default();
+                self.hosts.insert(
+                    id.clone(),
+                    HostView {
+                        connected: self.fleet.registry.sender(&id).is_some(),
+                        current: current_of(&host, &self.r.app),
+                        running_tasks: inv.running_tasks,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Persists the record and what follows from the change, durably, then
+    /// emits its events.
+    async fn commit(&mut self, effects: Vec<Effect>) -> Result<(), StoreError> {
+        let mut events = Vec::new();
+        for e in effects {
+            match e {
+                Effect::Emit { kind, host, detail } => events.push((kind, host, detail)),
+                Effect::SetDesired { host, version } => {
+                    self.fleet.rollouts.records.set_desired(&self.r.app, &host, &version)?;
+                }
+                Effect::SetAppRelease { version } => {
+                    self.fleet.rollouts.records.set_app_release(&self.r.app, &version)?;
+                }
+                Effect::Forget { task_id } => {
+                    self.fleet.tasks.forget(&task_id);
+                    self.following.remove(&task_id);
+                }
+                Effect::HoldPaused => {
+                    self.fleet.rollouts.control(&self.r.id, Control::Pause);
+                    // The engine's own pause is not an operator's new request.
+                    self.control.borrow_and_update();
+                }
+            }
+        }
+        self.fleet.rollouts.records.put(&self.r)?;
+        self.fleet.store.flush().await?;
+        for (kind, host, detail) in events {
+            if kind == fleet_proto::EventKind::HostDone {
+                tracing::info!(host_id = %host, detail = %detail, "rollout host done");
+            }
+            self.fleet.rollouts.emit(&self.r, kind, &host, detail);
+        }
+        Ok(())
+    }
+
+    fn ended(&self) {
+        let state = self.r.state().word();
+        let kind = self.r.kind().word();
+        self.fleet.metrics.rollout_ended(kind, state);
+        if self.r.state() == fleet_proto::RolloutState::Succeeded {
+            tracing::info!(state, reason = %self.r.reason, "rollout ended");
+        } else {
+            tracing::warn!(state, reason = %self.r.reason, "rollout ended");
+        }
+    }
+
+    /// Hands the recorded task of `host` to its stream.
+    async fn send(&mut self, batch: usize, host: &str) -> Result<(), StoreError> {
+        let Some(h) = self
+            .r
+            .batches
+            .get(batch)
+            .and_then(|b| b.hosts.iter().find(|h| h.host_id == host))
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let fail = |detail: String| Change::HostEnded {
+            batch,
+            host: host.to_string(),
+            outcome: Outcome {
+                state: if h.state() == HostState::RollingBack {
+                    HostState::RollbackFailed
+                } else {
+                    HostState::Failed
+                },
+                cause: fleet_proto::FailureCause::Invalid,
+                detail,
+            },
+        };
+        let Some(spec) = self.fleet.store.app(&self.r.app)? else {
+            let c = fail(format!("app {} was deleted", self.r.app));
+            let effects = step::apply(&mut self.r, &c, now_ms());
+            return self.commit(effects).await;
+        };
+        let kind = if h.state() == HostState::RollingBack {
+            task::Kind::Rollback(RollbackTask {
+                app: self.r.app.clone(),
+                to_version: h.from_version.clone(),
+                spec: Some(spec),
+            })
+        } else {
+            let Some(release) = self.fleet.store.release(&self.r.app, &h.to_version)? else {
+                let c = fail(format!("release {} of {} is gone", h.to_version, self.r.app));
+                let effects = step::apply(&mut self.r, &c, now_ms());
+                return self.commit(effects).await;
+            };
+            task::Kind::Deploy(DeployTask {
+                app: self.r.app.clone(),
+                release: release.artifact,
+                spec: Some(spec),
+            })
+        };
+        match crate::tasks::send_as(&self.fleet, host, &self.r.id, &h.task_id, kind).await {
+            Ok(rx) => {
+                self.following.insert(h.task_id.clone(), ReceiverStream::new(rx));
+                let effects = step::apply(
+                    &mut self.r,
+                    &Change::Sent {
+                        batch,
+                        host: host.to_string(),
+                    },
+                    now_ms(),
+                );
+                self.commit(effects).await
+            }
+            Err(status) => {
+                tracing::info!(host_id = %host, error = %status.message(), "task not sent; the host is treated as offline");
+                if let Some(v) = self.hosts.get_mut(host) {
+                    v.connected = false;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_report(&mut self, task_id: &str, p: TaskProgress) -> Result<(), StoreError> {
+        let Some(host) = self
+            .r
+            .batches
+            .iter()
+            .flat_map(|b| &b.hosts)
+            .find(|h| h.task_id == task_id)
+            .map(|h| h.host_id.clone())
+        else {
+            self.following.remove(task_id);
+            return Ok(());
+        };
+        let fin = crate::tasks::is_final(&p);
+        let effects = step::report(&mut self.r, &host, &p);
+        if fin && !p.current.is_empty() {
+            super::store::note_current(&self.fleet.store, &host, &self.r.app, &p.current)?;
+        }
+        if fin {
+            self.following.remove(task_id);
+            self.commit(effects).await
+        } else {
+            // A phase: recorded without waiting for the disk (the outcome is
+            // what must be durable), then shown.
+            self.fleet.rollouts.records.put(&self.r)?;
+            for e in effects {
+                if let Effect::Emit { kind, host, detail } = e {
+                    self.fleet.rollouts.emit(&self.r, kind, &host, detail);
+                }
+            }
+            Ok(())
+        }
+    }
+
+    async fn wait(&mut self, until_ms: Option<i64>) -> Wake {
+        let sleep = async {
+            match until_ms {
+                Some(t) => {
+                    let ms = (t - now_ms()).max(0) as u64;
+                    tokio::time::sleep(Duration::from_millis(ms)).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let shutdown = self.fleet.shutdown.clone();
+        tokio::select! {
+            _ = shutdown.cancelled() => Wake::Shutdown,
+            Some((task_id, p)) = self.following.next(), if !self.following.is_empty() => Wake::Report(task_id, p),
+            _ = self.control.changed() => Wake::Looked,
+            _ = self.connections.changed() => Wake::Looked,
+            _ = sleep => Wake::Looked,
+        }
+    }
+}

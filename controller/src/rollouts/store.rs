@@ -1,0 +1,529 @@
+//! The rollouts' durable records: the rollouts themselves, the desired
+//! release of each (app, host), and each app's release for new hosts.
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `rollouts` | rollout id | `2` + protobuf `fleet.v1.Rollout` (typed states); `1` + the string-state record of earlier releases, migrated at open |
+//! | `desired` | `<app>\0<host id>` | `1` + the version that host should run |
+//! | `app_release` | app name | `1` + the app's release for new hosts |
+//!
+//! Releases before per-host desired state kept one version per app in
+//! `desired` under the bare app name; [`RolloutStore::open`] migrates it:
+//! it becomes the app's release for new hosts, and each host that runs the
+//! app gets its current release as its desired one, so the migration
+//! changes no host.
+
+use std::collections::HashMap;
+
+use fleet_proto::{
+    BatchState, FailureCause, Host, HostState, Rollout, RolloutBatch, RolloutHost, RolloutKind, RolloutState,
+    StartRolloutRequest, StopCause, TaskProgress,
+};
+use prost::Message;
+
+use crate::store::{Store, StoreError};
+
+const RECORD_V1: u8 = 1;
+const RECORD_V2: u8 = 2;
+const VALUE_V1: u8 = 1;
+
+fn corrupt(tree: &'static str, key: &[u8], detail: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        tree,
+        key: String::from_utf8_lossy(key).into(),
+        detail: detail.into(),
+    }
+}
+
+/// The rollouts' trees.
+pub struct RolloutStore {
+    rollouts: sled::Tree,
+    desired: sled::Tree,
+    app_release: sled::Tree,
+}
+
+fn desired_key(app: &str, host: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(app.len() + 1 + host.len());
+    k.extend_from_slice(app.as_bytes());
+    k.push(0);
+    k.extend_from_slice(host.as_bytes());
+    k
+}
+
+fn enc_version(v: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + v.len());
+    out.push(VALUE_V1);
+    out.extend_from_slice(v.as_bytes());
+    out
+}
+
+fn dec_version(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<String, StoreError> {
+    match bytes.split_first() {
+        Some((&VALUE_V1, rest)) => String::from_utf8(rest.to_vec()).map_err(|e| corrupt(tree, key, e.to_string())),
+        Some((v, _)) => Err(corrupt(tree, key, format!("version byte {v}"))),
+        None => Err(corrupt(tree, key, "empty")),
+    }
+}
+
+fn decode_rollout(key: &[u8], bytes: &[u8]) -> Result<Rollout, StoreError> {
+    match bytes.split_first() {
+        Some((&RECORD_V2, rest)) => Rollout::decode(rest).map_err(|e| corrupt("rollouts", key, e.to_string())),
+        Some((&RECORD_V1, rest)) => legacy::RolloutV1::decode(rest)
+            .map(legacy::upgrade)
+            .map_err(|e| corrupt("rollouts", key, e.to_string())),
+        Some((v, _)) => Err(corrupt("rollouts", key, format!("version byte {v}"))),
+        None => Err(corrupt("rollouts", key, "empty")),
+    }
+}
+
+fn encode_rollout(r: &Rollout) -> Vec<u8> {
+    let mut v = Vec::with_capacity(1 + r.encoded_len());
+    v.push(RECORD_V2);
+    v.extend(r.encode_to_vec());
+    v
+}
+
+/// A host's current release of an app, from its last inventory.
+pub fn current_of(host: &Host, app: &str) -> String {
+    host.inventory
+        .as_ref()
+        .and_then(|i| i.apps.iter().find(|a| a.app == app))
+        .map(|a| a.current.clone())
+        .unwrap_or_default()
+}
+
+impl RolloutStore {
+    /// Opens the trees and migrates records of earlier releases (see the
+    /// module's doc); `hosts` are the enrolled hosts, for the migration.
+    pub fn open(store: &Store, hosts: &[Host]) -> Result<RolloutStore, StoreError> {
+        let s = RolloutStore {
+            rollouts: store.tree("rollouts")?,
+            desired: store.tree("desired")?,
+            app_release: store.tree("app_release")?,
+        };
+        s.migrate(hosts)?;
+        Ok(s)
+    }
+
+    fn migrate(&self, hosts: &[Host]) -> Result<(), StoreError> {
+        for kv in self.rollouts.iter() {
+            let (k, v) = kv?;
+            if v.first() == Some(&RECORD_V1) {
+                let r = decode_rollout(&k, &v)?;
+                self.rollouts.insert(&k, encode_rollout(&r))?;
+                tracing::info!(rollout_id = %r.id, "rollout record migrated to typed states");
+            }
+        }
+        let legacy: Vec<(sled::IVec, sled::IVec)> = self
+            .desired
+            .iter()
+            .filter(|kv| kv.as_ref().map_or(true, |(k, _)| !k.contains(&0)))
+            .collect::<Result<_, _>>()?;
+        for (k, v) in legacy {
+            let app = String::from_utf8_lossy(&k).into_owned();
+            let version = String::from_utf8_lossy(&v).into_owned();
+            if self.app_release.get(&k)?.is_none() {
+                self.app_release.insert(&k, enc_version(&version))?;
+            }
+            for h in hosts {
+                let current = current_of(h, &app);
+                if !current.is_empty() && self.desired.get(desired_key(&app, &h.id))?.is_none() {
+                    self.desired.insert(desired_key(&app, &h.id), enc_version(&current))?;
+                }
+            }
+            self.desired.remove(&k)?;
+            tracing::info!(
+                app,
+                version,
+                "app-wide desired version migrated to per-host desired releases"
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes a rollout record (the caller makes it durable).
+    pub fn put(&self, r: &Rollout) -> Result<(), StoreError> {
+        self.rollouts.insert(r.id.as_bytes(), encode_rollout(r))?;
+        Ok(())
+    }
+
+    /// One rollout.
+    pub fn get(&self, id: &str) -> Result<Option<Rollout>, StoreError> {
+        self.rollouts
+            .get(id)?
+            .map(|v| decode_rollout(id.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Every rollout, newest first.
+    pub fn all(&self) -> Result<Vec<Rollout>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.rollouts.iter() {
+            let (k, v) = kv?;
+            out.push(decode_rollout(&k, &v)?);
+        }
+        out.sort_by_key(|r| std::cmp::Reverse((r.created_at_ms, r.id.clone())));
+        Ok(out)
+    }
+
+    /// The rollout of `app` that has not ended, if any.
+    pub fn active(&self, app: &str) -> Result<Option<Rollout>, StoreError> {
+        Ok(self.all()?.into_iter().find(|r| r.app == app && !r.state().ended()))
+    }
+
+    /// The release `host` should run of `app`, when one was decided for it.
+    pub fn desired(&self, app: &str, host: &str) -> Result<Option<String>, StoreError> {
+        let key = desired_key(app, host);
+        self.desired
+            .get(&key)?
+            .map(|v| dec_version("desired", &key, &v))
+            .transpose()
+    }
+
+    /// Every host's desired release of `app`, by host id.
+    pub fn desired_of_app(&self, app: &str) -> Result<HashMap<String, String>, StoreError> {
+        let mut prefix = app.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = HashMap::new();
+        for kv in self.desired.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            let host = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            out.insert(host, dec_version("desired", &k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Records what `host` should run of `app` (the caller makes it durable).
+    pub fn set_desired(&self, app: &str, host: &str, version: &str) -> Result<(), StoreError> {
+        self.desired.insert(desired_key(app, host), enc_version(version))?;
+        Ok(())
+    }
+
+    /// The app's release for new hosts.
+    pub fn app_release(&self, app: &str) -> Result<Option<String>, StoreError> {
+        self.app_release
+            .get(app)?
+            .map(|v| dec_version("app_release", app.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Records the app's release for new hosts (the caller makes it durable).
+    pub fn set_app_release(&self, app: &str, version: &str) -> Result<(), StoreError> {
+        self.app_release.insert(app.as_bytes(), enc_version(version))?;
+        Ok(())
+    }
+
+    /// What `host` should run of `app`: its own desired release, else the
+    /// app's release for new hosts.
+    pub fn target(&self, app: &str, host: &str) -> Result<Option<String>, StoreError> {
+        match self.desired(app, host)? {
+            Some(v) => Ok(Some(v)),
+            None => self.app_release(app),
+        }
+    }
+}
+
+/// Records in the host's stored inventory that `current` of `app` is now
+/// `version` (the task that did it said so), so operators see it before the
+/// agent's next inventory report arrives.
+pub fn note_current(store: &Store, host: &str, app: &str, version: &str) -> Result<(), StoreError> {
+    store.update_host(host, |h| {
+        let inv = h.inventory.get_or_insert_with(Default::default);
+        match inv.apps.iter_mut().find(|a| a.app == app) {
+            Some(a) if a.current != version => {
+                a.previous = std::mem::replace(&mut a.current, version.to_string());
+            }
+            Some(_) => {}
+            None => inv.apps.push(fleet_proto::AppInventory {
+                app: app.to_string(),
+                current: version.to_string(),
+                ..Default::default()
+            }),
+        }
+    })?;
+    Ok(())
+}
+
+/// A single-host deploy or rollback ended healthy on `version`: that
+/// becomes the host's desired release (durably).
+pub async fn settled(fleet: &crate::fleet::Fleet, host: &str, app: &str, version: &str) -> Result<(), StoreError> {
+    fleet.rollouts.records.set_desired(app, host, version)?;
+    note_current(&fleet.store, host, app, version)?;
+    fleet.store.flush().await
+}
+
+/// Records written before states were typed (record version 1): the same
+/// field numbers, with states as strings. Decoded only to be upgraded.
+mod legacy {
+    use super::*;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RolloutV1 {
+        #[prost(string, tag = "1")]
+        pub id: String,
+        #[prost(string, tag = "2")]
+        pub app: String,
+        #[prost(string, tag = "3")]
+        pub version: String,
+        #[prost(string, tag = "4")]
+        pub state: String,
+        #[prost(message, optional, tag = "5")]
+        pub params: Option<StartRolloutRequest>,
+        #[prost(message, repeated, tag = "6")]
+        pub batches: Vec<BatchV1>,
+        #[prost(string, tag = "7")]
+        pub reason: String,
+        #[prost(int64, tag = "8")]
+        pub created_at_ms: i64,
+        #[prost(int64, tag = "9")]
+        pub ended_at_ms: i64,
+        #[prost(string, tag = "10")]
+        pub created_by: String,
+        #[prost(uint32, tag = "11")]
+        pub failure_budget: u32,
+        #[prost(uint32, tag = "12")]
+        pub current_batch: u32,
+        #[prost(string, tag = "13")]
+        pub plan: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct BatchV1 {
+        #[prost(message, repeated, tag = "1")]
+        pub hosts: Vec<HostV1>,
+        #[prost(string, tag = "2")]
+        pub state: String,
+        #[prost(bool, tag = "3")]
+        pub canary: bool,
+        #[prost(int64, tag = "4")]
+        pub started_at_ms: i64,
+        #[prost(int64, tag = "5")]
+        pub ended_at_ms: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct HostV1 {
+        #[prost(string, tag = "1")]
+        pub host_id: String,
+        #[prost(string, tag = "2")]
+        pub from_version: String,
+        #[prost(string, tag = "3")]
+        pub state: String,
+        #[prost(message, repeated, tag = "4")]
+        pub timeline: Vec<TaskProgress>,
+        #[prost(enumeration = "FailureCause", tag = "5")]
+        pub cause: i32,
+        #[prost(string, tag = "6")]
+        pub detail: String,
+        #[prost(string, tag = "7")]
+        pub phase: String,
+        #[prost(string, tag = "8")]
+        pub task_id: String,
+    }
+
+    fn rollout_state(s: &str) -> RolloutState {
+        match s {
+            "planned" => RolloutState::Planned,
+            "running" => RolloutState::Running,
+            "paused" => RolloutState::Paused,
+            "rolling_back" => RolloutState::RollingBack,
+            "succeeded" => RolloutState::Succeeded,
+            "failed" => RolloutState::Failed,
+            "rolled_back" => RolloutState::RolledBack,
+            "aborted" => RolloutState::Aborted,
+            _ => RolloutState::Unspecified,
+        }
+    }
+
+    fn batch_state(s: &str) -> BatchState {
+        match s {
+            "pending" => BatchState::Pending,
+            "running" => BatchState::Running,
+            "done" => BatchState::Done,
+            "failed" => BatchState::Failed,
+            _ => BatchState::Unspecified,
+        }
+    }
+
+    fn host_state(s: &str) -> HostState {
+        match s {
+            "pending" => HostState::Pending,
+            "running" => HostState::Running,
+            "succeeded" => HostState::Succeeded,
+            "failed" => HostState::Failed,
+            "rolled_back" => HostState::RolledBack,
+            "skipped" => HostState::Skipped,
+            _ => HostState::Unspecified,
+        }
+    }
+
+    /// The typed record of a version-1 one. A version-1 rollback had no
+    /// version (each host went to its own previous release): its hosts'
+    /// target is left empty. A version-1 rollout still running had sent the
+    /// tasks of its running hosts (it recorded them before sending).
+    pub fn upgrade(old: RolloutV1) -> Rollout {
+        let rollback = old.params.as_ref().is_some_and(|p| p.rollback);
+        let whole = old.params.as_ref().is_none_or(|p| p.selector.is_empty());
+        let mut r = Rollout {
+            id: old.id,
+            app: old.app,
+            version: old.version.clone(),
+            params: old.params,
+            reason: old.reason,
+            created_at_ms: old.created_at_ms,
+            ended_at_ms: old.ended_at_ms,
+            created_by: old.created_by,
+            failure_budget: old.failure_budget,
+            current_batch: old.current_batch,
+            plan: old.plan,
+            whole_selection: whole && !rollback,
+            batch_size: old
+                .batches
+                .iter()
+                .filter(|b| !b.canary)
+                .map(|b| b.hosts.len())
+                .max()
+                .unwrap_or(1) as u32,
+            ..Default::default()
+        };
+        let state = rollout_state(&old.state);
+        r.set_state(state);
+        r.set_kind(if rollback {
+            RolloutKind::Rollback
+        } else {
+            RolloutKind::Rollout
+        });
+        if matches!(state, RolloutState::Aborted) {
+            r.set_stop(StopCause::Aborted);
+        }
+        for b in old.batches {
+            let mut nb = RolloutBatch {
+                canary: b.canary,
+                started_at_ms: b.started_at_ms,
+                ended_at_ms: b.ended_at_ms,
+                ..Default::default()
+            };
+            nb.set_state(batch_state(&b.state));
+            for h in b.hosts {
+                let mut st = host_state(&h.state);
+                if st == HostState::Skipped && h.detail.starts_with("already runs") {
+                    // Version 1 kept "already runs" apart only in words.
+                    st = HostState::Unchanged;
+                }
+                let mut nh = RolloutHost {
+                    host_id: h.host_id,
+                    from_version: h.from_version,
+                    timeline: h.timeline,
+                    cause: h.cause,
+                    detail: h.detail,
+                    phase: h.phase,
+                    task_id: h.task_id,
+                    to_version: old.version.clone(),
+                    task_sent_at_ms: if st == HostState::Running {
+                        old.created_at_ms.max(1)
+                    } else {
+                        0
+                    },
+                    ..Default::default()
+                };
+                nh.set_state(st);
+                nb.hosts.push(nh);
+            }
+            r.batches.push(nb);
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_proto::{AppInventory, Inventory};
+
+    fn host(id: &str, app: &str, current: &str) -> Host {
+        Host {
+            id: id.into(),
+            inventory: Some(Inventory {
+                apps: vec![AppInventory {
+                    app: app.into(),
+                    current: current.into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn version_1_records_and_the_app_wide_desired_version_are_migrated() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(dir.path()).expect("open");
+        let old = legacy::RolloutV1 {
+            id: "r-1".into(),
+            app: "demo".into(),
+            version: "2.0.0".into(),
+            state: "succeeded".into(),
+            batches: vec![legacy::BatchV1 {
+                state: "done".into(),
+                hosts: vec![
+                    legacy::HostV1 {
+                        host_id: "h1".into(),
+                        from_version: "1.0.0".into(),
+                        state: "succeeded".into(),
+                        ..Default::default()
+                    },
+                    legacy::HostV1 {
+                        host_id: "h2".into(),
+                        state: "skipped".into(),
+                        detail: "already runs 2.0.0".into(),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut v = vec![RECORD_V1];
+        v.extend(old.encode_to_vec());
+        store.tree("rollouts").expect("tree").insert("r-1", v).expect("insert");
+        // Earlier releases: one version per app, raw bytes, under the app name.
+        store
+            .tree("desired")
+            .expect("tree")
+            .insert("demo", "2.0.0")
+            .expect("insert");
+
+        let hosts = [
+            host("h1", "demo", "1.0.0"),
+            host("h2", "demo", "2.0.0"),
+            host("h3", "other", "9"),
+        ];
+        let rs = RolloutStore::open(&store, &hosts).expect("open");
+        let r = rs.get("r-1").expect("get").expect("kept");
+        assert_eq!(r.state(), RolloutState::Succeeded);
+        assert_eq!(r.batches[0].state(), BatchState::Done);
+        assert_eq!(r.batches[0].hosts[0].state(), HostState::Succeeded);
+        assert_eq!(r.batches[0].hosts[0].to_version, "2.0.0");
+        assert_eq!(r.batches[0].hosts[1].state(), HostState::Unchanged);
+        assert_eq!(
+            store
+                .tree("rollouts")
+                .expect("tree")
+                .get("r-1")
+                .expect("get")
+                .expect("raw")[0],
+            RECORD_V2,
+            "rewritten as version 2"
+        );
+        assert_eq!(rs.app_release("demo").expect("get").as_deref(), Some("2.0.0"));
+        // Each host keeps what it runs: the migration changes no host.
+        assert_eq!(rs.desired("demo", "h1").expect("get").as_deref(), Some("1.0.0"));
+        assert_eq!(rs.desired("demo", "h2").expect("get").as_deref(), Some("2.0.0"));
+        assert_eq!(rs.desired("demo", "h3").expect("get"), None);
+        assert_eq!(rs.target("demo", "h9").expect("get").as_deref(), Some("2.0.0"));
+        // Opening again finds nothing more to migrate.
+        let again = RolloutStore::open(&store, &hosts).expect("open again");
+        assert_eq!(again.desired_of_app("demo").expect("all").len(), 2);
+    }
+}
