@@ -38,10 +38,27 @@ start_controller() {
         --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" >"$work/init.txt"
     fingerprint="$(grep -o 'sha256:[0-9a-f]*' "$work/init.txt" | head -n1)"
     sed -i 's/^heartbeat_interval = .*/heartbeat_interval = "2s"/' "$work/controller/controller.toml"
-    "$bin/fleet-controller" serve --config "$work/controller/controller.toml" 2>"$work/controller.log" &
-    pids+=($!)
     export FLEET_CONFIG="$work/controller/fleetctl.toml"
+    serve_controller
+}
+
+serve_controller() {
+    "$bin/fleet-controller" serve --config "$work/controller/controller.toml" 2>>"$work/controller.log" &
+    controller_pid=$!
+    pids+=($!)
     for _ in $(seq 50); do "$bin/fleetctl" whoami >/dev/null 2>&1 && break; sleep 0.2; done
+}
+
+restart_controller() { # kill -9, as a crash or an upgrade would, then serve again
+    kill -9 "$controller_pid"
+    wait "$controller_pid" 2>/dev/null || true
+    serve_controller
+    local n
+    for _ in $(seq 100); do
+        n="$("$bin/fleetctl" hosts ls --output json | grep -Eo '"status": *"connected"' | wc -l || true)"
+        [ "$n" -ge "$hosts" ] && break
+        sleep 0.3
+    done
 }
 
 start_hosts() { # count
@@ -87,7 +104,7 @@ TOML
     done
     local n
     for _ in $(seq 100); do
-        n="$("$bin/fleetctl" hosts ls --output json | grep -o '"status":"connected"' | wc -l || true)"
+        n="$("$bin/fleetctl" hosts ls --output json | grep -Eo '"status": *"connected"' | wc -l || true)"
         [ "$n" -ge "$hosts" ] && break
         sleep 0.3
     done
@@ -107,8 +124,14 @@ release() { # version [unhealthy-on-port]
     "$bin/fleetctl" release push demo "$work/demo-$1.tar.gz" --version "$1" --meta built-by=local-fleet
 }
 
-version_on() { # port: GET /version with bash's /dev/tcp (no curl needed)
-    { exec 3<>"/dev/tcp/127.0.0.1/$1" && printf 'GET /version HTTP/1.0\r\n\r\n' >&3 && tail -n1 <&3; } 2>/dev/null || echo nothing
+version_on() { # port: GET /version with bash's /dev/tcp (no curl needed), three tries
+    local v _
+    for _ in 1 2 3; do
+        v="$({ exec 3<>"/dev/tcp/127.0.0.1/$1" && printf 'GET /version HTTP/1.0\r\n\r\n' >&3 && tail -n1 <&3; } 2>/dev/null || true)"
+        [ -n "$v" ] && { echo "$v"; return; }
+        sleep 0.3
+    done
+    echo nothing
 }
 
 serving() {

@@ -5,7 +5,9 @@
 #   1. push v1 and roll it out,
 #   2. push v2 and roll it out one host at a time, with live progress,
 #   3. push a broken v3 (unhealthy on the last host) and watch the rollout
-#      fail that host and roll the changed ones back by itself.
+#      fail that host and roll the changed ones back by itself,
+#   4. roll the whole fleet back to v1 (one release for every host), restart
+#      the controller, and see that the rollback sticks.
 # Needs root (mount namespaces) and Debian's systemd, dbus and util-linux.
 # Ctrl-C (or the end, with --once) stops everything; the work dir stays.
 set -euo pipefail
@@ -45,8 +47,15 @@ if "$bin/fleetctl" rollout demo --version 3.0.0 --batch 1 --max-failures 0 --wai
 fi
 echo "(the rollout failed and rolled back, as it should)"
 serving
+
+step "4. roll everything back to 1.0.0, restart the controller: it sticks"
+"$bin/fleetctl" rollback demo --to 1.0.0 --wait --watch
+serving
+restart_controller
+sleep 5
+serving
 "$bin/fleetctl" app show demo
-"$bin/fleetctl" rollout ls demo
+"$bin/fleetctl" app history demo
 
 echo
 echo "metrics: curl -s http://127.0.0.1:$mport/metrics | grep fleet_"

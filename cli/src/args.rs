@@ -431,6 +431,16 @@ pub enum HostsCommand {
         #[arg(long, short = 'y')]
         yes: bool,
     },
+    /// Remove every host that has been disconnected for at least a duration
+    /// (machines that are gone), revoking their certificates.
+    Prune {
+        /// How long a host must have been away, e.g. 7d (at least 1m)
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        disconnected_for: Duration,
+        /// List the hosts without removing them
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// `fleetctl app ...`.

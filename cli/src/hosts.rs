@@ -7,8 +7,8 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use fleet_proto::{
-    AppInventory, GetHostRequest, Host, HostStatus, LabelHostRequest, ListHostsRequest, RemoveHostRequest,
-    RemoveHostResponse,
+    AppInventory, GetHostRequest, Host, HostStatus, LabelHostRequest, ListHostsRequest, PruneHostsRequest,
+    RemoveHostRequest, RemoveHostResponse,
 };
 use serde_json::{json, Value};
 
@@ -142,6 +142,53 @@ pub async fn remove(client: &Client, id: &str, confirm: Confirm, format: Format)
             "stream_cut": removed.stream_cut,
         })),
         Format::Table => Report::out(removed_line(&removed)),
+    })
+}
+
+/// `hosts prune --disconnected-for D [--dry-run]`.
+pub async fn prune(
+    client: &Client,
+    disconnected_for: Duration,
+    dry_run: bool,
+    format: Format,
+) -> Result<Report, Error> {
+    let removed = client
+        .hosts()
+        .prune_hosts(PruneHostsRequest {
+            disconnected_for_ms: disconnected_for.as_millis() as u64,
+            dry_run,
+        })
+        .await
+        .map_err(|s| client.fail(s))?
+        .into_inner()
+        .removed;
+    Ok(match format {
+        Format::Json => Report::json(&json!({
+            "dry_run": dry_run,
+            "removed": removed.iter().map(|h| json!({
+                "host_id": h.id,
+                "hostname": hostname(h),
+                "last_seen_ms": h.last_seen_ms,
+            })).collect::<Vec<_>>(),
+        })),
+        Format::Table => {
+            let verb = if dry_run { "would remove" } else { "removed" };
+            let mut out = format!(
+                "{verb} {} host{} disconnected for {} or more\n",
+                removed.len(),
+                if removed.len() == 1 { "" } else { "s" },
+                humantime::format_duration(disconnected_for)
+            );
+            let now = fleet_proto::now_ms();
+            for h in &removed {
+                out.push_str(&format!(
+                    "  {}  last seen {}\n",
+                    crate::rollouts::host_label(&h.id, hostname(h)),
+                    output::relative(h.last_seen_ms, now)
+                ));
+            }
+            Report::out(out)
+        }
     })
 }
 

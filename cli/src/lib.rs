@@ -111,6 +111,10 @@ pub async fn execute(cli: &Cli, env: &Env) -> Result<Report, Error> {
             let confirm = hosts::Confirm::from_flag(*yes)?;
             hosts::remove(&connect(cli, env).await?, id, confirm, format).await
         }
+        Command::Hosts(HostsCommand::Prune {
+            disconnected_for,
+            dry_run,
+        }) => hosts::prune(&connect(cli, env).await?, *disconnected_for, *dry_run, format).await,
         Command::Bootstrap(args) => bootstrap::run(cli, env, args).await,
     }
 }

@@ -35,11 +35,12 @@ use crate::tls::PeerInfo;
 
 /// The operator methods that change something, as `Service/Method`: the
 /// one list of what is audited.
-pub const AUDITED: [&str; 10] = [
+pub const AUDITED: [&str; 11] = [
     "TokenService/CreateToken",
     "TokenService/RevokeToken",
     "HostService/LabelHost",
     "HostService/RemoveHost",
+    "HostService/PruneHosts",
     "AppService/CreateApp",
     "AppService/UpdateApp",
     "AppService/Deploy",

@@ -114,6 +114,10 @@ impl Enrollment for EnrollmentService {
         fleet.store.flush().await.map_err(internal)?;
         fleet.metrics.enrollment("ok");
         tracing::info!(host_id, token_id, hostname = %facts.hostname, %remote, "host enrolled");
+        // A machine enrolling again under its hostname replaces its old entry.
+        if let Err(e) = crate::retire::replaced_by(fleet, &host_id, &facts.hostname).await {
+            tracing::error!(host_id, error = %e, "cannot retire the entries this enrollment replaces");
+        }
         Ok(Response::new(EnrollResponse {
             host_id,
             certificate_pem: signed.pem,

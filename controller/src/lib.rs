@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod ops;
 pub mod registry;
 pub mod releases;
+pub mod retire;
 pub mod rollouts;
 pub mod selector;
 pub mod server;

@@ -10,8 +10,8 @@ use fleet_proto::session_server::Session;
 use fleet_proto::token_service_server::TokenService;
 use fleet_proto::{
     now_ms, CreateTokenRequest, CreateTokenResponse, GetHostRequest, Host, JoinToken, LabelHostRequest,
-    ListHostsRequest, ListHostsResponse, ListTokensRequest, ListTokensResponse, RemoveHostRequest, RemoveHostResponse,
-    RevokeTokenRequest, WhoAmIRequest, WhoAmIResponse,
+    ListHostsRequest, ListHostsResponse, ListTokensRequest, ListTokensResponse, PruneHostsRequest, PruneHostsResponse,
+    RemoveHostRequest, RemoveHostResponse, RevokeTokenRequest, WhoAmIRequest, WhoAmIResponse,
 };
 use tonic::service::Interceptor;
 use tonic::{Request, Response, Status};
@@ -197,6 +197,24 @@ impl HostService for HostsService {
             revoked_certificates: revoked,
             stream_cut,
         }))
+    }
+
+    async fn prune_hosts(&self, req: Request<PruneHostsRequest>) -> Result<Response<PruneHostsResponse>, Status> {
+        let op = operator(&req);
+        let r = req.into_inner();
+        if r.disconnected_for_ms < crate::retire::MIN_PRUNE_MS {
+            return Err(Status::invalid_argument(
+                "--disconnected-for must be at least 1m: shorter would remove hosts that are only reconnecting",
+            ));
+        }
+        let now = fleet_proto::now_ms();
+        let removed = if r.dry_run {
+            crate::retire::stale(&self.0, r.disconnected_for_ms, now)
+        } else {
+            crate::retire::prune(&self.0, r.disconnected_for_ms, now, &op.name).await
+        }
+        .map_err(internal)?;
+        Ok(Response::new(PruneHostsResponse { removed }))
     }
 }
 

@@ -154,11 +154,55 @@ fn an_expired_certificate_needs_a_new_token() {
     let config = std::fs::read_to_string(&fleet.agents[0].config).expect("config");
     let config = config.replace(&token, &fresh);
     std::fs::write(&fleet.agents[0].config, config).expect("write config");
+    let old_id = hosts[0]["id"].as_str().expect("id").to_string();
     fleet.agents[0].start();
-    // It enrolls as a new host; the old entry stays, disconnected, for the operator to remove.
-    wait_until(Duration::from_secs(30), "the re-enrolled host to connect", || {
+    // It enrolls as a new host, which replaces the old entry of its hostname
+    // (so the dead entry no longer counts in batches or shows in hosts ls).
+    let hosts = wait_until(
+        Duration::from_secs(30),
+        "the re-enrolled host to replace its old entry",
+        || {
+            let hosts = fleet.hosts();
+            let connected = hosts.iter().filter(|h| h["status"] == "connected").count();
+            (hosts.len() == 1 && connected == 1).then_some(hosts)
+        },
+    );
+    assert_ne!(hosts[0]["id"].as_str(), Some(old_id.as_str()), "a new id: {hosts:?}");
+    assert_eq!(hosts[0]["hostname"], "web-1", "{hosts:?}");
+}
+
+#[test]
+fn hosts_gone_longer_than_a_duration_are_pruned() {
+    let mut fleet = Fleet::start(2);
+    fleet.wait_connected(2, Duration::from_secs(30));
+    fleet.agents[1].kill9();
+    wait_until(Duration::from_secs(30), "web-2 to be seen disconnected", || {
         let hosts = fleet.hosts();
-        let connected = hosts.iter().filter(|h| h["status"] == "connected").count();
-        (hosts.len() == 2 && connected == 1).then_some(())
+        (hosts.iter().filter(|h| h["status"] == "connected").count() == 1).then_some(())
     });
+    let too_short = fleet.fleetctl(&["hosts", "prune", "--disconnected-for", "10s"]);
+    assert_eq!(too_short.status.code(), Some(1), "under a minute is refused");
+    let dry = fleet.fleetctl_json(&["hosts", "prune", "--disconnected-for", "1m", "--dry-run"]);
+    assert_eq!(
+        dry["removed"].as_array().map(Vec::len),
+        Some(0),
+        "web-2 left just now: {dry}"
+    );
+    std::thread::sleep(Duration::from_secs(61));
+    let dry = fleet.fleetctl_json(&["hosts", "prune", "--disconnected-for", "1m", "--dry-run"]);
+    assert_eq!(dry["removed"][0]["hostname"], "web-2", "{dry}");
+    assert_eq!(fleet.hosts().len(), 2, "a dry run removes nothing");
+    let pruned = fleet.fleetctl_json(&["hosts", "prune", "--disconnected-for", "1m"]);
+    assert_eq!(pruned["removed"].as_array().map(Vec::len), Some(1), "{pruned}");
+    let hosts = fleet.hosts();
+    assert_eq!(hosts.len(), 1, "{hosts:?}");
+    assert_eq!(hosts[0]["hostname"], "web-1");
+    // The pruned machine's certificate is revoked: it cannot come back by itself.
+    fleet.agents[1].start();
+    assert_eq!(
+        fleet.agents[1].wait_exit(Duration::from_secs(30)),
+        Some(3),
+        "{}",
+        fleet.logs()
+    );
 }
