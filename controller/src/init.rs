@@ -162,6 +162,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
         token_ttl: crate::config::defaults::token_ttl(),
         log_format: crate::config::defaults::log_format(),
         max_release_size: crate::config::defaults::max_release_size(),
+        connections: None,
     };
     let config_path = dir.join("controller.toml");
     let toml_text = toml::to_string(&raw).map_err(|e| InitError::Invalid(e.to_string()))?;

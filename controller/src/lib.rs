@@ -8,6 +8,7 @@ pub mod config;
 pub mod enroll;
 pub mod fleet;
 pub mod init;
+pub mod listener;
 pub mod metrics;
 pub mod ops;
 pub mod registry;

@@ -39,6 +39,13 @@ pub struct Metrics {
     pub rpc_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     /// TLS handshakes refused, by reason.
     pub tls_refused: Family<Vec<(String, String)>, Counter>,
+    /// Connections held on the TLS port (accepted and not yet closed).
+    pub connections_open: Gauge,
+    /// Connections the controller closed or refused, by reason (see
+    /// `listener::CloseReason`).
+    pub connections_closed: Family<Vec<(String, String)>, Counter>,
+    /// `accept` failures on the TLS port (e.g. out of file descriptors).
+    pub accept_errors: Counter<u64, AtomicU64>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -77,8 +84,29 @@ impl Metrics {
         );
         let tls_refused = Family::default();
         registry.register("tls_refused", "TLS handshakes refused, by reason", tls_refused.clone());
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Connections held on the TLS port",
+            connections_open.clone(),
+        );
+        let connections_closed = Family::default();
+        registry.register(
+            "connections_closed",
+            "Connections the controller closed or refused, by reason",
+            connections_closed.clone(),
+        );
+        let accept_errors = Counter::default();
+        registry.register(
+            "accept_errors",
+            "accept failures on the TLS port",
+            accept_errors.clone(),
+        );
         Metrics {
             registry,
+            connections_open,
+            connections_closed,
+            accept_errors,
             agents_connected,
             hosts_enrolled,
             enrollments,

@@ -7,6 +7,7 @@ mod harness;
 
 mod audit;
 mod bootstrap;
+mod connections;
 mod enrollment;
 mod lifecycle;
 mod refusals;
