@@ -7,6 +7,7 @@ pub mod ca;
 pub mod config;
 pub mod enroll;
 pub mod fleet;
+pub mod grants;
 pub mod init;
 pub mod listener;
 pub mod metrics;

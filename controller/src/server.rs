@@ -99,9 +99,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let shutdown = CancellationToken::new();
     let tls = crate::tls::server_config(ca_der[0].clone(), chain, key, store.clone(), metrics.clone())
         .map_err(|e| ServeError::Tls(e.to_string()))?;
+    let grants = crate::grants::Grants::new(&ca.derive_key("fetch-grant-v1"));
     let fleet = Arc::new(Fleet {
         store: store.clone(),
         ca,
+        grants,
         registry: Registry::new(metrics.clone()),
         metrics: metrics.clone(),
         settings: Settings {

@@ -5,6 +5,7 @@
 
 mod harness;
 
+mod artifacts;
 mod audit;
 mod bootstrap;
 mod connections;
