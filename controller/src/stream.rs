@@ -92,6 +92,14 @@ impl AgentService for StreamService {
                 hello.host_id
             )));
         }
+        // The same hostname rule as at enrollment: a host's facts reach
+        // operators' terminals and `--host NAME` lookups.
+        if let Some(facts) = &hello.facts {
+            if let Err(e) = fleet_proto::check_hostname(&facts.hostname) {
+                tracing::warn!(host_id, error = %e, "hello refused");
+                return Err(Status::invalid_argument(e));
+            }
+        }
         let now = now_ms();
         let stored = fleet
             .store

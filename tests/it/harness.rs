@@ -359,7 +359,7 @@ impl Fleet {
     /// with one token labelled env=test.
     pub fn start(n: usize) -> Fleet {
         let mut fleet = Fleet::controller_only(&[]);
-        let token = fleet.token(&["--label", "env=test", "--uses", &n.to_string()]);
+        let token = fleet.token(&["--label", "env=test", "--allow-label", "az", "--uses", &n.to_string()]);
         for i in 1..=n {
             fleet.add_agent(&format!("web-{i}"), &token, &[("az", "zone-a")]);
         }

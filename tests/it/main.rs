@@ -10,6 +10,7 @@ mod audit;
 mod bootstrap;
 mod connections;
 mod enrollment;
+mod labels;
 mod lifecycle;
 mod refusals;
 mod releases;
