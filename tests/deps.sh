@@ -23,6 +23,9 @@ command -v /usr/sbin/sshd >/dev/null || need+=(openssh-server)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v cloud-init >/dev/null || need+=(cloud-init)
 command -v unshare >/dev/null || need+=(util-linux)
+# prlimit (util-linux): the connections test runs the controller at a
+# 1024 file-descriptor limit.
+command -v prlimit >/dev/null || need+=(util-linux)
 if ((${#need[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     # No service of these packages may start on this machine while they

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use fleet_proto::agent_message::Body as Out;
 use fleet_proto::agent_service_client::AgentServiceClient;
 use fleet_proto::{
-    task, AgentMessage, AppInventory, AppSpec, FailureCause, FetchArtifactRequest, HealthResult, Inventory, ReleaseRef,
-    Task, TaskProgress, TaskState,
+    task, AgentMessage, AppInventory, AppSpec, FailureCause, FetchArtifactRequest, FetchGrant, HealthResult, Inventory,
+    ReleaseRef, Task, TaskProgress, TaskState,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch, Mutex};
@@ -333,7 +333,11 @@ impl Worker {
     async fn handle(&self, task: Task) {
         let started = Instant::now();
         let (app_name, spec, kind) = match task.kind {
-            Some(task::Kind::Deploy(d)) => (d.app, d.spec, Kind::Deploy(d.release.unwrap_or_default())),
+            Some(task::Kind::Deploy(d)) => (
+                d.app,
+                d.spec,
+                Kind::Deploy(d.release.unwrap_or_default(), task.fetch_grant),
+            ),
             Some(task::Kind::Rollback(r)) => (r.app, r.spec, Kind::Rollback(r.to_version)),
             None => (String::new(), None, Kind::Rollback(String::new())),
         };
@@ -373,7 +377,7 @@ impl Worker {
             );
         }
         let outcome = match kind {
-            Kind::Deploy(release) => self.deploy(&run, &spec, &release).await,
+            Kind::Deploy(release, grant) => self.deploy(&run, &spec, &release, grant.as_ref()).await,
             Kind::Rollback(to) => self.rollback(&run, &spec, &to).await,
         };
         let outcome = outcome.map(|detail| {
@@ -387,7 +391,13 @@ impl Worker {
         run.done(started, outcome);
     }
 
-    async fn deploy(&self, run: &Run<'_>, spec: &AppSpec, rel: &ReleaseRef) -> Result<String, (Failed, bool)> {
+    async fn deploy(
+        &self,
+        run: &Run<'_>,
+        spec: &AppSpec,
+        rel: &ReleaseRef,
+        grant: Option<&FetchGrant>,
+    ) -> Result<String, (Failed, bool)> {
         let nothing_changed = |f: Failed| (f, false);
         layout::check_name("version", &rel.version)
             .map_err(|e| nothing_changed(fail("start", FailureCause::Invalid, e)))?;
@@ -408,7 +418,7 @@ impl Worker {
             );
         } else {
             let t = run.started("fetch");
-            let part = self.fetch(rel).await.map_err(|f| {
+            let part = self.fetch(rel, grant).await.map_err(|f| {
                 run.phase_failed(&f, t);
                 nothing_changed(f)
             })?;
@@ -773,7 +783,9 @@ impl Worker {
 
     /// Downloads an artifact into `downloads/<sha256>.part`, resuming from
     /// what is there, across broken connections, until it is complete.
-    async fn fetch(&self, rel: &ReleaseRef) -> Result<PathBuf, Failed> {
+    /// `grant` is the task's permission to download it, shown on every
+    /// attempt (a restarted controller honours it too).
+    async fn fetch(&self, rel: &ReleaseRef, grant: Option<&FetchGrant>) -> Result<PathBuf, Failed> {
         let dir = layout::downloads(&self.host.state_dir);
         std::fs::create_dir_all(&dir).map_err(|e| fail("fetch", io_cause(&e), format!("{}: {e}", dir.display())))?;
         let part = dir.join(format!("{}.part", rel.sha256));
@@ -813,7 +825,7 @@ impl Worker {
                 let _ = tokio::time::timeout(Duration::from_secs(5), channel.changed()).await;
                 continue;
             };
-            match self.fetch_from(ch, rel, &part, have).await {
+            match self.fetch_from(ch, rel, grant, &part, have).await {
                 Ok(()) => {}
                 Err(FetchError::Fatal(f)) => return Err(f),
                 Err(FetchError::Retry(e)) => {
@@ -824,12 +836,20 @@ impl Worker {
         }
     }
 
-    async fn fetch_from(&self, ch: Channel, rel: &ReleaseRef, part: &Path, offset: u64) -> Result<(), FetchError> {
+    async fn fetch_from(
+        &self,
+        ch: Channel,
+        rel: &ReleaseRef,
+        grant: Option<&FetchGrant>,
+        part: &Path,
+        offset: u64,
+    ) -> Result<(), FetchError> {
         let mut client = AgentServiceClient::new(ch).max_decoding_message_size(4 << 20);
         let mut stream = client
             .fetch_artifact(FetchArtifactRequest {
                 sha256: rel.sha256.clone(),
                 offset,
+                grant: grant.cloned(),
             })
             .await
             .map_err(|s| classify_fetch(&s))?
@@ -888,7 +908,7 @@ impl Worker {
 }
 
 enum Kind {
-    Deploy(ReleaseRef),
+    Deploy(ReleaseRef, Option<FetchGrant>),
     Rollback(String),
 }
 

@@ -394,6 +394,10 @@ pub struct TokenCreateArgs {
     /// Free-form note, e.g. "eu-west-1 autoscaling group"
     #[arg(long, value_name = "TEXT")]
     pub description: Option<String>,
+    /// A label key hosts enrolling with the token may set themselves in
+    /// agent.toml [labels] (repeatable); hosts sending any other key are refused
+    #[arg(long = "allow-label", value_name = "KEY")]
+    pub allow_labels: Vec<String>,
 }
 
 /// `fleetctl hosts ...`.

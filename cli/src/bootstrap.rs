@@ -430,6 +430,8 @@ async fn bootstrap_host(plan: &Plan, target: &Target, bar: &ProgressBar) -> Resu
         max_uses: 1,
         description: format!("fleetctl bootstrap {host}"),
         cert_ttl_ms: 0,
+        // The labels are the token's; the agent.toml written here has none.
+        allowed_label_keys: Vec::new(),
     };
     let created = plan
         .client

@@ -44,6 +44,57 @@ impl Report {
     }
 }
 
+/// Widest table cell, in characters; a longer one is cut and ends in "…".
+pub const MAX_CELL: usize = 80;
+/// Longest value in a `key: value` block, in characters.
+pub const MAX_VALUE: usize = 4096;
+
+/// `s` made safe to print on a terminal: control characters (C0, DEL, C1),
+/// Unicode line and paragraph separators, bidi controls and zero-width
+/// characters are shown escaped (`\n`, `\t`, `\x1b`, `\u{202e}`), and a
+/// backslash is doubled so an escape can always be told from the text
+/// `\n`. Strings from hosts and requests (hostnames, labels, details) go
+/// through it before they reach a table, so they cannot forge rows, move the
+/// cursor or recolour the screen. `-o json` prints them whole instead.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x100 && c.is_control() => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}' => {
+                let _ = write!(out, "\\u{{{:04x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `s` cut to at most `max` characters, the last one "…" when it was cut.
+pub fn fit(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// A table cell: escaped, then cut to [`MAX_CELL`].
+pub fn cell(s: &str) -> String {
+    fit(&escape(s), MAX_CELL)
+}
+
 /// A table with a header row, columns padded to the widest cell.
 #[derive(Debug, Clone)]
 pub struct Table {
@@ -60,9 +111,10 @@ impl Table {
         }
     }
 
-    /// Appends a row; it should have one cell per column.
+    /// Appends a row; it should have one cell per column. Every cell is
+    /// escaped and cut here (see [`cell`]), whatever its origin.
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows.push(cells.iter().map(|c| cell(c)).collect());
     }
 
     /// Renders the table; the last column is not padded, so no line ends in spaces.
@@ -101,9 +153,10 @@ pub struct Block {
 }
 
 impl Block {
-    /// Adds a line.
+    /// Adds a line; key and value are escaped and cut here (see [`escape`]).
     pub fn line(&mut self, key: impl Into<String>, value: impl Into<String>) {
-        self.lines.push((key.into(), value.into()));
+        self.lines
+            .push((cell(&key.into()), fit(&escape(&value.into()), MAX_VALUE)));
     }
 
     /// Renders the block.
@@ -262,6 +315,57 @@ mod tests {
         t.row(vec!["a".into(), "2/∞".into(), String::new()]);
         t.row(vec!["bbbb".into(), "10/20".into(), "x".into()]);
         assert_eq!(t.render(), "ID    USES   NOTE\na     2/∞\nbbbb  10/20  x\n");
+    }
+
+    #[test]
+    fn escape_shows_control_and_invisible_characters() {
+        assert_eq!(escape("web-1"), "web-1");
+        assert_eq!(escape("a\nb"), "a\\nb");
+        assert_eq!(escape("\r\t"), "\\r\\t");
+        assert_eq!(escape("\x1b[31mred"), "\\x1b[31mred");
+        assert_eq!(escape("\u{7f}\u{9b}"), "\\x7f\\x9b");
+        assert_eq!(escape("\0"), "\\x00");
+        assert_eq!(escape("evil\u{202e}txt"), "evil\\u{202e}txt");
+        assert_eq!(escape("zero\u{200b}width\u{feff}"), "zero\\u{200b}width\\u{feff}");
+        assert_eq!(escape("line\u{2028}sep"), "line\\u{2028}sep");
+        assert_eq!(
+            escape("a\\nb"),
+            "a\\\\nb",
+            "a literal backslash-n stays distinguishable"
+        );
+        assert_eq!(escape("größe 日本"), "größe 日本", "printable text is untouched");
+    }
+
+    #[test]
+    fn fit_cuts_on_characters_with_an_ellipsis() {
+        assert_eq!(fit("abc", 3), "abc");
+        assert_eq!(fit("abcd", 3), "ab…");
+        assert_eq!(fit("日本語です", 4), "日本語…");
+        assert_eq!(fit("", 0), "");
+        assert_eq!(cell(&"x".repeat(1000)).chars().count(), MAX_CELL);
+    }
+
+    #[test]
+    fn hostile_cells_cannot_forge_rows_nor_panic() {
+        let mut t = Table::new(vec!["ID", "HOSTNAME", "LABELS"]);
+        t.row(vec![
+            "h1".into(),
+            "web-1\nh2  fake-host  role=admin".into(),
+            "x".repeat(70_000),
+        ]);
+        t.row(vec!["h3".into(), "\x1b[2J\x1b[Hcleared".into(), "y".repeat(70_000)]);
+        let out = t.render();
+        assert_eq!(out.lines().count(), 3, "one line per row:\n{out}");
+        assert!(!out.contains('\x1b'), "{out}");
+        assert!(out.contains("web-1\\nh2"), "{out}");
+        assert!(out.lines().all(|l| l.chars().count() < 3 * MAX_CELL), "{out}");
+
+        let mut b = Block::default();
+        b.line("hostname", "a\nlabels: forged");
+        b.line("x".repeat(70_000), "z".repeat(70_000));
+        let out = b.render();
+        assert_eq!(out.lines().count(), 2, "{out}");
+        assert!(out.contains("a\\nlabels: forged"), "{out}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub async fn create(client: &Client, args: &TokenCreateArgs, format: Format) -> 
         max_uses: args.uses.unwrap_or(0),
         description: args.description.clone().unwrap_or_default(),
         cert_ttl_ms: args.cert_ttl.map(millis).unwrap_or(0),
+        allowed_label_keys: args.allow_labels.clone(),
     };
     let response = client
         .tokens()
@@ -36,6 +37,7 @@ pub async fn create(client: &Client, args: &TokenCreateArgs, format: Format) -> 
             "expires_at_ms": token.expires_at_ms,
             "max_uses": token.max_uses,
             "cert_ttl_ms": token.cert_ttl_ms,
+            "allowed_label_keys": token.allowed_label_keys,
             "state": token.state,
         })),
         Format::Table => Report {
@@ -59,11 +61,16 @@ fn describe_created(token: &JoinToken, now_ms: i64) -> String {
             humantime::format_duration(Duration::from_millis(ms))
         ),
     };
+    let own = if token.allowed_label_keys.is_empty() {
+        "hosts set no labels themselves".to_string()
+    } else {
+        format!("hosts may set {}", token.allowed_label_keys.join(", "))
+    };
     format!(
-        "created join token {}: labels {}; expires {}; {uses}; {cert}\n\
+        "created join token {}: labels {}; {own}; expires {}; {uses}; {cert}\n\
          the secret above is shown only once: put it in the agent's join_token\n",
-        token.id,
-        output::labels(&token.labels),
+        output::escape(&token.id),
+        output::escape(&output::labels(&token.labels)),
         output::when(token.expires_at_ms, now_ms, "never"),
     )
 }
@@ -117,6 +124,7 @@ pub fn token_json(t: &JoinToken) -> Value {
         "description": t.description,
         "created_by": t.created_by,
         "cert_ttl_ms": t.cert_ttl_ms,
+        "allowed_label_keys": t.allowed_label_keys,
     })
 }
 
@@ -164,6 +172,7 @@ mod tests {
             description: "asg".into(),
             state: "active".into(),
             cert_ttl_ms: 7 * 86_400_000,
+            allowed_label_keys: vec!["az".into()],
         }
     }
 
@@ -190,6 +199,7 @@ mod tests {
         assert_eq!(
             keys,
             [
+                "allowed_label_keys",
                 "cert_ttl_ms",
                 "created_at_ms",
                 "created_by",

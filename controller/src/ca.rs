@@ -66,6 +66,9 @@ pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     /// The CA certificate, PEM (sent to agents at enrollment).
     pub cert_pem: String,
+    /// SHA-256 of the CA key: the root of the controller's own MAC keys, so
+    /// they are the same after a restart and need no file of their own.
+    secret: [u8; 32],
 }
 
 impl std::fmt::Debug for Ca {
@@ -90,11 +93,28 @@ impl Ca {
     /// Loads the CA from its PEM certificate and key.
     pub fn load(cert_pem: &str, key_pem: &str) -> Result<Ca, CaError> {
         let key = KeyPair::from_pem(key_pem).map_err(|e| CaError::Load(format!("CA key: {e}")))?;
+        let mut secret = [0u8; 32];
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"fleet controller secret v1\0");
+        ctx.update(&key.serialize_der());
+        secret.copy_from_slice(ctx.finish().as_ref());
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(|e| CaError::Load(format!("CA cert: {e}")))?;
         Ok(Ca {
             issuer,
             cert_pem: cert_pem.to_string(),
+            secret,
         })
+    }
+
+    /// A 32-byte key for `purpose`, derived from the CA key: stable across
+    /// restarts, different per purpose, and never the CA key itself.
+    pub fn derive_key(&self, purpose: &str) -> [u8; 32] {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(&self.secret);
+        ctx.update(purpose.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
     }
 
     /// Signs the controller's server certificate for `sans` with a key made here.

@@ -55,6 +55,46 @@ pub struct RawConfig {
     /// reconnect before judging any of them offline.
     #[serde(default = "defaults::reconnect_grace")]
     pub reconnect_grace: String,
+    /// Limits of the TLS port's connections (`[connections]`); `init` leaves
+    /// the table out, so the defaults apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<RawConnections>,
+}
+
+/// `[connections]`: how many connections the TLS port holds and how long a
+/// connection may stay without a request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConnections {
+    /// Connections held at once, from everyone; lowered at start to what the
+    /// open-file limit leaves room for.
+    #[serde(default = "defaults::max_connections")]
+    pub max_total: usize,
+    /// Connections held at once from one source address.
+    #[serde(default = "defaults::max_connections_per_ip")]
+    pub max_per_ip: usize,
+    /// Deadline of the TLS handshake.
+    #[serde(default = "defaults::handshake_timeout")]
+    pub handshake_timeout: String,
+    /// Deadline, after the handshake, of the first request (so also of the
+    /// HTTP/2 preface, which comes before it).
+    #[serde(default = "defaults::first_request_timeout")]
+    pub first_request_timeout: String,
+    /// How long a connection may stay open with no request in flight.
+    #[serde(default = "defaults::idle_timeout")]
+    pub idle_timeout: String,
+}
+
+impl Default for RawConnections {
+    fn default() -> Self {
+        RawConnections {
+            max_total: defaults::max_connections(),
+            max_per_ip: defaults::max_connections_per_ip(),
+            handshake_timeout: defaults::handshake_timeout(),
+            first_request_timeout: defaults::first_request_timeout(),
+            idle_timeout: defaults::idle_timeout(),
+        }
+    }
 }
 
 /// Every default of the controller, in one place.
@@ -92,6 +132,45 @@ pub mod defaults {
     pub fn reconnect_grace() -> String {
         "60s".into()
     }
+    /// Connections held at once: the design's stretch target of agents per
+    /// controller (the open-file limit usually lowers it; see `listener`).
+    pub fn max_connections() -> usize {
+        50_000
+    }
+    /// Connections from one address: high enough for a NAT gateway in front
+    /// of a few thousand agents, low enough that one source cannot take all.
+    pub fn max_connections_per_ip() -> usize {
+        4_096
+    }
+    /// TLS handshake deadline.
+    pub fn handshake_timeout() -> String {
+        "10s".into()
+    }
+    /// First-request deadline: a real client sends its first request within
+    /// a round trip of the handshake.
+    pub fn first_request_timeout() -> String {
+        "10s".into()
+    }
+    /// Idle deadline: agents always hold their stream, so only operator and
+    /// CI connections between calls are ever idle.
+    pub fn idle_timeout() -> String {
+        "120s".into()
+    }
+}
+
+/// The validated `[connections]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections held at once (before the open-file limit lowers it).
+    pub max_total: usize,
+    /// Connections held at once from one source address.
+    pub max_per_ip: usize,
+    /// TLS handshake deadline.
+    pub handshake_timeout: Duration,
+    /// Deadline of the first request after the handshake.
+    pub first_request_timeout: Duration,
+    /// How long a connection may stay with no request in flight.
+    pub idle_timeout: Duration,
 }
 
 /// The validated configuration `serve` runs with.
@@ -117,6 +196,8 @@ pub struct Config {
     pub max_release_bytes: u64,
     /// Reconnect grace of resumed rollouts.
     pub reconnect_grace: Duration,
+    /// Limits of the TLS port's connections.
+    pub connections: ConnectionLimits,
 }
 
 /// Shortest certificate lifetime a join token may ask for (the floor).
@@ -192,8 +273,31 @@ impl Config {
                     format!("'{}' is not a size such as 500MiB or 2GiB", raw.max_release_size),
                 )
             })?;
+        let raw_conns = raw.connections.clone().unwrap_or_default();
+        let count = |key: &'static str, v: usize| {
+            if v == 0 {
+                Err(invalid(key, "must be at least 1".into()))
+            } else {
+                Ok(v)
+            }
+        };
+        let deadline = |key: &'static str, v: &str| {
+            let d = dur(key, v)?;
+            if d < Duration::from_millis(100) {
+                return Err(invalid(key, format!("'{v}' is too short; give at least 100ms")));
+            }
+            Ok(d)
+        };
+        let connections = ConnectionLimits {
+            max_total: count("connections.max_total", raw_conns.max_total)?,
+            max_per_ip: count("connections.max_per_ip", raw_conns.max_per_ip)?,
+            handshake_timeout: deadline("connections.handshake_timeout", &raw_conns.handshake_timeout)?,
+            first_request_timeout: deadline("connections.first_request_timeout", &raw_conns.first_request_timeout)?,
+            idle_timeout: deadline("connections.idle_timeout", &raw_conns.idle_timeout)?,
+        };
         Ok(Config {
             path: path.into(),
+            connections,
             max_release_bytes,
             data_dir,
             listen: addr("listen", &raw.listen)?,
@@ -237,5 +341,24 @@ mod tests {
         let e = load("data_dir = \"d\"\nbogus = 1").expect_err("unknown key");
         assert!(e.to_string().contains("bogus"), "{e}");
         assert!(load("listen = \"0.0.0.0:1\"").is_err(), "data_dir is required");
+    }
+
+    #[test]
+    fn connection_limits_default_and_name_their_key() {
+        let c = load("data_dir = \"d\"").expect("valid");
+        assert_eq!(c.connections.max_total, 50_000);
+        assert_eq!(c.connections.first_request_timeout, Duration::from_secs(10));
+        let c = load("data_dir = \"d\"\n[connections]\nmax_per_ip = 8\nidle_timeout = \"5s\"").expect("valid");
+        assert_eq!(
+            (c.connections.max_per_ip, c.connections.idle_timeout),
+            (8, Duration::from_secs(5))
+        );
+        assert_eq!(c.connections.max_total, 50_000, "unset keys keep their default");
+        let e = load("data_dir = \"d\"\n[connections]\nmax_total = 0").expect_err("zero");
+        assert!(e.to_string().contains("'connections.max_total'"), "{e}");
+        let e = load("data_dir = \"d\"\n[connections]\nfirst_request_timeout = \"1ms\"").expect_err("short");
+        assert!(e.to_string().contains("'connections.first_request_timeout'"), "{e}");
+        let e = load("data_dir = \"d\"\n[connections]\nbogus = 1").expect_err("unknown key");
+        assert!(e.to_string().contains("bogus"), "{e}");
     }
 }

@@ -11,7 +11,7 @@ use fleet_proto::{now_ms, EnrollRequest, EnrollResponse, Host};
 use tonic::{Request, Response, Status};
 
 use crate::fleet::{internal, Fleet};
-use crate::store::{secret_hash, CertRecord, EnrollError, TokenRefusal};
+use crate::store::{secret_hash, CertRecord, EnrollError, TokenRecord, TokenRefusal};
 
 /// Prefix of join tokens.
 pub const JOIN_TOKEN_PREFIX: &str = "fleet_jt_";
@@ -40,6 +40,74 @@ fn refusal_kind(r: &TokenRefusal) -> &'static str {
         TokenRefusal::Expired { .. } => "expired_token",
         TokenRefusal::UsedUp { .. } => "used_up_token",
     }
+}
+
+/// Why what a host says about itself at enrollment is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostClaimRefusal {
+    /// The hostname breaks the hostname rule.
+    #[error("{0}")]
+    Hostname(String),
+    /// A label breaks the label rule.
+    #[error("{0}; fix [labels] in agent.toml")]
+    Label(String),
+    /// The token does not let hosts set this label key.
+    #[error(
+        "label '{key}' from the agent's [labels] is not allowed by join token {token_id}: a token lists the \
+         label keys hosts may set themselves; create one with 'fleetctl token create --allow-label {key}' or \
+         remove {key} from [labels] in agent.toml"
+    )]
+    KeyNotAllowed {
+        /// The label key.
+        key: String,
+        /// The token's id.
+        token_id: String,
+    },
+}
+
+impl HostClaimRefusal {
+    /// The metrics label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HostClaimRefusal::Hostname(_) => "bad_hostname",
+            HostClaimRefusal::Label(_) => "bad_label",
+            HostClaimRefusal::KeyNotAllowed { .. } => "label_not_allowed",
+        }
+    }
+}
+
+impl From<HostClaimRefusal> for Status {
+    fn from(r: HostClaimRefusal) -> Status {
+        match r {
+            HostClaimRefusal::KeyNotAllowed { .. } => Status::permission_denied(r.to_string()),
+            _ => Status::invalid_argument(r.to_string()),
+        }
+    }
+}
+
+/// Checks the hostname and labels an enrolling host sends: each within the
+/// rules of `fleet_proto::check_hostname` / `check_label`, and every label
+/// key either set by the token itself (the token's value wins) or listed in
+/// its `allowed_label_keys`. Keys are checked in order, so the refusal
+/// names the first offending one.
+pub fn check_host_says(
+    token: &TokenRecord,
+    hostname: &str,
+    labels: &HashMap<String, String>,
+) -> Result<(), HostClaimRefusal> {
+    fleet_proto::check_hostname(hostname).map_err(HostClaimRefusal::Hostname)?;
+    let mut keys: Vec<&String> = labels.keys().collect();
+    keys.sort();
+    for key in keys {
+        fleet_proto::check_label(key, &labels[key]).map_err(HostClaimRefusal::Label)?;
+        if !token.labels.contains_key(key) && !token.allowed_label_keys.contains(key) {
+            return Err(HostClaimRefusal::KeyNotAllowed {
+                key: key.clone(),
+                token_id: token.id.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -74,6 +142,11 @@ impl Enrollment for EnrollmentService {
             return Err(refusal_status(&r));
         }
         let facts = r.facts.unwrap_or_default();
+        if let Err(refusal) = check_host_says(&token, &facts.hostname, &r.labels) {
+            fleet.metrics.enrollment(refusal.kind());
+            tracing::info!(token_id, %remote, reason = refusal.kind(), "enrollment refused");
+            return Err(refusal.into());
+        }
         let host_id = crate::random_hex(8);
         let signed = fleet
             .ca
@@ -131,6 +204,60 @@ impl Enrollment for EnrollmentService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn token(labels: &[(&str, &str)], allowed: &[&str]) -> TokenRecord {
+        TokenRecord {
+            id: "t1".into(),
+            secret_sha256: String::new(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            created_at_ms: 0,
+            expires_at_ms: 0,
+            max_uses: 0,
+            uses: 0,
+            revoked_at_ms: 0,
+            created_by: String::new(),
+            description: String::new(),
+            cert_ttl_ms: 0,
+            allowed_label_keys: allowed.iter().map(|k| k.to_string()).collect(),
+        }
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn hosts_set_only_the_label_keys_their_token_allows() {
+        let t = token(&[("env", "prod")], &["az"]);
+        assert_eq!(check_host_says(&t, "web-1", &labels(&[("az", "a")])), Ok(()));
+        // A key the token sets: allowed, and the token's value wins later.
+        assert_eq!(check_host_says(&t, "web-1", &labels(&[("env", "dev")])), Ok(()));
+        let e = check_host_says(&t, "web-1", &labels(&[("az", "a"), ("role", "db")])).expect_err("role");
+        assert_eq!(e.kind(), "label_not_allowed");
+        assert!(
+            e.to_string().contains("'role'") && e.to_string().contains("--allow-label role"),
+            "{e}"
+        );
+        assert_eq!(Status::from(e).code(), tonic::Code::PermissionDenied);
+        let none = token(&[], &[]);
+        assert!(
+            check_host_says(&none, "web-1", &labels(&[("az", "a")])).is_err(),
+            "default: none"
+        );
+    }
+
+    #[test]
+    fn hostile_hostnames_and_labels_are_refused() {
+        let t = token(&[], &["az"]);
+        let e = check_host_says(&t, "web\n1", &HashMap::new()).expect_err("newline");
+        assert_eq!(e.kind(), "bad_hostname");
+        let e = check_host_says(&t, "web-1", &labels(&[("az", "\x1b[31m")])).expect_err("escape");
+        assert_eq!(e.kind(), "bad_label");
+        assert_eq!(Status::from(e).code(), tonic::Code::InvalidArgument);
+        let big = "x".repeat(1 << 20);
+        assert!(check_host_says(&t, &big, &HashMap::new()).is_err());
+        assert!(check_host_says(&t, "web-1", &labels(&[("az", &big)])).is_err());
+    }
 
     #[test]
     fn token_syntax() {

@@ -38,6 +38,8 @@ pub struct Fleet {
     pub store: Store,
     /// Signs agent certificates.
     pub ca: Ca,
+    /// Mints and checks hosts' permissions to download artifacts.
+    pub grants: crate::grants::Grants,
     /// Live streams.
     pub registry: Registry,
     /// Tasks sent to agents and not finished.

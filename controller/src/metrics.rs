@@ -43,6 +43,13 @@ pub struct Metrics {
     pub rollouts_ended: Family<Labels, Counter>,
     /// Hosts put into convergence runs.
     pub hosts_converging: Counter<u64, AtomicU64>,
+    /// Connections held on the TLS port (accepted and not yet closed).
+    pub connections_open: Gauge,
+    /// Connections the controller closed or refused, by reason (see
+    /// `listener::CloseReason`).
+    pub connections_closed: Family<Vec<(String, String)>, Counter>,
+    /// `accept` failures on the TLS port (e.g. out of file descriptors).
+    pub accept_errors: Counter<u64, AtomicU64>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -93,10 +100,31 @@ impl Metrics {
             "Hosts put into convergence runs (they ran something other than their desired release)",
             hosts_converging.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Connections held on the TLS port",
+            connections_open.clone(),
+        );
+        let connections_closed = Family::default();
+        registry.register(
+            "connections_closed",
+            "Connections the controller closed or refused, by reason",
+            connections_closed.clone(),
+        );
+        let accept_errors = Counter::default();
+        registry.register(
+            "accept_errors",
+            "accept failures on the TLS port",
+            accept_errors.clone(),
+        );
         Metrics {
             rollouts_ended,
             hosts_converging,
             registry,
+            connections_open,
+            connections_closed,
+            accept_errors,
             agents_connected,
             hosts_enrolled,
             enrollments,

@@ -234,6 +234,7 @@ fn to_wire(t: &TokenRecord, now: i64) -> JoinToken {
         description: t.description.clone(),
         state: t.state(now).into(),
         cert_ttl_ms: t.cert_ttl_ms,
+        allowed_label_keys: t.allowed_label_keys.clone(),
     }
 }
 
@@ -248,6 +249,13 @@ impl TokenService for TokensService {
         for (k, v) in &r.labels {
             check_label(k, v)?;
         }
+        let mut allowed_label_keys = r.allowed_label_keys.clone();
+        for k in &allowed_label_keys {
+            // The same rule the keys will be checked by when hosts send them.
+            fleet_proto::check_label(k, "").map_err(Status::invalid_argument)?;
+        }
+        allowed_label_keys.sort();
+        allowed_label_keys.dedup();
         let settings = &self.0.settings;
         let ttl = if r.ttl_ms == 0 {
             settings.token_ttl
@@ -286,6 +294,7 @@ impl TokenService for TokensService {
             created_by: op.name.clone(),
             description: r.description,
             cert_ttl_ms: cert_ttl.as_millis() as u64,
+            allowed_label_keys,
         };
         self.0.store.put_token(&rec).map_err(internal)?;
         self.0.store.flush().await.map_err(internal)?;

@@ -1,9 +1,9 @@
 //! `fleet-controller serve`: the TLS listener, the gRPC services, the metrics
 //! port, and graceful shutdown.
 //!
-//! Tasks: one accept loop (TCP accept + TLS handshake per connection, each in
-//! its own task with a deadline), tonic's server (one task per HTTP/2
-//! connection), one session task per agent stream (see `stream`), the metrics
+//! Tasks: one accept loop (TCP accept, then one task per connection for the
+//! TLS handshake and its deadlines: see `listener`), tonic's server (one task
+//! per HTTP/2 connection), one session task per agent stream (see `stream`), the metrics
 //! HTTP server, and the signal task that cancels the root token.
 
 use std::sync::Arc;
@@ -29,14 +29,13 @@ use crate::ca::Ca;
 use crate::config::Config;
 use crate::fleet::{Fleet, Settings};
 use crate::init::MARKER;
+use crate::listener::{Connections, StreamTrackingLayer};
 use crate::metrics::{Metrics, RpcMetricsLayer};
 use crate::ops::{HostsService, OperatorAuth, SessionService, TokensService};
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::tls::PeerConn;
 
-/// How long a client has to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for connections to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -100,9 +99,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let shutdown = CancellationToken::new();
     let tls = crate::tls::server_config(ca_der[0].clone(), chain, key, store.clone(), metrics.clone())
         .map_err(|e| ServeError::Tls(e.to_string()))?;
+    let grants = crate::grants::Grants::new(&ca.derive_key("fetch-grant-v1"));
     let fleet = Arc::new(Fleet {
         store: store.clone(),
         ca,
+        grants,
         registry: Registry::new(metrics.clone()),
         metrics: metrics.clone(),
         settings: Settings {
@@ -157,7 +158,14 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     tokio::spawn(wait_for_signal(shutdown.clone()));
 
     let (conn_tx, conn_rx) = mpsc::channel::<Result<PeerConn, std::io::Error>>(256);
-    tokio::spawn(accept_loop(listener, TlsAcceptor::from(tls), conn_tx, shutdown.clone()));
+    let connections = Connections::new(config.connections.clone(), metrics.clone());
+    let accepting = tokio::spawn(crate::listener::accept_loop(
+        listener,
+        TlsAcceptor::from(tls),
+        connections,
+        conn_tx,
+        shutdown.clone(),
+    ));
 
     let auth = OperatorAuth(store.clone());
     let audit = Arc::new(crate::audit::AuditLog::open(&store).map_err(|e| ServeError::Store {
@@ -165,6 +173,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         detail: e.to_string(),
     })?);
     let router = tonic::transport::Server::builder()
+        .layer(StreamTrackingLayer)
         .layer(RpcMetricsLayer(metrics.clone()))
         .layer(crate::audit::AuditLayer(audit.clone()))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -212,6 +221,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
         Err(_) => tracing::warn!("connections did not drain within 10s; exiting anyway"),
     }
+    if accepting.await.is_err() {
+        tracing::warn!("the accept loop failed");
+    }
     if tokio::time::timeout(DRAIN_TIMEOUT, crate::rollouts::stopped(&fleet))
         .await
         .is_err()
@@ -223,39 +235,6 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
     tracing::info!("fleet-controller stopped");
     Ok(())
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    conns: mpsc::Sender<Result<PeerConn, std::io::Error>>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, conns) = (acceptor.clone(), conns.clone());
-        tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
-                    let _ = conns.send(Ok(PeerConn::new(tls, peer))).await;
-                }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
-        });
-    }
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {

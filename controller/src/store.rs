@@ -81,6 +81,10 @@ pub struct TokenRecord {
     pub description: String,
     /// Lifetime of certificates issued with it (ms).
     pub cert_ttl_ms: u64,
+    /// Label keys hosts enrolling with it may set themselves (absent in
+    /// records written before it existed: none).
+    #[serde(default)]
+    pub allowed_label_keys: Vec<String>,
 }
 
 /// An operator credential.
@@ -597,6 +601,7 @@ mod tests {
             created_by: "admin".into(),
             description: String::new(),
             cert_ttl_ms: 3_600_000,
+            allowed_label_keys: Vec::new(),
         }
     }
 

@@ -20,6 +20,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::fleet::{internal, Fleet};
+use crate::grants::GrantRefusal;
+use crate::ops::parse_selector;
 use crate::registry::SessionHandle;
 use crate::store::CertRecord;
 
@@ -51,6 +53,7 @@ impl AgentService for StreamService {
             .cert_host(&fp)
             .map_err(internal)?
             .ok_or_else(|| Status::permission_denied("this certificate was revoked (the host was removed)"))?;
+        authorize_fetch(fleet, &cert.host_id, req.get_ref())?;
         tracing::debug!(host_id = %cert.host_id, sha256 = %req.get_ref().sha256, offset = req.get_ref().offset, "artifact download");
         Ok(Response::new(crate::releases::fetch(fleet, req.get_ref())?))
     }
@@ -89,6 +92,14 @@ impl AgentService for StreamService {
                 hello.host_id
             )));
         }
+        // The same hostname rule as at enrollment: a host's facts reach
+        // operators' terminals and `--host NAME` lookups.
+        if let Some(facts) = &hello.facts {
+            if let Err(e) = fleet_proto::check_hostname(&facts.hostname) {
+                tracing::warn!(host_id, error = %e, "hello refused");
+                return Err(Status::invalid_argument(e));
+            }
+        }
         let now = now_ms();
         let stored = fleet
             .store
@@ -121,6 +132,50 @@ impl AgentService for StreamService {
         let owner = fleet.clone();
         owner.tracker.spawn(run_session(fleet, host_id, session, inbound, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Lets a host download an artifact only when a deploy task the controller
+/// sent it names the artifact (the task's grant, see `grants`), the release
+/// still exists, and its app's selector matches the host's labels now.
+fn authorize_fetch(fleet: &Fleet, host_id: &str, req: &FetchArtifactRequest) -> Result<(), Status> {
+    let denied = |why: String| {
+        tracing::warn!(host_id, sha256 = %req.sha256, reason = %why, "artifact download refused");
+        Status::permission_denied(format!(
+            "host {host_id} may not download artifact {}: {why}. A host downloads only releases a deploy or \
+             rollout sent it, of apps whose selector matches its labels; deploy the release to it with \
+             'fleetctl deploy APP --version V --host {host_id}' or 'fleetctl rollout APP'",
+            req.sha256
+        ))
+    };
+    let grant = match (
+        fleet.grants.verify(host_id, &req.sha256, req.grant.as_ref(), now_ms()),
+        &req.grant,
+    ) {
+        (Ok(()), Some(grant)) => grant,
+        (Err(refusal), _) => return Err(denied(refusal.to_string())),
+        (Ok(()), None) => return Err(denied(GrantRefusal::Missing.to_string())),
+    };
+    let app = &grant.app;
+    let spec = fleet
+        .store
+        .app(app)
+        .map_err(internal)?
+        .ok_or_else(|| denied(format!("app {app} no longer exists")))?;
+    let host = fleet
+        .store
+        .host(host_id)
+        .map_err(internal)?
+        .ok_or_else(|| Status::permission_denied(format!("host {host_id} was removed from the fleet")))?;
+    let selector = parse_selector(&spec.selector)?;
+    if let Some((k, v)) = selector.iter().find(|(k, v)| host.labels.get(k) != Some(v)) {
+        return Err(denied(format!(
+            "its labels no longer match app {app}'s selector ({k}={v} is not among them)"
+        )));
+    }
+    match fleet.store.release(app, &grant.version).map_err(internal)? {
+        Some(r) if r.artifact.as_ref().is_some_and(|a| a.sha256 == req.sha256) => Ok(()),
+        _ => Err(denied(format!("release {app} {} no longer exists", grant.version))),
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use fleet_proto::controller_message::Body as ToAgent;
-use fleet_proto::{task, ControllerMessage, FailureCause, Task, TaskProgress, TaskState};
+use fleet_proto::{now_ms, task, ControllerMessage, FailureCause, Task, TaskProgress, TaskState};
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -43,10 +43,20 @@ pub async fn send_as(
         )));
     };
     let progress = fleet.tasks.register(task_id, host_id);
+    // Every deploy carries the host's permission to download its artifact
+    // (see `grants`): the one place tasks are sent, so none goes without.
+    let fetch_grant = match &kind {
+        task::Kind::Deploy(d) => d
+            .release
+            .as_ref()
+            .map(|r| fleet.grants.mint(host_id, &d.app, &r.version, &r.sha256, now_ms())),
+        task::Kind::Rollback(_) => None,
+    };
     let task = Task {
         task_id: task_id.to_string(),
         rollout_id: rollout_id.to_string(),
         kind: Some(kind),
+        fetch_grant,
     };
     let sent = sender
         .send_timeout(

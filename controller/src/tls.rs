@@ -2,6 +2,7 @@
 //! layer (enrollment and operators have none), but a certificate that is
 //! presented must be one this controller issued and still honours.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::transport::server::Connected;
 
 use fleet_proto::transport::{fingerprint, provider, ALPN_H2};
@@ -21,6 +23,7 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
 };
 
+use crate::listener::{ConnState, Slot};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -164,26 +167,36 @@ pub struct PeerInfo {
     pub remote: SocketAddr,
     /// `sha256:<hex>` of the client certificate, when one was presented.
     pub cert_fp: Option<String>,
+    /// The connection's request count and deadlines (see `listener`).
+    pub conn: Arc<ConnState>,
 }
 
-/// A server-side TLS connection that tells tonic its [`PeerInfo`].
+/// A server-side TLS connection that tells tonic its [`PeerInfo`], holds
+/// its place in the connection table, and fails its next read once the
+/// controller decides to close it (idle, or evicted at a cap).
 pub struct PeerConn {
     tls: TlsStream<TcpStream>,
     info: PeerInfo,
+    closed: Pin<Box<WaitForCancellationFutureOwned>>,
+    // Released when hyper drops the connection, that is with the socket.
+    _slot: Slot,
 }
 
 impl PeerConn {
     /// Wraps an accepted connection.
-    pub fn new(tls: TlsStream<TcpStream>, remote: SocketAddr) -> PeerConn {
+    pub fn new(tls: TlsStream<TcpStream>, remote: SocketAddr, slot: Slot) -> PeerConn {
         let cert_fp = tls
             .get_ref()
             .1
             .peer_certificates()
             .and_then(|c| c.first())
             .map(|c| fingerprint(c));
+        let conn = slot.conn().clone();
         PeerConn {
             tls,
-            info: PeerInfo { remote, cert_fp },
+            closed: Box::pin(conn.close_token().clone().cancelled_owned()),
+            info: PeerInfo { remote, cert_fp, conn },
+            _slot: slot,
         }
     }
 }
@@ -197,6 +210,14 @@ impl Connected for PeerConn {
 
 impl AsyncRead for PeerConn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        // hyper always has a read pending, so this is where a close decided
+        // elsewhere takes effect: the error ends the connection.
+        if self.closed.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "closed by the controller: no request in time, or room made for a new connection",
+            )));
+        }
         Pin::new(&mut self.tls).poll_read(cx, buf)
     }
 }

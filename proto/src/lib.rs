@@ -33,6 +33,63 @@ pub fn is_safe_name(v: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))
 }
 
+/// Longest label key (characters).
+pub const MAX_LABEL_KEY: usize = 63;
+/// Longest label value (characters).
+pub const MAX_LABEL_VALUE: usize = 63;
+/// Longest hostname (characters, as DNS allows).
+pub const MAX_HOSTNAME: usize = 253;
+
+/// Checks a label a host sends about itself: the key 1-63 of
+/// `[A-Za-z0-9._/-]` starting and ending with a letter or digit, the value
+/// 0-63 of `[A-Za-z0-9._:/-]`. Nothing that could break a selector
+/// (`,` `=`), a terminal or a log line gets in. Err says what is wrong.
+pub fn check_label(key: &str, value: &str) -> Result<(), String> {
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    let key_ok = (1..=MAX_LABEL_KEY).contains(&key.len())
+        && edge_ok(key.chars().next())
+        && edge_ok(key.chars().last())
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-'));
+    if !key_ok {
+        return Err(format!(
+            "label key '{}' is not valid: keys are 1-{MAX_LABEL_KEY} of [A-Za-z0-9._/-], starting and ending \
+             with a letter or digit",
+            key.escape_debug().take(80).collect::<String>()
+        ));
+    }
+    let value_ok = value.len() <= MAX_LABEL_VALUE
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '/' | '-'));
+    if !value_ok {
+        return Err(format!(
+            "the value of label '{key}' is not valid: values are 0-{MAX_LABEL_VALUE} of [A-Za-z0-9._:/-]"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a hostname a host reports: 1-253 of `[A-Za-z0-9._-]`, starting
+/// with a letter or digit. Err says what is wrong.
+pub fn check_hostname(name: &str) -> Result<(), String> {
+    let ok = (1..=MAX_HOSTNAME).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "hostname '{}' is not valid: hostnames are 1-{MAX_HOSTNAME} of [A-Za-z0-9._-], starting with a \
+             letter or digit; set hostname in agent.toml",
+            name.escape_debug().take(80).collect::<String>()
+        ))
+    }
+}
+
 /// Parses a size such as "123", "10KiB", "500MiB" or "2GiB" into bytes;
 /// `None` when it is not one (or overflows).
 pub fn parse_size(v: &str) -> Option<u64> {
@@ -46,6 +103,43 @@ pub fn parse_size(v: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn labels_and_hostnames_from_hosts() {
+        for (k, v) in [
+            ("az", "eu-west-1a"),
+            ("team/owner", "a.b_c:d"),
+            ("k", ""),
+            ("a", &"v".repeat(63)),
+        ] {
+            assert_eq!(check_label(k, v), Ok(()), "{k}={v}");
+        }
+        let long_key = "k".repeat(64);
+        for (k, v) in [
+            ("", "x"),
+            ("-a", "x"),
+            ("a-", "x"),
+            ("a b", "x"),
+            ("a\nb", "x"),
+            (long_key.as_str(), "x"),
+            ("a", "x,y"),
+            ("a", "x=y"),
+            ("a", "\x1b[31m"),
+            ("a", "new\nline"),
+        ] {
+            assert!(check_label(k, v).is_err(), "{k:?}={v:?}");
+        }
+        let e = check_label("a\nb", "x").expect_err("newline");
+        assert!(
+            e.contains("a\\nb") && !e.contains('\n'),
+            "the message shows the key escaped: {e}"
+        );
+        assert_eq!(check_hostname("web-1.example.com"), Ok(()));
+        for bad in ["", "-x", "a b", "x\ny", "\x1b]0;t\x07", &"h".repeat(254)] {
+            assert!(check_hostname(bad).is_err(), "{bad:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

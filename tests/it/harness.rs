@@ -152,6 +152,39 @@ impl Controller {
         assert!(self.child.is_none(), "controller already running");
         let child = spawn_logged("fleet-controller", "serve", &self.config, &self.log, &[]);
         self.child = Some(child);
+        self.wait_healthy();
+    }
+
+    /// Starts `serve` with its open-file limit (soft and hard) at `nofile`,
+    /// through util-linux's `prlimit`, which execs the controller (so the
+    /// child is the controller itself), and waits for /healthz.
+    pub fn start_with_nofile(&mut self, nofile: u64) {
+        assert!(self.child.is_none(), "controller already running");
+        let prlimit = ["/usr/bin/prlimit", "/bin/prlimit"]
+            .into_iter()
+            .find(|p| Path::new(p).is_file())
+            .unwrap_or_else(|| panic!("prlimit is missing: install util-linux (tests/deps.sh does) to run this test"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(prlimit)
+            .arg(format!("--nofile={nofile}:{nofile}"))
+            .arg("--")
+            .arg(bin("fleet-controller"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn prlimit + fleet-controller");
+        self.child = Some(child);
+        self.wait_healthy();
+    }
+
+    fn wait_healthy(&self) {
         let metrics = self.metrics;
         wait_until(Duration::from_secs(20), "controller /healthz", || {
             http_get(metrics, "/healthz").filter(|b| b.contains("ok")).map(|_| ())
@@ -326,7 +359,7 @@ impl Fleet {
     /// with one token labelled env=test.
     pub fn start(n: usize) -> Fleet {
         let mut fleet = Fleet::controller_only(&[]);
-        let token = fleet.token(&["--label", "env=test", "--uses", &n.to_string()]);
+        let token = fleet.token(&["--label", "env=test", "--allow-label", "az", "--uses", &n.to_string()]);
         for i in 1..=n {
             fleet.add_agent(&format!("web-{i}"), &token, &[("az", "zone-a")]);
         }

@@ -5,10 +5,13 @@
 
 mod harness;
 
+mod artifacts;
 mod audit;
 mod bootstrap;
+mod connections;
 mod desired;
 mod enrollment;
+mod labels;
 mod lifecycle;
 mod refusals;
 mod releases;

@@ -1,0 +1,119 @@
+//! What hosts say about themselves is checked, and what reaches an
+//! operator's terminal is escaped: a label key the join token does not
+//! allow, a label value with an escape sequence, and a hostname with a
+//! newline are each refused at enrollment (agent exit 3, the reason in its
+//! log); a label holding an escape sequence and a long value is shown
+//! escaped and cut by `fleetctl hosts ls`, and whole by `-o json`.
+
+use std::time::Duration;
+
+use crate::harness::{Agent, Fleet};
+
+/// A refused agent: its name, its [labels], its hostname line (if not its
+/// name), and what its log must say.
+type Refused<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a str>, &'a [&'a str]);
+
+/// Replaces the `hostname = ...` line of an agent's config with `line`.
+fn set_hostname_line(fleet: &Fleet, i: usize, line: &str) {
+    let path = &fleet.agents[i].config;
+    let text = std::fs::read_to_string(path).expect("agent.toml");
+    let text: String = text
+        .lines()
+        .map(|l| if l.starts_with("hostname") { line } else { l })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    std::fs::write(path, text).expect("agent.toml");
+}
+
+#[test]
+fn hostile_labels_and_hostnames_are_refused_or_escaped() {
+    let mut fleet = Fleet::controller_only(&[]);
+    let token = fleet.token(&["--label", "env=test", "--allow-label", "az"]);
+    let shown = fleet.fleetctl_json(&["token", "ls"]);
+    assert_eq!(shown[0]["allowed_label_keys"], serde_json::json!(["az"]), "{shown}");
+
+    // Refused: each names what is wrong and what to do.
+    let cases: [Refused; 3] = [
+        (
+            "not-allowed",
+            &[("az", "a"), ("role", "admin")],
+            None,
+            &["'role'", "fleetctl token create --allow-label role"],
+        ),
+        (
+            "escape-value",
+            &[("az", "\\u001b[31mred")],
+            None,
+            &["label 'az'", "[A-Za-z0-9._:/-]"],
+        ),
+        (
+            "newline-host",
+            &[],
+            Some("hostname = \"web-1\\nweb-2  forged\""),
+            &["hostname", "agent.toml"],
+        ),
+    ];
+    for (name, labels, hostname, expect) in cases {
+        let addr = fleet.controller.addr.to_string();
+        let agent = Agent::new(
+            fleet.root.path(),
+            name,
+            &addr,
+            &fleet.controller.ca_fingerprint,
+            &token,
+            labels,
+        );
+        fleet.agents.push(agent);
+        let i = fleet.agents.len() - 1;
+        if let Some(line) = hostname {
+            set_hostname_line(&fleet, i, line);
+        }
+        fleet.agents[i].start();
+        let code = fleet.agents[i].wait_exit(Duration::from_secs(20));
+        let log = fleet.agents[i].log_text();
+        assert_eq!(code, Some(3), "agent {name} is refused for good:\n{log}");
+        for needle in expect {
+            assert!(log.contains(needle), "agent {name}'s log says '{needle}':\n{log}");
+        }
+    }
+    assert!(
+        fleet.hosts().is_empty(),
+        "no refused host was stored: {:?}",
+        fleet.hosts()
+    );
+
+    // Allowed: a key the token lists; the token's own label wins.
+    fleet.add_agent("web-1", &token, &[("az", "zone-a"), ("env", "prod")]);
+    let hosts = fleet.wait_connected(1, Duration::from_secs(30));
+    assert_eq!(hosts[0]["labels"]["az"], "zone-a");
+    assert_eq!(hosts[0]["labels"]["env"], "test");
+
+    // Operator-set labels may hold an escape sequence and be long: the table
+    // shows them escaped and cut, on one line per host; JSON keeps them whole.
+    let hostile = "\u{1b}[2J\u{1b}[Hgotcha";
+    let long = "v".repeat(200);
+    let out = fleet.fleetctl(&[
+        "hosts",
+        "label",
+        "web-1",
+        &format!("note={hostile}"),
+        &format!("long={long}"),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = fleet.fleetctl(&["hosts", "ls"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(
+        !table.contains('\u{1b}'),
+        "no raw escape reaches the terminal:\n{table}"
+    );
+    assert_eq!(table.lines().count(), 2, "a header and one host:\n{table}");
+    assert!(table.contains('…'), "the long labels cell is cut:\n{table}");
+    let json = fleet.hosts();
+    assert_eq!(json[0]["labels"]["note"], hostile);
+    assert_eq!(json[0]["labels"]["long"], long.as_str());
+    let out = fleet.fleetctl(&["hosts", "show", "web-1"]);
+    let shown = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(!shown.contains('\u{1b}') && shown.contains("\\x1b[2J"), "{shown}");
+}
