@@ -7,10 +7,12 @@ mod harness;
 
 mod audit;
 mod bootstrap;
+mod durability;
 mod enrollment;
 mod lifecycle;
 mod refusals;
 mod releases;
 mod rollouts;
 mod sandbox;
+mod stress;
 mod watchdog;
