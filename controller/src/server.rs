@@ -32,13 +32,15 @@ use crate::init::MARKER;
 use crate::metrics::{Metrics, RpcMetricsLayer};
 use crate::ops::{HostsService, OperatorAuth, SessionService, TokensService};
 use crate::registry::Registry;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::tls::PeerConn;
 
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for connections to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the final flush.
+const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Errors that stop `serve` from starting.
 #[derive(Debug, thiserror::Error)]
@@ -52,9 +54,9 @@ pub enum ServeError {
     /// A file of the data dir is missing or unreadable.
     #[error("cannot read {path}: {detail}")]
     Read { path: String, detail: String },
-    /// The store could not be opened.
-    #[error("cannot open the store in {path}: {detail} (is another fleet-controller running on this data dir?)")]
-    Store { path: String, detail: String },
+    /// The store is missing, locked, damaged, or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// A port could not be bound.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -68,6 +70,23 @@ pub enum ServeError {
     /// The server failed while running.
     #[error("gRPC server: {0}")]
     Server(#[from] tonic::transport::Error),
+    /// Start-up failed in a way none of the above covers (a task panicked).
+    #[error("start-up failed: {0}")]
+    Startup(String),
+}
+
+impl ServeError {
+    /// The exit status: 2 when only an operator can fix it (configuration,
+    /// data dir, a missing or damaged store), so systemd does not restart
+    /// (`RestartPreventExitStatus=2`); 1 when trying again may work (a port
+    /// still held, a store locked by an instance that is stopping, I/O).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServeError::NotADataDir(_) | ServeError::Read { .. } | ServeError::Tls(_) => 2,
+            ServeError::Store(StoreError::Missing { .. } | StoreError::Open { .. } | StoreError::Corrupt { .. }) => 2,
+            ServeError::Store(_) | ServeError::Bind { .. } | ServeError::Server(_) | ServeError::Startup(_) => 1,
+        }
+    }
 }
 
 fn read(path: &std::path::Path) -> Result<String, ServeError> {
@@ -79,6 +98,12 @@ fn read(path: &std::path::Path) -> Result<String, ServeError> {
 
 /// Runs the controller until SIGTERM or SIGINT.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
+    // Every agent stream is a socket: systemd's default soft limit (1024) is
+    // far below what one controller holds.
+    match crate::watchdog::raise_nofile_limit() {
+        Ok((before, after)) => tracing::info!(before, after, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit; streams beyond it are refused"),
+    }
     let dir = &config.data_dir;
     if !dir.join(MARKER).is_file() {
         return Err(ServeError::NotADataDir(dir.display().to_string()));
@@ -91,10 +116,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let key =
         key_from_pem("server.key", &read(&dir.join("server.key"))?).map_err(|e| ServeError::Tls(e.to_string()))?;
     let store_path = dir.join("store");
-    let store = Store::open(&store_path).map_err(|e| ServeError::Store {
-        path: store_path.display().to_string(),
-        detail: e.to_string(),
-    })?;
+    // sled's recovery reads the whole log: off the runtime.
+    let store = tokio::task::spawn_blocking(move || Store::open_existing(&store_path))
+        .await
+        .map_err(|e| ServeError::Startup(format!("the task opening the store failed: {e}")))??;
 
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
@@ -113,10 +138,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             max_release_bytes: config.max_release_bytes,
         },
         tasks: Default::default(),
-        rollouts: crate::rollouts::Rollouts::open(&store).map_err(|e| ServeError::Store {
-            path: store_path.display().to_string(),
-            detail: e.to_string(),
-        })?,
+        rollouts: crate::rollouts::Rollouts::open(&store)?,
         shutdown: shutdown.clone(),
     });
 
@@ -147,6 +169,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         metrics_listener,
         metrics.clone(),
         move || counted.host_count(),
+        store.health(),
         shutdown.clone(),
     ));
     tokio::spawn(wait_for_signal(shutdown.clone()));
@@ -155,10 +178,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     tokio::spawn(accept_loop(listener, TlsAcceptor::from(tls), conn_tx, shutdown.clone()));
 
     let auth = OperatorAuth(store.clone());
-    let audit = Arc::new(crate::audit::AuditLog::open(&store).map_err(|e| ServeError::Store {
-        path: store_path.display().to_string(),
-        detail: e.to_string(),
-    })?);
+    let audit = Arc::new(crate::audit::AuditLog::open(&store)?);
     let router = tonic::transport::Server::builder()
         .layer(RpcMetricsLayer(metrics.clone()))
         .layer(crate::audit::AuditLayer(audit.clone()))
@@ -197,6 +217,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     );
     // Rollouts a previous run left unfinished carry on from where they were.
     crate::rollouts::resume_all(&fleet);
+    // Serving: tell systemd, and from now on prove the store and the runtime work.
+    let watchdog =
+        crate::watchdog::notifier().map(|n| tokio::spawn(crate::watchdog::run(n, store.clone(), shutdown.clone())));
 
     shutdown.cancelled().await;
     tracing::info!("shutting down: closing agent streams");
@@ -206,8 +229,15 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
         Err(_) => tracing::warn!("connections did not drain within 10s; exiting anyway"),
     }
-    if let Err(e) = store.flush().await {
-        tracing::error!(error = %e, "final store flush failed");
+    // Bounded: a hung disk must not keep a stopping controller alive until
+    // systemd's SIGKILL (sled replays its log on the next start).
+    match tokio::time::timeout(FINAL_FLUSH_TIMEOUT, store.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "final store flush failed"),
+        Err(_) => tracing::error!(timeout = ?FINAL_FLUSH_TIMEOUT, "final store flush did not finish; exiting anyway"),
+    }
+    if let Some(w) = watchdog {
+        let _ = w.await;
     }
     tracing::info!("fleet-controller stopped");
     Ok(())

@@ -5,6 +5,7 @@
 //! | tree | key | value |
 //! |---|---|---|
 //! | `meta` | `schema` | `[1]` |
+//! | `meta` | `alive` | `1` + big-endian ms of the watchdog's last store probe |
 //! | `hosts` | host id | `1` + protobuf `fleet.v1.Host` (status and remote_addr left empty: they are live state) |
 //! | `certs` | `sha256:<hex>` of a client certificate's DER | `1` + JSON [`CertRecord`] |
 //! | `tokens` | join token id | `1` + JSON [`TokenRecord`] |
@@ -20,6 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use prost::Message;
 use serde::de::DeserializeOwned;
@@ -28,7 +30,15 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use fleet_proto::{AppSpec, Host, Release};
 
+mod flusher;
+
+pub use flusher::{FlushCounts, Health};
+
 const V1: u8 = 1;
+
+/// sled's own file in a store directory: a directory without it holds no
+/// store (an empty mount point, a deleted store).
+const SLED_DB_FILE: &str = "db";
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +46,39 @@ pub enum StoreError {
     /// sled failed (I/O, corruption it detected).
     #[error("store: {0}")]
     Sled(#[from] sled::Error),
+    /// Writes could not be made durable: the flush failed (ENOSPC, EIO, ...).
+    #[error(
+        "cannot make writes durable in the store {dir}: {detail}; free space on the filesystem \
+         holding it (or repair the disk). /healthz reports unhealthy until a flush succeeds; \
+         if it does not recover once space is free, restart the controller"
+    )]
+    Flush { dir: String, detail: String },
+    /// The store is closed: the controller is shutting down.
+    #[error("the store {dir} is closed (the controller is shutting down)")]
+    Closed { dir: String },
+    /// The flusher thread could not be started.
+    #[error("cannot start the flusher thread of the store {dir}: {detail}")]
+    Thread { dir: String, detail: String },
+    /// `serve` found a data dir whose store is missing or unreadable.
+    #[error(
+        "the store {path} is missing or unreadable ({detail}), but its data dir is a fleet \
+         controller's: is the volume holding it mounted, and readable by this user? Refusing to \
+         start with an empty store, which would revoke every host's certificate. Mount or restore \
+         {path} and start again; a new fleet needs a new data dir ('fleet-controller init')"
+    )]
+    Missing { path: String, detail: String },
+    /// Another process holds the store's lock.
+    #[error(
+        "the store {path} is locked by another process: is another fleet-controller running on \
+         this data dir? Stop it first ({detail})"
+    )]
+    Locked { path: String, detail: String },
+    /// sled could not open the store.
+    #[error(
+        "cannot open the store {path}: {detail}; it may be damaged: check the disk, then restore \
+         {path} from a backup"
+    )]
+    Open { path: String, detail: String },
     /// A value could not be decoded.
     #[error("store: value {key:?} in tree '{tree}' is corrupt or from an unknown version: {detail}")]
     Corrupt {
@@ -186,10 +229,22 @@ fn ring_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Whether opening may create the store's schema record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Schema {
+    /// `init` and tests: a new store.
+    CreateIfMissing,
+    /// `serve`: a store without it is empty or damaged.
+    MustExist,
+}
+
 /// The store: cheap to clone (sled trees are reference-counted).
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    /// The one path to durability; see `flusher`.
+    flusher: Arc<flusher::Flusher>,
+    meta: sled::Tree,
     hosts: sled::Tree,
     certs: sled::Tree,
     tokens: sled::Tree,
@@ -277,20 +332,74 @@ fn unwrap_txn<T, E: From<StoreError>>(r: Result<T, TransactionError<E>>) -> Resu
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens the store in `dir`, creating it when missing (`init`, tests).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new().path(dir).mode(sled::Mode::LowSpace).open()?;
+        Store::open_sled(dir, Schema::CreateIfMissing)
+    }
+
+    /// Opens the store `serve` runs on, which must exist: a data dir whose
+    /// store is missing or unreadable is most likely an unmounted volume, and
+    /// an empty store in its place would tell every agent it was revoked.
+    pub fn open_existing(dir: &Path) -> Result<Store, StoreError> {
+        let missing = |detail: String| StoreError::Missing {
+            path: dir.display().to_string(),
+            detail,
+        };
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(missing("it is not a directory".into())),
+            Err(e) => return Err(missing(e.to_string())),
+        }
+        // Reading the directory and sled's file proves the mount and the permissions.
+        std::fs::read_dir(dir).map_err(|e| missing(format!("cannot list it: {e}")))?;
+        let db_file = dir.join(SLED_DB_FILE);
+        std::fs::File::open(&db_file).map_err(|e| missing(format!("cannot open {}: {e}", db_file.display())))?;
+        Store::open_sled(dir, Schema::MustExist)
+    }
+
+    fn open_sled(dir: &Path, schema: Schema) -> Result<Store, StoreError> {
+        let path = dir.display().to_string();
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::LowSpace)
+            .open()
+            .map_err(|e| {
+                let detail = e.to_string();
+                // sled's words when fs2's try_lock_exclusive fails (config.rs, 0.34).
+                if detail.contains("could not acquire lock") {
+                    StoreError::Locked {
+                        path: path.clone(),
+                        detail,
+                    }
+                } else {
+                    StoreError::Open {
+                        path: path.clone(),
+                        detail,
+                    }
+                }
+            })?;
         let meta = db.open_tree("meta")?;
         if meta.get("schema")?.is_none() {
+            // sled recovers a log it cannot parse as an empty database, so a
+            // damaged store opens "fine": the schema record init wrote is
+            // what tells an empty store from ours.
+            if schema == Schema::MustExist {
+                return Err(StoreError::Open {
+                    path,
+                    detail: "it holds no fleet data (no schema record), so sled found nothing it could read".into(),
+                });
+            }
             meta.insert("schema", &[V1])?;
         }
         Ok(Store {
+            flusher: Arc::new(flusher::Flusher::start(db.clone(), dir)?),
             hosts: db.open_tree("hosts")?,
             certs: db.open_tree("certs")?,
             tokens: db.open_tree("tokens")?,
             operators: db.open_tree("operators")?,
             apps: db.open_tree("apps")?,
             releases: db.open_tree("releases")?,
+            meta,
             db,
         })
     }
@@ -301,16 +410,30 @@ impl Store {
         Ok(self.db.open_tree(name)?)
     }
 
-    /// Makes every write so far durable.
+    /// Makes every write made before the call durable: waits for a flush by
+    /// the store's single flusher that started after the call (many callers
+    /// share one flush). Fails with [`StoreError::Flush`] when that flush fails.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        self.flusher.flush().await
     }
 
-    /// Makes every write so far durable, blocking (for `init`, outside a runtime).
+    /// [`Store::flush`] for `init`, outside an async runtime (panics on one).
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+        self.flusher.flush_blocking()
+    }
+
+    /// What the flushes say about the store: `/healthz` and `/metrics` read it.
+    pub fn health(&self) -> Arc<Health> {
+        self.flusher.health().clone()
+    }
+
+    /// Proves the store takes durable writes: a tiny write and a flush
+    /// through the flusher (the watchdog's check).
+    pub async fn probe(&self, now_ms: i64) -> Result<(), StoreError> {
+        let mut v = vec![V1];
+        v.extend_from_slice(&now_ms.to_be_bytes());
+        self.meta.insert("alive", v)?;
+        self.flush().await
     }
 
     // --- operators -------------------------------------------------------
