@@ -218,8 +218,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // Rollouts a previous run left unfinished carry on from where they were.
     crate::rollouts::resume_all(&fleet);
     // Serving: tell systemd, and from now on prove the store and the runtime work.
-    let watchdog =
-        crate::watchdog::notifier().map(|n| tokio::spawn(crate::watchdog::run(n, store.clone(), shutdown.clone())));
+    let watchdog = tokio::spawn(crate::watchdog::run(
+        crate::watchdog::notifier(),
+        store.clone(),
+        shutdown.clone(),
+    ));
 
     shutdown.cancelled().await;
     tracing::info!("shutting down: closing agent streams");
@@ -236,9 +239,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         Ok(Err(e)) => tracing::error!(error = %e, "final store flush failed"),
         Err(_) => tracing::error!(timeout = ?FINAL_FLUSH_TIMEOUT, "final store flush did not finish; exiting anyway"),
     }
-    if let Some(w) = watchdog {
-        let _ = w.await;
-    }
+    let _ = watchdog.await;
     tracing::info!("fleet-controller stopped");
     Ok(())
 }

@@ -44,13 +44,14 @@ const SLED_DB_FILE: &str = "db";
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// sled failed (I/O, corruption it detected).
-    #[error("store: {0}")]
+    #[error("store: {0}{advice}", advice = io_advice(.0))]
     Sled(#[from] sled::Error),
     /// Writes could not be made durable: the flush failed (ENOSPC, EIO, ...).
     #[error(
         "cannot make writes durable in the store {dir}: {detail}; free space on the filesystem \
-         holding it (or repair the disk). /healthz reports unhealthy until a flush succeeds; \
-         if it does not recover once space is free, restart the controller"
+         holding it (or repair the disk), then restart the controller: sled refuses every write \
+         after an I/O error until it is reopened (under systemd the watchdog restarts it). \
+         /healthz reports unhealthy meanwhile"
     )]
     Flush { dir: String, detail: String },
     /// The store is closed: the controller is shutting down.
@@ -86,6 +87,30 @@ pub enum StoreError {
         key: String,
         detail: String,
     },
+}
+
+/// The store `serve` runs on, for messages that sled's errors cannot carry.
+/// Invariant: `serve` opens one store per process (set once, by `open_existing`).
+static SERVED_DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// What to do about an I/O error: sled keeps refusing writes after one.
+fn io_advice(e: &sled::Error) -> String {
+    let sled::Error::Io(io) = e else {
+        return String::new();
+    };
+    let dir = SERVED_DIR
+        .get()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| "the controller's store".into());
+    let what = if io.kind() == std::io::ErrorKind::StorageFull {
+        "the filesystem holding it is full: free space on it"
+    } else {
+        "check the disk"
+    };
+    format!(
+        " (in {dir}: {what}, then restart the controller; sled refuses every write after an I/O \
+         error until it is reopened)"
+    )
 }
 
 /// A client certificate the controller issued and still honours.
@@ -354,7 +379,9 @@ impl Store {
         std::fs::read_dir(dir).map_err(|e| missing(format!("cannot list it: {e}")))?;
         let db_file = dir.join(SLED_DB_FILE);
         std::fs::File::open(&db_file).map_err(|e| missing(format!("cannot open {}: {e}", db_file.display())))?;
-        Store::open_sled(dir, Schema::MustExist)
+        let store = Store::open_sled(dir, Schema::MustExist)?;
+        let _ = SERVED_DIR.set(dir.to_path_buf());
+        Ok(store)
     }
 
     fn open_sled(dir: &Path, schema: Schema) -> Result<Store, StoreError> {
@@ -428,11 +455,15 @@ impl Store {
     }
 
     /// Proves the store takes durable writes: a tiny write and a flush
-    /// through the flusher (the watchdog's check).
+    /// through the flusher (the watchdog's check). A refused write makes
+    /// the store unhealthy like a failed flush.
     pub async fn probe(&self, now_ms: i64) -> Result<(), StoreError> {
         let mut v = vec![V1];
         v.extend_from_slice(&now_ms.to_be_bytes());
-        self.meta.insert("alive", v)?;
+        if let Err(e) = self.meta.insert("alive", v) {
+            self.flusher.health().record_write_error(e.to_string());
+            return Err(e.into());
+        }
         self.flush().await
     }
 

@@ -6,8 +6,11 @@
 //! A failed probe stops them too: sled 0.34 keeps failing after an I/O
 //! error until it is reopened, so a restart is the way back.
 //!
-//! Without `NOTIFY_SOCKET` (run by hand, tests) nothing is sent and no
-//! probe runs.
+//! The probe runs without systemd too (nothing is sent then), every
+//! [`PROBE_EVERY`] at most, so `/healthz` notices a store that refuses
+//! writes even while nothing else writes.
+
+use std::time::Duration;
 
 use fleet_proto::notify::Notifier;
 use tokio_util::sync::CancellationToken;
@@ -25,40 +28,47 @@ pub fn notifier() -> Option<Notifier> {
     }
 }
 
-/// Sends `READY=1`, then pings the watchdog after every good probe until
-/// `shutdown`, and sends `STOPPING=1`.
-pub async fn run(notifier: Notifier, store: Store, shutdown: CancellationToken) {
-    if let Err(e) = notifier.ready() {
-        tracing::warn!(state = "READY=1", error = %e, "cannot notify systemd");
+/// How often the store is probed at most (more often when the watchdog's
+/// period is shorter).
+pub const PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// Sends `READY=1` (with a notifier), then probes the store until
+/// `shutdown`, pinging the watchdog after every good probe, and sends
+/// `STOPPING=1`.
+pub async fn run(notifier: Option<Notifier>, store: Store, shutdown: CancellationToken) {
+    if let Some(n) = &notifier {
+        if let Err(e) = n.ready() {
+            tracing::warn!(state = "READY=1", error = %e, "cannot notify systemd");
+        }
+        tracing::info!(watchdog_period = ?n.period(), "told systemd the controller is ready");
     }
-    tracing::info!(watchdog_period = ?notifier.period(), "told systemd the controller is ready");
-    if let Some(period) = notifier.period() {
-        let mut ticks = tokio::time::interval(period);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = ticks.tick() => {}
+    let period = notifier
+        .as_ref()
+        .and_then(Notifier::period)
+        .map_or(PROBE_EVERY, |p| p.min(PROBE_EVERY));
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = ticks.tick() => {}
+        }
+        // Bounded by the period: a probe that takes longer misses the ping anyway.
+        match tokio::time::timeout(period, store.probe(fleet_proto::now_ms())).await {
+            Ok(Ok(())) => {
+                if let Some(Err(e)) = notifier.as_ref().map(Notifier::alive) {
+                    tracing::warn!(state = "WATCHDOG=1", error = %e, "cannot notify systemd");
+                }
             }
-            // Bounded by the period: a probe that takes longer misses the ping anyway.
-            match tokio::time::timeout(period, store.probe(fleet_proto::now_ms())).await {
-                Ok(Ok(())) => {
-                    if let Err(e) = notifier.alive() {
-                        tracing::warn!(state = "WATCHDOG=1", error = %e, "cannot notify systemd");
-                    }
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "store probe failed; not pinging the watchdog (systemd restarts the controller if it goes on)");
-                }
-                Err(_) => {
-                    tracing::error!(timeout = ?period, "store probe did not finish; not pinging the watchdog (systemd restarts the controller if it goes on)");
-                }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "store probe failed; not pinging the watchdog (under systemd, the controller is restarted if this goes on)");
+            }
+            Err(_) => {
+                tracing::error!(timeout = ?period, "store probe did not finish; not pinging the watchdog (under systemd, the controller is restarted if this goes on)");
             }
         }
-    } else {
-        shutdown.cancelled().await;
     }
-    if let Err(e) = notifier.stopping() {
+    if let Some(Err(e)) = notifier.as_ref().map(Notifier::stopping) {
         tracing::debug!(state = "STOPPING=1", error = %e, "cannot notify systemd");
     }
 }
@@ -76,7 +86,6 @@ pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
 mod tests {
     use super::*;
     use std::os::unix::net::UnixDatagram;
-    use std::time::Duration;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pings_only_after_the_store_took_a_durable_write() {
@@ -87,7 +96,7 @@ mod tests {
         socket.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
         let notifier = Notifier::new(&path, Some(Duration::from_secs(2))).expect("notifier");
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(notifier, store.clone(), shutdown.clone()));
+        let task = tokio::spawn(run(Some(notifier), store.clone(), shutdown.clone()));
         let mut buf = [0u8; 64];
         let recv = |buf: &mut [u8]| {
             let n = socket.recv(buf).expect("a notification");

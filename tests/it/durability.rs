@@ -114,3 +114,190 @@ fn healthz_and_metrics_show_the_flusher() {
     assert_eq!(value("fleet_store_flush_failures_total "), 0, "{metrics}");
     assert_eq!(value("fleet_store_healthy "), 1, "{metrics}");
 }
+
+/// A small tmpfs mounted over a controller's `DATA_DIR/store` in a mount
+/// namespace of its own, held open by a sleeping process: the controller
+/// runs in it (nsenter) and the test reaches its files through
+/// `/proc/<holder>/root`. The store's contents are copied in first.
+struct SmallDisk {
+    holder: std::process::Child,
+    store: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn over(store: &std::path::Path, size: &str) -> SmallDisk {
+        use std::io::BufRead;
+        let stash = store.with_extension("stash");
+        let script = format!(
+            "set -e; cp -a '{s}' '{stash}'; mount -t tmpfs -o size={size},mode=0700 tmpfs '{s}'; \
+             cp -a '{stash}/.' '{s}/'; echo ready; exec sleep 600",
+            s = store.display(),
+            stash = stash.display()
+        );
+        let mut holder = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("unshare (util-linux) to hold a mount namespace");
+        let mut line = String::new();
+        std::io::BufReader::new(holder.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read");
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "mounting a tmpfs over the store failed (needs root)"
+        );
+        SmallDisk {
+            holder,
+            store: store.to_path_buf(),
+        }
+    }
+
+    /// A path under the store as the namespace sees it, reachable from here.
+    fn inside(&self, name: &str) -> std::path::PathBuf {
+        let rel = self.store.strip_prefix("/").expect("absolute store path");
+        std::path::Path::new(&format!("/proc/{}/root", self.holder.id()))
+            .join(rel)
+            .join(name)
+    }
+
+    /// Starts `serve` in the namespace, with systemd's notify environment.
+    fn serve(&self, c: &mut Controller, notify: &std::path::Path, watchdog: Duration) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&c.log)
+            .expect("log");
+        let child = Command::new("nsenter")
+            .args(["-t", &self.holder.id().to_string(), "-m", "--"])
+            .arg(bin("fleet-controller"))
+            .args(["serve", "--config"])
+            .arg(&c.config)
+            .env("RUST_LOG", "info")
+            .env("NOTIFY_SOCKET", notify)
+            .env("WATCHDOG_USEC", watchdog.as_micros().to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nsenter + fleet-controller serve");
+        c.child = Some(child);
+        let metrics = c.metrics;
+        crate::harness::wait_until(Duration::from_secs(20), "controller /healthz", || {
+            http_get_status(metrics, "/healthz")
+                .filter(|(s, _)| *s == 200)
+                .map(|_| ())
+        });
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// The notifications received so far (non-blocking).
+fn notifications(socket: &std::os::unix::net::UnixDatagram) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 256];
+    while let Ok(n) = socket.recv(&mut buf) {
+        out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    out
+}
+
+#[test]
+fn a_full_disk_fails_writes_clearly_turns_healthz_and_the_watchdog_and_a_restart_recovers() {
+    let root = tempfile::Builder::new().prefix("fleet-it-").tempdir().expect("tmp");
+    let mut c = Controller::init(root.path(), &[]);
+    let store = c.data_dir.join("store");
+    let disk = SmallDisk::over(&store, "1m");
+    let notify_path = root.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bind notify socket");
+    notify.set_nonblocking(true).expect("nonblocking");
+    let fleet = Fleet {
+        root,
+        controller: {
+            disk.serve(&mut c, &notify_path, Duration::from_secs(2));
+            c
+        },
+        agents: Vec::new(),
+    };
+    crate::harness::wait_until(Duration::from_secs(10), "READY=1 and a watchdog ping", || {
+        let got = notifications(&notify);
+        (got.iter().any(|m| m == "READY=1") || got.iter().any(|m| m == "WATCHDOG=1")).then_some(())
+    });
+    crate::harness::wait_until(Duration::from_secs(10), "a watchdog ping after a store probe", || {
+        notifications(&notify).iter().any(|m| m == "WATCHDOG=1").then_some(())
+    });
+
+    // Fill the disk, then write until the store refuses.
+    {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(disk.inside("filler")).expect("filler");
+        while filler.write_all(&[0u8; 65536]).is_ok() {}
+    }
+    let description = "x".repeat(8000);
+    let mut created = 0;
+    let refusal = (0..200)
+        .find_map(|_| {
+            let out = fleet
+                .fleetctl_within(
+                    &["token", "create", "--description", &description],
+                    Duration::from_secs(20),
+                )
+                .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
+            if out.status.success() {
+                created += 1;
+                None
+            } else {
+                Some(stderr(&out))
+            }
+        })
+        .unwrap_or_else(|| panic!("200 writes to a full disk succeeded\n{}", fleet.logs()));
+    assert!(
+        refusal.contains(&store.display().to_string()) && refusal.contains("free space"),
+        "the refusal names the store and the fix: {refusal}"
+    );
+    let (status, body) = crate::harness::wait_until(Duration::from_secs(10), "/healthz to turn 503", || {
+        http_get_status(fleet.controller.metrics, "/healthz").filter(|(s, _)| *s == 503)
+    });
+    assert!(
+        body.contains("unhealthy") && body.contains(&store.display().to_string()) && body.contains("free space"),
+        "{status}: {body}"
+    );
+    eprintln!("full disk after {created} writes: fleetctl said: {refusal}/healthz said {status}: {body}");
+    // Reads still work; the watchdog is no longer pinged.
+    let out = fleet
+        .fleetctl_within(&["whoami"], Duration::from_secs(10))
+        .expect("whoami");
+    assert!(out.status.success(), "{}", stderr(&out));
+    notifications(&notify);
+    std::thread::sleep(Duration::from_secs(3));
+    let after = notifications(&notify);
+    assert!(
+        !after.iter().any(|m| m == "WATCHDOG=1"),
+        "no watchdog ping while the store refuses writes: {after:?}"
+    );
+
+    // Space is freed and the controller restarted (systemd's watchdog would):
+    // healthy, writable, and what was written before is there.
+    std::fs::remove_file(disk.inside("filler")).expect("free space");
+    let mut fleet = fleet;
+    fleet.controller.kill9();
+    disk.serve(&mut fleet.controller, &notify_path, Duration::from_secs(2));
+    let (status, body) = http_get_status(fleet.controller.metrics, "/healthz").expect("/healthz");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let out = fleet
+        .fleetctl_within(&["token", "create", "--description", "after"], Duration::from_secs(20))
+        .expect("token create");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tokens = fleet.fleetctl_json(&["token", "ls", "--all"]);
+    assert!(
+        tokens.as_array().expect("tokens").len() > created,
+        "the {created} tokens created before the disk filled are kept: {tokens}"
+    );
+    fleet.controller.kill9();
+}

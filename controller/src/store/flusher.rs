@@ -98,6 +98,16 @@ impl Health {
         }
     }
 
+    /// Records a write the store refused (sled fails writes, not only
+    /// flushes, once an I/O error hit it): unhealthy until a flush succeeds.
+    pub fn record_write_error(&self, detail: String) {
+        let mut s = self.state();
+        if s.failing.is_none() {
+            tracing::error!(dir = %self.dir.display(), error = %detail, "store write failed");
+        }
+        s.failing = Some(detail);
+    }
+
     /// The flusher's counters.
     pub fn counts(&self) -> FlushCounts {
         FlushCounts {
