@@ -83,7 +83,9 @@ impl ServeError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ServeError::NotADataDir(_) | ServeError::Read { .. } | ServeError::Tls(_) => 2,
-            ServeError::Store(StoreError::Missing { .. } | StoreError::Open { .. } | StoreError::Corrupt { .. }) => 2,
+            ServeError::Store(StoreError::Missing { .. } | StoreError::Damaged { .. } | StoreError::Corrupt { .. }) => {
+                2
+            }
             ServeError::Store(_) | ServeError::Bind { .. } | ServeError::Server(_) | ServeError::Startup(_) => 1,
         }
     }

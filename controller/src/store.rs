@@ -74,11 +74,14 @@ pub enum StoreError {
          this data dir? Stop it first ({detail})"
     )]
     Locked { path: String, detail: String },
-    /// sled could not open the store.
+    /// sled could not read the store: damaged, or not one `init` made.
     #[error(
         "cannot open the store {path}: {detail}; it may be damaged: check the disk, then restore \
          {path} from a backup"
     )]
+    Damaged { path: String, detail: String },
+    /// Opening the store hit an I/O error (a restart may get past it).
+    #[error("cannot open the store {path}: {detail}; check the disk and the free space on it")]
     Open { path: String, detail: String },
     /// A value could not be decoded.
     #[error("store: value {key:?} in tree '{tree}' is corrupt or from an unknown version: {detail}")]
@@ -398,8 +401,13 @@ impl Store {
                         path: path.clone(),
                         detail,
                     }
-                } else {
+                } else if matches!(e, sled::Error::Io(_)) {
                     StoreError::Open {
+                        path: path.clone(),
+                        detail,
+                    }
+                } else {
+                    StoreError::Damaged {
                         path: path.clone(),
                         detail,
                     }
@@ -411,7 +419,7 @@ impl Store {
             // damaged store opens "fine": the schema record init wrote is
             // what tells an empty store from ours.
             if schema == Schema::MustExist {
-                return Err(StoreError::Open {
+                return Err(StoreError::Damaged {
                     path,
                     detail: "it holds no fleet data (no schema record), so sled found nothing it could read".into(),
                 });
