@@ -6,7 +6,7 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::harness::{bin, http_get_status, wait_exit, Controller, Fleet};
+use crate::harness::{bin, http_get_status, wait_exit, wait_until, Controller, Fleet};
 
 /// Runs `fleet-controller serve` on `c`'s config and waits for it to exit.
 fn serve_exits(c: &Controller) -> Output {
@@ -183,7 +183,7 @@ impl SmallDisk {
             .expect("nsenter + fleet-controller serve");
         c.child = Some(child);
         let metrics = c.metrics;
-        crate::harness::wait_until(Duration::from_secs(20), "controller /healthz", || {
+        wait_until(Duration::from_secs(20), "controller /healthz", || {
             http_get_status(metrics, "/healthz")
                 .filter(|(s, _)| *s == 200)
                 .map(|_| ())
@@ -225,11 +225,11 @@ fn a_full_disk_fails_writes_clearly_turns_healthz_and_the_watchdog_and_a_restart
         },
         agents: Vec::new(),
     };
-    crate::harness::wait_until(Duration::from_secs(10), "READY=1 and a watchdog ping", || {
+    wait_until(Duration::from_secs(10), "READY=1 and a watchdog ping", || {
         let got = notifications(&notify);
         (got.iter().any(|m| m == "READY=1") || got.iter().any(|m| m == "WATCHDOG=1")).then_some(())
     });
-    crate::harness::wait_until(Duration::from_secs(10), "a watchdog ping after a store probe", || {
+    wait_until(Duration::from_secs(10), "a watchdog ping after a store probe", || {
         notifications(&notify).iter().any(|m| m == "WATCHDOG=1").then_some(())
     });
 
@@ -261,7 +261,7 @@ fn a_full_disk_fails_writes_clearly_turns_healthz_and_the_watchdog_and_a_restart
         refusal.contains(&store.display().to_string()) && refusal.contains("free space"),
         "the refusal names the store and the fix: {refusal}"
     );
-    let (status, body) = crate::harness::wait_until(Duration::from_secs(10), "/healthz to turn 503", || {
+    let (status, body) = wait_until(Duration::from_secs(10), "/healthz to turn 503", || {
         http_get_status(fleet.controller.metrics, "/healthz").filter(|(s, _)| *s == 503)
     });
     assert!(
@@ -300,4 +300,170 @@ fn a_full_disk_fails_writes_clearly_turns_healthz_and_the_watchdog_and_a_restart
         "the {created} tokens created before the disk filled are kept: {tokens}"
     );
     fleet.controller.kill9();
+}
+
+/// The shipped unit's supervision settings (`systemd/fleet-controller.service`),
+/// with the test's own `WatchdogSec`, `RestartSec`, command and log: the
+/// hardening and `User=` need a system manager, the rest is what is tested.
+fn controller_unit(c: &Controller, watchdog: &str) -> String {
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/fleet-controller.service");
+    let text = std::fs::read_to_string(&shipped).expect("systemd/fleet-controller.service");
+    let mut unit =
+        String::from("[Unit]\nDescription=fleet-controller under test\nStartLimitIntervalSec=0\n\n[Service]\n");
+    for key in [
+        "Type=",
+        "NotifyAccess=",
+        "Restart=",
+        "RestartPreventExitStatus=",
+        "LimitNOFILE=",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("the shipped unit has no {key}"));
+        unit.push_str(line);
+        unit.push('\n');
+    }
+    assert!(
+        text.lines().any(|l| l.starts_with("WatchdogSec=")),
+        "the shipped unit has a watchdog"
+    );
+    unit.push_str(&format!(
+        "WatchdogSec={watchdog}\nRestartSec=500ms\nExecStart={} serve --config {}\nEnvironment=RUST_LOG=info\n\
+         StandardError=append:{}\n",
+        bin("fleet-controller").display(),
+        c.config.display(),
+        c.log.display()
+    ));
+    unit
+}
+
+#[test]
+fn under_systemd_a_store_refusing_writes_gets_the_controller_restarted_and_a_missing_store_stops_it() {
+    let root = tempfile::Builder::new().prefix("fleet-it-").tempdir().expect("tmp");
+    let c = Controller::init(root.path(), &[]);
+    let sandbox = crate::sandbox::Sandbox::start(&root.path().join("systemd"));
+    // The store on a 1 MiB disk that only the manager's namespace sees.
+    let store = c.data_dir.join("store");
+    let saved = c.data_dir.join("store.init");
+    std::fs::rename(&store, &saved).expect("move the store aside");
+    sandbox.mount_tmpfs(&store, "1m");
+    let inside = |p: &std::path::Path| {
+        std::path::Path::new(&format!("/proc/{}/root", sandbox.pid())).join(p.strip_prefix("/").expect("absolute"))
+    };
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", saved.display()))
+        .arg(inside(&store))
+        .status()
+        .expect("cp")
+        .success();
+    assert!(ok, "copying the store onto the small disk");
+    const UNIT: &str = "fleet-controller.service";
+    sandbox.install_unit(UNIT, &controller_unit(&c, "2s"));
+    let prop = |p: &str| sandbox.unit_property(UNIT, "Service", p);
+    let active = || sandbox.unit_property(UNIT, "Unit", "ActiveState");
+    let fleet = Fleet {
+        root,
+        controller: c,
+        agents: Vec::new(),
+    };
+    sandbox.busctl(&[
+        "call",
+        "org.freedesktop.systemd1",
+        "/org/freedesktop/systemd1",
+        "org.freedesktop.systemd1.Manager",
+        "StartUnit",
+        "ss",
+        UNIT,
+        "replace",
+    ]);
+    // Type=notify: active only once the controller said READY=1.
+    wait_until(Duration::from_secs(20), "the unit to be active (READY=1)", || {
+        (active() == "active").then_some(())
+    });
+    let pid = prop("MainPID");
+    // Three watchdog periods: the probe keeps it pinged.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        (active(), prop("MainPID"), prop("NRestarts")),
+        ("active".to_string(), pid.clone(), "0".to_string()),
+        "a healthy controller is not restarted\n{}",
+        fleet.logs()
+    );
+
+    // The disk fills: writes are refused, the pings stop, systemd restarts it.
+    {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(inside(&store.join("filler"))).expect("filler");
+        while filler.write_all(&[0u8; 65536]).is_ok() {}
+    }
+    let description = "x".repeat(8000);
+    let refused = (0..200).any(|_| {
+        fleet
+            .fleetctl_within(
+                &["token", "create", "--description", &description],
+                Duration::from_secs(20),
+            )
+            .map(|out| !out.status.success())
+            .unwrap_or(false)
+    });
+    assert!(refused, "a write to the full disk was refused\n{}", fleet.logs());
+    wait_until(
+        Duration::from_secs(20),
+        "systemd to restart the controller (watchdog)",
+        || (prop("NRestarts") != "0").then_some(()),
+    );
+    assert!(
+        fleet.controller.log_text().contains("not pinging the watchdog"),
+        "{}",
+        fleet.logs()
+    );
+
+    // Space is freed: the restarted controller is healthy and takes writes.
+    std::fs::remove_file(inside(&store.join("filler"))).expect("free space");
+    wait_until(
+        Duration::from_secs(30),
+        "a healthy, active controller after the restart",
+        || {
+            let healthy = http_get_status(fleet.controller.metrics, "/healthz").is_some_and(|(s, _)| s == 200);
+            (healthy && active() == "active").then_some(())
+        },
+    );
+    let out = fleet
+        .fleetctl_within(&["token", "create", "--description", "after"], Duration::from_secs(20))
+        .expect("token create");
+    assert!(out.status.success(), "{}\n{}", stderr(&out), fleet.logs());
+
+    // The store disappears (an unmounted volume): exit 2, and no restart.
+    let ok = Command::new("nsenter")
+        .args(["-t", &sandbox.pid().to_string(), "-m", "--", "umount", "-l"])
+        .arg(&store)
+        .status()
+        .expect("nsenter umount")
+        .success();
+    assert!(ok, "unmounting the small disk");
+    std::fs::create_dir_all(inside(&store)).expect("empty mount point");
+    let restarts = prop("NRestarts");
+    let killed = Command::new("kill")
+        .args(["-KILL", &prop("MainPID")])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(killed, "kill -9 the controller");
+    wait_until(Duration::from_secs(20), "the unit to fail on the missing store", || {
+        (active() == "failed" && prop("ExecMainStatus") == "2").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let restarts_after: u32 = prop("NRestarts").parse().expect("NRestarts");
+    let restarts: u32 = restarts.parse().expect("NRestarts");
+    assert_eq!(
+        restarts_after,
+        restarts + 1,
+        "one restart after the kill, none after exit 2\n{}",
+        fleet.logs()
+    );
+    assert_eq!(active(), "failed");
+    assert!(fleet.controller.log_text().contains("mounted"), "{}", fleet.logs());
+    drop(sandbox);
 }
