@@ -172,10 +172,12 @@ impl Enrollment for EnrollmentService {
             issued_at_ms: now,
             not_after_ms: signed.not_after_ms,
         };
-        match fleet
-            .store
-            .enroll(token_id, &hash, now, &host, &fingerprint(&signed.der), &cert)
-        {
+        // A sled transaction may wait on sled's IO buffers: off the runtime.
+        let (store, tid, fp) = (fleet.store.clone(), token_id.to_string(), fingerprint(&signed.der));
+        let txn = tokio::task::spawn_blocking(move || store.enroll(&tid, &hash, now, &host, &fp, &cert))
+            .await
+            .map_err(|e| Status::internal(format!("the enrollment task failed: {e}")))?;
+        match txn {
             Ok(()) => {}
             Err(EnrollError::Token(r)) => {
                 fleet.metrics.enrollment(refusal_kind(&r));

@@ -22,6 +22,7 @@ pub mod store;
 pub mod stream;
 pub mod tasks;
 pub mod tls;
+pub mod watchdog;
 
 pub use config::Config;
 pub use init::{init, InitOptions, InitReport};

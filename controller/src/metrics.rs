@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -18,6 +18,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::store::Health;
 
 /// Label sets of metric families.
 type Labels = Vec<(String, String)>;
@@ -50,6 +52,14 @@ pub struct Metrics {
     pub connections_closed: Family<Vec<(String, String)>, Counter>,
     /// `accept` failures on the TLS port (e.g. out of file descriptors).
     pub accept_errors: Counter<u64, AtomicU64>,
+    /// `Db::flush` calls of the store's flusher (copied from it on scrape).
+    store_flushes: Counter<u64, AtomicU64>,
+    /// Durable-write requests answered; over `store_flushes`, the group-commit factor.
+    store_flush_requests: Counter<u64, AtomicU64>,
+    /// Flushes that failed.
+    store_flush_failures: Counter<u64, AtomicU64>,
+    /// 1 while the store takes durable writes, else 0 (as `/healthz`).
+    store_healthy: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -118,6 +128,30 @@ impl Metrics {
             "accept failures on the TLS port",
             accept_errors.clone(),
         );
+        let store_flushes = Counter::default();
+        registry.register(
+            "store_flushes",
+            "Flushes (write + fsync) of the store",
+            store_flushes.clone(),
+        );
+        let store_flush_requests = Counter::default();
+        registry.register(
+            "store_flush_requests",
+            "Durable-write requests answered by the store's flusher (many share one flush)",
+            store_flush_requests.clone(),
+        );
+        let store_flush_failures = Counter::default();
+        registry.register(
+            "store_flush_failures",
+            "Flushes of the store that failed",
+            store_flush_failures.clone(),
+        );
+        let store_healthy = Gauge::default();
+        registry.register(
+            "store_healthy",
+            "1 while the store takes durable writes, else 0",
+            store_healthy.clone(),
+        );
         Metrics {
             rollouts_ended,
             hosts_converging,
@@ -132,7 +166,20 @@ impl Metrics {
             rpc_requests,
             rpc_seconds,
             tls_refused,
+            store_flushes,
+            store_flush_requests,
+            store_flush_failures,
+            store_healthy,
         }
+    }
+
+    /// Copies the store's flush counters and health in, before a scrape.
+    fn observe_store(&self, health: &Health) {
+        let c = health.counts();
+        self.store_flushes.inner().store(c.flushes, Ordering::Relaxed);
+        self.store_flush_requests.inner().store(c.requests, Ordering::Relaxed);
+        self.store_flush_failures.inner().store(c.failures, Ordering::Relaxed);
+        self.store_healthy.set(i64::from(health.problem().is_none()));
     }
 
     /// The Prometheus text exposition.
@@ -231,11 +278,21 @@ where
     }
 }
 
+/// The answer of `/healthz`: 200 "ok", or 503 with the reason while the
+/// store cannot take durable writes.
+fn healthz(store: &Health) -> (u16, String) {
+    match store.problem() {
+        None => (200, "ok\n".to_string()),
+        Some(problem) => (503, format!("unhealthy: {problem}\n")),
+    }
+}
+
 /// Serves `/metrics` and `/healthz` on `listener` until `shutdown`.
 pub async fn serve_http(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     hosts: impl Fn() -> usize + Send + Sync + 'static,
+    store: Arc<Health>,
     shutdown: CancellationToken,
 ) {
     let hosts = Arc::new(hosts);
@@ -250,21 +307,25 @@ pub async fn serve_http(
                 }
             },
         };
-        let (metrics, hosts) = (metrics.clone(), hosts.clone());
+        let (metrics, hosts, store) = (metrics.clone(), hosts.clone(), store.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let (metrics, hosts) = (metrics.clone(), hosts.clone());
+                let (metrics, hosts, store) = (metrics.clone(), hosts.clone(), store.clone());
                 async move {
                     let (status, ctype, body) = match req.uri().path() {
                         "/metrics" => {
                             metrics.hosts_enrolled.set(hosts() as i64);
+                            metrics.observe_store(&store);
                             (
                                 200,
                                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
                                 metrics.render(),
                             )
                         }
-                        "/healthz" => (200, "text/plain", "ok\n".to_string()),
+                        "/healthz" => {
+                            let (status, body) = healthz(&store);
+                            (status, "text/plain", body)
+                        }
                         _ => (404, "text/plain", "not found: try /metrics or /healthz\n".to_string()),
                     };
                     hyper::Response::builder()

@@ -33,11 +33,13 @@ use crate::listener::{Connections, StreamTrackingLayer};
 use crate::metrics::{Metrics, RpcMetricsLayer};
 use crate::ops::{HostsService, OperatorAuth, SessionService, TokensService};
 use crate::registry::Registry;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::tls::PeerConn;
 
 /// How long shutdown waits for connections to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the final flush.
+const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Errors that stop `serve` from starting.
 #[derive(Debug, thiserror::Error)]
@@ -51,9 +53,9 @@ pub enum ServeError {
     /// A file of the data dir is missing or unreadable.
     #[error("cannot read {path}: {detail}")]
     Read { path: String, detail: String },
-    /// The store could not be opened.
-    #[error("cannot open the store in {path}: {detail} (is another fleet-controller running on this data dir?)")]
-    Store { path: String, detail: String },
+    /// The store is missing, locked, damaged, or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// A port could not be bound.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -67,6 +69,25 @@ pub enum ServeError {
     /// The server failed while running.
     #[error("gRPC server: {0}")]
     Server(#[from] tonic::transport::Error),
+    /// Start-up failed in a way none of the above covers (a task panicked).
+    #[error("start-up failed: {0}")]
+    Startup(String),
+}
+
+impl ServeError {
+    /// The exit status: 2 when only an operator can fix it (configuration,
+    /// data dir, a missing or damaged store), so systemd does not restart
+    /// (`RestartPreventExitStatus=2`); 1 when trying again may work (a port
+    /// still held, a store locked by an instance that is stopping, I/O).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServeError::NotADataDir(_) | ServeError::Read { .. } | ServeError::Tls(_) => 2,
+            ServeError::Store(StoreError::Missing { .. } | StoreError::Damaged { .. } | StoreError::Corrupt { .. }) => {
+                2
+            }
+            ServeError::Store(_) | ServeError::Bind { .. } | ServeError::Server(_) | ServeError::Startup(_) => 1,
+        }
+    }
 }
 
 fn read(path: &std::path::Path) -> Result<String, ServeError> {
@@ -78,6 +99,12 @@ fn read(path: &std::path::Path) -> Result<String, ServeError> {
 
 /// Runs the controller until SIGTERM or SIGINT.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
+    // Every agent stream is a socket: systemd's default soft limit (1024) is
+    // far below what one controller holds.
+    match crate::watchdog::raise_nofile_limit() {
+        Ok((before, after)) => tracing::info!(before, after, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit; streams beyond it are refused"),
+    }
     let dir = &config.data_dir;
     if !dir.join(MARKER).is_file() {
         return Err(ServeError::NotADataDir(dir.display().to_string()));
@@ -90,10 +117,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let key =
         key_from_pem("server.key", &read(&dir.join("server.key"))?).map_err(|e| ServeError::Tls(e.to_string()))?;
     let store_path = dir.join("store");
-    let store = Store::open(&store_path).map_err(|e| ServeError::Store {
-        path: store_path.display().to_string(),
-        detail: e.to_string(),
-    })?;
+    // sled's recovery reads the whole log: off the runtime.
+    let store = tokio::task::spawn_blocking(move || Store::open_existing(&store_path))
+        .await
+        .map_err(|e| ServeError::Startup(format!("the task opening the store failed: {e}")))??;
 
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
@@ -115,13 +142,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             reconnect_grace: config.reconnect_grace,
         },
         tasks: Default::default(),
-        rollouts: store
-            .hosts()
-            .and_then(|hosts| crate::rollouts::Rollouts::open(&store, &hosts))
-            .map_err(|e| ServeError::Store {
-                path: store_path.display().to_string(),
-                detail: e.to_string(),
-            })?,
+        rollouts: crate::rollouts::Rollouts::open(&store, &store.hosts()?)?,
         shutdown: shutdown.clone(),
         tracker: tokio_util::task::TaskTracker::new(),
     });
@@ -153,6 +174,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         metrics_listener,
         metrics.clone(),
         move || counted.host_count(),
+        store.health(),
         shutdown.clone(),
     ));
     tokio::spawn(wait_for_signal(shutdown.clone()));
@@ -168,10 +190,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     ));
 
     let auth = OperatorAuth(store.clone());
-    let audit = Arc::new(crate::audit::AuditLog::open(&store).map_err(|e| ServeError::Store {
-        path: store_path.display().to_string(),
-        detail: e.to_string(),
-    })?);
+    let audit = Arc::new(crate::audit::AuditLog::open(&store)?);
     let router = tonic::transport::Server::builder()
         .layer(StreamTrackingLayer)
         .layer(RpcMetricsLayer(metrics.clone()))
@@ -212,6 +231,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // Rollouts a previous run left unfinished carry on from where they
     // were; the converger starts listening for hosts that connect.
     crate::rollouts::start(&fleet);
+    // Serving: tell systemd, and from now on prove the store and the runtime work.
+    let watchdog = tokio::spawn(crate::watchdog::run(
+        crate::watchdog::notifier(),
+        store.clone(),
+        shutdown.clone(),
+    ));
 
     shutdown.cancelled().await;
     tracing::info!("shutting down: closing agent streams");
@@ -230,9 +255,14 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     {
         tracing::warn!("rollout engines did not stop within 10s; exiting anyway (they resume at the next start)");
     }
-    if let Err(e) = store.flush().await {
-        tracing::error!(error = %e, "final store flush failed");
+    // Bounded: a hung disk must not keep a stopping controller alive until
+    // systemd's SIGKILL (sled replays its log on the next start).
+    match tokio::time::timeout(FINAL_FLUSH_TIMEOUT, store.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "final store flush failed"),
+        Err(_) => tracing::error!(timeout = ?FINAL_FLUSH_TIMEOUT, "final store flush did not finish; exiting anyway"),
     }
+    let _ = watchdog.await;
     tracing::info!("fleet-controller stopped");
     Ok(())
 }

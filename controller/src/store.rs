@@ -5,6 +5,7 @@
 //! | tree | key | value |
 //! |---|---|---|
 //! | `meta` | `schema` | `[1]` |
+//! | `meta` | `alive` | `1` + big-endian ms of the watchdog's last store probe |
 //! | `hosts` | host id | `1` + protobuf `fleet.v1.Host` (status and remote_addr left empty: they are live state) |
 //! | `certs` | `sha256:<hex>` of a client certificate's DER | `1` + JSON [`CertRecord`] |
 //! | `tokens` | join token id | `1` + JSON [`TokenRecord`] |
@@ -20,6 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use prost::Message;
 use serde::de::DeserializeOwned;
@@ -28,14 +30,59 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use fleet_proto::{AppSpec, Host, Release};
 
+mod flusher;
+
+pub use flusher::{FlushCounts, Health};
+
 const V1: u8 = 1;
+
+/// sled's own file in a store directory: a directory without it holds no
+/// store (an empty mount point, a deleted store).
+const SLED_DB_FILE: &str = "db";
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// sled failed (I/O, corruption it detected).
-    #[error("store: {0}")]
+    #[error("store: {0}{advice}", advice = io_advice(.0))]
     Sled(#[from] sled::Error),
+    /// Writes could not be made durable: the flush failed (ENOSPC, EIO, ...).
+    #[error(
+        "cannot make writes durable in the store {dir}: {detail}; free space on the filesystem \
+         holding it (or repair the disk), then restart the controller: sled refuses every write \
+         after an I/O error until it is reopened (under systemd the watchdog restarts it). \
+         /healthz reports unhealthy meanwhile"
+    )]
+    Flush { dir: String, detail: String },
+    /// The store is closed: the controller is shutting down.
+    #[error("the store {dir} is closed (the controller is shutting down)")]
+    Closed { dir: String },
+    /// The flusher thread could not be started.
+    #[error("cannot start the flusher thread of the store {dir}: {detail}")]
+    Thread { dir: String, detail: String },
+    /// `serve` found a data dir whose store is missing or unreadable.
+    #[error(
+        "the store {path} is missing or unreadable ({detail}), but its data dir is a fleet \
+         controller's: is the volume holding it mounted, and readable by this user? Refusing to \
+         start with an empty store, which would revoke every host's certificate. Mount or restore \
+         {path} and start again; a new fleet needs a new data dir ('fleet-controller init')"
+    )]
+    Missing { path: String, detail: String },
+    /// Another process holds the store's lock.
+    #[error(
+        "the store {path} is locked by another process: is another fleet-controller running on \
+         this data dir? Stop it first ({detail})"
+    )]
+    Locked { path: String, detail: String },
+    /// sled could not read the store: damaged, or not one `init` made.
+    #[error(
+        "cannot open the store {path}: {detail}; it may be damaged: check the disk, then restore \
+         {path} from a backup"
+    )]
+    Damaged { path: String, detail: String },
+    /// Opening the store hit an I/O error (a restart may get past it).
+    #[error("cannot open the store {path}: {detail}; check the disk and the free space on it")]
+    Open { path: String, detail: String },
     /// A value could not be decoded.
     #[error("store: value {key:?} in tree '{tree}' is corrupt or from an unknown version: {detail}")]
     Corrupt {
@@ -43,6 +90,30 @@ pub enum StoreError {
         key: String,
         detail: String,
     },
+}
+
+/// The store `serve` runs on, for messages that sled's errors cannot carry.
+/// Invariant: `serve` opens one store per process (set once, by `open_existing`).
+static SERVED_DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// What to do about an I/O error: sled keeps refusing writes after one.
+fn io_advice(e: &sled::Error) -> String {
+    let sled::Error::Io(io) = e else {
+        return String::new();
+    };
+    let dir = SERVED_DIR
+        .get()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| "the controller's store".into());
+    let what = if io.kind() == std::io::ErrorKind::StorageFull {
+        "the filesystem holding it is full: free space on it"
+    } else {
+        "check the disk"
+    };
+    format!(
+        " (in {dir}: {what}, then restart the controller; sled refuses every write after an I/O \
+         error until it is reopened)"
+    )
 }
 
 /// A client certificate the controller issued and still honours.
@@ -190,10 +261,22 @@ fn ring_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Whether opening may create the store's schema record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Schema {
+    /// `init` and tests: a new store.
+    CreateIfMissing,
+    /// `serve`: a store without it is empty or damaged.
+    MustExist,
+}
+
 /// The store: cheap to clone (sled trees are reference-counted).
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    /// The one path to durability; see `flusher`.
+    flusher: Arc<flusher::Flusher>,
+    meta: sled::Tree,
     hosts: sled::Tree,
     certs: sled::Tree,
     tokens: sled::Tree,
@@ -281,20 +364,81 @@ fn unwrap_txn<T, E: From<StoreError>>(r: Result<T, TransactionError<E>>) -> Resu
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens the store in `dir`, creating it when missing (`init`, tests).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new().path(dir).mode(sled::Mode::LowSpace).open()?;
+        Store::open_sled(dir, Schema::CreateIfMissing)
+    }
+
+    /// Opens the store `serve` runs on, which must exist: a data dir whose
+    /// store is missing or unreadable is most likely an unmounted volume, and
+    /// an empty store in its place would tell every agent it was revoked.
+    pub fn open_existing(dir: &Path) -> Result<Store, StoreError> {
+        let missing = |detail: String| StoreError::Missing {
+            path: dir.display().to_string(),
+            detail,
+        };
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(missing("it is not a directory".into())),
+            Err(e) => return Err(missing(e.to_string())),
+        }
+        // Reading the directory and sled's file proves the mount and the permissions.
+        std::fs::read_dir(dir).map_err(|e| missing(format!("cannot list it: {e}")))?;
+        let db_file = dir.join(SLED_DB_FILE);
+        std::fs::File::open(&db_file).map_err(|e| missing(format!("cannot open {}: {e}", db_file.display())))?;
+        let store = Store::open_sled(dir, Schema::MustExist)?;
+        let _ = SERVED_DIR.set(dir.to_path_buf());
+        Ok(store)
+    }
+
+    fn open_sled(dir: &Path, schema: Schema) -> Result<Store, StoreError> {
+        let path = dir.display().to_string();
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::LowSpace)
+            .open()
+            .map_err(|e| {
+                let detail = e.to_string();
+                // sled's words when fs2's try_lock_exclusive fails (config.rs, 0.34).
+                if detail.contains("could not acquire lock") {
+                    StoreError::Locked {
+                        path: path.clone(),
+                        detail,
+                    }
+                } else if matches!(e, sled::Error::Io(_)) {
+                    StoreError::Open {
+                        path: path.clone(),
+                        detail,
+                    }
+                } else {
+                    StoreError::Damaged {
+                        path: path.clone(),
+                        detail,
+                    }
+                }
+            })?;
         let meta = db.open_tree("meta")?;
         if meta.get("schema")?.is_none() {
+            // sled recovers a log it cannot parse as an empty database, so a
+            // damaged store opens "fine": the schema record init wrote is
+            // what tells an empty store from ours.
+            if schema == Schema::MustExist {
+                return Err(StoreError::Damaged {
+                    path,
+                    detail: "it holds no fleet data (no schema record), so sled found nothing it could read".into(),
+                });
+            }
             meta.insert("schema", &[V1])?;
         }
         Ok(Store {
+            flusher: Arc::new(flusher::Flusher::start(db.clone(), dir)?),
             hosts: db.open_tree("hosts")?,
             certs: db.open_tree("certs")?,
             tokens: db.open_tree("tokens")?,
             operators: db.open_tree("operators")?,
             apps: db.open_tree("apps")?,
             releases: db.open_tree("releases")?,
+            meta,
             db,
         })
     }
@@ -305,16 +449,34 @@ impl Store {
         Ok(self.db.open_tree(name)?)
     }
 
-    /// Makes every write so far durable.
+    /// Makes every write made before the call durable: waits for a flush by
+    /// the store's single flusher that started after the call (many callers
+    /// share one flush). Fails with [`StoreError::Flush`] when that flush fails.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        self.flusher.flush().await
     }
 
-    /// Makes every write so far durable, blocking (for `init`, outside a runtime).
+    /// [`Store::flush`] for `init`, outside an async runtime (panics on one).
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+        self.flusher.flush_blocking()
+    }
+
+    /// What the flushes say about the store: `/healthz` and `/metrics` read it.
+    pub fn health(&self) -> Arc<Health> {
+        self.flusher.health().clone()
+    }
+
+    /// Proves the store takes durable writes: a tiny write and a flush
+    /// through the flusher (the watchdog's check). A refused write makes
+    /// the store unhealthy like a failed flush.
+    pub async fn probe(&self, now_ms: i64) -> Result<(), StoreError> {
+        let mut v = vec![V1];
+        v.extend_from_slice(&now_ms.to_be_bytes());
+        if let Err(e) = self.meta.insert("alive", v) {
+            self.flusher.health().record_write_error(e.to_string());
+            return Err(e.into());
+        }
+        self.flush().await
     }
 
     // --- operators -------------------------------------------------------

@@ -280,11 +280,13 @@ async fn renew_certificate(fleet: &Fleet, host_id: &str, csr_der: &[u8]) -> Resu
         issued_at_ms: now_ms(),
         not_after_ms: signed.not_after_ms,
     };
-    if !fleet
-        .store
-        .add_cert(&fingerprint(&signed.der), &rec)
-        .map_err(internal)?
-    {
+    // A sled transaction may wait on sled's IO buffers: off the runtime.
+    let (store, fp) = (fleet.store.clone(), fingerprint(&signed.der));
+    let added = tokio::task::spawn_blocking(move || store.add_cert(&fp, &rec))
+        .await
+        .map_err(|e| Status::internal(format!("the renewal task failed: {e}")))?
+        .map_err(internal)?;
+    if !added {
         return Err(Status::permission_denied(format!(
             "host {host_id} was removed from the fleet"
         )));

@@ -148,6 +148,11 @@ check "unit enabled once the data dir is initialised" test -L /etc/systemd/syste
 check "the CA survives a reinstall" test -f /var/lib/fleet-controller/ca.key
 exposure=$(systemd-analyze security --offline=true /lib/systemd/system/fleet-controller.service | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p')
 echo "exposure of fleet-controller.service: $exposure"
+check "controller exposure $exposure <= 1.5" awk -v e="$exposure" 'BEGIN { exit !(e != "" && e <= 1.5) }'
+check "controller unit is Type=notify with a watchdog" sh -c \
+    "grep -qx 'Type=notify' /lib/systemd/system/fleet-controller.service && grep -q '^WatchdogSec=' /lib/systemd/system/fleet-controller.service"
+check "controller unit: LimitNOFILE, no restart on exit 2" sh -c \
+    "grep -qx 'LimitNOFILE=65536' /lib/systemd/system/fleet-controller.service && grep -qx 'RestartPreventExitStatus=2' /lib/systemd/system/fleet-controller.service"
 dpkg --purge fleet-controller
 check "controller data dir removed on purge" test ! -e /var/lib/fleet-controller
 check "controller binary removed" test ! -e /usr/bin/fleet-controller

@@ -210,8 +210,14 @@ impl Controller {
     }
 }
 
-/// A minimal HTTP/1.0 GET, returning the body of a 200.
+/// A minimal HTTP/1.1 GET, returning the body of a 200.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    http_get_status(addr, path).and_then(|(status, body)| (status == 200).then_some(body))
+}
+
+/// A minimal HTTP/1.1 GET, returning the status code and the body; None when
+/// nothing answered within a few seconds.
+pub fn http_get_status(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -219,7 +225,8 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
     let (head, body) = resp.split_once("\r\n\r\n")?;
-    (head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200")).then(|| body.to_string())
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
 }
 
 /// One agent process with its own state dir.
@@ -414,6 +421,36 @@ impl Fleet {
             .stdin(Stdio::null())
             .output()
             .expect("run fleetctl")
+    }
+
+    /// Runs fleetctl as the admin with a deadline: `Err` says it did not
+    /// finish within `timeout` (the process is killed), so a test of a
+    /// controller that may hang fails instead of hanging too.
+    pub fn fleetctl_within(&self, args: &[&str], timeout: Duration) -> Result<Output, String> {
+        let child = Command::new(bin("fleetctl"))
+            .args(args)
+            .env("FLEET_CONFIG", &self.controller.fleetctl_config)
+            .env_remove("FLEET_CONTROLLER")
+            .env_remove("FLEET_TOKEN")
+            .env_remove("FLEET_CA")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run fleetctl");
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // wait_with_output drains both pipes, so a large answer cannot stall the child.
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(out) => Ok(out.expect("wait for fleetctl")),
+            Err(_) => {
+                let _ = Command::new("sh").args(["-c", &format!("kill -KILL {pid}")]).status();
+                Err(format!("fleetctl {args:?} did not finish within {timeout:?}"))
+            }
+        }
     }
 
     /// Runs fleetctl, asserts success, and parses its JSON output.
