@@ -38,7 +38,7 @@ pub async fn create(client: &Client, args: &TokenCreateArgs, format: Format) -> 
             "max_uses": token.max_uses,
             "cert_ttl_ms": token.cert_ttl_ms,
             "allowed_label_keys": token.allowed_label_keys,
-            "state": token.state,
+            "state": token.state().word(),
         })),
         Format::Table => Report {
             stdout: format!("{}\n", response.secret),
@@ -115,7 +115,7 @@ pub fn token_json(t: &JoinToken) -> Value {
     json!({
         "id": t.id,
         "labels": output::sorted(&t.labels),
-        "state": t.state,
+        "state": t.state().word(),
         "uses": t.uses,
         "max_uses": t.max_uses,
         "created_at_ms": t.created_at_ms,
@@ -134,7 +134,7 @@ fn token_table(tokens: &[JoinToken], now_ms: i64) -> String {
         table.row(vec![
             t.id.clone(),
             output::labels(&t.labels),
-            t.state.clone(),
+            t.state().word().to_string(),
             uses(t.uses, t.max_uses),
             output::relative_or(t.expires_at_ms, now_ms, "never"),
             t.description.clone(),
@@ -170,7 +170,7 @@ mod tests {
             revoked_at_ms: 0,
             created_by: "admin".into(),
             description: "asg".into(),
-            state: "active".into(),
+            state: fleet_proto::TokenState::Active.into(),
             cert_ttl_ms: 7 * 86_400_000,
             allowed_label_keys: vec!["az".into()],
         }

@@ -314,7 +314,7 @@ impl TokenService for TokensService {
             .map_err(internal)?
             .iter()
             .map(|t| to_wire(t, now))
-            .filter(|t| req.get_ref().all || t.state == "active")
+            .filter(|t| req.get_ref().all || t.state() == fleet_proto::TokenState::Active)
             .collect();
         tokens.sort_by_key(|t| std::cmp::Reverse(t.created_at_ms));
         Ok(Response::new(ListTokensResponse { tokens }))

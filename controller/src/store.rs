@@ -216,13 +216,14 @@ pub fn secret_hash(secret: &str) -> String {
 }
 
 impl TokenRecord {
-    /// "active", "expired", "revoked" or "used_up" at `now`.
-    pub fn state(&self, now: i64) -> &'static str {
+    /// Whether the token can enroll a host at `now`, and if not why.
+    pub fn state(&self, now: i64) -> fleet_proto::TokenState {
+        use fleet_proto::TokenState;
         match self.check(None, now) {
-            Ok(()) => "active",
-            Err(TokenRefusal::Revoked { .. }) => "revoked",
-            Err(TokenRefusal::UsedUp { .. }) => "used_up",
-            Err(_) => "expired",
+            Ok(()) => TokenState::Active,
+            Err(TokenRefusal::Revoked { .. }) => TokenState::Revoked,
+            Err(TokenRefusal::UsedUp { .. }) => TokenState::UsedUp,
+            Err(_) => TokenState::Expired,
         }
     }
 
@@ -791,14 +792,14 @@ mod tests {
             Err(TokenRefusal::WrongSecret(_))
         ));
         assert!(matches!(t.check(None, 1000), Err(TokenRefusal::Expired { .. })));
-        assert_eq!(t.state(2000), "expired");
+        assert_eq!(t.state(2000), fleet_proto::TokenState::Expired);
         let used = TokenRecord { uses: 1, ..token(1) };
-        assert_eq!(used.state(10), "used_up");
+        assert_eq!(used.state(10), fleet_proto::TokenState::UsedUp);
         let revoked = TokenRecord {
             revoked_at_ms: 5,
             ..token(0)
         };
-        assert_eq!(revoked.state(10), "revoked");
+        assert_eq!(revoked.state(10), fleet_proto::TokenState::Revoked);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::v1::{BatchState, EventKind, HostState, RolloutKind, RolloutState};
+use crate::v1::{BatchState, EventKind, HostState, RolloutKind, RolloutState, TokenState};
 
 /// The batch size when a rollout names none.
 pub const DEFAULT_BATCH: BatchSpec = BatchSpec::Percent(25);
@@ -270,6 +270,19 @@ impl EventKind {
             EventKind::Resumed => "resumed",
             EventKind::RollingBack => "rolling_back",
             EventKind::RolloutEnded => "rollout_ended",
+        }
+    }
+}
+
+impl TokenState {
+    /// The word people and JSON read.
+    pub fn word(self) -> &'static str {
+        match self {
+            TokenState::Unspecified => "unknown",
+            TokenState::Active => "active",
+            TokenState::Expired => "expired",
+            TokenState::Revoked => "revoked",
+            TokenState::UsedUp => "used_up",
         }
     }
 }

@@ -313,3 +313,144 @@ fn app_show_reflects_a_deploy_at_once() {
         "{hosts:?}"
     );
 }
+
+/// A controller process killed when the test ends, however it ends.
+struct Serving(std::process::Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A data dir written by the release before typed rollout states and
+/// per-host desired releases (`tests/fixtures/datadir-v1.tar.gz`: made by
+/// that release's `tests/local-fleet.sh --once`: rollouts of 1.0.0 and 2.0.0
+/// that succeeded and a 3.0.0 that was rolled back, three hosts on 2.0.0,
+/// the app-wide desired version 2.0.0) is migrated when the controller
+/// starts, and nothing about the fleet changes.
+#[test]
+fn a_data_dir_of_the_previous_release_is_migrated_at_start() {
+    use crate::harness::{bin, free_addr, http_get};
+    let root = tempfile::Builder::new().prefix("fleet-it-").tempdir().expect("tempdir");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/datadir-v1.tar.gz");
+    let ok = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(&fixture)
+        .arg("-C")
+        .arg(root.path())
+        .status()
+        .expect("tar");
+    assert!(ok.success(), "unpacking {}", fixture.display());
+    let dir = root.path().join("controller");
+    let (addr, metrics) = (free_addr(), free_addr());
+    // The fixture was made in another directory, on other ports.
+    let rewrite = |file: &str, f: &dyn Fn(&str) -> Option<String>| {
+        let path = dir.join(file);
+        let text = std::fs::read_to_string(&path).expect("read config");
+        let text: Vec<String> = text.lines().map(|l| f(l).unwrap_or_else(|| l.to_string())).collect();
+        std::fs::write(&path, text.join("\n") + "\n").expect("write config");
+    };
+    rewrite("controller.toml", &|l| {
+        let key = l.split(" =").next().unwrap_or_default();
+        match key {
+            "data_dir" => Some(format!("data_dir = \"{}\"", dir.display())),
+            "listen" => Some(format!("listen = \"{addr}\"")),
+            "metrics_listen" => Some(format!("metrics_listen = \"{metrics}\"")),
+            _ => None,
+        }
+    });
+    rewrite("fleetctl.toml", &|l| {
+        let key = l.split(" =").next().unwrap_or_default();
+        match key {
+            "controller" => Some(format!("controller = \"{addr}\"")),
+            "ca" => Some(format!("ca = \"{}\"", dir.join("ca.pem").display())),
+            _ => None,
+        }
+    });
+    let log = root.path().join("controller.log");
+    let start = || {
+        let child = std::process::Command::new(bin("fleet-controller"))
+            .args(["serve", "--config"])
+            .arg(dir.join("controller.toml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn controller");
+        let serving = Serving(child);
+        wait_until(Duration::from_secs(20), "the controller's /healthz", || {
+            http_get(metrics, "/healthz").filter(|b| b.contains("ok")).map(|_| ())
+        });
+        serving
+    };
+    let fleetctl = |args: &[&str]| -> Value {
+        let out = std::process::Command::new(bin("fleetctl"))
+            .args(args)
+            .args(["--output", "json"])
+            .env("FLEET_CONFIG", dir.join("fleetctl.toml"))
+            .output()
+            .expect("fleetctl");
+        assert_success(&out, &format!("fleetctl {args:?}"));
+        json(&out)
+    };
+
+    let first = start();
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logged.contains("rollout record migrated"), "{logged}");
+    let rollouts = fleetctl(&["rollout", "ls", APP]);
+    let states: Vec<(&str, &str, &str)> = rollouts
+        .as_array()
+        .expect("rollouts")
+        .iter()
+        .map(|r| {
+            (
+                r["version"].as_str().unwrap_or_default(),
+                r["kind"].as_str().unwrap_or_default(),
+                r["state"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("3.0.0", "rollout", "rolled_back"),
+            ("2.0.0", "rollout", "succeeded"),
+            ("1.0.0", "rollout", "succeeded"),
+        ],
+        "{rollouts}"
+    );
+    let rolled_back = &rollouts[0];
+    let host_states: Vec<&str> = rolled_back["batches"]
+        .as_array()
+        .expect("batches")
+        .iter()
+        .flat_map(|b| b["hosts"].as_array().expect("hosts").iter())
+        .map(|h| h["state"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(host_states, ["rolled_back", "rolled_back", "failed"], "{rolled_back}");
+    let app = fleetctl(&["app", "show", APP]);
+    assert_eq!(
+        app["desired_version"], "2.0.0",
+        "the app-wide version is the release for new hosts: {app}"
+    );
+    let hosts = app["hosts"].as_array().expect("hosts");
+    assert_eq!(hosts.len(), 3, "{app}");
+    for h in hosts {
+        assert_eq!(
+            (h["desired"].as_str(), h["current"].as_str()),
+            (Some("2.0.0"), Some("2.0.0")),
+            "{h}"
+        );
+    }
+    // The rollback default follows the history: the release before 2.0.0.
+    let plan = fleetctl(&["rollback", APP, "--dry-run"]);
+    assert_eq!(plan["version"], "1.0.0", "{plan}");
+
+    // Migrated once: a second start finds nothing more to migrate.
+    drop(first);
+    let _again = start();
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!logged.contains("migrated"), "{logged}");
+    assert_eq!(fleetctl(&["rollout", "ls", APP]).as_array().map(Vec::len), Some(3));
+}
