@@ -53,6 +53,10 @@ restart_controller() { # kill -9, as a crash or an upgrade would, then serve aga
     kill -9 "$controller_pid"
     wait "$controller_pid" 2>/dev/null || true
     serve_controller
+    wait_connected
+}
+
+wait_connected() { # until every started host is connected (30 s at most)
     local n
     for _ in $(seq 100); do
         n="$("$bin/fleetctl" hosts ls --output json | grep -Eo '"status": *"connected"' | wc -l || true)"
@@ -102,12 +106,7 @@ TOML
             "$bin/fleet-agent" run --config "$h/agent.toml" 2>"$h/agent.log" &
         pids+=($!)
     done
-    local n
-    for _ in $(seq 100); do
-        n="$("$bin/fleetctl" hosts ls --output json | grep -Eo '"status": *"connected"' | wc -l || true)"
-        [ "$n" -ge "$hosts" ] && break
-        sleep 0.3
-    done
+    wait_connected
 }
 
 create_app() { # extra fleetctl app create flags...

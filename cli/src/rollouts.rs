@@ -20,14 +20,7 @@ use crate::error::Error;
 use crate::output::{self, Block, Format, Report, Table};
 use crate::watch;
 
-/// Batch size when none is given.
-pub const DEFAULT_BATCH: &str = "25%";
-/// Batch size of a fleet-wide rollback: fast, but never the whole fleet at once.
-pub const DEFAULT_ROLLBACK_BATCH: &str = "50%";
-/// Failure budget when none is given: the first failure stops the rollout.
-pub const DEFAULT_MAX_FAILURES: &str = "0";
-/// Offline hosts are skipped by default: they converge when they return.
-pub const DEFAULT_OFFLINE: &str = "skip";
+use fleet_proto::rollout::{BatchSpec, DEFAULT_BATCH, DEFAULT_MAX_FAILURES, DEFAULT_OFFLINE, DEFAULT_ROLLBACK_BATCH};
 
 /// Whether a rollout has ended.
 pub fn has_ended(r: &Rollout) -> bool {
@@ -51,15 +44,15 @@ fn millis(d: Option<Duration>) -> u64 {
     d.map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-fn apply_flags(req: &mut StartRolloutRequest, flags: &RolloutFlags, default_batch: &str) {
+fn apply_flags(req: &mut StartRolloutRequest, flags: &RolloutFlags, default_batch: BatchSpec) {
     req.selector = flags.selector.clone().unwrap_or_default();
-    req.batch = flags.batch.clone().unwrap_or_else(|| default_batch.into());
+    req.batch = flags.batch.clone().unwrap_or_else(|| default_batch.to_string());
     req.pause_between_ms = millis(flags.pause_between);
     req.max_failures = flags
         .max_failures
         .clone()
-        .unwrap_or_else(|| DEFAULT_MAX_FAILURES.into());
-    req.offline = flags.offline.clone().unwrap_or_else(|| DEFAULT_OFFLINE.into());
+        .unwrap_or_else(|| DEFAULT_MAX_FAILURES.to_string());
+    req.offline = flags.offline.clone().unwrap_or_else(|| DEFAULT_OFFLINE.to_string());
     req.batch_deadline_ms = millis(flags.batch_deadline);
     req.dry_run = flags.dry_run;
 }
@@ -444,7 +437,7 @@ fn budget_text(r: &Rollout) -> String {
         .as_ref()
         .map(|p| p.max_failures.clone())
         .filter(|m| !m.is_empty())
-        .unwrap_or_else(|| DEFAULT_MAX_FAILURES.into());
+        .unwrap_or_else(|| DEFAULT_MAX_FAILURES.to_string());
     let then = if r.params.as_ref().is_some_and(|p| p.no_auto_rollback) {
         "the rollout stops and changed hosts stay as they are"
     } else {
@@ -475,8 +468,9 @@ pub fn plan_text(r: &Rollout) -> String {
         if p.pause_between_ms > 0 {
             pacing.push(format!("pause {} between batches", human(p.pause_between_ms)));
         }
+        let default_offline = DEFAULT_OFFLINE.to_string();
         let offline = if p.offline.is_empty() {
-            DEFAULT_OFFLINE
+            &default_offline
         } else {
             &p.offline
         };

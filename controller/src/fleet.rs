@@ -52,6 +52,9 @@ pub struct Fleet {
     pub settings: Settings,
     /// Cancelled on shutdown; every session's token is a child of it.
     pub shutdown: CancellationToken,
+    /// The audit log (operator calls, and the changes the controller makes
+    /// by itself: convergence runs).
+    pub audit: Arc<crate::audit::AuditLog>,
     /// Owns the background tasks that outlive a request (rollout engines,
     /// the converger, deploy and watch forwarders); waited for on shutdown.
     pub tracker: TaskTracker,

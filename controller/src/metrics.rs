@@ -296,7 +296,10 @@ pub async fn serve_http(
     shutdown: CancellationToken,
 ) {
     let hosts = Arc::new(hosts);
+    // One task per connection, owned here: dropped (aborted) on shutdown.
+    let mut conns = tokio::task::JoinSet::new();
     loop {
+        while conns.try_join_next().is_some() {}
         let (tcp, peer): (_, SocketAddr) = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = listener.accept() => match r {
@@ -308,7 +311,7 @@ pub async fn serve_http(
             },
         };
         let (metrics, hosts, store) = (metrics.clone(), hosts.clone(), store.clone());
-        tokio::spawn(async move {
+        conns.spawn(async move {
             let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let (metrics, hosts, store) = (metrics.clone(), hosts.clone(), store.clone());
                 async move {

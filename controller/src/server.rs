@@ -127,7 +127,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let tls = crate::tls::server_config(ca_der[0].clone(), chain, key, store.clone(), metrics.clone())
         .map_err(|e| ServeError::Tls(e.to_string()))?;
     let grants = crate::grants::Grants::new(&ca.derive_key("fetch-grant-v1"));
+    let audit = Arc::new(crate::audit::AuditLog::open(&store)?);
     let fleet = Arc::new(Fleet {
+        audit: audit.clone(),
         store: store.clone(),
         ca,
         grants,
@@ -170,14 +172,15 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     );
 
     let counted = store.clone();
-    tokio::spawn(crate::metrics::serve_http(
+    // Owned like every other task: both end on the shutdown token.
+    fleet.tracker.spawn(crate::metrics::serve_http(
         metrics_listener,
         metrics.clone(),
         move || counted.host_count(),
         store.health(),
         shutdown.clone(),
     ));
-    tokio::spawn(wait_for_signal(shutdown.clone()));
+    fleet.tracker.spawn(wait_for_signal(shutdown.clone()));
 
     let (conn_tx, conn_rx) = mpsc::channel::<Result<PeerConn, std::io::Error>>(256);
     let connections = Connections::new(config.connections.clone(), metrics.clone());
@@ -190,7 +193,6 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     ));
 
     let auth = OperatorAuth(store.clone());
-    let audit = Arc::new(crate::audit::AuditLog::open(&store)?);
     let router = tonic::transport::Server::builder()
         .layer(StreamTrackingLayer)
         .layer(RpcMetricsLayer(metrics.clone()))

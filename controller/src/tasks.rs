@@ -14,6 +14,23 @@ use tonic::Status;
 
 use crate::fleet::Fleet;
 
+/// Why a task could not be handed to a host.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No stream is open.
+    #[error("host {0} is not connected; try again when it is back")]
+    NotConnected(String),
+    /// The stream did not take the task in time.
+    #[error("host {0} did not take the task (its stream is closed or stuck); try again")]
+    Stuck(String),
+}
+
+impl From<SendError> for Status {
+    fn from(e: SendError) -> Status {
+        Status::unavailable(e.to_string())
+    }
+}
+
 /// Sends a task to a connected host; its progress arrives on the receiver.
 /// `task_id` is made here unless given (a restarted controller re-attaches
 /// to a task by its id with [`Tasks::register`] instead).
@@ -22,7 +39,7 @@ pub async fn send(
     host_id: &str,
     rollout_id: &str,
     kind: task::Kind,
-) -> Result<(String, mpsc::Receiver<TaskProgress>), Status> {
+) -> Result<(String, mpsc::Receiver<TaskProgress>), SendError> {
     let task_id = format!("t-{}", crate::random_hex(8));
     send_as(fleet, host_id, rollout_id, &task_id, kind)
         .await
@@ -36,11 +53,9 @@ pub async fn send_as(
     rollout_id: &str,
     task_id: &str,
     kind: task::Kind,
-) -> Result<mpsc::Receiver<TaskProgress>, Status> {
+) -> Result<mpsc::Receiver<TaskProgress>, SendError> {
     let Some(sender) = fleet.registry.sender(host_id) else {
-        return Err(Status::unavailable(format!(
-            "host {host_id} is not connected; try again when it is back"
-        )));
+        return Err(SendError::NotConnected(host_id.to_string()));
     };
     let progress = fleet.tasks.register(task_id, host_id);
     // Every deploy carries the host's permission to download its artifact
@@ -68,9 +83,7 @@ pub async fn send_as(
         .await;
     if sent.is_err() {
         fleet.tasks.forget(task_id);
-        return Err(Status::unavailable(format!(
-            "host {host_id} did not take the task (its stream is closed or stuck); try again"
-        )));
+        return Err(SendError::Stuck(host_id.to_string()));
     }
     tracing::info!(task_id, host_id, rollout_id, "task sent");
     Ok(progress)

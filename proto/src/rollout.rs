@@ -12,6 +12,13 @@ use crate::v1::{BatchState, EventKind, HostState, RolloutKind, RolloutState, Tok
 
 /// The batch size when a rollout names none.
 pub const DEFAULT_BATCH: BatchSpec = BatchSpec::Percent(25);
+/// The batch size of a fleet-wide rollback when it names none: fast, but
+/// never the whole fleet at once.
+pub const DEFAULT_ROLLBACK_BATCH: BatchSpec = BatchSpec::Percent(50);
+/// The failure budget when a rollout names none: the first failure stops it.
+pub const DEFAULT_MAX_FAILURES: FailureBudget = FailureBudget::Count(0);
+/// Offline hosts are skipped by default: they converge when they return.
+pub const DEFAULT_OFFLINE: OfflinePolicy = OfflinePolicy::Skip;
 
 /// How many hosts a batch changes at once: a share of the hosts or a count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,10 +95,10 @@ impl FailureBudget {
         }
     }
 
-    /// The budget of a request field: empty means none tolerated.
+    /// The budget of a request field: empty means the default.
     pub fn of_request(field: &str) -> Result<FailureBudget, String> {
         if field.trim().is_empty() {
-            Ok(FailureBudget::Count(0))
+            Ok(DEFAULT_MAX_FAILURES)
         } else {
             field.parse()
         }
@@ -140,9 +147,22 @@ pub enum OfflinePolicy {
 pub const MAX_OFFLINE_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 impl OfflinePolicy {
-    /// The policy of a request field: empty means skip.
+    /// The policy of a request field: empty means the default.
     pub fn of_request(field: &str) -> Result<OfflinePolicy, String> {
-        field.parse()
+        if field.trim().is_empty() {
+            Ok(DEFAULT_OFFLINE)
+        } else {
+            field.parse()
+        }
+    }
+}
+
+impl fmt::Display for OfflinePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OfflinePolicy::Skip => write!(f, "skip"),
+            OfflinePolicy::Wait(d) => write!(f, "wait:{}", humantime::format_duration(*d)),
+        }
     }
 }
 
@@ -150,7 +170,7 @@ impl FromStr for OfflinePolicy {
     type Err = String;
     fn from_str(spec: &str) -> Result<OfflinePolicy, String> {
         match spec.trim() {
-            "" | "skip" => Ok(OfflinePolicy::Skip),
+            "skip" => Ok(OfflinePolicy::Skip),
             s => {
                 let d = s
                     .strip_prefix("wait:")
@@ -327,7 +347,9 @@ mod tests {
     #[test]
     fn offline_policies() {
         assert_eq!("skip".parse(), Ok(OfflinePolicy::Skip));
-        assert_eq!("".parse(), Ok(OfflinePolicy::Skip));
+        assert_eq!(OfflinePolicy::of_request(""), Ok(OfflinePolicy::Skip));
+        assert!("".parse::<OfflinePolicy>().is_err(), "clap never gives an empty flag");
+        assert_eq!(OfflinePolicy::Wait(Duration::from_secs(300)).to_string(), "wait:5m");
         assert_eq!("wait:5m".parse(), Ok(OfflinePolicy::Wait(Duration::from_secs(300))));
         assert_eq!("wait:90s".parse(), Ok(OfflinePolicy::Wait(Duration::from_secs(90))));
         assert!("wait".parse::<OfflinePolicy>().is_err());

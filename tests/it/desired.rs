@@ -278,6 +278,17 @@ fn hosts_coming_back_converge_through_the_engine_within_the_batch_size() {
         .sum();
     assert_eq!(converged, 3, "{runs:?}");
     assert!(runs.iter().all(|r| r["created_by"] == "controller"), "{runs:?}");
+    let audit = c.fleet.fleetctl_json(&["audit"]);
+    let converge: Vec<&Value> = audit
+        .as_array()
+        .expect("audit")
+        .iter()
+        .filter(|e| e["what"] == "Convergence")
+        .collect();
+    assert!(
+        !converge.is_empty() && converge.iter().all(|e| e["who"] == "controller"),
+        "convergence runs are in the audit log: {audit}"
+    );
     let metrics = c.fleet.controller.metrics_text();
     assert!(metrics.contains("fleet_convergence_hosts_total 3"), "{metrics}");
     assert!(

@@ -276,8 +276,8 @@ impl Engine {
                 );
                 self.commit(effects).await
             }
-            Err(status) => {
-                tracing::info!(host_id = %host, error = %status.message(), "task not sent; the host is treated as offline");
+            Err(e) => {
+                tracing::info!(host_id = %host, error = %e, "task not sent; the host is treated as offline");
                 if let Some(v) = self.hosts.get_mut(host) {
                     v.connected = false;
                 }

@@ -88,7 +88,11 @@ pub fn plan(input: &Input) -> Result<Rollout, RolloutError> {
             version,
         });
     }
-    let batch = BatchSpec::of_request(&req.batch).map_err(RolloutError::Invalid)?;
+    let batch = if req.rollback && req.batch.trim().is_empty() {
+        fleet_proto::rollout::DEFAULT_ROLLBACK_BATCH
+    } else {
+        BatchSpec::of_request(&req.batch).map_err(RolloutError::Invalid)?
+    };
     let budget = FailureBudget::of_request(&req.max_failures).map_err(RolloutError::Invalid)?;
     OfflinePolicy::of_request(&req.offline).map_err(RolloutError::Invalid)?;
     let app_selector = Selector::parse(&input.app.selector).map_err(RolloutError::Invalid)?;
@@ -377,6 +381,42 @@ mod tests {
             let err = plan(&input(&rq, &hosts, &[], &a, &releases)).expect_err(want);
             assert!(err.to_string().contains(want), "{err} should contain {want}");
         }
+    }
+
+    #[test]
+    fn a_convergence_run_takes_each_host_to_its_own_release_within_the_batch_size() {
+        let a = host("a", "web-1", &[("role", "web")], "1");
+        let b = host("b", "web-2", &[("role", "web")], "3");
+        let c = host("c", "web-3", &[("role", "web")], "");
+        let targets = [(&a, "2".to_string()), (&b, "2".to_string()), (&c, "1".to_string())];
+        let r = converge("demo", &targets, 2, "r-c".into(), 5);
+        assert_eq!(r.kind(), RolloutKind::Converge);
+        assert_eq!(r.created_by, "controller");
+        assert!(
+            !r.whole_selection,
+            "a convergence run never sets the release for new hosts"
+        );
+        assert_eq!(r.failure_budget, 0);
+        assert!(r.params.as_ref().is_some_and(|p| p.no_auto_rollback));
+        let batches: Vec<Vec<(&str, &str, &str)>> = r
+            .batches
+            .iter()
+            .map(|b| {
+                b.hosts
+                    .iter()
+                    .map(|h| (h.host_id.as_str(), h.from_version.as_str(), h.to_version.as_str()))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            batches,
+            vec![vec![("a", "1", "2"), ("b", "3", "2")], vec![("c", "", "1")]]
+        );
+        assert_eq!(
+            converge("demo", &targets, 0, "r-d".into(), 5).batch_size,
+            1,
+            "at least one"
+        );
     }
 
     #[test]

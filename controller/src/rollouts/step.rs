@@ -310,6 +310,25 @@ fn earliest(a: Option<i64>, b: i64) -> Option<i64> {
     Some(a.map_or(b, |a| a.min(b)))
 }
 
+/// The state a host in flight ends in when its task succeeded: on its
+/// target, or back where it was when the task was its rollback.
+fn done_state(h: &RolloutHost) -> HostState {
+    if h.state() == HostState::RollingBack {
+        HostState::RolledBack
+    } else {
+        HostState::Succeeded
+    }
+}
+
+/// The state a host in flight ends in when its task failed.
+fn failed_state(h: &RolloutHost) -> HostState {
+    if h.state() == HostState::RollingBack {
+        HostState::RollbackFailed
+    } else {
+        HostState::Failed
+    }
+}
+
 /// What to do next. `new_task_id` names a task the driver is about to record.
 pub fn next(r: &Rollout, p: &Params, v: &View, new_task_id: &mut dyn FnMut() -> String) -> Next {
     let state = r.state();
@@ -475,11 +494,7 @@ fn reattach(b: usize, h: &RolloutHost, p: &Params, v: &View) -> Option<Next> {
             }
             let outcome = if hv.current == target {
                 Outcome::new(
-                    if rolling_back {
-                        HostState::RolledBack
-                    } else {
-                        HostState::Succeeded
-                    },
+                    done_state(h),
                     if rolling_back {
                         h.cause()
                     } else {
@@ -490,11 +505,7 @@ fn reattach(b: usize, h: &RolloutHost, p: &Params, v: &View) -> Option<Next> {
             } else {
                 let runs = if hv.current.is_empty() { "nothing" } else { &hv.current };
                 Outcome::new(
-                    if rolling_back {
-                        HostState::RollbackFailed
-                    } else {
-                        HostState::Failed
-                    },
+                    failed_state(h),
                     FailureCause::Agent,
                     format!(
                         "its task to {target} ended while the controller was not watching and it runs {runs}; \
@@ -511,11 +522,7 @@ fn reattach(b: usize, h: &RolloutHost, p: &Params, v: &View) -> Option<Next> {
         Some(_) if v.now_ms < p.grace_until_ms => None,
         Some(_) => {
             let outcome = Outcome::new(
-                if rolling_back {
-                    HostState::RollbackFailed
-                } else {
-                    HostState::Failed
-                },
+                failed_state(h),
                 FailureCause::Unreachable,
                 format!("went offline while its task to {target} ran; what it did is in its inventory when it is back"),
             );
@@ -930,15 +937,7 @@ pub fn report(r: &mut Rollout, host: &str, p: &TaskProgress) -> Vec<Effect> {
     if p.phase == "done" && p.state() != TaskState::Running {
         let target = task_target(h).to_string();
         let outcome = if p.state() == TaskState::Succeeded {
-            Outcome::new(
-                if rolling_back {
-                    HostState::RolledBack
-                } else {
-                    HostState::Succeeded
-                },
-                FailureCause::Unspecified,
-                p.detail.clone(),
-            )
+            Outcome::new(done_state(h), FailureCause::Unspecified, p.detail.clone())
         } else {
             let mut detail = if rolling_back {
                 format!("the rollback to {target} failed: {}", p.detail)
@@ -948,15 +947,7 @@ pub fn report(r: &mut Rollout, host: &str, p: &TaskProgress) -> Vec<Effect> {
             if p.reverted {
                 detail.push_str(&format!(" (the host reverted to {})", p.current));
             }
-            Outcome::new(
-                if rolling_back {
-                    HostState::RollbackFailed
-                } else {
-                    HostState::Failed
-                },
-                p.cause(),
-                detail,
-            )
+            Outcome::new(failed_state(h), p.cause(), detail)
         };
         return host_ended(r, b, host, &outcome);
     }
