@@ -144,6 +144,15 @@ pub fn rpc_error(status: &Status, addr: &str) -> Error {
     if code == Code::Unavailable && std::error::Error::source(status).is_some() {
         return Error::Unreachable(transport::explain(status, addr));
     }
+    // A status with a source was made on this side from a broken connection
+    // (h2 reset, EOF), not sent by the controller: it died or the network
+    // dropped in the middle of the call (exit 5, not 1).
+    if std::error::Error::source(status).is_some() {
+        return Error::Unreachable(format!(
+            "the connection to the controller at {addr} broke during the call ({}); check it is up with              'fleetctl whoami' and run the command again",
+            status.message().trim()
+        ));
+    }
     let message = status.message().trim();
     let message = match (code, message.is_empty()) {
         (Code::Unimplemented, true) => {
@@ -163,6 +172,21 @@ pub fn rpc_error(status: &Status, addr: &str) -> Error {
 mod tests {
     use super::*;
     use crate::error::Exit;
+
+    #[test]
+    fn a_connection_broken_mid_call_is_unreachable_not_a_failure() {
+        let broken = Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset",
+        )));
+        assert_eq!(broken.code(), Code::Unknown, "tonic's code for a client-side error");
+        let err = rpc_error(&broken, "c:1");
+        assert_eq!(err.exit_code(), Exit::Unreachable, "{err}");
+        assert!(err.to_string().contains("broke during the call"), "{err}");
+        // The same code sent by the controller stays a failure.
+        let sent = rpc_error(&Status::unknown("boom"), "c:1");
+        assert_eq!(sent.exit_code(), Exit::Failed);
+    }
 
     #[test]
     fn server_message_printed_without_noise() {

@@ -11,6 +11,7 @@ mod bootstrap;
 mod connections;
 mod desired;
 mod durability;
+mod edge;
 mod enrollment;
 mod labels;
 mod lifecycle;

@@ -1,0 +1,62 @@
+//! Errors at the edge, as CI sees them: exit codes of fleetctl when the
+//! controller goes away in the middle of a call.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::{bin, wait_until, Fleet};
+
+/// A controller killed while `release push` streams a large artifact: the
+/// push exits 5 (the controller cannot be reached), not 1, and says what to do.
+#[test]
+fn a_push_cut_by_a_controller_crash_exits_unreachable() {
+    let mut fleet = Fleet::controller_only(&[]);
+    let created = fleet.fleetctl(&["app", "create", "big", "--unit", "fleet-app-big.service", "--no-health"]);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    // A gzip header, then 512 MiB the controller must receive and hash
+    // before it could answer: it is killed long before that.
+    let path = fleet.root.path().join("big.tar.gz");
+    let file = std::fs::File::create(&path).expect("create");
+    file.set_len(512 << 20).expect("size");
+    drop(file);
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+        f.seek(SeekFrom::Start(0)).expect("seek");
+        f.write_all(&[0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 0x03])
+            .expect("gzip header");
+    }
+    let push = Command::new(bin("fleetctl"))
+        .args(["release", "push", "big"])
+        .arg(&path)
+        .args(["--version", "1.0.0"])
+        .env("FLEET_CONFIG", &fleet.controller.fleetctl_config)
+        .env_remove("FLEET_CONTROLLER")
+        .env_remove("FLEET_TOKEN")
+        .env_remove("FLEET_CA")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn fleetctl release push");
+    let artifacts = fleet.controller.data_dir.join("artifacts");
+    wait_until(Duration::from_secs(60), "the upload to be under way", || {
+        std::fs::read_dir(&artifacts)
+            .ok()?
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".upload-"))
+            .then_some(())
+    });
+    fleet.controller.kill9();
+    let out = push.wait_with_output().expect("wait for fleetctl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "exit 5 when the controller went away: {stderr}"
+    );
+    assert!(
+        stderr.contains("fleetctl whoami") || stderr.contains("reach"),
+        "{stderr}"
+    );
+}
