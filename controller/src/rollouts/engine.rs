@@ -54,6 +54,8 @@ pub fn spawn(fleet: &Arc<Fleet>, r: Rollout, start: Start) {
         hosts: HashMap::new(),
         following: StreamMap::new(),
         start,
+        dirty: false,
+        unflushed: Vec::new(),
     };
     let f = fleet.clone();
     fleet.tracker.spawn(
@@ -81,6 +83,10 @@ struct Engine {
     /// Reports of the tasks being followed, by task id.
     following: StreamMap<String, ReceiverStream<TaskProgress>>,
     start: Start,
+    /// The record was written since the last flush.
+    dirty: bool,
+    /// Events of changes not yet durable.
+    unflushed: Vec<(fleet_proto::EventKind, String, String)>,
 }
 
 enum Wake {
@@ -110,28 +116,42 @@ impl Engine {
             let mut new_task_id = || format!("t-{}", crate::random_hex(8));
             let next = step::next(&self.r, &self.params, &view, &mut new_task_id);
             match next {
-                Next::Done => break,
+                Next::Done => {
+                    self.make_durable().await?;
+                    break;
+                }
                 Next::Change(change) => {
                     let effects = step::apply(&mut self.r, &change, now);
-                    self.commit(effects).await?;
+                    self.record(effects)?;
                     match change {
-                        Change::End { .. } => self.ended(),
+                        Change::End { .. } => {
+                            self.make_durable().await?;
+                            self.ended();
+                        }
                         // Other hosts matter now: look at them.
                         Change::NextBatch | Change::StartBatch { .. } | Change::BeginRollback { .. } => self.look()?,
                         _ => {}
                     }
                 }
-                Next::Send { batch, host } => self.send(batch, &host).await?,
+                Next::Send { batch, host } => {
+                    // Durable before acted on: the task (and every change
+                    // before it) is on disk before the host gets it.
+                    self.make_durable().await?;
+                    self.send(batch, &host).await?
+                }
                 Next::Follow { host, task_id } => {
                     tracing::info!(host_id = %host, task_id, "re-attached to a task in flight");
                     let rx = self.fleet.tasks.register(&task_id, &host);
                     self.following.insert(task_id, ReceiverStream::new(rx));
                 }
-                Next::Wait { until_ms } => match self.wait(until_ms).await {
-                    Wake::Shutdown => return Ok(()),
-                    Wake::Report(task_id, p) => self.on_report(&task_id, p).await?,
-                    Wake::Looked => self.look()?,
-                },
+                Next::Wait { until_ms } => {
+                    self.make_durable().await?;
+                    match self.wait(until_ms).await {
+                        Wake::Shutdown => return Ok(()),
+                        Wake::Report(task_id, p) => self.on_report(&task_id, p).await?,
+                        Wake::Looked => self.look()?,
+                    }
+                }
             }
         }
         Ok(())
@@ -170,13 +190,15 @@ impl Engine {
         Ok(())
     }
 
-    /// Persists the record and what follows from the change, durably, then
-    /// emits its events.
-    async fn commit(&mut self, effects: Vec<Effect>) -> Result<(), StoreError> {
-        let mut events = Vec::new();
+    /// Writes the record and what follows from the change; the write
+    /// becomes durable, and its events are emitted, at the next
+    /// [`Engine::make_durable`] — which comes before anything is sent to a
+    /// host and before the engine waits, so nothing is acted on or shown
+    /// that a crash could take back (several changes share one flush).
+    fn record(&mut self, effects: Vec<Effect>) -> Result<(), StoreError> {
         for e in effects {
             match e {
-                Effect::Emit { kind, host, detail } => events.push((kind, host, detail)),
+                Effect::Emit { kind, host, detail } => self.unflushed.push((kind, host, detail)),
                 Effect::SetDesired { host, version } => {
                     self.fleet.rollouts.records.set_desired(&self.r.app, &host, &version)?;
                 }
@@ -195,8 +217,17 @@ impl Engine {
             }
         }
         self.fleet.rollouts.records.put(&self.r)?;
-        self.fleet.store.flush().await?;
-        for (kind, host, detail) in events {
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Makes what [`Engine::record`] wrote durable, then emits its events.
+    async fn make_durable(&mut self) -> Result<(), StoreError> {
+        if self.dirty {
+            self.fleet.store.flush().await?;
+            self.dirty = false;
+        }
+        for (kind, host, detail) in std::mem::take(&mut self.unflushed) {
             if kind == fleet_proto::EventKind::HostDone {
                 tracing::info!(host_id = %host, detail = %detail, "rollout host done");
             }
@@ -243,7 +274,7 @@ impl Engine {
         let Some(spec) = self.fleet.store.app(&self.r.app)? else {
             let c = fail(format!("app {} was deleted", self.r.app));
             let effects = step::apply(&mut self.r, &c, now_ms());
-            return self.commit(effects).await;
+            return self.record(effects);
         };
         let kind = if h.state() == HostState::RollingBack {
             task::Kind::Rollback(RollbackTask {
@@ -255,7 +286,7 @@ impl Engine {
             let Some(release) = self.fleet.store.release(&self.r.app, &h.to_version)? else {
                 let c = fail(format!("release {} of {} is gone", h.to_version, self.r.app));
                 let effects = step::apply(&mut self.r, &c, now_ms());
-                return self.commit(effects).await;
+                return self.record(effects);
             };
             task::Kind::Deploy(DeployTask {
                 app: self.r.app.clone(),
@@ -274,7 +305,7 @@ impl Engine {
                     },
                     now_ms(),
                 );
-                self.commit(effects).await
+                self.record(effects)
             }
             Err(e) => {
                 tracing::info!(host_id = %host, error = %e, "task not sent; the host is treated as offline");
@@ -305,7 +336,7 @@ impl Engine {
         }
         if fin {
             self.following.remove(task_id);
-            self.commit(effects).await
+            self.record(effects)
         } else {
             // A phase: recorded without waiting for the disk (the outcome is
             // what must be durable), then shown.

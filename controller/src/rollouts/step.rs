@@ -625,56 +625,57 @@ fn running_batch(r: &Rollout, b: usize, p: &Params, v: &View, new_task_id: &mut 
     // Past the budget, or aborted: nothing new starts; the hosts in flight
     // finish, then the batch ends and the rollout stops.
     let stopping = matches!(v.control, Control::Abort { .. }) || failures(r) > r.failure_budget;
-    for h in &batch.hosts {
-        match h.state() {
-            HostState::Pending | HostState::Unspecified => {
-                if stopping {
-                    // The host stays untouched.
-                    continue;
-                }
-                match v.hosts.get(&h.host_id) {
-                    None => {
-                        return Next::Change(Change::HostEnded {
-                            batch: b,
-                            host: h.host_id.clone(),
-                            outcome: Outcome::new(
-                                HostState::Failed,
-                                FailureCause::Unreachable,
-                                "the host was removed from the fleet",
-                            ),
-                        })
-                    }
-                    Some(hv) if hv.connected && hv.current == h.to_version => {
-                        return Next::Change(Change::HostEnded {
-                            batch: b,
-                            host: h.host_id.clone(),
-                            outcome: Outcome::new(
-                                HostState::Unchanged,
-                                FailureCause::Unspecified,
-                                format!("already runs {}", h.to_version),
-                            ),
-                        })
-                    }
-                    Some(hv) if hv.connected => {
-                        return Next::Change(Change::Assign {
-                            batch: b,
-                            host: h.host_id.clone(),
-                            task_id: new_task_id(),
-                        })
-                    }
-                    Some(_) => {
-                        if let Some(n) = offline(b, h, p, v, batch.started_at_ms) {
-                            return n;
-                        }
-                    }
-                }
+    // Every host of the batch is given its task before any is sent, so the
+    // driver makes them durable in one write (the batch starts at once).
+    let pending = batch
+        .hosts
+        .iter()
+        .filter(|h| matches!(h.state(), HostState::Pending | HostState::Unspecified));
+    for h in pending {
+        if stopping {
+            // The host stays untouched.
+            continue;
+        }
+        match v.hosts.get(&h.host_id) {
+            None => {
+                return Next::Change(Change::HostEnded {
+                    batch: b,
+                    host: h.host_id.clone(),
+                    outcome: Outcome::new(
+                        HostState::Failed,
+                        FailureCause::Unreachable,
+                        "the host was removed from the fleet",
+                    ),
+                })
             }
-            HostState::Running => {
-                if let Some(n) = in_flight_step(b, h, p, v) {
+            Some(hv) if hv.connected && hv.current == h.to_version => {
+                return Next::Change(Change::HostEnded {
+                    batch: b,
+                    host: h.host_id.clone(),
+                    outcome: Outcome::new(
+                        HostState::Unchanged,
+                        FailureCause::Unspecified,
+                        format!("already runs {}", h.to_version),
+                    ),
+                })
+            }
+            Some(hv) if hv.connected => {
+                return Next::Change(Change::Assign {
+                    batch: b,
+                    host: h.host_id.clone(),
+                    task_id: new_task_id(),
+                })
+            }
+            Some(_) => {
+                if let Some(n) = offline(b, h, p, v, batch.started_at_ms) {
                     return n;
                 }
             }
-            _ => {}
+        }
+    }
+    for h in batch.hosts.iter().filter(|h| h.state() == HostState::Running) {
+        if let Some(n) = in_flight_step(b, h, p, v) {
+            return n;
         }
     }
     let open = batch
@@ -715,6 +716,20 @@ fn rolling_back(r: &Rollout, p: &Params, v: &View, new_task_id: &mut dyn FnMut()
             }
             until = earliest(until, deadline);
         }
+    }
+    // Up to the batch size of hosts are given their rollback before any is
+    // sent, so the driver makes them durable in one write.
+    let limit = r.batch_size.max(1) as usize;
+    if in_flight(r) < limit {
+        if let Some((b, host)) = rollback_candidates(r).into_iter().next() {
+            return Next::Change(Change::AssignRollback {
+                batch: b,
+                host,
+                task_id: new_task_id(),
+            });
+        }
+    }
+    for (b, h) in hosts(r).filter(|(_, h)| h.state() == HostState::RollingBack) {
         if let Some(n) = in_flight_step(b, h, p, v) {
             // A host offline past the grace with its rollback unsent: it
             // cannot be moved back now.
@@ -735,16 +750,6 @@ fn rolling_back(r: &Rollout, p: &Params, v: &View, new_task_id: &mut dyn FnMut()
                 }
             }
             return n;
-        }
-    }
-    let limit = r.batch_size.max(1) as usize;
-    if in_flight(r) < limit {
-        if let Some((b, host)) = rollback_candidates(r).into_iter().next() {
-            return Next::Change(Change::AssignRollback {
-                batch: b,
-                host,
-                task_id: new_task_id(),
-            });
         }
     }
     if in_flight(r) > 0 {
