@@ -414,13 +414,33 @@ pub async fn push(client: &Client, args: &PushArgs, format: Format) -> Result<Re
         .push_release(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await;
     reader.abort();
-    let release = pushed.map_err(|s| client.fail(s))?.into_inner();
+    let pushed = pushed.map_err(|s| client.fail(s))?;
+    // The controller says what it did with the bytes (see
+    // `fleet_controller::releases::PUSH_OUTCOME`); an older one says nothing.
+    let outcome = pushed
+        .metadata()
+        .get("fleet-push-outcome")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("stored")
+        .to_string();
+    let release = pushed.into_inner();
     Ok(match format {
-        Format::Json => Report::json(&release_json(&release)),
+        Format::Json => {
+            let mut v = release_json(&release);
+            v["outcome"] = json!(outcome);
+            Report::json(&v)
+        }
         Format::Table => {
             let a = release.artifact.clone().unwrap_or_default();
+            let what = match outcome.as_str() {
+                "unchanged" => "already stored with these bytes",
+                "repaired" => {
+                    "repaired: the controller's copy was missing or damaged and was replaced with these bytes"
+                }
+                _ => "stored",
+            };
             Report::out(format!(
-                "{} {} stored: {} ({}), sha256 {}\n",
+                "{} {} {what}: {} ({}), sha256 {}\n",
                 release.app,
                 a.version,
                 output::bytes(a.size),

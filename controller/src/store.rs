@@ -733,6 +733,25 @@ impl Store {
         Ok(out)
     }
 
+    /// Every release of every app, in key order (app, then version).
+    pub fn all_releases(&self) -> Result<Vec<Release>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.releases.iter() {
+            let (k, v) = kv?;
+            out.push(dec_proto("releases", &k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// The digests some release names: the artifacts that must be kept.
+    pub fn artifact_digests(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        Ok(self
+            .all_releases()?
+            .into_iter()
+            .filter_map(|r| r.artifact.map(|a| a.sha256))
+            .collect())
+    }
+
     /// Whether any stored release has this digest.
     pub fn has_artifact(&self, sha256: &str) -> Result<bool, StoreError> {
         for kv in self.releases.iter() {
