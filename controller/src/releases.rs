@@ -7,12 +7,13 @@
 //! pushing it again with other bytes is refused, with the same bytes it is a
 //! no-op that returns the stored release.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use fleet_proto::release_service_server::ReleaseService;
 use fleet_proto::{
-    now_ms, ArtifactChunk, FetchArtifactRequest, GetReleaseRequest, ListReleasesRequest, ListReleasesResponse,
-    PushReleaseChunk, Release, ReleaseRef,
+    now_ms, ArtifactChunk, DeleteReleaseRequest, DeleteReleaseResponse, FetchArtifactRequest, GetReleaseRequest, Host,
+    ListReleasesRequest, ListReleasesResponse, PushReleaseChunk, Release, ReleaseRef, Rollout,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -21,6 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::artifacts::{check_head, ArtifactError, Condition, NotARelease, HEAD};
 use crate::fleet::{internal, Fleet};
 use crate::ops::operator;
+use crate::rollouts::store::current_of;
 
 /// Size of the chunks artifacts are served in.
 pub const CHUNK: usize = 256 * 1024;
@@ -253,6 +255,136 @@ impl ReleaseService for ReleasesService {
             .ok_or_else(|| unknown_release(&r.app, &r.version))?;
         Ok(Response::new(rel))
     }
+
+    async fn delete_release(
+        &self,
+        req: Request<DeleteReleaseRequest>,
+    ) -> Result<Response<DeleteReleaseResponse>, Status> {
+        let fleet = &self.0;
+        let who = operator(&req).name;
+        let DeleteReleaseRequest { app, version } = req.into_inner();
+        fleet
+            .store
+            .app(&app)
+            .map_err(internal)?
+            .ok_or_else(|| unknown_app(&app))?;
+        check_version(&version)?;
+        // One naming change at a time: no push may name the artifact between
+        // "nothing names it" and its removal.
+        let _naming = fleet.artifacts.naming.lock().await;
+        let release = fleet
+            .store
+            .release(&app, &version)
+            .map_err(internal)?
+            .ok_or_else(|| unknown_release(&app, &version))?;
+        let records = &fleet.rollouts.records;
+        let uses = in_use(
+            &app,
+            &version,
+            &fleet.store.hosts().map_err(internal)?,
+            &records.desired_of_app(&app).map_err(internal)?,
+            records.app_release(&app).map_err(internal)?.as_deref(),
+            records.active(&app).map_err(internal)?.as_ref(),
+        );
+        if !uses.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "{app} {version} is in use and was not deleted: {}. Deploy another release to those hosts \
+                 (or let the rollout end) and delete it then",
+                uses.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+            )));
+        }
+        fleet.store.delete_release(&app, &version).map_err(internal)?;
+        // Durable before the file goes: a crash in between leaves an
+        // artifact nothing names (swept at start), never a release without
+        // its bytes.
+        fleet.store.flush().await.map_err(internal)?;
+        let sha256 = release.artifact.as_ref().map(|a| a.sha256.clone()).unwrap_or_default();
+        let named = fleet.store.artifact_digests().map_err(internal)?;
+        let artifact_removed = !sha256.is_empty() && !named.contains(&sha256);
+        if artifact_removed {
+            let artifacts = &fleet.artifacts;
+            tokio::task::block_in_place(|| artifacts.remove(&sha256))?;
+        }
+        tracing::info!(app, version, sha256, artifact_removed, operator = %who, "release deleted");
+        Ok(Response::new(DeleteReleaseResponse {
+            release: Some(release),
+            artifact_removed,
+        }))
+    }
+}
+
+/// What keeps a release from being deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InUse {
+    /// A host runs it (its last inventory says so).
+    Runs {
+        /// Host id.
+        host_id: String,
+        /// Its hostname.
+        hostname: String,
+    },
+    /// A host's desired release is it: convergence would deploy it again.
+    Desired {
+        /// Host id.
+        host_id: String,
+    },
+    /// It is the app's release for new hosts.
+    ForNewHosts,
+    /// A rollout that has not ended deploys it or may roll hosts back to it.
+    Rollout {
+        /// Rollout id.
+        id: String,
+    },
+}
+
+impl std::fmt::Display for InUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InUse::Runs { host_id, hostname } => write!(f, "host {hostname} ({host_id}) runs it"),
+            InUse::Desired { host_id } => write!(f, "host {host_id} is meant to run it (its desired release)"),
+            InUse::ForNewHosts => write!(f, "it is the app's release for new hosts"),
+            InUse::Rollout { id } => write!(f, "rollout {id} has not ended and deploys it or may roll back to it"),
+        }
+    }
+}
+
+/// Everything that uses `version` of `app`: hosts running it, hosts whose
+/// desired release it is, the app's release for new hosts, and the app's
+/// active rollout. Empty when the release may be deleted.
+pub fn in_use(
+    app: &str,
+    version: &str,
+    hosts: &[Host],
+    desired: &HashMap<String, String>,
+    for_new_hosts: Option<&str>,
+    active: Option<&Rollout>,
+) -> Vec<InUse> {
+    let mut uses = Vec::new();
+    for h in hosts {
+        if current_of(h, app) == version {
+            uses.push(InUse::Runs {
+                host_id: h.id.clone(),
+                hostname: h.facts.as_ref().map(|f| f.hostname.clone()).unwrap_or_default(),
+            });
+        }
+    }
+    let mut wanted: Vec<&String> = desired.iter().filter(|(_, v)| *v == version).map(|(h, _)| h).collect();
+    wanted.sort();
+    uses.extend(wanted.into_iter().map(|h| InUse::Desired { host_id: h.clone() }));
+    if for_new_hosts == Some(version) {
+        uses.push(InUse::ForNewHosts);
+    }
+    if let Some(r) = active {
+        let touches = r.version == version
+            || r.batches
+                .iter()
+                .flat_map(|b| &b.hosts)
+                .any(|h| h.to_version == version || h.from_version == version);
+        if touches {
+            uses.push(InUse::Rollout { id: r.id.clone() });
+        }
+    }
+    uses
 }
 
 /// NOT_FOUND for an app.
@@ -382,5 +514,68 @@ mod tests {
         assert!(check_sha256(&"a".repeat(64)).is_ok());
         assert!(check_sha256(&"A".repeat(64)).is_err());
         assert!(check_sha256("../../etc/passwd").is_err());
+    }
+
+    fn host_running(id: &str, version: &str) -> Host {
+        Host {
+            id: id.into(),
+            facts: Some(fleet_proto::HostFacts {
+                hostname: format!("{id}.example"),
+                ..Default::default()
+            }),
+            inventory: Some(fleet_proto::Inventory {
+                apps: vec![fleet_proto::AppInventory {
+                    app: "web".into(),
+                    current: version.into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_release_is_in_use_while_a_host_runs_wants_or_a_rollout_uses_it() {
+        let hosts = [host_running("h1", "1.0"), host_running("h2", "2.0")];
+        let none = HashMap::new();
+        assert_eq!(in_use("web", "3.0", &hosts, &none, None, None), vec![]);
+        assert_eq!(
+            in_use("web", "1.0", &hosts, &none, None, None),
+            vec![InUse::Runs {
+                host_id: "h1".into(),
+                hostname: "h1.example".into()
+            }]
+        );
+        // Another app's release of the same version is not this one.
+        assert_eq!(in_use("api", "1.0", &hosts, &none, None, None), vec![]);
+        let desired = HashMap::from([("h2".to_string(), "3.0".to_string())]);
+        assert_eq!(
+            in_use("web", "3.0", &hosts, &desired, Some("3.0"), None),
+            vec![InUse::Desired { host_id: "h2".into() }, InUse::ForNewHosts]
+        );
+        let rollout = Rollout {
+            id: "r-1".into(),
+            app: "web".into(),
+            version: "4.0".into(),
+            batches: vec![fleet_proto::RolloutBatch {
+                hosts: vec![fleet_proto::RolloutHost {
+                    host_id: "h1".into(),
+                    from_version: "0.9".into(),
+                    to_version: "4.0".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        for used in ["4.0", "0.9"] {
+            assert_eq!(
+                in_use("web", used, &[], &none, None, Some(&rollout)),
+                vec![InUse::Rollout { id: "r-1".into() }],
+                "{used}"
+            );
+        }
+        assert_eq!(in_use("web", "3.0", &[], &none, None, Some(&rollout)), vec![]);
     }
 }

@@ -733,6 +733,16 @@ impl Store {
         Ok(out)
     }
 
+    /// Deletes a release record (the caller makes it durable, then removes
+    /// the artifact if nothing names it); returns what was deleted.
+    pub fn delete_release(&self, app: &str, version: &str) -> Result<Option<Release>, StoreError> {
+        let key = release_key(app, version);
+        self.releases
+            .remove(&key)?
+            .map(|v| dec_proto("releases", &key, &v))
+            .transpose()
+    }
+
     /// Every release of every app, in key order (app, then version).
     pub fn all_releases(&self) -> Result<Vec<Release>, StoreError> {
         let mut out = Vec::new();

@@ -387,3 +387,82 @@ fn a_damaged_artifact_is_refused_at_download_and_the_agent_gives_up_at_once() {
     assert_success(&out, "deploy the repaired release");
     assert_eq!(host.version_served().as_deref(), Some("1.0.0"));
 }
+
+#[test]
+fn release_rm_is_refused_while_in_use_and_collects_the_artifact_nothing_names() {
+    let mut host = Host::start("");
+    let v1 = release("1.0.0", &[]).gz();
+    let v2 = release("2.0.0", &[]).gz();
+    let v3 = release("3.0.0", &[]).zst();
+    let (sha1, sha2, sha3) = (sha256_hex(&v1), sha256_hex(&v2), sha256_hex(&v3));
+    assert_success(&host.push("1.0.0", "v1.tar.gz", &v1), "push v1");
+    // The same bytes under a second version: one file, two names.
+    assert_success(&host.push("1.0.0-again", "v1.tar.gz", &v1), "push v1 again");
+    assert_success(&host.push("2.0.0", "v2.tar.gz", &v2), "push v2");
+    assert_success(&host.push("3.0.0", "v3.tar.zst", &v3), "push v3");
+    let dir = host.fleet.controller.data_dir.join("artifacts");
+    let rm = |version: &str| {
+        host.fleet
+            .fleetctl(&["release", "rm", APP, version, "--output", "json"])
+    };
+
+    assert_success(&host.deploy("1.0.0"), "deploy v1");
+    let out = rm("1.0.0");
+    assert!(!out.status.success(), "deleted a release a host runs");
+    let err = stderr(&out);
+    assert!(err.contains("demo 1.0.0 is in use") && err.contains("runs it"), "{err}");
+    assert!(dir.join(&sha1).is_file());
+
+    // Once the host moved on, v1 goes; its bytes stay while 1.0.0-again
+    // names them, and go with it.
+    assert_success(&host.deploy("2.0.0"), "deploy v2");
+    let out = rm("1.0.0");
+    assert_success(&out, "rm 1.0.0");
+    assert_eq!(
+        json(&out)["artifact_removed"],
+        false,
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(dir.join(&sha1).is_file(), "1.0.0-again still names the bytes");
+    let out = rm("1.0.0-again");
+    assert_success(&out, "rm 1.0.0-again");
+    assert_eq!(json(&out)["artifact_removed"], true);
+    assert!(!dir.join(&sha1).exists(), "an artifact no release names is removed");
+
+    // The host's running (and desired) release stays.
+    let out = rm("2.0.0");
+    assert!(!out.status.success(), "deleted the running release");
+    assert!(stderr(&out).contains("runs it"), "{}", stderr(&out));
+
+    // Never deployed: deleted at once, file and all.
+    assert_success(&rm("3.0.0"), "rm 3.0.0");
+    assert!(!dir.join(&sha3).exists());
+    let out = rm("3.0.0");
+    assert!(stderr(&out).contains("has no release 3.0.0"), "{}", stderr(&out));
+
+    // Audited, refusals included (before the restart: audit entries are
+    // durable within sled's flush interval, see `audit`).
+    let audit = host.fleet.fleetctl_json(&["audit"]);
+    let deletes = audit
+        .as_array()
+        .expect("audit entries")
+        .iter()
+        .filter(|e| e["what"] == "ReleaseService/DeleteRelease")
+        .count();
+    assert_eq!(deletes, 6, "{audit}");
+
+    // Durable: a restarted controller has the same releases and files.
+    host.fleet.controller.kill9();
+    host.fleet.controller.start();
+    let listed: Vec<String> = host
+        .fleet
+        .fleetctl_json(&["release", "ls", APP])
+        .as_array()
+        .expect("releases")
+        .iter()
+        .map(|r| r["version"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(listed, vec!["2.0.0".to_string()]);
+    assert_eq!(files(&dir), vec![sha2]);
+}
