@@ -40,6 +40,11 @@ const QUEUE: usize = 8;
 const OUTBOX: usize = 256;
 /// How long a download may take in all, across reconnects.
 const FETCH_DEADLINE: Duration = Duration::from_secs(15 * 60);
+/// Fresh downloads of an artifact (the `.part` deleted, from byte 0) whose
+/// bytes do not match the release's digest, or that the controller ends
+/// short, before the task fails: a transfer error is not repeated, a damaged
+/// copy on the controller always is, so retrying longer only delays the report.
+const FRESH_ATTEMPTS: u32 = 3;
 /// How long a restart job may take.
 const RESTART_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often settle reads the unit's state.
@@ -418,30 +423,57 @@ impl Worker {
             );
         } else {
             let t = run.started("fetch");
-            let part = self.fetch(rel, grant).await.map_err(|f| {
-                run.phase_failed(&f, t);
-                nothing_changed(f)
-            })?;
-            run.succeeded("fetch", t, format!("{} bytes", rel.size));
-
-            let t = run.started("verify");
-            let digest = sha256_file(&part).await;
-            match digest {
-                Ok(d) if d == rel.sha256 => run.succeeded("verify", t, format!("sha256 {d}")),
-                other => {
-                    let _ = std::fs::remove_file(&part);
-                    let detail = match other {
-                        Ok(d) => format!(
-                            "the downloaded bytes have sha256 {d}, not {} as the release says; the artifact on the controller or the download is corrupt, nothing was unpacked",
-                            rel.sha256
-                        ),
-                        Err(e) => format!("cannot read the download {}: {e}", part.display()),
-                    };
-                    let f = fail("verify", FailureCause::Download, detail);
+            let mut mismatches: Vec<String> = Vec::new();
+            let part = loop {
+                let part = self.fetch(&spec.name, rel, grant).await.map_err(|f| {
                     run.phase_failed(&f, t);
-                    return Err(nothing_changed(f));
+                    nothing_changed(f)
+                })?;
+                match sha256_file(&part).await {
+                    Ok(d) if d == rel.sha256 => break part,
+                    Ok(d) => {
+                        let _ = std::fs::remove_file(&part);
+                        tracing::warn!(
+                            sha256 = %rel.sha256,
+                            got = %d,
+                            attempt = mismatches.len() + 1,
+                            "downloaded bytes do not match the release's digest; downloading again from the start"
+                        );
+                        mismatches.push(d);
+                        if mismatches.len() as u32 >= FRESH_ATTEMPTS {
+                            run.succeeded("fetch", t, format!("{} bytes, {} times", rel.size, mismatches.len()));
+                            let tv = run.started("verify");
+                            let f = fail(
+                                "verify",
+                                FailureCause::Download,
+                                digest_mismatch(&spec.name, rel, &mismatches),
+                            );
+                            run.phase_failed(&f, tv);
+                            return Err(nothing_changed(f));
+                        }
+                    }
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&part);
+                        let f = fail(
+                            "verify",
+                            io_cause(&e),
+                            format!("cannot read the download {}: {e}", part.display()),
+                        );
+                        run.phase_failed(&f, t);
+                        return Err(nothing_changed(f));
+                    }
                 }
-            }
+            };
+            let fetched = match mismatches.len() {
+                0 => format!("{} bytes", rel.size),
+                n => format!(
+                    "{} bytes, after {n} download(s) that did not match the digest",
+                    rel.size
+                ),
+            };
+            run.succeeded("fetch", t, fetched);
+            let t = run.started("verify");
+            run.succeeded("verify", t, format!("sha256 {}", rel.sha256));
 
             let t = run.started("unpack");
             let staging = run.app.staging(&rel.version);
@@ -785,7 +817,7 @@ impl Worker {
     /// what is there, across broken connections, until it is complete.
     /// `grant` is the task's permission to download it, shown on every
     /// attempt (a restarted controller honours it too).
-    async fn fetch(&self, rel: &ReleaseRef, grant: Option<&FetchGrant>) -> Result<PathBuf, Failed> {
+    async fn fetch(&self, app: &str, rel: &ReleaseRef, grant: Option<&FetchGrant>) -> Result<PathBuf, Failed> {
         let dir = layout::downloads(&self.host.state_dir);
         std::fs::create_dir_all(&dir).map_err(|e| fail("fetch", io_cause(&e), format!("{}: {e}", dir.display())))?;
         let part = dir.join(format!("{}.part", rel.sha256));
@@ -793,6 +825,7 @@ impl Worker {
         let mut channel = self.channel.clone();
         let mut last_error = String::from("no connection to the controller");
         let mut attempt = 0u32;
+        let mut short_ends = 0u32;
         loop {
             let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
             if have == rel.size {
@@ -828,6 +861,22 @@ impl Worker {
             match self.fetch_from(ch, rel, grant, &part, have).await {
                 Ok(()) => {}
                 Err(FetchError::Fatal(f)) => return Err(f),
+                Err(FetchError::Short(at)) => {
+                    // The controller answered and ended the stream early: its
+                    // copy is shorter than the release (a broken connection
+                    // ends with an error instead). Start over, a few times.
+                    short_ends += 1;
+                    let _ = std::fs::remove_file(&part);
+                    if short_ends >= FRESH_ATTEMPTS {
+                        return Err(fail(
+                            "fetch",
+                            FailureCause::Download,
+                            short_artifact(app, rel, at, short_ends),
+                        ));
+                    }
+                    tracing::warn!(sha256 = %rel.sha256, at, size = rel.size, "the controller ended the download early; downloading again from the start");
+                    last_error = format!("the controller ended the download at {at} of {} bytes", rel.size);
+                }
                 Err(FetchError::Retry(e)) => {
                     tracing::warn!(sha256 = %rel.sha256, offset = have, error = %e, "download interrupted; resuming");
                     last_error = e;
@@ -887,12 +936,7 @@ impl Worker {
                     at += chunk.data.len() as u64;
                 }
                 Ok(None) if at == rel.size => break Ok(()),
-                Ok(None) => {
-                    break Err(FetchError::Retry(format!(
-                        "the controller ended the download at {at} of {} bytes",
-                        rel.size
-                    )))
-                }
+                Ok(None) => break Err(FetchError::Short(at)),
                 Err(s) => break Err(classify_fetch(&s)),
             }
         };
@@ -913,16 +957,58 @@ enum Kind {
 }
 
 enum FetchError {
+    /// A transfer error: resume from the offset reached.
     Retry(String),
+    /// The controller ended the stream cleanly at this offset, before the
+    /// end of the artifact.
+    Short(u64),
+    /// Retrying cannot help.
     Fatal(Failed),
+}
+
+/// The fix for an artifact whose copy on the controller is damaged.
+fn controller_fix(app: &str, version: &str) -> String {
+    format!(
+        "the controller's copy is damaged: repair it on the controller by pushing the same file again \
+         ('fleetctl release push {app} FILE --version {version}'; 'fleet-controller check' lists damaged releases)"
+    )
+}
+
+/// The failure of a download whose bytes never matched the digest.
+fn digest_mismatch(app: &str, rel: &ReleaseRef, got: &[String]) -> String {
+    format!(
+        "the downloaded bytes of {app} {} have sha256 {}, not {} as the release says, in {} fresh downloads; \
+         nothing was unpacked. {}",
+        rel.version,
+        got.last().map(String::as_str).unwrap_or_default(),
+        rel.sha256,
+        got.len(),
+        controller_fix(app, &rel.version)
+    )
+}
+
+/// The failure of a download the controller keeps ending short.
+fn short_artifact(app: &str, rel: &ReleaseRef, at: u64, times: u32) -> String {
+    format!(
+        "the controller ended the download of {app} {} (artifact sha256 {}) at {at} of {} bytes, {times} times \
+         from the start; nothing was unpacked. {}",
+        rel.version,
+        rel.sha256,
+        rel.size,
+        controller_fix(app, &rel.version)
+    )
 }
 
 fn classify_fetch(s: &tonic::Status) -> FetchError {
     use tonic::Code;
     match s.code() {
-        Code::NotFound | Code::PermissionDenied | Code::Unauthenticated | Code::InvalidArgument | Code::OutOfRange => {
-            FetchError::Fatal(fail("fetch", FailureCause::Download, s.message().to_string()))
-        }
+        // DATA_LOSS: the controller found its copy damaged and says how to fix it.
+        Code::NotFound
+        | Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::InvalidArgument
+        | Code::OutOfRange
+        | Code::DataLoss => FetchError::Fatal(fail("fetch", FailureCause::Download, s.message().to_string())),
         _ => FetchError::Retry(format!("{:?}: {}", s.code(), s.message())),
     }
 }
@@ -961,4 +1047,34 @@ async fn sha256_file(path: &Path) -> std::io::Result<String> {
     })
     .await
     .map_err(std::io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_damaged_artifact_on_the_controller_is_not_retried() {
+        let damaged = tonic::Status::data_loss("the controller's copy of web 1.0 is damaged");
+        assert!(matches!(classify_fetch(&damaged), FetchError::Fatal(f) if f.cause == FailureCause::Download));
+        let cut = tonic::Status::unavailable("connection reset");
+        assert!(matches!(classify_fetch(&cut), FetchError::Retry(_)));
+    }
+
+    #[test]
+    fn give_up_messages_name_the_digest_and_the_controller_side_fix() {
+        let rel = ReleaseRef {
+            version: "1.2.0".into(),
+            sha256: "a".repeat(64),
+            size: 10,
+            format: "tar.gz".into(),
+        };
+        let m = digest_mismatch("web", &rel, &["b".repeat(64), "c".repeat(64)]);
+        assert!(m.contains(&"a".repeat(64)) && m.contains(&"c".repeat(64)), "{m}");
+        assert!(m.contains("2 fresh downloads"), "{m}");
+        assert!(m.contains("fleetctl release push web FILE --version 1.2.0"), "{m}");
+        let m = short_artifact("web", &rel, 4, FRESH_ATTEMPTS);
+        assert!(m.contains(&"a".repeat(64)) && m.contains("at 4 of 10 bytes"), "{m}");
+        assert!(m.contains("fleetctl release push web FILE --version 1.2.0"), "{m}");
+    }
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use fleet_proto::health_check::Check;
 use fleet_proto::{
-    AppInventory, AppSpec, AppStatus, DeployRequest, FailureCause, GetAppRequest, GetReleaseRequest, HealthCheck,
-    ListAppsRequest, ListReleasesRequest, PushReleaseChunk, Release, ReleaseHeader, TaskProgress, TaskState,
+    AppInventory, AppSpec, AppStatus, DeleteReleaseRequest, DeployRequest, FailureCause, GetAppRequest,
+    GetReleaseRequest, HealthCheck, ListAppsRequest, ListReleasesRequest, PushReleaseChunk, Release, ReleaseHeader,
+    TaskProgress, TaskState,
 };
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
@@ -414,13 +415,33 @@ pub async fn push(client: &Client, args: &PushArgs, format: Format) -> Result<Re
         .push_release(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await;
     reader.abort();
-    let release = pushed.map_err(|s| client.fail(s))?.into_inner();
+    let pushed = pushed.map_err(|s| client.fail(s))?;
+    // The controller says what it did with the bytes (see
+    // `fleet_controller::releases::PUSH_OUTCOME`); an older one says nothing.
+    let outcome = pushed
+        .metadata()
+        .get("fleet-push-outcome")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("stored")
+        .to_string();
+    let release = pushed.into_inner();
     Ok(match format {
-        Format::Json => Report::json(&release_json(&release)),
+        Format::Json => {
+            let mut v = release_json(&release);
+            v["outcome"] = json!(outcome);
+            Report::json(&v)
+        }
         Format::Table => {
             let a = release.artifact.clone().unwrap_or_default();
+            let what = match outcome.as_str() {
+                "unchanged" => "already stored with these bytes",
+                "repaired" => {
+                    "repaired: the controller's copy was missing or damaged and was replaced with these bytes"
+                }
+                _ => "stored",
+            };
             Report::out(format!(
-                "{} {} stored: {} ({}), sha256 {}\n",
+                "{} {} {what}: {} ({}), sha256 {}\n",
                 release.app,
                 a.version,
                 output::bytes(a.size),
@@ -477,6 +498,43 @@ pub async fn releases(client: &Client, app: &str, format: Format) -> Result<Repo
                     format!("{app} has no releases; push one with 'fleetctl release push {app} FILE --version V'\n");
             }
             rep
+        }
+    })
+}
+
+/// `release rm`: deletes a release the controller finds unused.
+pub async fn delete_release(client: &Client, app: &str, version: &str, format: Format) -> Result<Report, Error> {
+    let r = client
+        .releases()
+        .delete_release(DeleteReleaseRequest {
+            app: app.to_string(),
+            version: version.to_string(),
+        })
+        .await
+        .map_err(|s| client.fail(s))?
+        .into_inner();
+    let release = r.release.unwrap_or_default();
+    let a = release.artifact.clone().unwrap_or_default();
+    Ok(match format {
+        Format::Json => {
+            let mut v = release_json(&release);
+            v["artifact_removed"] = json!(r.artifact_removed);
+            Report::json(&v)
+        }
+        Format::Table => {
+            let artifact = if r.artifact_removed {
+                format!("its artifact sha256 {} was removed", a.sha256)
+            } else {
+                format!(
+                    "its artifact sha256 {} stays: another release has the same bytes",
+                    a.sha256
+                )
+            };
+            Report::out(format!(
+                "{} {} deleted; {artifact}\n",
+                output::escape(&release.app),
+                output::escape(&a.version)
+            ))
         }
     })
 }

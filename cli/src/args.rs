@@ -533,6 +533,15 @@ pub enum ReleaseCommand {
         /// Version
         version: String,
     },
+    /// Delete a release no host runs or is meant to run; its artifact is
+    /// removed from the controller when no other release has the same bytes.
+    #[command(visible_alias = "delete", disable_version_flag = true)]
+    Rm {
+        /// App name
+        app: String,
+        /// Version
+        version: String,
+    },
 }
 
 /// `fleetctl release push`.

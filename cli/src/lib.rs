@@ -68,6 +68,9 @@ pub async fn execute(cli: &Cli, env: &Env) -> Result<Report, Error> {
         Command::Release(ReleaseCommand::Show { app, version }) => {
             apps::release(&connect(cli, env).await?, app, version, format).await
         }
+        Command::Release(ReleaseCommand::Rm { app, version }) => {
+            apps::delete_release(&connect(cli, env).await?, app, version, format).await
+        }
         Command::Deploy(args) => apps::deploy(&connect(cli, env).await?, args, false, format).await,
         Command::Rollback(args) => match args.single_host() {
             Some(one) => apps::deploy(&connect(cli, env).await?, &one, true, format).await,

@@ -35,7 +35,7 @@ use crate::tls::PeerInfo;
 
 /// The operator methods that change something, as `Service/Method`: the
 /// one list of what is audited.
-pub const AUDITED: [&str; 11] = [
+pub const AUDITED: [&str; 12] = [
     "TokenService/CreateToken",
     "TokenService/RevokeToken",
     "HostService/LabelHost",
@@ -45,6 +45,7 @@ pub const AUDITED: [&str; 11] = [
     "AppService/UpdateApp",
     "AppService/Deploy",
     "ReleaseService/PushRelease",
+    "ReleaseService/DeleteRelease",
     "RolloutService/StartRollout",
     "RolloutService/ControlRollout",
 ];

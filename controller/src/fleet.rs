@@ -38,6 +38,8 @@ pub struct Fleet {
     pub store: Store,
     /// Signs agent certificates.
     pub ca: Ca,
+    /// The artifact files and what is known to be verified among them.
+    pub artifacts: crate::artifacts::Artifacts,
     /// Mints and checks hosts' permissions to download artifacts.
     pub grants: crate::grants::Grants,
     /// Live streams.

@@ -2,8 +2,10 @@
 //! mTLS stream to each, and serves the operator API. See ARCHITECTURE.md.
 
 pub mod apps;
+pub mod artifacts;
 pub mod audit;
 pub mod ca;
+pub mod check;
 pub mod config;
 pub mod enroll;
 pub mod fleet;
@@ -24,6 +26,7 @@ pub mod tasks;
 pub mod tls;
 pub mod watchdog;
 
+pub use check::{check, CheckReport};
 pub use config::Config;
 pub use init::{init, InitOptions, InitReport};
 pub use server::serve;

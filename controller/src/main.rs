@@ -41,6 +41,14 @@ enum Command {
         #[arg(long, env = "FLEET_CONTROLLER_CONFIG")]
         config: PathBuf,
     },
+    /// Check every release's stored artifact (present, right size, matches
+    /// its sha256); run it with the controller stopped. Exits 1 when any is
+    /// missing or damaged, 2 when it cannot check.
+    Check {
+        /// The controller.toml that init wrote.
+        #[arg(long, env = "FLEET_CONTROLLER_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +70,29 @@ fn main() -> ExitCode {
                 Ok(r) => {
                     print_next_steps(&r);
                     ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fleet-controller: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Check { config } => {
+            let config = match fleet_controller::Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("fleet-controller: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match fleet_controller::check(&config) {
+                Ok(report) => {
+                    print!("{}", report.render());
+                    if report.damaged().next().is_some() {
+                        ExitCode::FAILURE
+                    } else {
+                        ExitCode::SUCCESS
+                    }
                 }
                 Err(e) => {
                     eprintln!("fleet-controller: {e}");

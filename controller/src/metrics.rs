@@ -60,6 +60,9 @@ pub struct Metrics {
     store_flush_failures: Counter<u64, AtomicU64>,
     /// 1 while the store takes durable writes, else 0 (as `/healthz`).
     store_healthy: Gauge,
+    /// Downloads refused because the stored artifact no longer matches its
+    /// release's digest or size.
+    pub artifacts_corrupt: Counter<u64, AtomicU64>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -152,7 +155,14 @@ impl Metrics {
             "1 while the store takes durable writes, else 0",
             store_healthy.clone(),
         );
+        let artifacts_corrupt = Counter::default();
+        registry.register(
+            "artifacts_corrupt",
+            "Artifact downloads refused because the stored file did not match its release's digest or size",
+            artifacts_corrupt.clone(),
+        );
         Metrics {
+            artifacts_corrupt,
             rollouts_ended,
             hosts_converging,
             registry,

@@ -7,22 +7,22 @@
 //! pushing it again with other bytes is refused, with the same bytes it is a
 //! no-op that returns the stored release.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use fleet_proto::release_service_server::ReleaseService;
-use fleet_proto::transport::hex;
 use fleet_proto::{
-    now_ms, ArtifactChunk, FetchArtifactRequest, GetReleaseRequest, ListReleasesRequest, ListReleasesResponse,
-    PushReleaseChunk, Release, ReleaseRef,
+    now_ms, ArtifactChunk, DeleteReleaseRequest, DeleteReleaseResponse, FetchArtifactRequest, GetReleaseRequest, Host,
+    ListReleasesRequest, ListReleasesResponse, PushReleaseChunk, Release, ReleaseRef, Rollout,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::artifacts::{check_head, ArtifactError, Condition, NotARelease, HEAD};
 use crate::fleet::{internal, Fleet};
 use crate::ops::operator;
+use crate::rollouts::store::current_of;
 
 /// Size of the chunks artifacts are served in.
 pub const CHUNK: usize = 256 * 1024;
@@ -52,85 +52,35 @@ pub fn check_sha256(s: &str) -> Result<(), Status> {
     }
 }
 
-/// The artifact directory of a data dir.
-pub fn artifacts_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("artifacts")
-}
-
-/// Which format the first bytes of an archive are, by magic number.
-fn sniff(first: &[u8]) -> Option<&'static str> {
-    if first.starts_with(&[0x1f, 0x8b]) {
-        Some("tar.gz")
-    } else if first.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Some("tar.zst")
-    } else {
-        None
-    }
-}
-
-/// An upload being written; the temp file is removed unless it is kept.
-struct Upload {
-    tmp: PathBuf,
-    file: std::fs::File,
-    hasher: ring::digest::Context,
-    size: u64,
-}
-
-impl Upload {
-    fn new(dir: &Path) -> Result<Upload, Status> {
-        std::fs::create_dir_all(dir).map_err(|e| io_status("create the artifact directory", dir, &e))?;
-        let tmp = dir.join(format!(".upload-{}", crate::random_hex(8)));
-        let file = std::fs::File::create(&tmp).map_err(|e| io_status("create", &tmp, &e))?;
-        Ok(Upload {
-            tmp,
-            file,
-            hasher: ring::digest::Context::new(&ring::digest::SHA256),
-            size: 0,
-        })
-    }
-
-    fn write(&mut self, data: &[u8]) -> Result<(), Status> {
-        self.file
-            .write_all(data)
-            .map_err(|e| io_status("write", &self.tmp, &e))?;
-        self.hasher.update(data);
-        self.size += data.len() as u64;
-        Ok(())
-    }
-
-    /// fsyncs and renames into `dir/<sha256>`; returns the digest.
-    fn finish(self, dir: &Path) -> Result<String, Status> {
-        self.file.sync_all().map_err(|e| io_status("fsync", &self.tmp, &e))?;
-        let digest = hex(self.hasher.clone().finish().as_ref());
-        let dest = dir.join(&digest);
-        if !dest.exists() {
-            std::fs::rename(&self.tmp, &dest).map_err(|e| io_status("rename", &dest, &e))?;
-            if let Ok(d) = std::fs::File::open(dir) {
-                // Best effort: the rename is durable once the directory is.
-                let _ = d.sync_all();
+impl From<ArtifactError> for Status {
+    fn from(e: ArtifactError) -> Status {
+        match &e {
+            ArtifactError::DiskFull { .. } => Status::resource_exhausted(e.to_string()),
+            ArtifactError::DigestMismatch { .. } => Status::data_loss(e.to_string()),
+            ArtifactError::Io { .. } => {
+                tracing::error!(error = %e, "artifact store I/O failed");
+                Status::internal(e.to_string())
             }
         }
-        Ok(digest)
     }
 }
 
-impl Drop for Upload {
-    fn drop(&mut self) {
-        // After a successful rename this path no longer exists; either way
-        // no partial upload is left behind.
-        let _ = std::fs::remove_file(&self.tmp);
+impl From<NotARelease> for Status {
+    fn from(e: NotARelease) -> Status {
+        Status::invalid_argument(e.to_string())
     }
 }
 
-fn io_status(what: &str, path: &Path, e: &std::io::Error) -> Status {
-    if e.raw_os_error() == Some(28) {
-        return Status::resource_exhausted(format!(
-            "the controller's disk is full ({what} {}); free space in its data dir and push again",
-            path.display()
-        ));
-    }
-    tracing::error!(path = %path.display(), error = %e, what, "artifact store I/O failed");
-    Status::internal(format!("the controller could not {what} {}: {e}", path.display()))
+/// Response metadata key of a push's outcome: `stored` (new release),
+/// `unchanged` (same bytes again, stored copy intact) or `repaired` (same
+/// bytes again, replacing a missing or damaged stored copy).
+pub const PUSH_OUTCOME: &str = "fleet-push-outcome";
+
+fn answer(release: Release, outcome: &'static str) -> Response<Release> {
+    let mut r = Response::new(release);
+    r.metadata_mut()
+        .insert(PUSH_OUTCOME, tonic::metadata::MetadataValue::from_static(outcome));
+    r
 }
 
 /// `ReleaseService`.
@@ -168,7 +118,11 @@ impl ReleaseService for ReleasesService {
                 header.size, fleet.settings.max_release_bytes
             )));
         }
-        if let Some(existing) = fleet.store.release(&header.app, &header.version).map_err(internal)? {
+        if header.size == 0 {
+            return Err(NotARelease::Empty.into());
+        }
+        let existing = fleet.store.release(&header.app, &header.version).map_err(internal)?;
+        if let Some(existing) = &existing {
             let stored = existing.artifact.clone().unwrap_or_default();
             if stored.sha256 != header.sha256 {
                 return Err(Status::already_exists(format!(
@@ -176,62 +130,71 @@ impl ReleaseService for ReleasesService {
                     header.app, header.version, stored.sha256, header.sha256
                 )));
             }
-            // Same bytes again: nothing to store. The rest of the upload is
-            // not read; the client sees the answer and stops sending.
-            tracing::info!(app = %header.app, version = %header.version, "release pushed again with the same bytes; no-op");
-            return Ok(Response::new(existing));
+            let artifacts = &fleet.artifacts;
+            let condition = tokio::task::block_in_place(|| artifacts.examine(&stored.sha256, stored.size))?;
+            if condition.is_intact() {
+                // Same bytes again: nothing to store. The rest of the upload
+                // is not read; the client sees the answer and stops sending.
+                tracing::info!(app = %header.app, version = %header.version, "release pushed again with the same bytes; no-op");
+                return Ok(answer(existing.clone(), "unchanged"));
+            }
+            // The stored copy is gone or damaged and these are its bytes:
+            // take the upload and put it back (verified like any upload).
+            tracing::warn!(
+                app = %header.app,
+                version = %header.version,
+                sha256 = %stored.sha256,
+                condition = condition.word(),
+                "release pushed again while its stored artifact is not intact; repairing it"
+            );
         }
 
-        let dir = artifacts_dir(&fleet.settings.data_dir);
-        let mut upload = Upload::new(&dir)?;
+        let mut upload = fleet.artifacts.upload()?;
+        let mut head: Vec<u8> = Vec::new();
+        let mut judged = false;
         let mut data = first.data;
-        let mut sniffed = false;
         loop {
-            if !data.is_empty() {
-                if !sniffed {
-                    sniffed = true;
-                    match sniff(&data) {
-                        Some(f) if f == header.format => {}
-                        Some(f) => {
-                            return Err(Status::invalid_argument(format!(
-                                "the upload says {} but its bytes are {f}; name the file after its format",
-                                header.format
-                            )))
-                        }
-                        None => {
-                            return Err(Status::invalid_argument(format!(
-                                "the upload is not a {} archive (its first bytes are neither gzip nor zstd)",
-                                header.format
-                            )))
-                        }
-                    }
-                }
-                if upload.size + data.len() as u64 > header.size {
-                    return Err(Status::invalid_argument(format!(
-                        "the upload is longer than the {} bytes its header announced",
-                        header.size
-                    )));
-                }
-                upload.write(&data)?;
+            if upload.size() + data.len() as u64 > header.size {
+                return Err(Status::invalid_argument(format!(
+                    "the upload is longer than the {} bytes its header announced",
+                    header.size
+                )));
             }
+            if !judged {
+                // Refuse what can never be a release as soon as enough of it
+                // arrived, before storing the rest.
+                head.extend_from_slice(&data[..data.len().min(HEAD - head.len())]);
+                if head.len() >= HEAD {
+                    check_head(&header.format, &head)?;
+                    judged = true;
+                }
+            }
+            upload.write(&data)?;
             match chunks.message().await? {
                 Some(c) => data = c.data,
                 None => break,
             }
         }
-        if upload.size != header.size {
+        if upload.size() != header.size {
             return Err(Status::data_loss(format!(
                 "the upload ended after {} of {} bytes; push again",
-                upload.size, header.size
+                upload.size(),
+                header.size
             )));
         }
-        let digest = tokio::task::block_in_place(|| upload.finish(&dir))?;
-        if digest != header.sha256 {
-            return Err(Status::data_loss(format!(
-                "the uploaded bytes have sha256 {digest}, not {} as announced; the file changed or was corrupted in transit: push again",
-                header.sha256
-            )));
+        if !judged {
+            check_head(&header.format, &head)?;
         }
+        // From the rename until the release naming the file is durable, no
+        // release removal may collect the file.
+        let naming = fleet.artifacts.naming.lock().await;
+        let artifacts = &fleet.artifacts;
+        tokio::task::block_in_place(|| artifacts.commit(upload, &header.sha256))?;
+        if let Some(existing) = existing {
+            tracing::info!(app = %header.app, version = %header.version, sha256 = %header.sha256, "stored artifact repaired");
+            return Ok(answer(existing, "repaired"));
+        }
+        let digest = header.sha256.clone();
         let release = Release {
             app: header.app.clone(),
             artifact: Some(ReleaseRef {
@@ -249,7 +212,7 @@ impl ReleaseService for ReleasesService {
             Ok(()) => {}
             // A concurrent push of the same version won the race.
             Err(existing) if existing.artifact.as_ref().map(|a| &a.sha256) == Some(&header.sha256) => {
-                return Ok(Response::new(existing))
+                return Ok(answer(existing, "unchanged"))
             }
             Err(existing) => {
                 return Err(Status::already_exists(format!(
@@ -261,8 +224,9 @@ impl ReleaseService for ReleasesService {
             }
         }
         fleet.store.flush().await.map_err(internal)?;
+        drop(naming);
         tracing::info!(app = %release.app, version = %header.version, size = header.size, "release stored");
-        Ok(Response::new(release))
+        Ok(answer(release, "stored"))
     }
 
     async fn list_releases(&self, req: Request<ListReleasesRequest>) -> Result<Response<ListReleasesResponse>, Status> {
@@ -291,6 +255,136 @@ impl ReleaseService for ReleasesService {
             .ok_or_else(|| unknown_release(&r.app, &r.version))?;
         Ok(Response::new(rel))
     }
+
+    async fn delete_release(
+        &self,
+        req: Request<DeleteReleaseRequest>,
+    ) -> Result<Response<DeleteReleaseResponse>, Status> {
+        let fleet = &self.0;
+        let who = operator(&req).name;
+        let DeleteReleaseRequest { app, version } = req.into_inner();
+        fleet
+            .store
+            .app(&app)
+            .map_err(internal)?
+            .ok_or_else(|| unknown_app(&app))?;
+        check_version(&version)?;
+        // One naming change at a time: no push may name the artifact between
+        // "nothing names it" and its removal.
+        let _naming = fleet.artifacts.naming.lock().await;
+        let release = fleet
+            .store
+            .release(&app, &version)
+            .map_err(internal)?
+            .ok_or_else(|| unknown_release(&app, &version))?;
+        let records = &fleet.rollouts.records;
+        let uses = in_use(
+            &app,
+            &version,
+            &fleet.store.hosts().map_err(internal)?,
+            &records.desired_of_app(&app).map_err(internal)?,
+            records.app_release(&app).map_err(internal)?.as_deref(),
+            records.active(&app).map_err(internal)?.as_ref(),
+        );
+        if !uses.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "{app} {version} is in use and was not deleted: {}. Deploy another release to those hosts \
+                 (or let the rollout end) and delete it then",
+                uses.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+            )));
+        }
+        fleet.store.delete_release(&app, &version).map_err(internal)?;
+        // Durable before the file goes: a crash in between leaves an
+        // artifact nothing names (swept at start), never a release without
+        // its bytes.
+        fleet.store.flush().await.map_err(internal)?;
+        let sha256 = release.artifact.as_ref().map(|a| a.sha256.clone()).unwrap_or_default();
+        let named = fleet.store.artifact_digests().map_err(internal)?;
+        let artifact_removed = !sha256.is_empty() && !named.contains(&sha256);
+        if artifact_removed {
+            let artifacts = &fleet.artifacts;
+            tokio::task::block_in_place(|| artifacts.remove(&sha256))?;
+        }
+        tracing::info!(app, version, sha256, artifact_removed, operator = %who, "release deleted");
+        Ok(Response::new(DeleteReleaseResponse {
+            release: Some(release),
+            artifact_removed,
+        }))
+    }
+}
+
+/// What keeps a release from being deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InUse {
+    /// A host runs it (its last inventory says so).
+    Runs {
+        /// Host id.
+        host_id: String,
+        /// Its hostname.
+        hostname: String,
+    },
+    /// A host's desired release is it: convergence would deploy it again.
+    Desired {
+        /// Host id.
+        host_id: String,
+    },
+    /// It is the app's release for new hosts.
+    ForNewHosts,
+    /// A rollout that has not ended deploys it or may roll hosts back to it.
+    Rollout {
+        /// Rollout id.
+        id: String,
+    },
+}
+
+impl std::fmt::Display for InUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InUse::Runs { host_id, hostname } => write!(f, "host {hostname} ({host_id}) runs it"),
+            InUse::Desired { host_id } => write!(f, "host {host_id} is meant to run it (its desired release)"),
+            InUse::ForNewHosts => write!(f, "it is the app's release for new hosts"),
+            InUse::Rollout { id } => write!(f, "rollout {id} has not ended and deploys it or may roll back to it"),
+        }
+    }
+}
+
+/// Everything that uses `version` of `app`: hosts running it, hosts whose
+/// desired release it is, the app's release for new hosts, and the app's
+/// active rollout. Empty when the release may be deleted.
+pub fn in_use(
+    app: &str,
+    version: &str,
+    hosts: &[Host],
+    desired: &HashMap<String, String>,
+    for_new_hosts: Option<&str>,
+    active: Option<&Rollout>,
+) -> Vec<InUse> {
+    let mut uses = Vec::new();
+    for h in hosts {
+        if current_of(h, app) == version {
+            uses.push(InUse::Runs {
+                host_id: h.id.clone(),
+                hostname: h.facts.as_ref().map(|f| f.hostname.clone()).unwrap_or_default(),
+            });
+        }
+    }
+    let mut wanted: Vec<&String> = desired.iter().filter(|(_, v)| *v == version).map(|(h, _)| h).collect();
+    wanted.sort();
+    uses.extend(wanted.into_iter().map(|h| InUse::Desired { host_id: h.clone() }));
+    if for_new_hosts == Some(version) {
+        uses.push(InUse::ForNewHosts);
+    }
+    if let Some(r) = active {
+        let touches = r.version == version
+            || r.batches
+                .iter()
+                .flat_map(|b| &b.hosts)
+                .any(|h| h.to_version == version || h.from_version == version);
+        if touches {
+            uses.push(InUse::Rollout { id: r.id.clone() });
+        }
+    }
+    uses
 }
 
 /// NOT_FOUND for an app.
@@ -307,21 +401,41 @@ pub fn unknown_release(app: &str, version: &str) -> Status {
     ))
 }
 
-/// Streams `DATA_DIR/artifacts/<sha256>` from `offset` (the agents' download).
+/// Streams `DATA_DIR/artifacts/<sha256>` of `release` from `offset` (the
+/// agents' download), after checking that the stored bytes still are the
+/// release's: a damaged artifact is refused with DATA_LOSS naming the release,
+/// the digest and the fix, and counted in `fleet_artifacts_corrupt_total`.
 pub fn fetch(
     fleet: &Fleet,
     req: &FetchArtifactRequest,
+    release: &Release,
 ) -> Result<ReceiverStream<Result<ArtifactChunk, Status>>, Status> {
     check_sha256(&req.sha256)?;
-    let path = artifacts_dir(&fleet.settings.data_dir).join(&req.sha256);
-    let mut file = std::fs::File::open(&path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Status::not_found(format!("the controller has no artifact {}", req.sha256))
-        } else {
-            io_status("open", &path, &e)
+    let artifact = release.artifact.clone().unwrap_or_default();
+    let artifacts = &fleet.artifacts;
+    let condition = tokio::task::block_in_place(|| artifacts.examine(&req.sha256, artifact.size))?;
+    if !condition.is_intact() {
+        fleet.metrics.artifacts_corrupt.inc();
+        tracing::error!(
+            app = %release.app,
+            version = %artifact.version,
+            sha256 = %req.sha256,
+            condition = condition.word(),
+            "refusing to serve a damaged artifact"
+        );
+        return Err(Status::data_loss(damaged(release, &condition)));
+    }
+    let path = artifacts.path(&req.sha256);
+    let io = |what: &'static str, e: std::io::Error| -> Status {
+        ArtifactError::Io {
+            what,
+            path: path.clone(),
+            source: e,
         }
-    })?;
-    let len = file.metadata().map_err(|e| io_status("stat", &path, &e))?.len();
+        .into()
+    };
+    let mut file = std::fs::File::open(&path).map_err(|e| io("open", e))?;
+    let len = file.metadata().map_err(|e| io("stat", e))?.len();
     if req.offset > len {
         return Err(Status::out_of_range(format!(
             "offset {} is past the end of artifact {} ({len} bytes)",
@@ -332,8 +446,16 @@ pub fn fetch(
     let mut offset = req.offset;
     tokio::task::spawn_blocking(move || {
         use std::io::{Read, Seek, SeekFrom};
+        let fail = |what: &'static str, e: std::io::Error| -> Status {
+            ArtifactError::Io {
+                what,
+                path: path.clone(),
+                source: e,
+            }
+            .into()
+        };
         if let Err(e) = file.seek(SeekFrom::Start(offset)) {
-            let _ = tx.blocking_send(Err(io_status("seek", &path, &e)));
+            let _ = tx.blocking_send(Err(fail("seek", e)));
             return;
         }
         let mut buf = vec![0u8; CHUNK];
@@ -342,7 +464,7 @@ pub fn fetch(
                 Ok(0) => return,
                 Ok(n) => n,
                 Err(e) => {
-                    let _ = tx.blocking_send(Err(io_status("read", &path, &e)));
+                    let _ = tx.blocking_send(Err(fail("read", e)));
                     return;
                 }
             };
@@ -357,6 +479,20 @@ pub fn fetch(
         }
     });
     Ok(ReceiverStream::new(rx))
+}
+
+/// The operator's sentence for a release whose stored artifact is damaged.
+pub fn damaged(release: &Release, condition: &Condition) -> String {
+    let a = release.artifact.clone().unwrap_or_default();
+    format!(
+        "the controller's copy of {app} {version} (artifact sha256 {sha}) is damaged: {what}; nothing was \
+         sent. Repair it on the controller by pushing the same file again: 'fleetctl release push {app} FILE \
+         --version {version}' ('fleet-controller check' lists every damaged release)",
+        app = release.app,
+        version = a.version,
+        sha = a.sha256,
+        what = condition.describe(a.size),
+    )
 }
 
 #[cfg(test)]
@@ -374,16 +510,72 @@ mod tests {
     }
 
     #[test]
-    fn formats_are_sniffed_from_magic_bytes() {
-        assert_eq!(sniff(&[0x1f, 0x8b, 8]), Some("tar.gz"));
-        assert_eq!(sniff(&[0x28, 0xb5, 0x2f, 0xfd, 0]), Some("tar.zst"));
-        assert_eq!(sniff(b"ustar"), None);
-    }
-
-    #[test]
     fn digests_must_be_lowercase_hex() {
         assert!(check_sha256(&"a".repeat(64)).is_ok());
         assert!(check_sha256(&"A".repeat(64)).is_err());
         assert!(check_sha256("../../etc/passwd").is_err());
+    }
+
+    fn host_running(id: &str, version: &str) -> Host {
+        Host {
+            id: id.into(),
+            facts: Some(fleet_proto::HostFacts {
+                hostname: format!("{id}.example"),
+                ..Default::default()
+            }),
+            inventory: Some(fleet_proto::Inventory {
+                apps: vec![fleet_proto::AppInventory {
+                    app: "web".into(),
+                    current: version.into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_release_is_in_use_while_a_host_runs_wants_or_a_rollout_uses_it() {
+        let hosts = [host_running("h1", "1.0"), host_running("h2", "2.0")];
+        let none = HashMap::new();
+        assert_eq!(in_use("web", "3.0", &hosts, &none, None, None), vec![]);
+        assert_eq!(
+            in_use("web", "1.0", &hosts, &none, None, None),
+            vec![InUse::Runs {
+                host_id: "h1".into(),
+                hostname: "h1.example".into()
+            }]
+        );
+        // Another app's release of the same version is not this one.
+        assert_eq!(in_use("api", "1.0", &hosts, &none, None, None), vec![]);
+        let desired = HashMap::from([("h2".to_string(), "3.0".to_string())]);
+        assert_eq!(
+            in_use("web", "3.0", &hosts, &desired, Some("3.0"), None),
+            vec![InUse::Desired { host_id: "h2".into() }, InUse::ForNewHosts]
+        );
+        let rollout = Rollout {
+            id: "r-1".into(),
+            app: "web".into(),
+            version: "4.0".into(),
+            batches: vec![fleet_proto::RolloutBatch {
+                hosts: vec![fleet_proto::RolloutHost {
+                    host_id: "h1".into(),
+                    from_version: "0.9".into(),
+                    to_version: "4.0".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        for used in ["4.0", "0.9"] {
+            assert_eq!(
+                in_use("web", used, &[], &none, None, Some(&rollout)),
+                vec![InUse::Rollout { id: "r-1".into() }],
+                "{used}"
+            );
+        }
+        assert_eq!(in_use("web", "3.0", &[], &none, None, Some(&rollout)), vec![]);
     }
 }

@@ -97,6 +97,23 @@ fn read(path: &std::path::Path) -> Result<String, ServeError> {
     })
 }
 
+/// Removes what a killed push or an interrupted release removal left in the
+/// artifact store, before anything is served or pushed (so no push is in
+/// flight): unverified `.upload-*` files and artifacts no release names.
+fn sweep_artifacts(artifacts: &crate::artifacts::Artifacts, store: &Store) -> Result<(), ServeError> {
+    let named = store.artifact_digests()?;
+    let sweep = artifacts
+        .sweep(&named)
+        .map_err(|e| ServeError::Startup(format!("cleaning the artifact store: {e}")))?;
+    for name in &sweep.uploads {
+        tracing::info!(file = %name, "removed the temp file of a push that never finished");
+    }
+    for sha256 in &sweep.orphans {
+        tracing::info!(sha256 = %sha256, "removed an artifact no release names");
+    }
+    Ok(())
+}
+
 /// Runs the controller until SIGTERM or SIGINT.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     // Every agent stream is a socket: systemd's default soft limit (1024) is
@@ -128,9 +145,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .map_err(|e| ServeError::Tls(e.to_string()))?;
     let grants = crate::grants::Grants::new(&ca.derive_key("fetch-grant-v1"));
     let audit = Arc::new(crate::audit::AuditLog::open(&store)?);
+    let artifacts = crate::artifacts::Artifacts::new(dir);
+    sweep_artifacts(&artifacts, &store)?;
     let fleet = Arc::new(Fleet {
         audit: audit.clone(),
         store: store.clone(),
+        artifacts,
         ca,
         grants,
         registry: Registry::new(metrics.clone()),

@@ -734,6 +734,35 @@ impl Store {
         Ok(out)
     }
 
+    /// Deletes a release record (the caller makes it durable, then removes
+    /// the artifact if nothing names it); returns what was deleted.
+    pub fn delete_release(&self, app: &str, version: &str) -> Result<Option<Release>, StoreError> {
+        let key = release_key(app, version);
+        self.releases
+            .remove(&key)?
+            .map(|v| dec_proto("releases", &key, &v))
+            .transpose()
+    }
+
+    /// Every release of every app, in key order (app, then version).
+    pub fn all_releases(&self) -> Result<Vec<Release>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.releases.iter() {
+            let (k, v) = kv?;
+            out.push(dec_proto("releases", &k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// The digests some release names: the artifacts that must be kept.
+    pub fn artifact_digests(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        Ok(self
+            .all_releases()?
+            .into_iter()
+            .filter_map(|r| r.artifact.map(|a| a.sha256))
+            .collect())
+    }
+
     /// Whether any stored release has this digest.
     pub fn has_artifact(&self, sha256: &str) -> Result<bool, StoreError> {
         for kv in self.releases.iter() {

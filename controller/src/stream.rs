@@ -13,7 +13,7 @@ use fleet_proto::agent_service_server::AgentService;
 use fleet_proto::controller_message::Body as ToAgent;
 use fleet_proto::transport::fingerprint;
 use fleet_proto::{
-    now_ms, AgentMessage, ArtifactChunk, ControllerMessage, FetchArtifactRequest, RenewResponse, Welcome,
+    now_ms, AgentMessage, ArtifactChunk, ControllerMessage, FetchArtifactRequest, Release, RenewResponse, Welcome,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -53,9 +53,9 @@ impl AgentService for StreamService {
             .cert_host(&fp)
             .map_err(internal)?
             .ok_or_else(|| Status::permission_denied("this certificate was revoked (the host was removed)"))?;
-        authorize_fetch(fleet, &cert.host_id, req.get_ref())?;
+        let release = authorize_fetch(fleet, &cert.host_id, req.get_ref())?;
         tracing::debug!(host_id = %cert.host_id, sha256 = %req.get_ref().sha256, offset = req.get_ref().offset, "artifact download");
-        Ok(Response::new(crate::releases::fetch(fleet, req.get_ref())?))
+        Ok(Response::new(crate::releases::fetch(fleet, req.get_ref(), &release)?))
     }
 
     async fn stream(&self, req: Request<Streaming<AgentMessage>>) -> Result<Response<Self::StreamStream>, Status> {
@@ -138,7 +138,8 @@ impl AgentService for StreamService {
 /// Lets a host download an artifact only when a deploy task the controller
 /// sent it names the artifact (the task's grant, see `grants`), the release
 /// still exists, and its app's selector matches the host's labels now.
-fn authorize_fetch(fleet: &Fleet, host_id: &str, req: &FetchArtifactRequest) -> Result<(), Status> {
+/// Returns the release the grant names.
+fn authorize_fetch(fleet: &Fleet, host_id: &str, req: &FetchArtifactRequest) -> Result<Release, Status> {
     let denied = |why: String| {
         tracing::warn!(host_id, sha256 = %req.sha256, reason = %why, "artifact download refused");
         Status::permission_denied(format!(
@@ -174,7 +175,7 @@ fn authorize_fetch(fleet: &Fleet, host_id: &str, req: &FetchArtifactRequest) -> 
         )));
     }
     match fleet.store.release(app, &grant.version).map_err(internal)? {
-        Some(r) if r.artifact.as_ref().is_some_and(|a| a.sha256 == req.sha256) => Ok(()),
+        Some(r) if r.artifact.as_ref().is_some_and(|a| a.sha256 == req.sha256) => Ok(r),
         _ => Err(denied(format!("release {app} {} no longer exists", grant.version))),
     }
 }

@@ -5,6 +5,7 @@
 
 mod harness;
 
+mod artifact_store;
 mod artifacts;
 mod audit;
 mod bootstrap;
