@@ -13,19 +13,16 @@ fn a_push_cut_by_a_controller_crash_exits_unreachable() {
     let mut fleet = Fleet::controller_only(&[]);
     let created = fleet.fleetctl(&["app", "create", "big", "--unit", "fleet-app-big.service", "--no-health"]);
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
-    // A gzip header, then 512 MiB the controller must receive and hash
+    // A real release first (the controller judges an upload by its first
+    // bytes), then zeros up to 512 MiB the controller must receive and hash
     // before it could answer: it is killed long before that.
     let path = fleet.root.path().join("big.tar.gz");
-    let file = std::fs::File::create(&path).expect("create");
-    file.set_len(512 << 20).expect("size");
-    drop(file);
-    {
-        use std::io::{Seek, SeekFrom, Write};
-        let mut f = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
-        f.seek(SeekFrom::Start(0)).expect("seek");
-        f.write_all(&[0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 0x03])
-            .expect("gzip header");
-    }
+    std::fs::write(&path, crate::releases::release("1.0.0", &[]).gz()).expect("write release");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_len(512 << 20))
+        .expect("grow the file");
     let push = Command::new(bin("fleetctl"))
         .args(["release", "push", "big"])
         .arg(&path)
