@@ -147,6 +147,10 @@ impl Enrollment for EnrollmentService {
             tracing::info!(token_id, %remote, reason = refusal.kind(), "enrollment refused");
             return Err(refusal.into());
         }
+        if let Err(e) = fleet_proto::limits::check_csr(&r.csr_der) {
+            fleet.metrics.enrollment("bad_csr");
+            return Err(e.into());
+        }
         let host_id = crate::random_hex(8);
         let signed = fleet
             .ca

@@ -82,6 +82,7 @@ impl Fleet {
                 "no host given: pass a host id, id prefix or hostname",
             ));
         }
+        fleet_proto::limits::check_host_ref("host", key)?;
         if let Some(h) = self.store.host(key).map_err(internal)? {
             return Ok(h);
         }

@@ -89,37 +89,17 @@ impl Session for SessionService {
     }
 }
 
-/// Checks a label key and value; operators see the offending label.
-pub fn check_label(k: &str, v: &str) -> Result<(), Status> {
-    let key_ok = !k.is_empty()
-        && k.len() <= 63
-        && k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
-    let value_ok = v.len() <= 253 && !v.contains([',', '=', '\n']);
-    if key_ok && value_ok {
-        Ok(())
-    } else {
-        Err(Status::invalid_argument(format!(
-            "label '{k}={v}' is not valid: keys are 1-63 of [A-Za-z0-9._/-], values hold no ',' '=' or newline"
-        )))
-    }
-}
-
-/// Parses a selector "k=v,k2=v2" into pairs.
+/// Parses a selector "k=v,k2=v2" into pairs, after the contract's limits
+/// (`fleet_proto::limits::check_selector`: `=x`, `role`, oversized refused).
 pub fn parse_selector(sel: &str) -> Result<Vec<(String, String)>, Status> {
-    sel.split(',')
+    fleet_proto::limits::check_selector(sel)?;
+    Ok(sel
+        .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|kv| {
-            kv.split_once('=')
-                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                .ok_or_else(|| {
-                    Status::invalid_argument(format!(
-                        "selector part '{kv}' is not key=value (e.g. role=api,env=prod)"
-                    ))
-                })
-        })
-        .collect()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect())
 }
 
 /// `HostService`.
@@ -153,9 +133,7 @@ impl HostService for HostsService {
     async fn label_host(&self, req: Request<LabelHostRequest>) -> Result<Response<Host>, Status> {
         let op = operator(&req);
         let r = req.into_inner();
-        for (k, v) in &r.set {
-            check_label(k, v)?;
-        }
+        fleet_proto::limits::check_label_host(&r)?;
         let host = self.0.resolve_host(&r.id)?;
         let updated = self
             .0
@@ -202,6 +180,11 @@ impl HostService for HostsService {
     async fn prune_hosts(&self, req: Request<PruneHostsRequest>) -> Result<Response<PruneHostsResponse>, Status> {
         let op = operator(&req);
         let r = req.into_inner();
+        fleet_proto::limits::check_duration_ms(
+            "disconnected_for",
+            r.disconnected_for_ms,
+            fleet_proto::limits::MAX_DURATION_MS,
+        )?;
         if r.disconnected_for_ms < crate::retire::MIN_PRUNE_MS {
             return Err(Status::invalid_argument(
                 "--disconnected-for must be at least 1m: shorter would remove hosts that are only reconnecting",
@@ -246,14 +229,8 @@ impl TokenService for TokensService {
     async fn create_token(&self, req: Request<CreateTokenRequest>) -> Result<Response<CreateTokenResponse>, Status> {
         let op = operator(&req);
         let r = req.into_inner();
-        for (k, v) in &r.labels {
-            check_label(k, v)?;
-        }
+        fleet_proto::limits::check_create_token(&r)?;
         let mut allowed_label_keys = r.allowed_label_keys.clone();
-        for k in &allowed_label_keys {
-            // The same rule the keys will be checked by when hosts send them.
-            fleet_proto::check_label(k, "").map_err(Status::invalid_argument)?;
-        }
         allowed_label_keys.sort();
         allowed_label_keys.dedup();
         let settings = &self.0.settings;
@@ -346,16 +323,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn labels_and_selectors() {
-        assert!(check_label("role", "api").is_ok());
-        assert!(check_label("", "api").is_err());
-        assert!(check_label("a b", "x").is_err());
-        assert!(check_label("k", "a,b").is_err());
+    fn selectors() {
         assert_eq!(
             parse_selector("role=api, env=prod").expect("ok"),
             vec![("role".into(), "api".into()), ("env".into(), "prod".into())]
         );
         assert!(parse_selector("role").is_err());
+        assert!(parse_selector("=x").is_err());
         assert!(parse_selector("").expect("empty").is_empty());
     }
 }

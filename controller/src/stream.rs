@@ -261,6 +261,7 @@ async fn run_session(
 }
 
 async fn renew_certificate(fleet: &Fleet, host_id: &str, csr_der: &[u8]) -> Result<RenewResponse, Status> {
+    fleet_proto::limits::check_csr(csr_der)?;
     let host = fleet
         .store
         .host(host_id)

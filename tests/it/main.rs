@@ -14,6 +14,7 @@ mod durability;
 mod enrollment;
 mod labels;
 mod lifecycle;
+mod limits;
 mod refusals;
 mod releases;
 mod rollouts;
