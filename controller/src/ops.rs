@@ -2,8 +2,9 @@
 //! token check in front of them.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fleet_proto::host_service_server::HostService;
 use fleet_proto::session_server::Session;
@@ -19,6 +20,7 @@ use tonic::{Request, Response, Status};
 use crate::config::MIN_TOKEN_CERT_TTL;
 use crate::enroll::{parse_token, JOIN_TOKEN_PREFIX};
 use crate::fleet::{internal, Fleet};
+use crate::ratelimit::Limiter;
 use crate::store::{secret_hash, utc, Store, TokenRecord};
 
 /// Prefix of operator tokens.
@@ -33,12 +35,40 @@ pub struct Operator {
     pub role: String,
 }
 
-/// Checks `authorization: Bearer fleet_op_…` on every operator call.
+/// Checks `authorization: Bearer fleet_op_…` on every operator call. A
+/// source address with too many failed attempts
+/// (`limits.auth_failures_per_source`) is refused with RESOURCE_EXHAUSTED
+/// before its token is even looked at, so secrets cannot be guessed at speed.
 #[derive(Clone)]
-pub struct OperatorAuth(pub Store);
+pub struct OperatorAuth {
+    /// Where operator tokens are.
+    pub store: Store,
+    /// Failed attempts per source address.
+    pub failures: Arc<Limiter<IpAddr>>,
+}
 
 impl Interceptor for OperatorAuth {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let source = crate::tls::peer_addr(&req).map(|a| a.ip());
+        let now = Instant::now();
+        if let Some(ip) = source {
+            self.failures.check(&ip, now).map_err(|l| {
+                tracing::warn!(%ip, "operator call refused: too many failed authentications");
+                Status::from(l)
+            })?;
+        }
+        let outcome = self.authenticate(&mut req);
+        if let (Err(status), Some(ip)) = (&outcome, source) {
+            if status.code() == tonic::Code::Unauthenticated {
+                self.failures.spend(&ip, now);
+            }
+        }
+        outcome.map(|()| req)
+    }
+}
+
+impl OperatorAuth {
+    fn authenticate(&self, req: &mut Request<()>) -> Result<(), Status> {
         let header = req.metadata().get("authorization").ok_or_else(|| {
             Status::unauthenticated("no operator token: run 'fleetctl login' or pass --token / FLEET_TOKEN")
         })?;
@@ -49,7 +79,7 @@ impl Interceptor for OperatorAuth {
         let (id, secret) = parse_token(OPERATOR_TOKEN_PREFIX, token).ok_or_else(|| {
             Status::unauthenticated("the operator token is malformed (expected fleet_op_<id>.<secret>)")
         })?;
-        let rec = self.0.operator(id).map_err(internal)?;
+        let rec = self.store.operator(id).map_err(internal)?;
         let hash = secret_hash(secret);
         match rec {
             Some(op) if op.secret_sha256 == hash => {
@@ -57,7 +87,7 @@ impl Interceptor for OperatorAuth {
                     name: op.name,
                     role: op.role,
                 });
-                Ok(req)
+                Ok(())
             }
             _ => Err(Status::unauthenticated(
                 "the operator token is not valid on this controller; check FLEET_TOKEN or run 'fleetctl login' again",
@@ -162,6 +192,7 @@ impl HostService for HostsService {
             .ok_or_else(|| Status::not_found(format!("host {} was removed meanwhile", host.id)))?;
         // Durable first: a controller crash right after must not resurrect it.
         self.0.store.flush().await.map_err(internal)?;
+        self.0.limits.renewals.forget(&host.id);
         let stream_cut = self.0.registry.cut(
             &host.id,
             Status::permission_denied(format!(
@@ -265,7 +296,14 @@ impl TokenService for TokensService {
             labels: r.labels.into_iter().collect::<BTreeMap<_, _>>(),
             created_at_ms: now,
             expires_at_ms: now + ttl.as_millis() as i64,
-            max_uses: r.max_uses,
+            // 0 is "unlimited" in the record; the request's 0 is "the default".
+            max_uses: if r.unlimited {
+                0
+            } else if r.max_uses == 0 {
+                settings.token_uses
+            } else {
+                r.max_uses
+            },
             uses: 0,
             revoked_at_ms: 0,
             created_by: op.name.clone(),

@@ -125,6 +125,12 @@ pub struct CertRecord {
     pub issued_at_ms: i64,
     /// Expires at (ms).
     pub not_after_ms: i64,
+    /// For a renewed certificate not yet used: the fingerprint of the one it
+    /// replaces, revoked when the host first authenticates with this one
+    /// (`Store::confirm_cert`). Absent in records written before renewals
+    /// revoked anything, and once confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
 }
 
 /// A join token, without its secret.
@@ -582,6 +588,56 @@ impl Store {
         unwrap_txn(r)
     }
 
+    /// The host authenticated with `cert_fp`: if that certificate replaces
+    /// another (a renewal), the other is revoked now, and this one is
+    /// recorded as confirmed. Returns the revoked fingerprint, if any.
+    /// Callers make it durable with `flush`.
+    pub fn confirm_cert(&self, cert_fp: &str) -> Result<Option<String>, StoreError> {
+        let r = self.certs.transaction(|certs| {
+            let Some(v) = certs.get(cert_fp.as_bytes())? else {
+                return Ok(None);
+            };
+            let mut rec: CertRecord = dec_json("certs", cert_fp.as_bytes(), &v).map_err(abort)?;
+            let Some(old) = rec.replaces.take() else {
+                return Ok(None);
+            };
+            // Only a certificate of the same host is ever revoked here.
+            let same_host = match certs.get(old.as_bytes())? {
+                Some(ov) => {
+                    dec_json::<CertRecord>("certs", old.as_bytes(), &ov)
+                        .map_err(abort)?
+                        .host_id
+                        == rec.host_id
+                }
+                None => false,
+            };
+            if same_host {
+                certs.remove(old.as_bytes())?;
+            }
+            certs.insert(cert_fp.as_bytes(), enc_json(&rec))?;
+            Ok(same_host.then_some(old))
+        });
+        unwrap_txn(r)
+    }
+
+    /// Revokes `cert_fp` if it is still an unconfirmed renewal of `replaced`
+    /// (an earlier answer on a stream that asked again: the agent dropped
+    /// its key). A certificate anyone authenticated with is never touched.
+    pub fn drop_unconfirmed(&self, cert_fp: &str, replaced: &str) -> Result<bool, StoreError> {
+        let r = self.certs.transaction(|certs| {
+            let Some(v) = certs.get(cert_fp.as_bytes())? else {
+                return Ok(false);
+            };
+            let rec: CertRecord = dec_json("certs", cert_fp.as_bytes(), &v).map_err(abort)?;
+            if rec.replaces.as_deref() != Some(replaced) {
+                return Ok(false);
+            }
+            certs.remove(cert_fp.as_bytes())?;
+            Ok(true)
+        });
+        unwrap_txn(r)
+    }
+
     /// The host a certificate (by fingerprint) authenticates, if it is still honoured.
     pub fn cert_host(&self, cert_fp: &str) -> Result<Option<CertRecord>, StoreError> {
         let Some(v) = self.certs.get(cert_fp)? else {
@@ -776,6 +832,7 @@ mod tests {
 
     fn cert(host_id: &str) -> CertRecord {
         CertRecord {
+            replaces: None,
             host_id: host_id.into(),
             issued_at_ms: 1,
             not_after_ms: 2,

@@ -6,7 +6,7 @@
 //! registry cuts it (host removed, replaced, shutdown).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fleet_proto::agent_message::Body as FromAgent;
 use fleet_proto::agent_service_server::AgentService;
@@ -129,8 +129,25 @@ impl AgentService for StreamService {
         fleet
             .rollouts
             .signal(crate::rollouts::Signal::HostConnected(host_id.clone()));
+        // This stream is authenticated with `fp` and said hello: if `fp` is
+        // a renewal, the agent has moved to it, and the certificate it
+        // replaces is revoked. The stream that still used the old one (if
+        // any) was just cut by `register`, so no live stream loses its
+        // certificate, and the new one is proven before the old one goes.
+        match fleet.store.confirm_cert(&fp) {
+            Ok(None) => {}
+            Ok(Some(old)) => {
+                if let Err(e) = fleet.store.flush().await {
+                    tracing::error!(host_id, error = %e, "cannot make the revocation of a replaced certificate durable");
+                }
+                tracing::info!(host_id, revoked = %old, "replaced certificate revoked: the host uses its renewed one");
+            }
+            Err(e) => tracing::error!(host_id, error = %e, "cannot revoke the certificate this one replaces"),
+        }
         let owner = fleet.clone();
-        owner.tracker.spawn(run_session(fleet, host_id, session, inbound, tx));
+        owner
+            .tracker
+            .spawn(run_session(fleet, host_id, fp, session, inbound, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -183,6 +200,7 @@ fn authorize_fetch(fleet: &Fleet, host_id: &str, req: &FetchArtifactRequest) -> 
 async fn run_session(
     fleet: Arc<Fleet>,
     host_id: String,
+    cert_fp: String,
     session: SessionHandle,
     mut inbound: Streaming<AgentMessage>,
     tx: mpsc::Sender<Result<ControllerMessage, Status>>,
@@ -190,6 +208,9 @@ async fn run_session(
     // Three missed heartbeats and the host counts as gone, even if TCP has
     // not noticed yet.
     let silence = fleet.settings.heartbeat_interval * 3 + Duration::from_secs(1);
+    // The last certificate issued on this stream and not yet used: a newer
+    // renewal on the same stream revokes it (the agent dropped its key).
+    let mut unconfirmed: Option<String> = None;
     let ended = loop {
         let msg = tokio::select! {
             _ = session.cancel.cancelled() => {
@@ -211,8 +232,19 @@ async fn run_session(
             Some(FromAgent::Heartbeat(hb)) => fleet.registry.seen(&host_id, session.id, now, hb.metrics),
             Some(FromAgent::Renew(renew)) => {
                 fleet.registry.seen(&host_id, session.id, now, None);
-                match renew_certificate(&fleet, &host_id, &renew.csr_der).await {
-                    Ok(resp) => {
+                match renew_certificate(&fleet, &host_id, &cert_fp, &renew.csr_der).await {
+                    Ok((resp, new_fp)) => {
+                        if let Some(earlier) = unconfirmed.replace(new_fp) {
+                            match fleet.store.drop_unconfirmed(&earlier, &cert_fp) {
+                                Ok(true) => {
+                                    tracing::info!(host_id, revoked = %earlier, "unused renewed certificate revoked: the host asked again")
+                                }
+                                Ok(false) => {}
+                                Err(e) => {
+                                    tracing::error!(host_id, error = %e, "cannot revoke an unused renewed certificate")
+                                }
+                            }
+                        }
                         let _ = tx
                             .send(Ok(ControllerMessage {
                                 body: Some(ToAgent::Renewed(resp)),
@@ -260,8 +292,18 @@ async fn run_session(
     tracing::info!(host_id, reason = %ended, "agent disconnected");
 }
 
-async fn renew_certificate(fleet: &Fleet, host_id: &str, csr_der: &[u8]) -> Result<RenewResponse, Status> {
+/// Answers a renewal on a stream authenticated with `current_fp`: one in
+/// flight per host and `limits.renew_min_interval` between them (else
+/// RESOURCE_EXHAUSTED); the new certificate records that it replaces
+/// `current_fp`. Returns the answer and the new certificate's fingerprint.
+async fn renew_certificate(
+    fleet: &Fleet,
+    host_id: &str,
+    current_fp: &str,
+    csr_der: &[u8],
+) -> Result<(RenewResponse, String), Status> {
     fleet_proto::limits::check_csr(csr_der)?;
+    let permit = fleet.limits.renewals.begin(host_id, Instant::now())?;
     let host = fleet
         .store
         .host(host_id)
@@ -277,13 +319,15 @@ async fn renew_certificate(fleet: &Fleet, host_id: &str, csr_der: &[u8]) -> Resu
         .sign_client(csr_der, host_id, ttl)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let rec = CertRecord {
+        replaces: Some(current_fp.to_string()),
         host_id: host_id.to_string(),
         issued_at_ms: now_ms(),
         not_after_ms: signed.not_after_ms,
     };
     // A sled transaction may wait on sled's IO buffers: off the runtime.
-    let (store, fp) = (fleet.store.clone(), fingerprint(&signed.der));
-    let added = tokio::task::spawn_blocking(move || store.add_cert(&fp, &rec))
+    let fp = fingerprint(&signed.der);
+    let (store, key) = (fleet.store.clone(), fp.clone());
+    let added = tokio::task::spawn_blocking(move || store.add_cert(&key, &rec))
         .await
         .map_err(|e| Status::internal(format!("the renewal task failed: {e}")))?
         .map_err(internal)?;
@@ -293,10 +337,14 @@ async fn renew_certificate(fleet: &Fleet, host_id: &str, csr_der: &[u8]) -> Resu
         )));
     }
     fleet.store.flush().await.map_err(internal)?;
+    permit.issued(Instant::now());
     fleet.metrics.renewals.inc();
     tracing::info!(host_id, not_after = %crate::store::utc(signed.not_after_ms), "certificate renewed");
-    Ok(RenewResponse {
-        certificate_pem: signed.pem,
-        not_after_ms: signed.not_after_ms,
-    })
+    Ok((
+        RenewResponse {
+            certificate_pem: signed.pem,
+            not_after_ms: signed.not_after_ms,
+        },
+        fp,
+    ))
 }

@@ -15,6 +15,7 @@ mod enrollment;
 mod labels;
 mod lifecycle;
 mod limits;
+mod quotas;
 mod refusals;
 mod releases;
 mod rollouts;
