@@ -257,11 +257,14 @@ impl RenewalGate {
         self.hosts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts a renewal of `host_id`, or says why not.
-    pub fn begin(&self, host_id: &str, now: Instant) -> Result<RenewPermit<'_>, RenewRefusal> {
+    /// Starts a renewal of `host_id`, whose certificates live `cert_ttl`,
+    /// or says why not. The interval is at most a quarter of `cert_ttl`: an
+    /// agent renews at half-life, and must get its new certificate (even
+    /// after a lost answer) before the old one expires.
+    pub fn begin(&self, host_id: &str, cert_ttl: Duration, now: Instant) -> Result<RenewPermit<'_>, RenewRefusal> {
         let mut hosts = self.lock();
         let state = hosts.entry(host_id.to_string()).or_default();
-        may_renew(host_id, *state, now, self.min_interval)?;
+        may_renew(host_id, *state, now, self.min_interval.min(cert_ttl / 4))?;
         state.in_flight = true;
         Ok(RenewPermit {
             gate: self,
@@ -367,21 +370,30 @@ mod tests {
     #[test]
     fn renewals_one_at_a_time_and_not_too_often() {
         let gate = RenewalGate::new(Duration::from_secs(60));
+        let ttl = Duration::from_secs(7 * 86_400);
         let t0 = Instant::now();
-        let permit = gate.begin("h1", t0).expect("first");
-        assert!(matches!(gate.begin("h1", t0), Err(RenewRefusal::InFlight { .. })));
-        gate.begin("h2", t0).expect("another host").issued(t0);
+        let permit = gate.begin("h1", ttl, t0).expect("first");
+        assert!(matches!(gate.begin("h1", ttl, t0), Err(RenewRefusal::InFlight { .. })));
+        gate.begin("h2", ttl, t0).expect("another host").issued(t0);
         permit.issued(t0);
-        let e = gate.begin("h1", t0 + Duration::from_secs(10)).expect_err("too soon");
+        let e = gate
+            .begin("h1", ttl, t0 + Duration::from_secs(10))
+            .expect_err("too soon");
         assert!(matches!(e, RenewRefusal::TooSoon { .. }));
         assert!(e.to_string().contains("retry in 50s"), "{e}");
         drop(
-            gate.begin("h1", t0 + Duration::from_secs(61))
+            gate.begin("h1", ttl, t0 + Duration::from_secs(61))
                 .expect("after the interval"),
         );
         // A permit dropped without issuing (the renewal failed) does not
         // start the interval.
-        gate.begin("h1", t0 + Duration::from_secs(62))
+        gate.begin("h1", ttl, t0 + Duration::from_secs(62))
             .expect("not issued: no interval");
+        // Short certificates (tests, 20 s): a quarter of the lifetime at most.
+        let short = Duration::from_secs(20);
+        gate.begin("h3", short, t0).expect("first").issued(t0);
+        assert!(gate.begin("h3", short, t0 + Duration::from_secs(4)).is_err());
+        gate.begin("h3", short, t0 + Duration::from_secs(5))
+            .expect("a quarter of 20 s");
     }
 }

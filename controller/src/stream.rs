@@ -208,9 +208,6 @@ async fn run_session(
     // Three missed heartbeats and the host counts as gone, even if TCP has
     // not noticed yet.
     let silence = fleet.settings.heartbeat_interval * 3 + Duration::from_secs(1);
-    // The last certificate issued on this stream and not yet used: a newer
-    // renewal on the same stream revokes it (the agent dropped its key).
-    let mut unconfirmed: Option<String> = None;
     let ended = loop {
         let msg = tokio::select! {
             _ = session.cancel.cancelled() => {
@@ -233,18 +230,7 @@ async fn run_session(
             Some(FromAgent::Renew(renew)) => {
                 fleet.registry.seen(&host_id, session.id, now, None);
                 match renew_certificate(&fleet, &host_id, &cert_fp, &renew.csr_der).await {
-                    Ok((resp, new_fp)) => {
-                        if let Some(earlier) = unconfirmed.replace(new_fp) {
-                            match fleet.store.drop_unconfirmed(&earlier, &cert_fp) {
-                                Ok(true) => {
-                                    tracing::info!(host_id, revoked = %earlier, "unused renewed certificate revoked: the host asked again")
-                                }
-                                Ok(false) => {}
-                                Err(e) => {
-                                    tracing::error!(host_id, error = %e, "cannot revoke an unused renewed certificate")
-                                }
-                            }
-                        }
+                    Ok(resp) => {
                         let _ = tx
                             .send(Ok(ControllerMessage {
                                 body: Some(ToAgent::Renewed(resp)),
@@ -295,15 +281,14 @@ async fn run_session(
 /// Answers a renewal on a stream authenticated with `current_fp`: one in
 /// flight per host and `limits.renew_min_interval` between them (else
 /// RESOURCE_EXHAUSTED); the new certificate records that it replaces
-/// `current_fp`. Returns the answer and the new certificate's fingerprint.
+/// `current_fp`.
 async fn renew_certificate(
     fleet: &Fleet,
     host_id: &str,
     current_fp: &str,
     csr_der: &[u8],
-) -> Result<(RenewResponse, String), Status> {
+) -> Result<RenewResponse, Status> {
     fleet_proto::limits::check_csr(csr_der)?;
-    let permit = fleet.limits.renewals.begin(host_id, Instant::now())?;
     let host = fleet
         .store
         .host(host_id)
@@ -314,6 +299,7 @@ async fn renew_certificate(
         Some(t) => Duration::from_millis(t.cert_ttl_ms),
         None => fleet.settings.cert_ttl,
     };
+    let permit = fleet.limits.renewals.begin(host_id, ttl, Instant::now())?;
     let signed = fleet
         .ca
         .sign_client(csr_der, host_id, ttl)
@@ -325,9 +311,8 @@ async fn renew_certificate(
         not_after_ms: signed.not_after_ms,
     };
     // A sled transaction may wait on sled's IO buffers: off the runtime.
-    let fp = fingerprint(&signed.der);
-    let (store, key) = (fleet.store.clone(), fp.clone());
-    let added = tokio::task::spawn_blocking(move || store.add_cert(&key, &rec))
+    let (store, fp) = (fleet.store.clone(), fingerprint(&signed.der));
+    let added = tokio::task::spawn_blocking(move || store.add_cert(&fp, &rec))
         .await
         .map_err(|e| Status::internal(format!("the renewal task failed: {e}")))?
         .map_err(internal)?;
@@ -340,11 +325,8 @@ async fn renew_certificate(
     permit.issued(Instant::now());
     fleet.metrics.renewals.inc();
     tracing::info!(host_id, not_after = %crate::store::utc(signed.not_after_ms), "certificate renewed");
-    Ok((
-        RenewResponse {
-            certificate_pem: signed.pem,
-            not_after_ms: signed.not_after_ms,
-        },
-        fp,
-    ))
+    Ok(RenewResponse {
+        certificate_pem: signed.pem,
+        not_after_ms: signed.not_after_ms,
+    })
 }
