@@ -2,7 +2,7 @@
 # a controller and hosts on loopback; each host is a fleet-agent with its own
 # state dir and its own real systemd manager (systemd --user on a private
 # D-Bus, in a private mount namespace and cgroup) running the sample app as
-# demo.service. Needs root and Debian's systemd, dbus, util-linux.
+# fleet-app-demo.service. Needs root and Debian's systemd, dbus, util-linux.
 # Sets: bin, work, FLEET_CONFIG, hosts; functions below.
 
 for need in /lib/systemd/systemd dbus-daemon unshare tar gzip; do
@@ -75,7 +75,7 @@ start_hosts() { # count
         chmod 700 "$h/run"
         app_port="$(free_port)"
         echo "$app_port" >"$h/app-port"
-        cat >"$h/config/systemd/user/demo.service" <<UNIT
+        cat >"$h/config/systemd/user/fleet-app-demo.service" <<UNIT
 [Service]
 WorkingDirectory=$h/state/apps/demo/current
 ExecStart=$bin/fleet-sample-app $app_port
@@ -110,7 +110,7 @@ TOML
 }
 
 create_app() { # extra fleetctl app create flags...
-    "$bin/fleetctl" app create demo --unit demo.service --selector role=web \
+    "$bin/fleetctl" app create demo --unit fleet-app-demo.service --selector role=web \
         --health-command "$bin/fleet-sample-app check" "$@"
 }
 

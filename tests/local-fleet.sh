@@ -26,7 +26,7 @@ step "three hosts, each with its own systemd"
 start_hosts 3
 "$bin/fleetctl" hosts ls
 
-step "the app: unit demo.service, healthy when /health answers 200"
+step "the app: unit fleet-app-demo.service, healthy when /health answers 200"
 create_app --health-timeout 5s --settle 2s
 
 step "1. push v1 and roll it out"

@@ -175,6 +175,8 @@ mod tests {
         assert!(refuses_token(Code::FailedPrecondition));
         assert!(!refuses_token(Code::Unavailable));
         assert!(!refuses_token(Code::Internal));
+        // A rate limit (enrollment burst, auth failures): back off and retry.
+        assert!(!refuses_token(Code::ResourceExhausted));
         assert!(!refuses_token(Code::DeadlineExceeded));
     }
 }

@@ -58,21 +58,38 @@ fn apply(spec: &mut AppSpec, args: &AppArgs) -> Result<(), Error> {
     if let Some(t) = args.health_timeout {
         health.timeout_ms = millis(t);
     }
+    // Flags only ever opt in; an update without them keeps the app's choice.
+    spec.allow_any_unit |= args.allow_any_unit;
+    spec.allow_remote_health |= args.allow_remote_health;
     Ok(())
 }
 
-/// `app create`.
-pub async fn create(client: &Client, name: &str, args: &AppArgs, format: Format) -> Result<Report, Error> {
-    if args.unit.is_none() {
+fn usage(e: fleet_proto::limits::FieldError) -> Error {
+    Error::Usage(e.to_string())
+}
+
+/// The spec `app create` sends, checked against the contract's limits
+/// before dialling (an invalid name, unit or URL is exit 2).
+pub fn create_spec(name: &str, args: &AppArgs) -> Result<AppSpec, Error> {
+    fleet_proto::limits::check_app_name(name).map_err(usage)?;
+    let Some(unit) = &args.unit else {
         return Err(Error::Usage(format!(
-            "--unit is required: the systemd unit that runs {name}, e.g. --unit {name}.service"
+            "--unit is required: the systemd unit that runs {name}, e.g. --unit {}",
+            fleet_proto::limits::app_unit(name)
         )));
-    }
+    };
     let mut spec = AppSpec {
         name: name.to_string(),
+        unit: unit.clone(),
         ..Default::default()
     };
     apply(&mut spec, args)?;
+    fleet_proto::limits::check_app_spec(&spec).map_err(usage)?;
+    Ok(spec)
+}
+
+/// `app create`.
+pub async fn create(client: &Client, spec: AppSpec, format: Format) -> Result<Report, Error> {
     let spec = client
         .apps()
         .create_app(spec)
@@ -92,6 +109,7 @@ pub async fn update(client: &Client, name: &str, args: &AppArgs, format: Format)
         .into_inner();
     let mut spec = status.spec.unwrap_or_default();
     apply(&mut spec, args)?;
+    fleet_proto::limits::check_app_spec(&spec).map_err(usage)?;
     let spec = client
         .apps()
         .update_app(spec)
@@ -183,7 +201,8 @@ pub async fn list(client: &Client, format: Format) -> Result<Report, Error> {
             }
             let mut r = Report::out(t.render());
             if apps.is_empty() {
-                r.stderr = "no apps yet; create one with 'fleetctl app create NAME --unit NAME.service'\n".into();
+                r.stderr =
+                    "no apps yet; create one with 'fleetctl app create NAME --unit fleet-app-NAME.service'\n".into();
             }
             r
         }

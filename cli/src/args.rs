@@ -385,9 +385,13 @@ pub struct TokenCreateArgs {
     /// How long the token can be used, e.g. 1h [default: the controller's]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub ttl: Option<Duration>,
-    /// How many hosts may enroll with it [default: unlimited until it expires]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    /// How many hosts may enroll with it; 0 means unlimited until it expires
+    /// [default: the controller's token_uses, 1 unless configured]
+    #[arg(long, value_name = "N")]
     pub uses: Option<u32>,
+    /// Any number of hosts may enroll with it until it expires (same as --uses 0)
+    #[arg(long)]
+    pub unlimited: bool,
     /// Lifetime of certificates issued to hosts enrolled with it, e.g. 7d [default: the controller's]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub cert_ttl: Option<Duration>,
@@ -511,6 +515,14 @@ pub struct AppArgs {
     /// User the release's hooks run as (needs a root agent)
     #[arg(long, value_name = "USER")]
     pub run_as: Option<String>,
+    /// Let --unit be any service, not only fleet-app-NAME.service (the agent's
+    /// polkit rule only lets it restart fleet-app-* units: extend it too)
+    #[arg(long)]
+    pub allow_any_unit: bool,
+    /// Let --health-http point anywhere, not only at loopback (127.0.0.0/8, ::1,
+    /// localhost)
+    #[arg(long)]
+    pub allow_remote_health: bool,
 }
 
 /// `fleetctl release ...`.
@@ -608,6 +620,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration ({e}); use e.g. 30m, 1h, 7d"))?;
     if d.is_zero() {
         return Err(format!("'{s}' is zero; give a positive duration, e.g. 1h"));
+    }
+    let max = fleet_proto::limits::MAX_DURATION_MS;
+    if d.as_millis() > u128::from(max) {
+        return Err(format!(
+            "'{s}' is longer than the maximum of {}",
+            humantime::format_duration(Duration::from_millis(max))
+        ));
     }
     Ok(d)
 }

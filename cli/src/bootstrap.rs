@@ -432,6 +432,7 @@ async fn bootstrap_host(plan: &Plan, target: &Target, bar: &ProgressBar) -> Resu
         cert_ttl_ms: 0,
         // The labels are the token's; the agent.toml written here has none.
         allowed_label_keys: Vec::new(),
+        unlimited: false,
     };
     let created = plan
         .client

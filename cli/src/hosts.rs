@@ -45,13 +45,9 @@ pub async fn show(client: &Client, id: &str, format: Format) -> Result<Report, E
 }
 
 /// Sets and removes labels; reports the labels the host ends up with.
-pub async fn label(
-    client: &Client,
-    id: &str,
-    set: &[Label],
-    remove: &[String],
-    format: Format,
-) -> Result<Report, Error> {
+/// The `hosts label` request, checked against the contract's limits before
+/// dialling (a bad label is a usage error, exit 2).
+pub fn label_request(id: &str, set: &[Label], remove: &[String]) -> Result<LabelHostRequest, Error> {
     if set.is_empty() && remove.is_empty() {
         return Err(Error::Usage(
             "nothing to change: give KEY=VALUE labels to set, or --remove KEY".into(),
@@ -68,6 +64,12 @@ pub async fn label(
         set,
         remove: remove.to_vec(),
     };
+    fleet_proto::limits::check_label_host(&request).map_err(|e| Error::Usage(e.to_string()))?;
+    Ok(request)
+}
+
+/// `hosts label`: sends a request made by [`label_request`].
+pub async fn label(client: &Client, request: LabelHostRequest, format: Format) -> Result<Report, Error> {
     let host = client
         .hosts()
         .label_host(request)

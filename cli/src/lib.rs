@@ -51,13 +51,18 @@ pub async fn execute(cli: &Cli, env: &Env) -> Result<Report, Error> {
     match &cli.command {
         Command::Login(args) => session::login(&cli.global, args, env).await,
         Command::Whoami => session::whoami(&connect(cli, env).await?, format).await,
-        Command::Token(TokenCommand::Create(args)) => tokens::create(&connect(cli, env).await?, args, format).await,
+        Command::Token(TokenCommand::Create(args)) => {
+            let request = tokens::create_request(args)?;
+            tokens::create(&connect(cli, env).await?, request, format).await
+        }
         Command::Token(TokenCommand::Ls { all }) => tokens::list(&connect(cli, env).await?, *all, format).await,
         Command::Token(TokenCommand::Revoke { id }) => tokens::revoke(&connect(cli, env).await?, id, format).await,
         Command::App(AppCommand::Create { name, args }) => {
-            apps::create(&connect(cli, env).await?, name, args, format).await
+            let spec = apps::create_spec(name, args)?;
+            apps::create(&connect(cli, env).await?, spec, format).await
         }
         Command::App(AppCommand::Update { name, args }) => {
+            fleet_proto::limits::check_app_name(name).map_err(|e| Error::Usage(e.to_string()))?;
             apps::update(&connect(cli, env).await?, name, args, format).await
         }
         Command::App(AppCommand::Ls) => apps::list(&connect(cli, env).await?, format).await,
@@ -106,7 +111,8 @@ pub async fn execute(cli: &Cli, env: &Env) -> Result<Report, Error> {
         }
         Command::Hosts(HostsCommand::Show { id }) => hosts::show(&connect(cli, env).await?, id, format).await,
         Command::Hosts(HostsCommand::Label { id, set, remove }) => {
-            hosts::label(&connect(cli, env).await?, id, set, remove, format).await
+            let request = hosts::label_request(id, set, remove)?;
+            hosts::label(&connect(cli, env).await?, request, format).await
         }
         Command::Hosts(HostsCommand::Rm { id, yes }) => {
             // Decided before dialling: a script without --yes is told so

@@ -10,18 +10,33 @@ use crate::client::Client;
 use crate::error::Error;
 use crate::output::{self, Format, Report, Table};
 
-/// Creates a join token. The secret goes to stdout alone (table output) so
-/// `TOKEN=$(fleetctl token create ...)` captures exactly it; the details go to
-/// stderr for the person watching.
-pub async fn create(client: &Client, args: &TokenCreateArgs, format: Format) -> Result<Report, Error> {
+/// The `token create` request, checked against the contract's limits before
+/// dialling. Without `--uses` the controller's default applies (`token_uses`,
+/// 1 unless configured); `--uses 0` or `--unlimited` asks for no limit.
+pub fn create_request(args: &TokenCreateArgs) -> Result<CreateTokenRequest, Error> {
+    let uses = args.uses.unwrap_or(0);
     let request = CreateTokenRequest {
         labels: label_map(&args.labels).map_err(Error::Usage)?,
         ttl_ms: args.ttl.map(millis).unwrap_or(0),
-        max_uses: args.uses.unwrap_or(0),
+        max_uses: uses,
         description: args.description.clone().unwrap_or_default(),
         cert_ttl_ms: args.cert_ttl.map(millis).unwrap_or(0),
         allowed_label_keys: args.allow_labels.clone(),
+        unlimited: args.unlimited || args.uses == Some(0),
     };
+    if args.unlimited && uses != 0 {
+        return Err(Error::Usage(format!(
+            "--unlimited and --uses {uses} contradict each other; give one of them"
+        )));
+    }
+    fleet_proto::limits::check_create_token(&request).map_err(|e| Error::Usage(e.to_string()))?;
+    Ok(request)
+}
+
+/// Creates a join token. The secret goes to stdout alone (table output) so
+/// `TOKEN=$(fleetctl token create ...)` captures exactly it; the details go to
+/// stderr for the person watching.
+pub async fn create(client: &Client, request: CreateTokenRequest, format: Format) -> Result<Report, Error> {
     let response = client
         .tokens()
         .create_token(request)

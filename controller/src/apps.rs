@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_proto::app_service_server::AppService;
-use fleet_proto::health_check::Check;
+use fleet_proto::limits;
 use fleet_proto::{
     task, AppHost, AppSpec, AppStatus, DeployRequest, DeployTask, FailureCause, GetAppRequest, ListAppsRequest,
     ListAppsResponse, RollbackTask, TaskProgress, TaskState,
@@ -31,46 +31,10 @@ pub const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 30_000;
 /// How long one deploy may take in all before the caller is told it timed out.
 pub const TASK_DEADLINE: Duration = Duration::from_secs(30 * 60);
 
-/// Validates an app definition and fills in defaults.
+/// Fills in defaults, then validates every field of an app definition with
+/// the contract's limits (`fleet_proto::limits`): the one check at the edge.
 pub fn normalize(mut spec: AppSpec) -> Result<AppSpec, Status> {
-    let name_ok = !spec.name.is_empty()
-        && spec.name.len() <= 63
-        && !spec.name.starts_with(['.', '-'])
-        && spec
-            .name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
-    if !name_ok {
-        return Err(Status::invalid_argument(format!(
-            "app name '{}' is not valid: 1-63 of [a-z0-9._-], not starting with '.' or '-'",
-            spec.name
-        )));
-    }
-    let unit_ok = spec.unit.ends_with(".service")
-        && spec.unit.len() > ".service".len()
-        && spec
-            .unit
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | ':' | '\\'));
-    if !unit_ok {
-        return Err(Status::invalid_argument(format!(
-            "unit '{}' is not a systemd service name (e.g. api-service.service)",
-            spec.unit
-        )));
-    }
-    parse_selector(&spec.selector)?;
     let health = spec.health.get_or_insert_with(Default::default);
-    match &health.check {
-        Some(Check::HttpUrl(u)) if !u.starts_with("http://") => {
-            return Err(Status::invalid_argument(format!(
-                "health URL '{u}' must start with http:// (the check runs on the host, against the app's local port)"
-            )))
-        }
-        Some(Check::Command(c)) if c.trim().is_empty() => {
-            return Err(Status::invalid_argument("the health command is empty"))
-        }
-        _ => {}
-    }
     if health.timeout_ms == 0 {
         health.timeout_ms = DEFAULT_HEALTH_TIMEOUT_MS;
     }
@@ -85,6 +49,7 @@ pub fn normalize(mut spec: AppSpec) -> Result<AppSpec, Status> {
     if spec.settle_ms == 0 {
         spec.settle_ms = DEFAULT_SETTLE_MS;
     }
+    limits::check_app_spec(&spec)?;
     Ok(spec)
 }
 
@@ -174,6 +139,10 @@ impl AppService for AppsService {
     async fn deploy(&self, req: Request<DeployRequest>) -> Result<Response<Self::DeployStream>, Status> {
         let fleet = self.0.clone();
         let r = req.into_inner();
+        limits::check_app_name(&r.app)?;
+        if !r.version.is_empty() {
+            limits::check_version(&r.version)?;
+        }
         let spec = fleet
             .store
             .app(&r.app)
@@ -276,12 +245,13 @@ impl AppService for AppsService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleet_proto::health_check::Check;
     use fleet_proto::HealthCheck;
 
     fn spec() -> AppSpec {
         AppSpec {
             name: "api-service".into(),
-            unit: "api-service.service".into(),
+            unit: "fleet-app-api-service.service".into(),
             ..Default::default()
         }
     }

@@ -59,6 +59,52 @@ pub struct RawConfig {
     /// the table out, so the defaults apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<RawConnections>,
+    /// Rate limits and quotas (`[limits]`); `init` leaves the table out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RawLimits>,
+}
+
+/// A rate in controller.toml: `{ burst = 50, per_minute = 300 }`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRate {
+    /// Calls allowed at once.
+    pub burst: u32,
+    /// Calls allowed per minute after the burst.
+    pub per_minute: u32,
+}
+
+/// `[limits]`: rate limits and quotas.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Enrollments per join token.
+    #[serde(default = "defaults::enroll_per_token")]
+    pub enroll_per_token: RawRate,
+    /// Enrollments per source address.
+    #[serde(default = "defaults::enroll_per_source")]
+    pub enroll_per_source: RawRate,
+    /// Failed authentications (operator tokens, join-token secrets) per source address.
+    #[serde(default = "defaults::auth_failures_per_source")]
+    pub auth_failures_per_source: RawRate,
+    /// Shortest time between two certificate renewals of one host.
+    #[serde(default = "defaults::renew_min_interval")]
+    pub renew_min_interval: String,
+    /// Uses of a join token created without `--uses`.
+    #[serde(default = "defaults::token_uses")]
+    pub token_uses: u32,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            enroll_per_token: defaults::enroll_per_token(),
+            enroll_per_source: defaults::enroll_per_source(),
+            auth_failures_per_source: defaults::auth_failures_per_source(),
+            renew_min_interval: defaults::renew_min_interval(),
+            token_uses: defaults::token_uses(),
+        }
+    }
 }
 
 /// `[connections]`: how many connections the TLS port holds and how long a
@@ -99,6 +145,42 @@ impl Default for RawConnections {
 
 /// Every default of the controller, in one place.
 pub mod defaults {
+    use super::RawRate;
+
+    /// Enrollments per join token: an autoscaling group of 100 comes up at
+    /// once, then 10 a second; agents refused back off and retry.
+    pub fn enroll_per_token() -> RawRate {
+        RawRate {
+            burst: 100,
+            per_minute: 600,
+        }
+    }
+    /// Enrollments per source address: below the per-token rate, so one
+    /// address cannot spend a shared token alone (raise it behind a NAT).
+    pub fn enroll_per_source() -> RawRate {
+        RawRate {
+            burst: 50,
+            per_minute: 300,
+        }
+    }
+    /// Failed authentications per source address: enough for typos and a
+    /// misconfigured agent, far too few to guess a secret.
+    pub fn auth_failures_per_source() -> RawRate {
+        RawRate {
+            burst: 20,
+            per_minute: 30,
+        }
+    }
+    /// Between two renewals of one host: an agent renews at half-life and
+    /// asks again only after 60 s without an answer.
+    pub fn renew_min_interval() -> String {
+        "60s".into()
+    }
+    /// Uses of a join token created without --uses: one host per token
+    /// unless the operator says otherwise (--uses N, --unlimited).
+    pub fn token_uses() -> u32 {
+        1
+    }
     /// gRPC listen address.
     pub fn listen() -> String {
         "0.0.0.0:7443".into()
@@ -173,6 +255,21 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
 }
 
+/// The validated `[limits]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Enrollments per join token.
+    pub enroll_per_token: crate::ratelimit::Rate,
+    /// Enrollments per source address.
+    pub enroll_per_source: crate::ratelimit::Rate,
+    /// Failed authentications per source address.
+    pub auth_failures_per_source: crate::ratelimit::Rate,
+    /// Shortest time between two renewals of one host.
+    pub renew_min_interval: Duration,
+    /// Uses of a join token created without `--uses`.
+    pub token_uses: u32,
+}
+
 /// The validated configuration `serve` runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -198,6 +295,8 @@ pub struct Config {
     pub reconnect_grace: Duration,
     /// Limits of the TLS port's connections.
     pub connections: ConnectionLimits,
+    /// Rate limits and quotas.
+    pub limits: Limits,
 }
 
 /// Shortest certificate lifetime a join token may ask for (the floor).
@@ -295,8 +394,33 @@ impl Config {
             first_request_timeout: deadline("connections.first_request_timeout", &raw_conns.first_request_timeout)?,
             idle_timeout: deadline("connections.idle_timeout", &raw_conns.idle_timeout)?,
         };
+        let raw_limits = raw.limits.clone().unwrap_or_default();
+        let rate = |key: &'static str, r: RawRate| {
+            if r.burst == 0 || r.per_minute == 0 {
+                return Err(invalid(key, "burst and per_minute must be at least 1".into()));
+            }
+            Ok(crate::ratelimit::Rate {
+                burst: r.burst,
+                per_minute: r.per_minute,
+            })
+        };
+        let renew_min_interval = dur("limits.renew_min_interval", &raw_limits.renew_min_interval)?;
+        if renew_min_interval > Duration::from_secs(86_400) {
+            return Err(invalid(
+                "limits.renew_min_interval",
+                "must be at most 1d (agents renew at half-life)".into(),
+            ));
+        }
+        let limits = Limits {
+            enroll_per_token: rate("limits.enroll_per_token", raw_limits.enroll_per_token)?,
+            enroll_per_source: rate("limits.enroll_per_source", raw_limits.enroll_per_source)?,
+            auth_failures_per_source: rate("limits.auth_failures_per_source", raw_limits.auth_failures_per_source)?,
+            renew_min_interval,
+            token_uses: count("limits.token_uses", raw_limits.token_uses as usize)? as u32,
+        };
         Ok(Config {
             path: path.into(),
+            limits,
             connections,
             max_release_bytes,
             data_dir,
@@ -360,5 +484,22 @@ mod tests {
         assert!(e.to_string().contains("'connections.first_request_timeout'"), "{e}");
         let e = load("data_dir = \"d\"\n[connections]\nbogus = 1").expect_err("unknown key");
         assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn rate_limits_default_and_name_their_key() {
+        let c = load("data_dir = \"d\"").expect("valid");
+        assert_eq!(c.limits.token_uses, 1);
+        assert_eq!(c.limits.renew_min_interval, Duration::from_secs(60));
+        assert_eq!(c.limits.enroll_per_source.burst, 50);
+        let c =
+            load("data_dir = \"d\"\nlimits = { enroll_per_source = { burst = 3, per_minute = 6 } }").expect("inline");
+        assert_eq!(c.limits.enroll_per_source.per_minute, 6);
+        assert_eq!(c.limits.token_uses, 1, "unset keys keep their default");
+        let e = load("data_dir = \"d\"\n[limits]\ntoken_uses = 0").expect_err("zero");
+        assert!(e.to_string().contains("'limits.token_uses'"), "{e}");
+        let e = load("data_dir = \"d\"\n[limits.auth_failures_per_source]\nburst = 0\nper_minute = 1")
+            .expect_err("zero burst");
+        assert!(e.to_string().contains("'limits.auth_failures_per_source'"), "{e}");
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fleet_proto::enrollment_server::Enrollment;
 use fleet_proto::transport::fingerprint;
@@ -114,9 +114,32 @@ pub fn check_host_says(
 impl Enrollment for EnrollmentService {
     async fn enroll(&self, req: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
         let fleet = &self.0;
+        let source = crate::tls::peer_addr(&req).map(|a| a.ip());
         let remote = crate::tls::peer_addr(&req).map(|a| a.to_string()).unwrap_or_default();
         let r = req.into_inner();
+        let clock = Instant::now();
+        // Rate limits first, before any store read or signature: a refusal
+        // is RESOURCE_EXHAUSTED, which agents retry with backoff.
+        if let Some(ip) = source {
+            let limits = &fleet.limits;
+            if let Err(l) = limits
+                .enroll_per_source
+                .take(&ip, clock)
+                .and_then(|()| limits.auth_failures.check(&ip, clock))
+            {
+                fleet.metrics.enrollment("rate_limited");
+                tracing::info!(%remote, limit = l.limit, retry_after_s = l.retry_after.as_secs(), "enrollment refused: rate limit");
+                return Err(l.into());
+            }
+        }
+        // A wrong or made-up token counts against its source's failures.
+        let failed_auth = || {
+            if let Some(ip) = source {
+                fleet.limits.auth_failures.spend(&ip, clock);
+            }
+        };
         let Some((token_id, secret)) = parse_token(JOIN_TOKEN_PREFIX, &r.token) else {
+            failed_auth();
             fleet.metrics.enrollment("malformed_token");
             return Err(Status::invalid_argument(
                 "the join token is not a fleet join token (expected fleet_jt_<id>.<secret>); \
@@ -130,6 +153,7 @@ impl Enrollment for EnrollmentService {
         let token = match fleet.store.token(token_id).map_err(internal)? {
             Some(t) => t,
             None => {
+                failed_auth();
                 let r = TokenRefusal::Unknown(token_id.to_string());
                 fleet.metrics.enrollment(refusal_kind(&r));
                 tracing::info!(token_id, %remote, "enrollment refused: unknown token");
@@ -137,15 +161,29 @@ impl Enrollment for EnrollmentService {
             }
         };
         if let Err(r) = token.check(Some(&hash), now) {
+            if matches!(r, TokenRefusal::WrongSecret(_)) {
+                failed_auth();
+            }
             fleet.metrics.enrollment(refusal_kind(&r));
             tracing::info!(token_id, %remote, reason = refusal_kind(&r), "enrollment refused");
             return Err(refusal_status(&r));
+        }
+        // Per token only once the secret is proven: knowing a token's id
+        // (shown by 'token ls') must not let anyone spend its rate.
+        if let Err(l) = fleet.limits.enroll_per_token.take(&token.id, clock) {
+            fleet.metrics.enrollment("rate_limited");
+            tracing::info!(token_id, %remote, limit = l.limit, retry_after_s = l.retry_after.as_secs(), "enrollment refused: rate limit");
+            return Err(l.into());
         }
         let facts = r.facts.unwrap_or_default();
         if let Err(refusal) = check_host_says(&token, &facts.hostname, &r.labels) {
             fleet.metrics.enrollment(refusal.kind());
             tracing::info!(token_id, %remote, reason = refusal.kind(), "enrollment refused");
             return Err(refusal.into());
+        }
+        if let Err(e) = fleet_proto::limits::check_csr(&r.csr_der) {
+            fleet.metrics.enrollment("bad_csr");
+            return Err(e.into());
         }
         let host_id = crate::random_hex(8);
         let signed = fleet
@@ -168,6 +206,7 @@ impl Enrollment for EnrollmentService {
             ..Default::default()
         };
         let cert = CertRecord {
+            replaces: None,
             host_id: host_id.clone(),
             issued_at_ms: now,
             not_after_ms: signed.not_after_ms,

@@ -30,6 +30,8 @@ pub struct Settings {
     /// After a restart, how long a resumed rollout waits for its hosts to
     /// reconnect before it judges any of them offline.
     pub reconnect_grace: Duration,
+    /// Uses of a join token created without `--uses`.
+    pub token_uses: u32,
 }
 
 /// The store, the CA, the live registry and the metrics, shared by every service.
@@ -52,6 +54,8 @@ pub struct Fleet {
     pub metrics: Arc<Metrics>,
     /// Settings.
     pub settings: Settings,
+    /// Rate limits: enrollment, authentication failures, renewals.
+    pub limits: crate::ratelimit::RateLimits,
     /// Cancelled on shutdown; every session's token is a child of it.
     pub shutdown: CancellationToken,
     /// The audit log (operator calls, and the changes the controller makes
@@ -87,6 +91,7 @@ impl Fleet {
                 "no host given: pass a host id, id prefix or hostname",
             ));
         }
+        fleet_proto::limits::check_host_ref("host", key)?;
         if let Some(h) = self.store.host(key).map_err(internal)? {
             return Ok(h);
         }

@@ -14,6 +14,7 @@ pub mod init;
 pub mod listener;
 pub mod metrics;
 pub mod ops;
+pub mod ratelimit;
 pub mod registry;
 pub mod releases;
 pub mod retire;

@@ -2,8 +2,9 @@
 //! token check in front of them.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fleet_proto::host_service_server::HostService;
 use fleet_proto::session_server::Session;
@@ -19,6 +20,7 @@ use tonic::{Request, Response, Status};
 use crate::config::MIN_TOKEN_CERT_TTL;
 use crate::enroll::{parse_token, JOIN_TOKEN_PREFIX};
 use crate::fleet::{internal, Fleet};
+use crate::ratelimit::Limiter;
 use crate::store::{secret_hash, utc, Store, TokenRecord};
 
 /// Prefix of operator tokens.
@@ -33,12 +35,40 @@ pub struct Operator {
     pub role: String,
 }
 
-/// Checks `authorization: Bearer fleet_op_…` on every operator call.
+/// Checks `authorization: Bearer fleet_op_…` on every operator call. A
+/// source address with too many failed attempts
+/// (`limits.auth_failures_per_source`) is refused with RESOURCE_EXHAUSTED
+/// before its token is even looked at, so secrets cannot be guessed at speed.
 #[derive(Clone)]
-pub struct OperatorAuth(pub Store);
+pub struct OperatorAuth {
+    /// Where operator tokens are.
+    pub store: Store,
+    /// Failed attempts per source address.
+    pub failures: Arc<Limiter<IpAddr>>,
+}
 
 impl Interceptor for OperatorAuth {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let source = crate::tls::peer_addr(&req).map(|a| a.ip());
+        let now = Instant::now();
+        if let Some(ip) = source {
+            self.failures.check(&ip, now).map_err(|l| {
+                tracing::warn!(%ip, "operator call refused: too many failed authentications");
+                Status::from(l)
+            })?;
+        }
+        let outcome = self.authenticate(&mut req);
+        if let (Err(status), Some(ip)) = (&outcome, source) {
+            if status.code() == tonic::Code::Unauthenticated {
+                self.failures.spend(&ip, now);
+            }
+        }
+        outcome.map(|()| req)
+    }
+}
+
+impl OperatorAuth {
+    fn authenticate(&self, req: &mut Request<()>) -> Result<(), Status> {
         let header = req.metadata().get("authorization").ok_or_else(|| {
             Status::unauthenticated("no operator token: run 'fleetctl login' or pass --token / FLEET_TOKEN")
         })?;
@@ -49,7 +79,7 @@ impl Interceptor for OperatorAuth {
         let (id, secret) = parse_token(OPERATOR_TOKEN_PREFIX, token).ok_or_else(|| {
             Status::unauthenticated("the operator token is malformed (expected fleet_op_<id>.<secret>)")
         })?;
-        let rec = self.0.operator(id).map_err(internal)?;
+        let rec = self.store.operator(id).map_err(internal)?;
         let hash = secret_hash(secret);
         match rec {
             Some(op) if op.secret_sha256 == hash => {
@@ -57,7 +87,7 @@ impl Interceptor for OperatorAuth {
                     name: op.name,
                     role: op.role,
                 });
-                Ok(req)
+                Ok(())
             }
             _ => Err(Status::unauthenticated(
                 "the operator token is not valid on this controller; check FLEET_TOKEN or run 'fleetctl login' again",
@@ -89,37 +119,17 @@ impl Session for SessionService {
     }
 }
 
-/// Checks a label key and value; operators see the offending label.
-pub fn check_label(k: &str, v: &str) -> Result<(), Status> {
-    let key_ok = !k.is_empty()
-        && k.len() <= 63
-        && k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
-    let value_ok = v.len() <= 253 && !v.contains([',', '=', '\n']);
-    if key_ok && value_ok {
-        Ok(())
-    } else {
-        Err(Status::invalid_argument(format!(
-            "label '{k}={v}' is not valid: keys are 1-63 of [A-Za-z0-9._/-], values hold no ',' '=' or newline"
-        )))
-    }
-}
-
-/// Parses a selector "k=v,k2=v2" into pairs.
+/// Parses a selector "k=v,k2=v2" into pairs, after the contract's limits
+/// (`fleet_proto::limits::check_selector`: `=x`, `role`, oversized refused).
 pub fn parse_selector(sel: &str) -> Result<Vec<(String, String)>, Status> {
-    sel.split(',')
+    fleet_proto::limits::check_selector(sel)?;
+    Ok(sel
+        .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|kv| {
-            kv.split_once('=')
-                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                .ok_or_else(|| {
-                    Status::invalid_argument(format!(
-                        "selector part '{kv}' is not key=value (e.g. role=api,env=prod)"
-                    ))
-                })
-        })
-        .collect()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect())
 }
 
 /// `HostService`.
@@ -153,9 +163,7 @@ impl HostService for HostsService {
     async fn label_host(&self, req: Request<LabelHostRequest>) -> Result<Response<Host>, Status> {
         let op = operator(&req);
         let r = req.into_inner();
-        for (k, v) in &r.set {
-            check_label(k, v)?;
-        }
+        fleet_proto::limits::check_label_host(&r)?;
         let host = self.0.resolve_host(&r.id)?;
         let updated = self
             .0
@@ -184,6 +192,7 @@ impl HostService for HostsService {
             .ok_or_else(|| Status::not_found(format!("host {} was removed meanwhile", host.id)))?;
         // Durable first: a controller crash right after must not resurrect it.
         self.0.store.flush().await.map_err(internal)?;
+        self.0.limits.renewals.forget(&host.id);
         let stream_cut = self.0.registry.cut(
             &host.id,
             Status::permission_denied(format!(
@@ -202,6 +211,11 @@ impl HostService for HostsService {
     async fn prune_hosts(&self, req: Request<PruneHostsRequest>) -> Result<Response<PruneHostsResponse>, Status> {
         let op = operator(&req);
         let r = req.into_inner();
+        fleet_proto::limits::check_duration_ms(
+            "disconnected_for",
+            r.disconnected_for_ms,
+            fleet_proto::limits::MAX_DURATION_MS,
+        )?;
         if r.disconnected_for_ms < crate::retire::MIN_PRUNE_MS {
             return Err(Status::invalid_argument(
                 "--disconnected-for must be at least 1m: shorter would remove hosts that are only reconnecting",
@@ -246,14 +260,8 @@ impl TokenService for TokensService {
     async fn create_token(&self, req: Request<CreateTokenRequest>) -> Result<Response<CreateTokenResponse>, Status> {
         let op = operator(&req);
         let r = req.into_inner();
-        for (k, v) in &r.labels {
-            check_label(k, v)?;
-        }
+        fleet_proto::limits::check_create_token(&r)?;
         let mut allowed_label_keys = r.allowed_label_keys.clone();
-        for k in &allowed_label_keys {
-            // The same rule the keys will be checked by when hosts send them.
-            fleet_proto::check_label(k, "").map_err(Status::invalid_argument)?;
-        }
         allowed_label_keys.sort();
         allowed_label_keys.dedup();
         let settings = &self.0.settings;
@@ -288,7 +296,14 @@ impl TokenService for TokensService {
             labels: r.labels.into_iter().collect::<BTreeMap<_, _>>(),
             created_at_ms: now,
             expires_at_ms: now + ttl.as_millis() as i64,
-            max_uses: r.max_uses,
+            // 0 is "unlimited" in the record; the request's 0 is "the default".
+            max_uses: if r.unlimited {
+                0
+            } else if r.max_uses == 0 {
+                settings.token_uses
+            } else {
+                r.max_uses
+            },
             uses: 0,
             revoked_at_ms: 0,
             created_by: op.name.clone(),
@@ -346,16 +361,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn labels_and_selectors() {
-        assert!(check_label("role", "api").is_ok());
-        assert!(check_label("", "api").is_err());
-        assert!(check_label("a b", "x").is_err());
-        assert!(check_label("k", "a,b").is_err());
+    fn selectors() {
         assert_eq!(
             parse_selector("role=api, env=prod").expect("ok"),
             vec![("role".into(), "api".into()), ("env".into(), "prod".into())]
         );
         assert!(parse_selector("role").is_err());
+        assert!(parse_selector("=x").is_err());
         assert!(parse_selector("").expect("empty").is_empty());
     }
 }

@@ -106,6 +106,7 @@ impl ReleaseService for ReleasesService {
             .ok_or_else(|| unknown_app(&header.app))?;
         check_version(&header.version)?;
         check_sha256(&header.sha256)?;
+        fleet_proto::limits::check_metadata(header.metadata.iter())?;
         if !FORMATS.contains(&header.format.as_str()) {
             return Err(Status::invalid_argument(format!(
                 "format '{}' is not supported: push a .tar.gz or .tar.zst",

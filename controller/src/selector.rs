@@ -12,6 +12,7 @@ pub struct Selector {
 impl Selector {
     /// Parses "k=v,k2=v2"; empty selects every host. The error names the part.
     pub fn parse(sel: &str) -> Result<Selector, String> {
+        fleet_proto::limits::check_selector(sel).map_err(|e| e.to_string())?;
         let pairs = sel
             .split(',')
             .map(str::trim)

@@ -32,6 +32,7 @@ use crate::init::MARKER;
 use crate::listener::{Connections, StreamTrackingLayer};
 use crate::metrics::{Metrics, RpcMetricsLayer};
 use crate::ops::{HostsService, OperatorAuth, SessionService, TokensService};
+use crate::ratelimit::Limiter;
 use crate::registry::Registry;
 use crate::store::{Store, StoreError};
 use crate::tls::PeerConn;
@@ -147,6 +148,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let audit = Arc::new(crate::audit::AuditLog::open(&store)?);
     let artifacts = crate::artifacts::Artifacts::new(dir);
     sweep_artifacts(&artifacts, &store)?;
+    let auth_failures = Arc::new(Limiter::new(
+        "limits.auth_failures_per_source",
+        config.limits.auth_failures_per_source,
+    ));
     let fleet = Arc::new(Fleet {
         audit: audit.clone(),
         store: store.clone(),
@@ -162,6 +167,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             data_dir: config.data_dir.clone(),
             max_release_bytes: config.max_release_bytes,
             reconnect_grace: config.reconnect_grace,
+            token_uses: config.limits.token_uses,
+        },
+        limits: crate::ratelimit::RateLimits {
+            enroll_per_token: Limiter::new("limits.enroll_per_token", config.limits.enroll_per_token),
+            enroll_per_source: Limiter::new("limits.enroll_per_source", config.limits.enroll_per_source),
+            auth_failures: auth_failures.clone(),
+            renewals: crate::ratelimit::RenewalGate::new(config.limits.renew_min_interval),
         },
         tasks: Default::default(),
         rollouts: crate::rollouts::Rollouts::open(&store, &store.hosts()?)?,
@@ -212,7 +224,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         shutdown.clone(),
     ));
 
-    let auth = OperatorAuth(store.clone());
+    let auth = OperatorAuth {
+        store: store.clone(),
+        failures: fleet.limits.auth_failures.clone(),
+    };
     let router = tonic::transport::Server::builder()
         .layer(StreamTrackingLayer)
         .layer(RpcMetricsLayer(metrics.clone()))

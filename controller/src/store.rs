@@ -125,6 +125,12 @@ pub struct CertRecord {
     pub issued_at_ms: i64,
     /// Expires at (ms).
     pub not_after_ms: i64,
+    /// For a renewed certificate not yet used: the fingerprint of the one it
+    /// replaces, revoked when the host first authenticates with this one
+    /// (`Store::confirm_cert`). Absent in records written before renewals
+    /// revoked anything, and once confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
 }
 
 /// A join token, without its secret.
@@ -583,6 +589,61 @@ impl Store {
         unwrap_txn(r)
     }
 
+    /// The host authenticated with `cert_fp`: if that certificate replaces
+    /// another (a renewal), the other is revoked now, with every other
+    /// renewal of it the host did not move to (asked again on the same
+    /// stream), and this one is recorded as confirmed. Returns the first
+    /// revoked fingerprint, if any. Callers make it durable with `flush`.
+    pub fn confirm_cert(&self, cert_fp: &str) -> Result<Option<String>, StoreError> {
+        let Some(rec) = self.certs.get(cert_fp)? else {
+            return Ok(None);
+        };
+        let rec: CertRecord = dec_json("certs", cert_fp.as_bytes(), &rec)?;
+        let Some(replaced) = rec.replaces.clone() else {
+            return Ok(None);
+        };
+        // Siblings: renewals of the same certificate for the same host.
+        let mut siblings = Vec::new();
+        for kv in self.certs.iter() {
+            let (k, v) = kv?;
+            let other: CertRecord = dec_json("certs", &k, &v)?;
+            if k.as_ref() != cert_fp.as_bytes()
+                && other.host_id == rec.host_id
+                && other.replaces.as_deref() == Some(replaced.as_str())
+            {
+                siblings.push(k);
+            }
+        }
+        let r = self.certs.transaction(|certs| {
+            let Some(v) = certs.get(cert_fp.as_bytes())? else {
+                return Ok(None);
+            };
+            let mut rec: CertRecord = dec_json("certs", cert_fp.as_bytes(), &v).map_err(abort)?;
+            let Some(old) = rec.replaces.take() else {
+                return Ok(None);
+            };
+            for k in &siblings {
+                certs.remove(k.clone())?;
+            }
+            // Only a certificate of the same host is ever revoked here.
+            let same_host = match certs.get(old.as_bytes())? {
+                Some(ov) => {
+                    dec_json::<CertRecord>("certs", old.as_bytes(), &ov)
+                        .map_err(abort)?
+                        .host_id
+                        == rec.host_id
+                }
+                None => false,
+            };
+            if same_host {
+                certs.remove(old.as_bytes())?;
+            }
+            certs.insert(cert_fp.as_bytes(), enc_json(&rec))?;
+            Ok(same_host.then_some(old))
+        });
+        unwrap_txn(r)
+    }
+
     /// The host a certificate (by fingerprint) authenticates, if it is still honoured.
     pub fn cert_host(&self, cert_fp: &str) -> Result<Option<CertRecord>, StoreError> {
         let Some(v) = self.certs.get(cert_fp)? else {
@@ -806,6 +867,7 @@ mod tests {
 
     fn cert(host_id: &str) -> CertRecord {
         CertRecord {
+            replaces: None,
             host_id: host_id.into(),
             issued_at_ms: 1,
             not_after_ms: 2,
@@ -846,6 +908,37 @@ mod tests {
         assert!(store.host("h2").expect("get").is_none(), "nothing stored on refusal");
         assert!(store.cert_host("fp2").expect("get").is_none());
         assert_eq!(store.token("t1").expect("get").map(|t| t.uses), Some(1));
+    }
+
+    #[test]
+    fn a_renewal_revokes_what_it_replaces_only_once_used() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(dir.path()).expect("open");
+        store.put_token(&token(0)).expect("put");
+        store
+            .enroll("t1", &secret_hash("s"), 10, &host("h1"), "fp0", &cert("h1"))
+            .expect("enroll");
+        let renewal = CertRecord {
+            replaces: Some("fp0".into()),
+            ..cert("h1")
+        };
+        // Two renewals on the stream of fp0; nothing is revoked yet.
+        assert!(store.add_cert("fp1", &renewal).expect("renew"));
+        assert!(store.add_cert("fp2", &renewal).expect("renew again"));
+        assert_eq!(store.confirm_cert("fp0").expect("no renewal"), None);
+        for fp in ["fp0", "fp1", "fp2"] {
+            assert!(
+                store.cert_host(fp).expect("get").is_some(),
+                "{fp} honoured before the switch"
+            );
+        }
+        // The host authenticates with fp2: fp0 and the unused sibling go.
+        assert_eq!(store.confirm_cert("fp2").expect("confirm"), Some("fp0".into()));
+        assert!(store.cert_host("fp0").expect("get").is_none());
+        assert!(store.cert_host("fp1").expect("get").is_none());
+        let kept = store.cert_host("fp2").expect("get").expect("the new one stays");
+        assert_eq!(kept.replaces, None, "confirmed");
+        assert_eq!(store.confirm_cert("fp2").expect("again"), None, "idempotent");
     }
 
     #[test]

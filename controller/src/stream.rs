@@ -6,7 +6,7 @@
 //! registry cuts it (host removed, replaced, shutdown).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fleet_proto::agent_message::Body as FromAgent;
 use fleet_proto::agent_service_server::AgentService;
@@ -129,8 +129,25 @@ impl AgentService for StreamService {
         fleet
             .rollouts
             .signal(crate::rollouts::Signal::HostConnected(host_id.clone()));
+        // This stream is authenticated with `fp` and said hello: if `fp` is
+        // a renewal, the agent has moved to it, and the certificate it
+        // replaces is revoked. The stream that still used the old one (if
+        // any) was just cut by `register`, so no live stream loses its
+        // certificate, and the new one is proven before the old one goes.
+        match fleet.store.confirm_cert(&fp) {
+            Ok(None) => {}
+            Ok(Some(old)) => {
+                if let Err(e) = fleet.store.flush().await {
+                    tracing::error!(host_id, error = %e, "cannot make the revocation of a replaced certificate durable");
+                }
+                tracing::info!(host_id, revoked = %old, "replaced certificate revoked: the host uses its renewed one");
+            }
+            Err(e) => tracing::error!(host_id, error = %e, "cannot revoke the certificate this one replaces"),
+        }
         let owner = fleet.clone();
-        owner.tracker.spawn(run_session(fleet, host_id, session, inbound, tx));
+        owner
+            .tracker
+            .spawn(run_session(fleet, host_id, fp, session, inbound, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -184,6 +201,7 @@ fn authorize_fetch(fleet: &Fleet, host_id: &str, req: &FetchArtifactRequest) -> 
 async fn run_session(
     fleet: Arc<Fleet>,
     host_id: String,
+    cert_fp: String,
     session: SessionHandle,
     mut inbound: Streaming<AgentMessage>,
     tx: mpsc::Sender<Result<ControllerMessage, Status>>,
@@ -212,7 +230,7 @@ async fn run_session(
             Some(FromAgent::Heartbeat(hb)) => fleet.registry.seen(&host_id, session.id, now, hb.metrics),
             Some(FromAgent::Renew(renew)) => {
                 fleet.registry.seen(&host_id, session.id, now, None);
-                match renew_certificate(&fleet, &host_id, &renew.csr_der).await {
+                match renew_certificate(&fleet, &host_id, &cert_fp, &renew.csr_der).await {
                     Ok(resp) => {
                         let _ = tx
                             .send(Ok(ControllerMessage {
@@ -261,7 +279,17 @@ async fn run_session(
     tracing::info!(host_id, reason = %ended, "agent disconnected");
 }
 
-async fn renew_certificate(fleet: &Fleet, host_id: &str, csr_der: &[u8]) -> Result<RenewResponse, Status> {
+/// Answers a renewal on a stream authenticated with `current_fp`: one in
+/// flight per host and `limits.renew_min_interval` between them (else
+/// RESOURCE_EXHAUSTED); the new certificate records that it replaces
+/// `current_fp`.
+async fn renew_certificate(
+    fleet: &Fleet,
+    host_id: &str,
+    current_fp: &str,
+    csr_der: &[u8],
+) -> Result<RenewResponse, Status> {
+    fleet_proto::limits::check_csr(csr_der)?;
     let host = fleet
         .store
         .host(host_id)
@@ -272,11 +300,13 @@ async fn renew_certificate(fleet: &Fleet, host_id: &str, csr_der: &[u8]) -> Resu
         Some(t) => Duration::from_millis(t.cert_ttl_ms),
         None => fleet.settings.cert_ttl,
     };
+    let permit = fleet.limits.renewals.begin(host_id, ttl, Instant::now())?;
     let signed = fleet
         .ca
         .sign_client(csr_der, host_id, ttl)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let rec = CertRecord {
+        replaces: Some(current_fp.to_string()),
         host_id: host_id.to_string(),
         issued_at_ms: now_ms(),
         not_after_ms: signed.not_after_ms,
@@ -293,6 +323,7 @@ async fn renew_certificate(fleet: &Fleet, host_id: &str, csr_der: &[u8]) -> Resu
         )));
     }
     fleet.store.flush().await.map_err(internal)?;
+    permit.issued(Instant::now());
     fleet.metrics.renewals.inc();
     tracing::info!(host_id, not_after = %crate::store::utc(signed.not_after_ms), "certificate renewed");
     Ok(RenewResponse {

@@ -2,8 +2,9 @@
 //! operator's terminal is escaped: a label key the join token does not
 //! allow, a label value with an escape sequence, and a hostname with a
 //! newline are each refused at enrollment (agent exit 3, the reason in its
-//! log); a label holding an escape sequence and a long value is shown
-//! escaped and cut by `fleetctl hosts ls`, and whole by `-o json`.
+//! log); operators' labels follow the same rule (refused, exit 2); a token
+//! description holding an escape sequence and a long text is shown escaped
+//! and cut by `fleetctl token ls`, and whole by `-o json`.
 
 use std::time::Duration;
 
@@ -89,31 +90,37 @@ fn hostile_labels_and_hostnames_are_refused_or_escaped() {
     assert_eq!(hosts[0]["labels"]["az"], "zone-a");
     assert_eq!(hosts[0]["labels"]["env"], "test");
 
-    // Operator-set labels may hold an escape sequence and be long: the table
-    // shows them escaped and cut, on one line per host; JSON keeps them whole.
+    // Operator-set labels follow the same rule as hosts' (a selector could
+    // not match anything else): an escape sequence or a 200-character value
+    // is refused before dialling, naming the field.
     let hostile = "\u{1b}[2J\u{1b}[Hgotcha";
     let long = "v".repeat(200);
-    let out = fleet.fleetctl(&[
-        "hosts",
-        "label",
-        "web-1",
-        &format!("note={hostile}"),
-        &format!("long={long}"),
-    ]);
+    for label in [format!("note={hostile}"), format!("long={long}")] {
+        let out = fleet.fleetctl(&["hosts", "label", "web-1", &label]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.starts_with("fleetctl: labels: "), "{err}");
+    }
+    // What operators may still write freely (a token's description) is shown
+    // escaped and cut in tables, whole in JSON.
+    let description = format!("{hostile} {long}");
+    let out = fleet.fleetctl(&["token", "create", "--description", &description, "--uses", "1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = fleet.fleetctl(&["hosts", "ls"]);
+    let out = fleet.fleetctl(&["token", "ls"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let table = String::from_utf8(out.stdout).expect("utf-8");
     assert!(
         !table.contains('\u{1b}'),
         "no raw escape reaches the terminal:\n{table}"
     );
-    assert_eq!(table.lines().count(), 2, "a header and one host:\n{table}");
-    assert!(table.contains('…'), "the long labels cell is cut:\n{table}");
-    let json = fleet.hosts();
-    assert_eq!(json[0]["labels"]["note"], hostile);
-    assert_eq!(json[0]["labels"]["long"], long.as_str());
-    let out = fleet.fleetctl(&["hosts", "show", "web-1"]);
-    let shown = String::from_utf8(out.stdout).expect("utf-8");
-    assert!(!shown.contains('\u{1b}') && shown.contains("\\x1b[2J"), "{shown}");
+    assert!(table.contains("\\x1b[2J"), "shown escaped:\n{table}");
+    assert!(table.contains('…'), "the long description cell is cut:\n{table}");
+    let json = fleet.fleetctl_json(&["token", "ls"]);
+    let descriptions: Vec<&str> = json
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .filter_map(|t| t["description"].as_str())
+        .collect();
+    assert!(descriptions.contains(&description.as_str()), "{json}");
 }

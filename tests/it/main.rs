@@ -16,6 +16,8 @@ mod edge;
 mod enrollment;
 mod labels;
 mod lifecycle;
+mod limits;
+mod quotas;
 mod refusals;
 mod releases;
 mod rollouts;

@@ -12,7 +12,7 @@ use crate::harness::{bin, free_addr, http_get, wait_until, Fleet};
 use crate::sandbox::Sandbox;
 
 pub(crate) const APP: &str = "demo";
-const UNIT: &str = "demo.service";
+const UNIT: &str = "fleet-app-demo.service";
 
 /// One host with a systemd sandbox and the demo app defined.
 pub(crate) struct Host {

@@ -15,7 +15,7 @@ use crate::releases::{assert_success, json, release};
 use crate::sandbox::Sandbox;
 
 pub const APP: &str = "demo";
-const UNIT: &str = "demo.service";
+const UNIT: &str = "fleet-app-demo.service";
 
 pub struct Cluster {
     pub fleet: Fleet,

@@ -164,6 +164,7 @@ impl RolloutService for RolloutsService {
     async fn start_rollout(&self, req: Request<StartRolloutRequest>) -> Result<Response<Rollout>, Status> {
         let who = operator(&req).name;
         let req = req.into_inner();
+        fleet_proto::limits::check_start_rollout(&req)?;
         Ok(Response::new(start(&self.0, &req, &who).await?))
     }
 
