@@ -6,7 +6,7 @@
 //! are closed once the first-request deadline passes.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use fleet_proto::transport::{certs_from_pem, client_config, Trust};
 use tokio::io::AsyncReadExt;
 
-use crate::harness::{bin, wait_until, Controller, Fleet};
+use crate::harness::{wait_until, Controller, Fleet};
 
 /// Idle connections the attacker opens.
 const IDLE: usize = 1100;
@@ -37,17 +37,7 @@ struct Attack {
 /// failure mode is a call that hangs).
 fn fleetctl_within(fleet: &Fleet, args: &[&str], timeout: Duration) -> (Option<Output>, Duration) {
     let start = Instant::now();
-    let mut child = Command::new(bin("fleetctl"))
-        .args(args)
-        .env("FLEET_CONFIG", &fleet.controller.fleetctl_config)
-        .env_remove("FLEET_CONTROLLER")
-        .env_remove("FLEET_TOKEN")
-        .env_remove("FLEET_CA")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run fleetctl");
+    let mut child = fleet.fleetctl_command(args).spawn().expect("run fleetctl");
     loop {
         if child.try_wait().expect("try_wait").is_some() {
             let out = child.wait_with_output().expect("fleetctl output");

@@ -1,10 +1,9 @@
 //! Errors at the edge, as CI sees them: exit codes of fleetctl when the
 //! controller goes away in the middle of a call.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::{bin, wait_until, Fleet};
+use crate::harness::{wait_until, Fleet};
 
 /// A controller killed while `release push` streams a large artifact: the
 /// push exits 5 (the controller cannot be reached), not 1, and says what to do.
@@ -23,17 +22,9 @@ fn a_push_cut_by_a_controller_crash_exits_unreachable() {
         .open(&path)
         .and_then(|f| f.set_len(512 << 20))
         .expect("grow the file");
-    let push = Command::new(bin("fleetctl"))
-        .args(["release", "push", "big"])
-        .arg(&path)
-        .args(["--version", "1.0.0"])
-        .env("FLEET_CONFIG", &fleet.controller.fleetctl_config)
-        .env_remove("FLEET_CONTROLLER")
-        .env_remove("FLEET_TOKEN")
-        .env_remove("FLEET_CA")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    let path_arg = path.to_str().expect("utf-8 path");
+    let push = fleet
+        .fleetctl_command(&["release", "push", "big", path_arg, "--version", "1.0.0"])
         .spawn()
         .expect("spawn fleetctl release push");
     let artifacts = fleet.controller.data_dir.join("artifacts");

@@ -412,32 +412,30 @@ impl Fleet {
 
     /// Runs fleetctl as the admin.
     pub fn fleetctl(&self, args: &[&str]) -> Output {
-        Command::new(bin("fleetctl"))
-            .args(args)
-            .env("FLEET_CONFIG", &self.controller.fleetctl_config)
-            .env_remove("FLEET_CONTROLLER")
-            .env_remove("FLEET_TOKEN")
-            .env_remove("FLEET_CA")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run fleetctl")
+        self.fleetctl_command(args).output().expect("run fleetctl")
     }
 
-    /// Runs fleetctl as the admin with a deadline: `Err` says it did not
-    /// finish within `timeout` (the process is killed), so a test of a
-    /// controller that may hang fails instead of hanging too.
-    pub fn fleetctl_within(&self, args: &[&str], timeout: Duration) -> Result<Output, String> {
-        let child = Command::new(bin("fleetctl"))
-            .args(args)
+    /// The fleetctl command of the admin, not started: only this fleet's
+    /// config counts (no FLEET_* from the environment), no stdin, output
+    /// piped.
+    pub fn fleetctl_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("fleetctl"));
+        c.args(args)
             .env("FLEET_CONFIG", &self.controller.fleetctl_config)
             .env_remove("FLEET_CONTROLLER")
             .env_remove("FLEET_TOKEN")
             .env_remove("FLEET_CA")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run fleetctl");
+            .stderr(Stdio::piped());
+        c
+    }
+
+    /// Runs fleetctl as the admin with a deadline: `Err` says it did not
+    /// finish within `timeout` (the process is killed), so a test of a
+    /// controller that may hang fails instead of hanging too.
+    pub fn fleetctl_within(&self, args: &[&str], timeout: Duration) -> Result<Output, String> {
+        let child = self.fleetctl_command(args).spawn().expect("run fleetctl");
         let pid = child.id();
         let (tx, rx) = std::sync::mpsc::channel();
         // wait_with_output drains both pipes, so a large answer cannot stall the child.

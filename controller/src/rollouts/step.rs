@@ -438,25 +438,11 @@ fn after_batch(r: &Rollout, b: usize, v: &View) -> Next {
             // Nothing was changed: that is not a success, whatever the budget.
             return Next::Change(Change::End {
                 state: RolloutState::Failed,
-                reason: format!(
-                    "no host was reachable: {skipped} offline host{} skipped; {} converge{} to the release when {} connect{}",
-                    if skipped == 1 { "" } else { "s" },
-                    if skipped == 1 { "it" } else { "they" },
-                    if skipped == 1 { "s" } else { "" },
-                    if skipped == 1 { "it" } else { "they" },
-                    if skipped == 1 { "s" } else { "" },
-                ),
+                reason: format!("no host was reachable: {}", skipped_words(skipped)),
             });
         }
         let reason = if skipped > 0 {
-            format!(
-                "{skipped} offline host{} skipped; {} converge{} to it when {} connect{}",
-                if skipped == 1 { "" } else { "s" },
-                if skipped == 1 { "it" } else { "they" },
-                if skipped == 1 { "s" } else { "" },
-                if skipped == 1 { "it" } else { "they" },
-                if skipped == 1 { "s" } else { "" },
-            )
+            skipped_words(skipped)
         } else {
             String::new()
         };
@@ -466,6 +452,15 @@ fn after_batch(r: &Rollout, b: usize, v: &View) -> Next {
         });
     }
     Next::Change(Change::NextBatch)
+}
+
+/// "2 offline hosts skipped; they converge to it when they connect".
+fn skipped_words(n: usize) -> String {
+    if n == 1 {
+        "1 offline host skipped; it converges to the release when it connects".into()
+    } else {
+        format!("{n} offline hosts skipped; they converge to the release when they connect")
+    }
 }
 
 /// A person's name for a host: its hostname, or its short id.
