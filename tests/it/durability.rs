@@ -239,9 +239,10 @@ fn a_full_disk_fails_writes_clearly_turns_healthz_and_the_watchdog_and_a_restart
         let mut filler = std::fs::File::create(disk.inside("filler")).expect("filler");
         while filler.write_all(&[0u8; 65536]).is_ok() {}
     }
-    let description = "x".repeat(8000);
+    // The longest description the edge accepts: each write is as large as it can be.
+    let description = "x".repeat(fleet_proto::limits::MAX_DESCRIPTION);
     let mut created = 0;
-    let refusal = (0..200)
+    let refusal = (0..1000)
         .find_map(|_| {
             let out = fleet
                 .fleetctl_within(
@@ -256,7 +257,7 @@ fn a_full_disk_fails_writes_clearly_turns_healthz_and_the_watchdog_and_a_restart
                 Some(stderr(&out))
             }
         })
-        .unwrap_or_else(|| panic!("200 writes to a full disk succeeded\n{}", fleet.logs()));
+        .unwrap_or_else(|| panic!("1000 writes to a full disk succeeded\n{}", fleet.logs()));
     assert!(
         refusal.contains(&store.display().to_string()) && refusal.contains("free space"),
         "the refusal names the store and the fix: {refusal}"
@@ -398,8 +399,9 @@ fn under_systemd_a_store_refusing_writes_gets_the_controller_restarted_and_a_mis
         let mut filler = std::fs::File::create(inside(&store.join("filler"))).expect("filler");
         while filler.write_all(&[0u8; 65536]).is_ok() {}
     }
-    let description = "x".repeat(8000);
-    let refused = (0..200).any(|_| {
+    // The longest description the edge accepts: each write is as large as it can be.
+    let description = "x".repeat(fleet_proto::limits::MAX_DESCRIPTION);
+    let refused = (0..1000).any(|_| {
         fleet
             .fleetctl_within(
                 &["token", "create", "--description", &description],
