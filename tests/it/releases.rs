@@ -36,7 +36,9 @@ impl Host {
     fn start_with(agent_extra: &str, state_size: Option<&str>) -> Host {
         let mut fleet = Fleet::controller_only(&[]);
         let sandbox = Sandbox::start(&fleet.root.path().join("systemd"));
-        let token = fleet.token(&["--label", "role=web"]);
+        // Two uses: the agent may be restarted with more config (below)
+        // before it stored the identity of its first enrollment.
+        let token = fleet.token(&["--label", "role=web", "--uses", "2"]);
         let i = fleet.add_agent_with("app-1", &token, &[], Some(&sandbox), &[]);
         if !agent_extra.is_empty() || state_size.is_some() {
             let token = fleet_token(&fleet);
