@@ -4,6 +4,7 @@
 pub mod apps;
 pub mod artifacts;
 pub mod audit;
+pub mod auth;
 pub mod ca;
 pub mod check;
 pub mod config;

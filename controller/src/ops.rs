@@ -1,5 +1,5 @@
-//! The operator API: `Session`, `HostService`, `TokenService`, and the bearer
-//! token check in front of them.
+//! The operator API: `Session`, `HostService`, `TokenService`, and the
+//! interceptor in front of them (bearer token via `auth`, failure limits).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -17,28 +17,17 @@ use fleet_proto::{
 use tonic::service::Interceptor;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{authenticate, operator, AuthError, JOIN_TOKEN_PREFIX};
 use crate::config::MIN_TOKEN_CERT_TTL;
-use crate::enroll::{parse_token, JOIN_TOKEN_PREFIX};
 use crate::fleet::{internal, Fleet};
 use crate::ratelimit::Limiter;
 use crate::store::{secret_hash, utc, Store, TokenRecord};
 
-/// Prefix of operator tokens.
-pub const OPERATOR_TOKEN_PREFIX: &str = "fleet_op_";
-
-/// The authenticated operator of a request (a request extension).
-#[derive(Debug, Clone)]
-pub struct Operator {
-    /// Name.
-    pub name: String,
-    /// Role.
-    pub role: String,
-}
-
-/// Checks `authorization: Bearer fleet_op_…` on every operator call. A
-/// source address with too many failed attempts
-/// (`limits.auth_failures_per_source`) is refused with RESOURCE_EXHAUSTED
-/// before its token is even looked at, so secrets cannot be guessed at speed.
+/// Checks `authorization: Bearer fleet_op_…` on every operator call (the
+/// check itself is `auth::authenticate`). A source address with too many
+/// failed attempts (`limits.auth_failures_per_source`) is refused with
+/// RESOURCE_EXHAUSTED before its token is even looked at, so secrets cannot
+/// be guessed at speed.
 #[derive(Clone)]
 pub struct OperatorAuth {
     /// Where operator tokens are.
@@ -57,7 +46,11 @@ impl Interceptor for OperatorAuth {
                 Status::from(l)
             })?;
         }
-        let outcome = self.authenticate(&mut req);
+        let outcome = authenticate(&self.store, req.metadata().as_ref().get("authorization"))
+            .map(|op| {
+                req.extensions_mut().insert(op);
+            })
+            .map_err(Status::from);
         if let (Err(status), Some(ip)) = (&outcome, source) {
             if status.code() == tonic::Code::Unauthenticated {
                 self.failures.spend(&ip, now);
@@ -67,41 +60,13 @@ impl Interceptor for OperatorAuth {
     }
 }
 
-impl OperatorAuth {
-    fn authenticate(&self, req: &mut Request<()>) -> Result<(), Status> {
-        let header = req.metadata().get("authorization").ok_or_else(|| {
-            Status::unauthenticated("no operator token: run 'fleetctl login' or pass --token / FLEET_TOKEN")
-        })?;
-        let value = header
-            .to_str()
-            .map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
-        let token = value.strip_prefix("Bearer ").unwrap_or(value);
-        let (id, secret) = parse_token(OPERATOR_TOKEN_PREFIX, token).ok_or_else(|| {
-            Status::unauthenticated("the operator token is malformed (expected fleet_op_<id>.<secret>)")
-        })?;
-        let rec = self.store.operator(id).map_err(internal)?;
-        let hash = secret_hash(secret);
-        match rec {
-            Some(op) if op.secret_sha256 == hash => {
-                req.extensions_mut().insert(Operator {
-                    name: op.name,
-                    role: op.role,
-                });
-                Ok(())
-            }
-            _ => Err(Status::unauthenticated(
-                "the operator token is not valid on this controller; check FLEET_TOKEN or run 'fleetctl login' again",
-            )),
+impl From<AuthError> for Status {
+    fn from(e: AuthError) -> Status {
+        match e {
+            AuthError::Store(e) => internal(e),
+            e => Status::unauthenticated(e.to_string()),
         }
     }
-}
-
-/// The operator a request was authenticated as.
-pub fn operator<T>(req: &Request<T>) -> Operator {
-    req.extensions().get::<Operator>().cloned().unwrap_or(Operator {
-        name: "unknown".into(),
-        role: String::new(),
-    })
 }
 
 /// `Session/WhoAmI`.

@@ -20,8 +20,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::artifacts::{check_head, ArtifactError, Condition, NotARelease, HEAD};
+use crate::auth::operator;
 use crate::fleet::{internal, Fleet};
-use crate::ops::operator;
 use crate::rollouts::store::current_of;
 
 /// Size of the chunks artifacts are served in.

@@ -16,8 +16,8 @@ use tonic::{Request, Response, Status};
 use super::engine::{self, Start};
 use super::step::Control;
 use super::{plan, RolloutError};
+use crate::auth::operator;
 use crate::fleet::Fleet;
-use crate::ops::operator;
 
 impl From<RolloutError> for Status {
     fn from(e: RolloutError) -> Status {
