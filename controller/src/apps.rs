@@ -188,7 +188,7 @@ impl AppService for AppsService {
                 crate::store::utc(host.last_seen_ms)
             )));
         }
-        let (task_id, mut progress) = crate::tasks::send(&fleet, &host.id, "", kind).await?;
+        let (task_id, mut progress) = fleet.dispatch().send(&host.id, "", kind).await?;
         tracing::info!(task_id, host_id = %host.id, app = %spec.name, version = %r.version, rollback = r.rollback, "deploy requested");
 
         let (tx, rx) = mpsc::channel(64);

@@ -67,6 +67,15 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// What sending a task needs, borrowed from the fleet.
+    pub fn dispatch(&self) -> crate::dispatch::Dispatch<'_> {
+        crate::dispatch::Dispatch {
+            registry: &self.registry,
+            tasks: &self.tasks,
+            grants: &self.grants,
+        }
+    }
+
     /// A host as operators see it: the stored record with its live state on top.
     pub fn view(&self, mut host: Host) -> Host {
         match self.registry.live(&host.id) {
