@@ -17,9 +17,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::fleet::{internal, Fleet};
-use crate::ops::parse_selector;
-use crate::releases::{unknown_app, unknown_release};
+use crate::fleet::Fleet;
+use crate::selector::parse_selector;
+use crate::status::internal;
+use crate::status::{unknown_app, unknown_release};
 use crate::tasks::is_final;
 
 /// Releases kept per host when the app names no number.

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{authenticate, AuthError};
-use crate::fleet::internal;
+use crate::status::internal;
 use crate::store::{Store, StoreError};
 use crate::tls::PeerInfo;
 

@@ -11,7 +11,8 @@ use fleet_proto::{now_ms, EnrollRequest, EnrollResponse, Host};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{parse_token, JOIN_TOKEN_PREFIX};
-use crate::fleet::{internal, Fleet};
+use crate::fleet::Fleet;
+use crate::status::internal;
 use crate::store::{secret_hash, CertRecord, EnrollError, TokenRecord, TokenRefusal};
 
 /// The Enrollment service.

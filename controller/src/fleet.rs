@@ -11,7 +11,8 @@ use tonic::Status;
 use crate::ca::Ca;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::store::{Store, StoreError};
+use crate::status::internal;
+use crate::store::Store;
 use crate::tasks::Tasks;
 
 /// Settings the services need from `controller.toml`.
@@ -122,10 +123,4 @@ impl Fleet {
             ))),
         }
     }
-}
-
-/// Maps a store failure to an INTERNAL status, logging the detail.
-pub fn internal(e: StoreError) -> Status {
-    tracing::error!(error = %e, "store failure");
-    Status::internal(format!("the controller's store failed: {e}"))
 }

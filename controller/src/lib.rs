@@ -23,6 +23,7 @@ pub mod retire;
 pub mod rollouts;
 pub mod selector;
 pub mod server;
+pub mod status;
 pub mod store;
 pub mod stream;
 pub mod tasks;

@@ -17,10 +17,12 @@ use fleet_proto::{
 use tonic::service::Interceptor;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{authenticate, operator, AuthError, JOIN_TOKEN_PREFIX};
+use crate::auth::{authenticate, operator, JOIN_TOKEN_PREFIX};
 use crate::config::MIN_TOKEN_CERT_TTL;
-use crate::fleet::{internal, Fleet};
+use crate::fleet::Fleet;
 use crate::ratelimit::Limiter;
+use crate::selector::parse_selector;
+use crate::status::internal;
 use crate::store::{secret_hash, utc, Store, TokenRecord};
 
 /// Checks `authorization: Bearer fleet_op_…` on every operator call (the
@@ -60,15 +62,6 @@ impl Interceptor for OperatorAuth {
     }
 }
 
-impl From<AuthError> for Status {
-    fn from(e: AuthError) -> Status {
-        match e {
-            AuthError::Store(e) => internal(e),
-            e => Status::unauthenticated(e.to_string()),
-        }
-    }
-}
-
 /// `Session/WhoAmI`.
 pub struct SessionService;
 
@@ -82,19 +75,6 @@ impl Session for SessionService {
             controller_version: env!("CARGO_PKG_VERSION").into(),
         }))
     }
-}
-
-/// Parses a selector "k=v,k2=v2" into pairs, after the contract's limits
-/// (`fleet_proto::limits::check_selector`: `=x`, `role`, oversized refused).
-pub fn parse_selector(sel: &str) -> Result<Vec<(String, String)>, Status> {
-    fleet_proto::limits::check_selector(sel)?;
-    Ok(sel
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect())
 }
 
 /// `HostService`.
@@ -318,21 +298,5 @@ impl TokenService for TokensService {
         self.0.store.flush().await.map_err(internal)?;
         tracing::info!(token_id = %id, operator = %op.name, "join token revoked");
         Ok(Response::new(to_wire(&rec, now_ms())))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn selectors() {
-        assert_eq!(
-            parse_selector("role=api, env=prod").expect("ok"),
-            vec![("role".into(), "api".into()), ("env".into(), "prod".into())]
-        );
-        assert!(parse_selector("role").is_err());
-        assert!(parse_selector("=x").is_err());
-        assert!(parse_selector("").expect("empty").is_empty());
     }
 }

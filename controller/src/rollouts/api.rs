@@ -23,7 +23,7 @@ impl From<RolloutError> for Status {
     fn from(e: RolloutError) -> Status {
         let msg = e.to_string();
         match e {
-            RolloutError::Store(e) => crate::fleet::internal(e),
+            RolloutError::Store(e) => crate::status::internal(e),
             RolloutError::UnknownApp(_) | RolloutError::UnknownRelease { .. } | RolloutError::NotFound(_) => {
                 Status::not_found(msg)
             }
