@@ -17,9 +17,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::fleet::{internal, Fleet};
-use crate::ops::parse_selector;
-use crate::releases::{unknown_app, unknown_release};
+use crate::fleet::Fleet;
+use crate::selector::parse_selector;
+use crate::status::internal;
+use crate::status::{unknown_app, unknown_release};
 use crate::tasks::is_final;
 
 /// Releases kept per host when the app names no number.
@@ -188,7 +189,7 @@ impl AppService for AppsService {
                 crate::store::utc(host.last_seen_ms)
             )));
         }
-        let (task_id, mut progress) = crate::tasks::send(&fleet, &host.id, "", kind).await?;
+        let (task_id, mut progress) = fleet.dispatch().send(&host.id, "", kind).await?;
         tracing::info!(task_id, host_id = %host.id, app = %spec.name, version = %r.version, rollback = r.rollback, "deploy requested");
 
         let (tx, rx) = mpsc::channel(64);

@@ -27,10 +27,9 @@ use fleet_proto::{now_ms, AuditEntry, ListAuditRequest, ListAuditResponse};
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
-use crate::enroll::parse_token;
-use crate::fleet::internal;
-use crate::ops::OPERATOR_TOKEN_PREFIX;
-use crate::store::{secret_hash, Store, StoreError};
+use crate::auth::{authenticate, AuthError};
+use crate::status::internal;
+use crate::store::{Store, StoreError};
 use crate::tls::PeerInfo;
 
 /// The operator methods that change something, as `Service/Method`: the
@@ -168,19 +167,13 @@ impl AuditLog {
     /// valid; "unauthenticated" otherwise (the call itself is refused by the
     /// interceptor then, and recorded with that refusal).
     pub fn who(&self, authorization: Option<&http::HeaderValue>) -> String {
-        let token = authorization
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.strip_prefix("Bearer ").unwrap_or(v));
-        let Some((id, secret)) = token.and_then(|t| parse_token(OPERATOR_TOKEN_PREFIX, t)) else {
-            return UNAUTHENTICATED.into();
-        };
-        match self.store.operator(id) {
-            Ok(Some(op)) if op.secret_sha256 == secret_hash(secret) => op.name,
-            Ok(_) => UNAUTHENTICATED.into(),
-            Err(e) => {
+        match authenticate(&self.store, authorization) {
+            Ok(op) => op.name,
+            Err(AuthError::Store(e)) => {
                 tracing::warn!(error = %e, "audit: cannot look up the operator");
                 UNAUTHENTICATED.into()
             }
+            Err(_) => UNAUTHENTICATED.into(),
         }
     }
 
@@ -353,7 +346,7 @@ impl AuditService for AuditLogService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::OperatorRecord;
+    use crate::store::{secret_hash, OperatorRecord};
     use std::convert::Infallible;
     use tower::{Layer, Service, ServiceExt};
 

@@ -10,17 +10,10 @@ use fleet_proto::transport::fingerprint;
 use fleet_proto::{now_ms, EnrollRequest, EnrollResponse, Host};
 use tonic::{Request, Response, Status};
 
-use crate::fleet::{internal, Fleet};
+use crate::auth::{parse_token, JOIN_TOKEN_PREFIX};
+use crate::fleet::Fleet;
+use crate::status::internal;
 use crate::store::{secret_hash, CertRecord, EnrollError, TokenRecord, TokenRefusal};
-
-/// Prefix of join tokens.
-pub const JOIN_TOKEN_PREFIX: &str = "fleet_jt_";
-
-/// Splits `fleet_jt_<id>.<secret>` into (id, secret).
-pub fn parse_token<'a>(prefix: &str, token: &'a str) -> Option<(&'a str, &'a str)> {
-    let (id, secret) = token.trim().strip_prefix(prefix)?.split_once('.')?;
-    (!id.is_empty() && !secret.is_empty()).then_some((id, secret))
-}
 
 /// The Enrollment service.
 pub struct EnrollmentService(pub Arc<Fleet>);
@@ -298,14 +291,5 @@ mod tests {
         let big = "x".repeat(1 << 20);
         assert!(check_host_says(&t, &big, &HashMap::new()).is_err());
         assert!(check_host_says(&t, "web-1", &labels(&[("az", &big)])).is_err());
-    }
-
-    #[test]
-    fn token_syntax() {
-        assert_eq!(parse_token(JOIN_TOKEN_PREFIX, "fleet_jt_ab.cd"), Some(("ab", "cd")));
-        assert_eq!(parse_token(JOIN_TOKEN_PREFIX, " fleet_jt_ab.cd\n"), Some(("ab", "cd")));
-        assert_eq!(parse_token(JOIN_TOKEN_PREFIX, "fleet_jt_ab"), None);
-        assert_eq!(parse_token(JOIN_TOKEN_PREFIX, "fleet_jt_.cd"), None);
-        assert_eq!(parse_token(JOIN_TOKEN_PREFIX, "fleet_op_ab.cd"), None);
     }
 }

@@ -11,7 +11,8 @@ use tonic::Status;
 use crate::ca::Ca;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::store::{Store, StoreError};
+use crate::status::internal;
+use crate::store::Store;
 use crate::tasks::Tasks;
 
 /// Settings the services need from `controller.toml`.
@@ -67,6 +68,15 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// What sending a task needs, borrowed from the fleet.
+    pub fn dispatch(&self) -> crate::dispatch::Dispatch<'_> {
+        crate::dispatch::Dispatch {
+            registry: &self.registry,
+            tasks: &self.tasks,
+            grants: &self.grants,
+        }
+    }
+
     /// A host as operators see it: the stored record with its live state on top.
     pub fn view(&self, mut host: Host) -> Host {
         match self.registry.live(&host.id) {
@@ -113,10 +123,4 @@ impl Fleet {
             ))),
         }
     }
-}
-
-/// Maps a store failure to an INTERNAL status, logging the detail.
-pub fn internal(e: StoreError) -> Status {
-    tracing::error!(error = %e, "store failure");
-    Status::internal(format!("the controller's store failed: {e}"))
 }

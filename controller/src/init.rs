@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use fleet_proto::transport::{certs_from_pem, fingerprint};
 
+use crate::auth::OPERATOR_TOKEN_PREFIX;
 use crate::ca::{generate_ca, Ca};
 use crate::config::RawConfig;
-use crate::ops::OPERATOR_TOKEN_PREFIX;
 use crate::store::{secret_hash, OperatorRecord, Store};
 
 /// Name of the marker file that makes a directory a data dir.

@@ -1,5 +1,5 @@
-//! The operator API: `Session`, `HostService`, `TokenService`, and the bearer
-//! token check in front of them.
+//! The operator API: `Session`, `HostService`, `TokenService`, and the
+//! interceptor in front of them (bearer token via `auth`, failure limits).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -17,28 +17,19 @@ use fleet_proto::{
 use tonic::service::Interceptor;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{authenticate, operator, JOIN_TOKEN_PREFIX};
 use crate::config::MIN_TOKEN_CERT_TTL;
-use crate::enroll::{parse_token, JOIN_TOKEN_PREFIX};
-use crate::fleet::{internal, Fleet};
+use crate::fleet::Fleet;
 use crate::ratelimit::Limiter;
+use crate::selector::parse_selector;
+use crate::status::internal;
 use crate::store::{secret_hash, utc, Store, TokenRecord};
 
-/// Prefix of operator tokens.
-pub const OPERATOR_TOKEN_PREFIX: &str = "fleet_op_";
-
-/// The authenticated operator of a request (a request extension).
-#[derive(Debug, Clone)]
-pub struct Operator {
-    /// Name.
-    pub name: String,
-    /// Role.
-    pub role: String,
-}
-
-/// Checks `authorization: Bearer fleet_op_…` on every operator call. A
-/// source address with too many failed attempts
-/// (`limits.auth_failures_per_source`) is refused with RESOURCE_EXHAUSTED
-/// before its token is even looked at, so secrets cannot be guessed at speed.
+/// Checks `authorization: Bearer fleet_op_…` on every operator call (the
+/// check itself is `auth::authenticate`). A source address with too many
+/// failed attempts (`limits.auth_failures_per_source`) is refused with
+/// RESOURCE_EXHAUSTED before its token is even looked at, so secrets cannot
+/// be guessed at speed.
 #[derive(Clone)]
 pub struct OperatorAuth {
     /// Where operator tokens are.
@@ -57,7 +48,11 @@ impl Interceptor for OperatorAuth {
                 Status::from(l)
             })?;
         }
-        let outcome = self.authenticate(&mut req);
+        let outcome = authenticate(&self.store, req.metadata().as_ref().get("authorization"))
+            .map(|op| {
+                req.extensions_mut().insert(op);
+            })
+            .map_err(Status::from);
         if let (Err(status), Some(ip)) = (&outcome, source) {
             if status.code() == tonic::Code::Unauthenticated {
                 self.failures.spend(&ip, now);
@@ -65,43 +60,6 @@ impl Interceptor for OperatorAuth {
         }
         outcome.map(|()| req)
     }
-}
-
-impl OperatorAuth {
-    fn authenticate(&self, req: &mut Request<()>) -> Result<(), Status> {
-        let header = req.metadata().get("authorization").ok_or_else(|| {
-            Status::unauthenticated("no operator token: run 'fleetctl login' or pass --token / FLEET_TOKEN")
-        })?;
-        let value = header
-            .to_str()
-            .map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
-        let token = value.strip_prefix("Bearer ").unwrap_or(value);
-        let (id, secret) = parse_token(OPERATOR_TOKEN_PREFIX, token).ok_or_else(|| {
-            Status::unauthenticated("the operator token is malformed (expected fleet_op_<id>.<secret>)")
-        })?;
-        let rec = self.store.operator(id).map_err(internal)?;
-        let hash = secret_hash(secret);
-        match rec {
-            Some(op) if op.secret_sha256 == hash => {
-                req.extensions_mut().insert(Operator {
-                    name: op.name,
-                    role: op.role,
-                });
-                Ok(())
-            }
-            _ => Err(Status::unauthenticated(
-                "the operator token is not valid on this controller; check FLEET_TOKEN or run 'fleetctl login' again",
-            )),
-        }
-    }
-}
-
-/// The operator a request was authenticated as.
-pub fn operator<T>(req: &Request<T>) -> Operator {
-    req.extensions().get::<Operator>().cloned().unwrap_or(Operator {
-        name: "unknown".into(),
-        role: String::new(),
-    })
 }
 
 /// `Session/WhoAmI`.
@@ -117,19 +75,6 @@ impl Session for SessionService {
             controller_version: env!("CARGO_PKG_VERSION").into(),
         }))
     }
-}
-
-/// Parses a selector "k=v,k2=v2" into pairs, after the contract's limits
-/// (`fleet_proto::limits::check_selector`: `=x`, `role`, oversized refused).
-pub fn parse_selector(sel: &str) -> Result<Vec<(String, String)>, Status> {
-    fleet_proto::limits::check_selector(sel)?;
-    Ok(sel
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect())
 }
 
 /// `HostService`.
@@ -353,21 +298,5 @@ impl TokenService for TokensService {
         self.0.store.flush().await.map_err(internal)?;
         tracing::info!(token_id = %id, operator = %op.name, "join token revoked");
         Ok(Response::new(to_wire(&rec, now_ms())))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn selectors() {
-        assert_eq!(
-            parse_selector("role=api, env=prod").expect("ok"),
-            vec![("role".into(), "api".into()), ("env".into(), "prod".into())]
-        );
-        assert!(parse_selector("role").is_err());
-        assert!(parse_selector("=x").is_err());
-        assert!(parse_selector("").expect("empty").is_empty());
     }
 }

@@ -20,9 +20,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::artifacts::{check_head, ArtifactError, Condition, NotARelease, HEAD};
-use crate::fleet::{internal, Fleet};
-use crate::ops::operator;
+use crate::auth::operator;
+use crate::fleet::Fleet;
 use crate::rollouts::store::current_of;
+use crate::status::{internal, unknown_app, unknown_release};
 
 /// Size of the chunks artifacts are served in.
 pub const CHUNK: usize = 256 * 1024;
@@ -386,20 +387,6 @@ pub fn in_use(
         }
     }
     uses
-}
-
-/// NOT_FOUND for an app.
-pub fn unknown_app(app: &str) -> Status {
-    Status::not_found(format!(
-        "no app '{app}'; list apps with 'fleetctl app ls' or create it with 'fleetctl app create'"
-    ))
-}
-
-/// NOT_FOUND for a release.
-pub fn unknown_release(app: &str, version: &str) -> Status {
-    Status::not_found(format!(
-        "{app} has no release {version}; list them with 'fleetctl release ls {app}' or push it with 'fleetctl release push'"
-    ))
 }
 
 /// Streams `DATA_DIR/artifacts/<sha256>` of `release` from `offset` (the

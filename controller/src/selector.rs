@@ -1,7 +1,23 @@
 //! Label selectors ("role=api,env=prod"): which hosts an app or a rollout
-//! covers. Depends on nothing else in the controller.
+//! covers. `parse_selector` checks the text form at the edge (the contract's limits).
+//! Depends on nothing else in the controller.
 
 use std::collections::HashMap;
+
+use tonic::Status;
+
+/// Parses a selector "k=v,k2=v2" into pairs, after the contract's limits
+/// (`fleet_proto::limits::check_selector`: `=x`, `role`, oversized refused).
+pub fn parse_selector(sel: &str) -> Result<Vec<(String, String)>, Status> {
+    fleet_proto::limits::check_selector(sel)?;
+    Ok(sel
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect())
+}
 
 /// A parsed selector: every pair must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -36,6 +52,17 @@ impl Selector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn selectors() {
+        assert_eq!(
+            parse_selector("role=api, env=prod").expect("ok"),
+            vec![("role".into(), "api".into()), ("env".into(), "prod".into())]
+        );
+        assert!(parse_selector("role").is_err());
+        assert!(parse_selector("=x").is_err());
+        assert!(parse_selector("").expect("empty").is_empty());
+    }
 
     #[test]
     fn pairs_must_all_match() {

@@ -19,10 +19,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::fleet::{internal, Fleet};
+use crate::fleet::Fleet;
 use crate::grants::GrantRefusal;
-use crate::ops::parse_selector;
 use crate::registry::SessionHandle;
+use crate::selector::parse_selector;
+use crate::status::internal;
 use crate::store::CertRecord;
 
 /// How long an agent has to send hello after opening the stream.

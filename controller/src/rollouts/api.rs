@@ -16,14 +16,14 @@ use tonic::{Request, Response, Status};
 use super::engine::{self, Start};
 use super::step::Control;
 use super::{plan, RolloutError};
+use crate::auth::operator;
 use crate::fleet::Fleet;
-use crate::ops::operator;
 
 impl From<RolloutError> for Status {
     fn from(e: RolloutError) -> Status {
         let msg = e.to_string();
         match e {
-            RolloutError::Store(e) => crate::fleet::internal(e),
+            RolloutError::Store(e) => crate::status::internal(e),
             RolloutError::UnknownApp(_) | RolloutError::UnknownRelease { .. } | RolloutError::NotFound(_) => {
                 Status::not_found(msg)
             }

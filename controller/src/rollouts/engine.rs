@@ -294,7 +294,7 @@ impl Engine {
                 spec: Some(spec),
             })
         };
-        match crate::tasks::send_as(&self.fleet, host, &self.r.id, &h.task_id, kind).await {
+        match self.fleet.dispatch().send_as(host, &self.r.id, &h.task_id, kind).await {
             Ok(rx) => {
                 self.following.insert(h.task_id.clone(), ReceiverStream::new(rx));
                 let effects = step::apply(
