@@ -230,7 +230,7 @@ impl AppService for AppsService {
                 if last && p.state() == TaskState::Succeeded && !p.current.is_empty() {
                     // What the operator asked for is now this host's desired
                     // release, and `app show` shows it at once.
-                    if let Err(e) = crate::rollouts::store::settled(&fleet, &host_id, &app, &p.current).await {
+                    if let Err(e) = crate::rollouts::settled(&fleet, &host_id, &app, &p.current).await {
                         tracing::error!(error = %e, host_id, app, "cannot record the host's new desired release");
                     }
                 }

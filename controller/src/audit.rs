@@ -11,24 +11,20 @@
 //! call (`Deploy`) is therefore recorded as accepted; its task's own result
 //! is in the task's progress.
 //!
-//! Key: big-endian ms timestamp (8 bytes) + big-endian sequence (8 bytes),
-//! so a range scan from a time is the log from that time, oldest first.
-//! Value: `1` + JSON [`Record`]. Entries are durable within sled's flush
-//! interval (500 ms) or at the next flush of the store, whichever is first.
+//! The entries are stored by `crate::store::audit` (key layout there).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use fleet_proto::audit_service_server::AuditService;
 use fleet_proto::{now_ms, AuditEntry, ListAuditRequest, ListAuditResponse};
-use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{authenticate, AuthError};
 use crate::status::internal;
+use crate::store::audit::AuditTrail;
 use crate::store::{Store, StoreError};
 use crate::tls::PeerInfo;
 
@@ -56,33 +52,13 @@ pub const UNAUTHENTICATED: &str = "unauthenticated";
 /// The most entries one ListAudit answers with (the newest ones), so an
 /// answer stays well under gRPC's message limit.
 pub const MAX_LISTED: usize = 10_000;
-/// Name of the sled tree.
-const TREE: &str = "audit";
-const V1: u8 = 1;
-
 /// `Service/Method` of an audited call, or None.
 pub fn audited(path: &str) -> Option<&'static str> {
     let method = path.strip_prefix(PACKAGE)?;
     AUDITED.iter().copied().find(|m| *m == method)
 }
 
-/// One stored entry (the value after the version byte).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    /// When the call arrived (ms).
-    pub at_ms: i64,
-    /// Operator name, or "unauthenticated".
-    pub who: String,
-    /// `Service/Method`.
-    pub what: String,
-    /// Peer address.
-    pub from: String,
-    /// "ok" or `Code: message`.
-    pub outcome: String,
-    /// The call's main argument, when known.
-    #[serde(default)]
-    pub target: String,
-}
+pub use crate::store::audit::Record;
 
 impl From<Record> for AuditEntry {
     fn from(r: Record) -> AuditEntry {
@@ -97,70 +73,30 @@ impl From<Record> for AuditEntry {
     }
 }
 
-fn key(at_ms: i64, seq: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&u64::try_from(at_ms).unwrap_or(0).to_be_bytes());
-    k[8..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-/// The audit log in the store.
+/// The audit log in the store, and who an operator call comes from.
 pub struct AuditLog {
     store: Store,
-    tree: sled::Tree,
-    /// Next sequence number: keeps keys unique within a millisecond.
-    seq: AtomicU64,
+    trail: AuditTrail,
 }
 
 impl AuditLog {
-    /// Opens the `audit` tree; sequence numbers go on from the last entry.
+    /// Opens the log; sequence numbers go on from the last entry.
     pub fn open(store: &Store) -> Result<AuditLog, StoreError> {
-        let tree = store.tree(TREE)?;
-        let next = match tree.last()? {
-            Some((k, _)) if k.len() == 16 => {
-                let mut seq = [0u8; 8];
-                seq.copy_from_slice(&k[8..]);
-                u64::from_be_bytes(seq).wrapping_add(1)
-            }
-            _ => 0,
-        };
         Ok(AuditLog {
             store: store.clone(),
-            tree,
-            seq: AtomicU64::new(next),
+            trail: store.audit_trail()?,
         })
     }
 
     /// Appends an entry.
     pub fn record(&self, r: &Record) -> Result<(), StoreError> {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let mut value = vec![V1];
-        // Invariant: a record of strings and an integer always serializes.
-        serde_json::to_writer(&mut value, r).expect("plain record serializes");
-        self.tree.insert(key(r.at_ms, seq), value)?;
-        Ok(())
+        self.trail.append(r)
     }
 
     /// Entries at or after `since_ms`, oldest first; the newest `limit` of
     /// them when there are more.
     pub fn since(&self, since_ms: i64, limit: usize) -> Result<Vec<Record>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.tree.range(key(since_ms, 0)..).rev().take(limit) {
-            let (k, v) = item?;
-            let corrupt = |detail: String| StoreError::Corrupt {
-                tree: TREE,
-                key: fleet_proto::transport::hex(&k),
-                detail,
-            };
-            let record = match v.split_first() {
-                Some((&V1, json)) => serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))?,
-                Some((v, _)) => return Err(corrupt(format!("version byte {v}"))),
-                None => return Err(corrupt("empty".into())),
-            };
-            out.push(record);
-        }
-        out.reverse();
-        Ok(out)
+        self.trail.since(since_ms, limit)
     }
 
     /// The operator an `authorization` header names, when its token is
@@ -405,9 +341,11 @@ mod tests {
         assert_eq!(whats(log.since(2_000, MAX_LISTED).expect("since")), ["b", "c", "d"]);
         assert_eq!(whats(log.since(2_001, MAX_LISTED).expect("since")), ["d"]);
         assert_eq!(whats(log.since(0, 2).expect("newest two")), ["c", "d"]);
-        // Reopened, the sequence goes on after the last key.
+        // Reopened, the sequence goes on after the last key: a new entry in
+        // the same millisecond as the last one comes after it.
         let again = AuditLog::open(&log.store).expect("reopen");
-        assert_eq!(again.seq.load(Ordering::Relaxed), 4);
+        again.record(&rec(3_000, "e")).expect("record");
+        assert_eq!(whats(again.since(3_000, MAX_LISTED).expect("since")), ["d", "e"]);
     }
 
     #[test]

@@ -22,8 +22,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::artifacts::{check_head, ArtifactError, Condition, NotARelease, HEAD};
 use crate::auth::operator;
 use crate::fleet::Fleet;
-use crate::rollouts::store::current_of;
 use crate::status::{internal, unknown_app, unknown_release};
+use crate::store::rollouts::current_of;
 
 /// Size of the chunks artifacts are served in.
 pub const CHUNK: usize = 256 * 1024;

@@ -30,7 +30,10 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use fleet_proto::{AppSpec, Host, Release};
 
+pub mod audit;
+pub mod codec;
 mod flusher;
+pub mod rollouts;
 
 pub use flusher::{FlushCounts, Health};
 
@@ -293,24 +296,11 @@ pub struct Store {
 }
 
 fn enc_proto<M: Message>(m: &M) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + m.encoded_len());
-    out.push(V1);
-    // Invariant: encoding into a Vec cannot run out of space.
-    m.encode(&mut out).expect("Vec grows");
-    out
+    codec::proto(V1, m)
 }
 
 fn dec_proto<M: Message + Default>(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<M, StoreError> {
-    let corrupt = |detail: String| StoreError::Corrupt {
-        tree,
-        key: String::from_utf8_lossy(key).into(),
-        detail,
-    };
-    match bytes.split_first() {
-        Some((&V1, rest)) => M::decode(rest).map_err(|e| corrupt(e.to_string())),
-        Some((v, _)) => Err(corrupt(format!("version byte {v}"))),
-        None => Err(corrupt("empty".into())),
-    }
+    codec::from_proto(tree, key, bytes, V1)
 }
 
 fn release_key(app: &str, version: &str) -> Vec<u8> {
@@ -322,41 +312,19 @@ fn release_key(app: &str, version: &str) -> Vec<u8> {
 }
 
 fn enc_json<T: Serialize>(v: &T) -> Vec<u8> {
-    let mut out = vec![V1];
-    // Invariant: these records hold only strings, integers and maps of strings,
-    // which serde_json always serializes.
-    serde_json::to_writer(&mut out, v).expect("plain records serialize");
-    out
+    codec::json(V1, v)
 }
 
 fn dec_json<T: DeserializeOwned>(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
-    let corrupt = |detail: String| StoreError::Corrupt {
-        tree,
-        key: String::from_utf8_lossy(key).into(),
-        detail,
-    };
-    match bytes.split_first() {
-        Some((&V1, rest)) => serde_json::from_slice(rest).map_err(|e| corrupt(e.to_string())),
-        Some((v, _)) => Err(corrupt(format!("version byte {v}"))),
-        None => Err(corrupt("empty".into())),
-    }
+    codec::from_json(tree, key, bytes, V1)
 }
 
 fn enc_host(h: &Host) -> Vec<u8> {
-    enc_proto(h)
+    codec::proto(V1, h)
 }
 
 fn dec_host(key: &[u8], bytes: &[u8]) -> Result<Host, StoreError> {
-    let corrupt = |detail: String| StoreError::Corrupt {
-        tree: "hosts",
-        key: String::from_utf8_lossy(key).into(),
-        detail,
-    };
-    match bytes.split_first() {
-        Some((&V1, rest)) => Host::decode(rest).map_err(|e| corrupt(e.to_string())),
-        Some((v, _)) => Err(corrupt(format!("version byte {v}"))),
-        None => Err(corrupt("empty".into())),
-    }
+    codec::from_proto("hosts", key, bytes, V1)
 }
 
 fn abort<E>(e: E) -> ConflictableTransactionError<E> {
@@ -450,9 +418,9 @@ impl Store {
         })
     }
 
-    /// A tree of the database, for modules that keep their own records
-    /// (each documents its key layout in the table above).
-    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+    /// A tree of the database, for the store's own submodules (`rollouts`,
+    /// `audit`): nothing outside `store` reaches sled.
+    fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
         Ok(self.db.open_tree(name)?)
     }
 

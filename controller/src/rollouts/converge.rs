@@ -21,10 +21,10 @@ use fleet_proto::rollout::BatchSpec;
 use fleet_proto::{now_ms, Host, HostState, RolloutKind};
 use tokio::sync::mpsc;
 
-use super::store::current_of;
 use super::{api, plan, RolloutError, Signal};
 use crate::fleet::Fleet;
 use crate::selector::Selector;
+use crate::store::rollouts::current_of;
 
 /// Quiet time that ends a gathering of signals.
 const SETTLE: Duration = Duration::from_millis(1000);

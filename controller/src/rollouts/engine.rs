@@ -16,9 +16,9 @@ use tokio_stream::{StreamExt, StreamMap};
 use tracing::Instrument;
 
 use super::step::{self, Change, Control, Effect, HostView, Next, Outcome, Params, View};
-use super::store::current_of;
 use super::{lock, Signal};
 use crate::fleet::Fleet;
+use crate::store::rollouts::current_of;
 use crate::store::StoreError;
 
 /// How an engine starts.
@@ -332,7 +332,7 @@ impl Engine {
         let fin = crate::tasks::is_final(&p);
         let effects = step::report(&mut self.r, &host, &p);
         if fin && !p.current.is_empty() {
-            super::store::note_current(&self.fleet.store, &host, &self.r.app, &p.current)?;
+            crate::store::rollouts::note_current(&self.fleet.store, &host, &self.r.app, &p.current)?;
         }
         if fin {
             self.following.remove(task_id);

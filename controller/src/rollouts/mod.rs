@@ -9,7 +9,8 @@
 //!   persists, sends, waits, emits.
 //! - [`converge`]: one task that turns hosts running something other than
 //!   their desired release into convergence runs through the same engine.
-//! - [`store`]: the records (rollouts, desired per host, release for new hosts).
+//! - `crate::store::rollouts`: the records (rollouts, desired per host,
+//!   release for new hosts), inside the store like every sled access.
 //! - [`api`]: `RolloutService`, the only place gRPC `Status` appears.
 
 pub mod api;
@@ -17,7 +18,6 @@ pub mod converge;
 pub mod engine;
 pub mod plan;
 pub mod step;
-pub mod store;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex};
 use fleet_proto::{Event, EventKind, Host, Rollout};
 use tokio::sync::{broadcast, mpsc, watch};
 
+pub use crate::store::rollouts::RolloutStore;
 pub use api::RolloutsService;
-pub use store::RolloutStore;
 
 use crate::fleet::Fleet;
 use crate::store::{Store, StoreError};
@@ -216,4 +216,12 @@ pub fn start(fleet: &Arc<Fleet>) {
 pub async fn stopped(fleet: &Fleet) {
     fleet.tracker.close();
     fleet.tracker.wait().await;
+}
+
+/// A single-host deploy or rollback ended healthy on `version`: that
+/// becomes the host's desired release (durably), and its inventory shows it.
+pub async fn settled(fleet: &Fleet, host: &str, app: &str, version: &str) -> Result<(), StoreError> {
+    fleet.rollouts.records.set_desired(app, host, version)?;
+    crate::store::rollouts::note_current(&fleet.store, host, app, version)?;
+    fleet.store.flush().await
 }

@@ -7,9 +7,9 @@ use fleet_proto::{
     StartRolloutRequest,
 };
 
-use super::store::current_of;
 use super::RolloutError;
 use crate::selector::Selector;
+use crate::store::rollouts::current_of;
 
 /// What a plan is made from (read by the caller, so planning does no I/O).
 pub struct Input<'a> {

@@ -1,4 +1,4 @@
-//! The rollouts' durable records: the rollouts themselves, the desired
+//! The rollouts' durable records (the store side of `rollouts`): the rollouts themselves, the desired
 //! release of each (app, host), and each app's release for new hosts.
 //!
 //! | tree | key | value |
@@ -19,20 +19,16 @@ use fleet_proto::{
     BatchState, FailureCause, Host, HostState, Rollout, RolloutBatch, RolloutHost, RolloutKind, RolloutState,
     StartRolloutRequest, StopCause, TaskProgress,
 };
-use prost::Message;
 
-use crate::store::{Store, StoreError};
+use super::codec;
+use super::{Store, StoreError};
 
 const RECORD_V1: u8 = 1;
 const RECORD_V2: u8 = 2;
 const VALUE_V1: u8 = 1;
 
 fn corrupt(tree: &'static str, key: &[u8], detail: impl Into<String>) -> StoreError {
-    StoreError::Corrupt {
-        tree,
-        key: String::from_utf8_lossy(key).into(),
-        detail: detail.into(),
-    }
+    codec::corrupt(tree, key, detail)
 }
 
 /// The rollouts' trees.
@@ -51,36 +47,25 @@ fn desired_key(app: &str, host: &str) -> Vec<u8> {
 }
 
 fn enc_version(v: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + v.len());
-    out.push(VALUE_V1);
-    out.extend_from_slice(v.as_bytes());
-    out
+    codec::text(VALUE_V1, v)
 }
 
 fn dec_version(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<String, StoreError> {
-    match bytes.split_first() {
-        Some((&VALUE_V1, rest)) => String::from_utf8(rest.to_vec()).map_err(|e| corrupt(tree, key, e.to_string())),
-        Some((v, _)) => Err(corrupt(tree, key, format!("version byte {v}"))),
-        None => Err(corrupt(tree, key, "empty")),
-    }
+    codec::from_text(tree, key, bytes, VALUE_V1)
 }
 
 fn decode_rollout(key: &[u8], bytes: &[u8]) -> Result<Rollout, StoreError> {
-    match bytes.split_first() {
-        Some((&RECORD_V2, rest)) => Rollout::decode(rest).map_err(|e| corrupt("rollouts", key, e.to_string())),
-        Some((&RECORD_V1, rest)) => legacy::RolloutV1::decode(rest)
-            .map(legacy::upgrade)
-            .map_err(|e| corrupt("rollouts", key, e.to_string())),
-        Some((v, _)) => Err(corrupt("rollouts", key, format!("version byte {v}"))),
-        None => Err(corrupt("rollouts", key, "empty")),
+    match codec::split("rollouts", key, bytes)? {
+        (RECORD_V2, _) => codec::from_proto("rollouts", key, bytes, RECORD_V2),
+        (RECORD_V1, _) => {
+            codec::from_proto::<legacy::RolloutV1>("rollouts", key, bytes, RECORD_V1).map(legacy::upgrade)
+        }
+        (v, _) => Err(corrupt("rollouts", key, format!("version byte {v}"))),
     }
 }
 
 fn encode_rollout(r: &Rollout) -> Vec<u8> {
-    let mut v = Vec::with_capacity(1 + r.encoded_len());
-    v.push(RECORD_V2);
-    v.extend(r.encode_to_vec());
-    v
+    codec::proto(RECORD_V2, r)
 }
 
 /// A host's current release of an app, from its last inventory.
@@ -242,14 +227,6 @@ pub fn note_current(store: &Store, host: &str, app: &str, version: &str) -> Resu
         }
     })?;
     Ok(())
-}
-
-/// A single-host deploy or rollback ended healthy on `version`: that
-/// becomes the host's desired release (durably).
-pub async fn settled(fleet: &crate::fleet::Fleet, host: &str, app: &str, version: &str) -> Result<(), StoreError> {
-    fleet.rollouts.records.set_desired(app, host, version)?;
-    note_current(&fleet.store, host, app, version)?;
-    fleet.store.flush().await
 }
 
 /// Records written before states were typed (record version 1): the same
@@ -439,6 +416,7 @@ mod legacy {
 mod tests {
     use super::*;
     use fleet_proto::{AppInventory, Inventory};
+    use prost::Message;
 
     fn host(id: &str, app: &str, current: &str) -> Host {
         Host {
