@@ -17,10 +17,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::error::{Error, Result};
 use crate::fleet::Fleet;
 use crate::selector::parse_selector;
-use crate::status::internal;
-use crate::status::{unknown_app, unknown_release};
 use crate::tasks::is_final;
 
 /// Releases kept per host when the app names no number.
@@ -34,7 +33,7 @@ pub const TASK_DEADLINE: Duration = Duration::from_secs(30 * 60);
 
 /// Fills in defaults, then validates every field of an app definition with
 /// the contract's limits (`fleet_proto::limits`): the one check at the edge.
-pub fn normalize(mut spec: AppSpec) -> Result<AppSpec, Status> {
+pub fn normalize(mut spec: AppSpec) -> Result<AppSpec> {
     let health = spec.health.get_or_insert_with(Default::default);
     if health.timeout_ms == 0 {
         health.timeout_ms = DEFAULT_HEALTH_TIMEOUT_MS;
@@ -43,7 +42,8 @@ pub fn normalize(mut spec: AppSpec) -> Result<AppSpec, Status> {
         spec.keep = DEFAULT_KEEP;
     }
     if spec.keep < 2 {
-        return Err(Status::invalid_argument(
+        return Err(Error::invalid(
+            "keep",
             "keep must be at least 2: the current and the previous release always stay on disk",
         ));
     }
@@ -61,13 +61,14 @@ pub struct AppsService(pub Arc<Fleet>);
 impl AppService for AppsService {
     async fn create_app(&self, req: Request<AppSpec>) -> Result<Response<AppSpec>, Status> {
         let spec = normalize(req.into_inner())?;
-        if !self.0.store.put_app(&spec, true).map_err(internal)? {
-            return Err(Status::already_exists(format!(
+        if !self.0.store.put_app(&spec, true).map_err(Error::Store)? {
+            return Err(Error::Exists(format!(
                 "app '{}' exists; change it with 'fleetctl app update {}'",
                 spec.name, spec.name
-            )));
+            ))
+            .into());
         }
-        self.0.store.flush().await.map_err(internal)?;
+        self.0.store.flush().await.map_err(Error::Store)?;
         tracing::info!(app = %spec.name, unit = %spec.unit, "app created");
         Ok(Response::new(spec))
     }
@@ -77,16 +78,16 @@ impl AppService for AppsService {
         self.0
             .store
             .app(&spec.name)
-            .map_err(internal)?
-            .ok_or_else(|| unknown_app(&spec.name))?;
-        self.0.store.put_app(&spec, false).map_err(internal)?;
-        self.0.store.flush().await.map_err(internal)?;
+            .map_err(Error::Store)?
+            .ok_or_else(|| Error::UnknownApp(spec.name.clone()))?;
+        self.0.store.put_app(&spec, false).map_err(Error::Store)?;
+        self.0.store.flush().await.map_err(Error::Store)?;
         tracing::info!(app = %spec.name, "app updated");
         Ok(Response::new(spec))
     }
 
     async fn list_apps(&self, _req: Request<ListAppsRequest>) -> Result<Response<ListAppsResponse>, Status> {
-        let apps = self.0.store.apps().map_err(internal)?;
+        let apps = self.0.store.apps().map_err(Error::Store)?;
         Ok(Response::new(ListAppsResponse { apps }))
     }
 
@@ -96,18 +97,19 @@ impl AppService for AppsService {
             .0
             .store
             .app(name)
-            .map_err(internal)?
-            .ok_or_else(|| unknown_app(name))?;
+            .map_err(Error::Store)?
+            .ok_or_else(|| Error::UnknownApp(name.clone()))?;
         let records = &self.0.rollouts.records;
-        let app_release = records.app_release(name).map_err(internal)?.unwrap_or_default();
-        let desired = records.desired_of_app(name).map_err(internal)?;
-        let selector = crate::selector::Selector::parse(&spec.selector).map_err(Status::invalid_argument)?;
+        let app_release = records.app_release(name).map_err(Error::Store)?.unwrap_or_default();
+        let desired = records.desired_of_app(name).map_err(Error::Store)?;
+        let selector =
+            crate::selector::Selector::parse(&spec.selector).map_err(|why| Error::invalid("selector", why))?;
         let mut status = AppStatus {
             spec: Some(spec),
             desired_version: app_release.clone(),
             ..Default::default()
         };
-        for host in self.0.store.hosts().map_err(internal)? {
+        for host in self.0.store.hosts().map_err(Error::Store)? {
             let inv = host.inventory.clone().unwrap_or_default();
             let entry = inv.apps.into_iter().find(|a| &a.app == name);
             let selected = selector.matches(&host.labels);
@@ -140,29 +142,31 @@ impl AppService for AppsService {
     async fn deploy(&self, req: Request<DeployRequest>) -> Result<Response<Self::DeployStream>, Status> {
         let fleet = self.0.clone();
         let r = req.into_inner();
-        limits::check_app_name(&r.app)?;
+        limits::check_app_name(&r.app).map_err(Error::from)?;
         if !r.version.is_empty() {
-            limits::check_version(&r.version)?;
+            limits::check_version(&r.version).map_err(Error::from)?;
         }
         let spec = fleet
             .store
             .app(&r.app)
-            .map_err(internal)?
-            .ok_or_else(|| unknown_app(&r.app))?;
+            .map_err(Error::Store)?
+            .ok_or_else(|| Error::UnknownApp(r.app.clone()))?;
         let host = fleet.resolve_host(&r.host)?;
-        if let Some(running) = fleet.rollouts.records.active(&spec.name).map_err(internal)? {
-            return Err(Status::failed_precondition(format!(
+        if let Some(running) = fleet.rollouts.records.active(&spec.name).map_err(Error::Store)? {
+            return Err(Error::Precondition(format!(
                 "rollout {} of {} is under way; wait for it or abort it before deploying by hand",
                 running.id, spec.name
-            )));
+            ))
+            .into());
         }
         let selector = parse_selector(&spec.selector)?;
         if let Some((k, v)) = selector.iter().find(|(k, v)| host.labels.get(k) != Some(v)) {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::Precondition(format!(
                 "host {} does not match app {}'s selector ({k}={v} is not among its labels); \
                  label it with 'fleetctl hosts label' or change the app's selector",
                 host.id, spec.name
-            )));
+            ))
+            .into());
         }
         let kind = if r.rollback {
             task::Kind::Rollback(RollbackTask {
@@ -174,8 +178,11 @@ impl AppService for AppsService {
             let release = fleet
                 .store
                 .release(&spec.name, &r.version)
-                .map_err(internal)?
-                .ok_or_else(|| unknown_release(&spec.name, &r.version))?;
+                .map_err(Error::Store)?
+                .ok_or_else(|| Error::UnknownRelease {
+                    app: spec.name.clone(),
+                    version: r.version.clone(),
+                })?;
             task::Kind::Deploy(DeployTask {
                 app: spec.name.clone(),
                 release: release.artifact,
@@ -183,13 +190,14 @@ impl AppService for AppsService {
             })
         };
         if fleet.registry.sender(&host.id).is_none() {
-            return Err(Status::unavailable(format!(
+            return Err(Error::Unavailable(format!(
                 "host {} is not connected (last seen {}); deploy again when it is back",
                 host.id,
                 crate::store::utc(host.last_seen_ms)
-            )));
+            ))
+            .into());
         }
-        let (task_id, mut progress) = fleet.dispatch().send(&host.id, "", kind).await?;
+        let (task_id, mut progress) = fleet.dispatch().send(&host.id, "", kind).await.map_err(Error::from)?;
         tracing::info!(task_id, host_id = %host.id, app = %spec.name, version = %r.version, rollback = r.rollback, "deploy requested");
 
         let (tx, rx) = mpsc::channel(64);
@@ -310,7 +318,8 @@ mod tests {
         ];
         for (s, needle) in cases {
             let e = normalize(s.clone()).expect_err("refused");
-            assert!(e.message().contains(needle), "{s:?}: {}", e.message());
+            assert!(matches!(e, Error::Invalid { .. }), "{s:?}: {e:?}");
+            assert!(e.to_string().contains(needle), "{s:?}: {e}");
         }
     }
 }

@@ -23,7 +23,7 @@ use fleet_proto::{now_ms, AuditEntry, ListAuditRequest, ListAuditResponse};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{authenticate, AuthError};
-use crate::status::internal;
+use crate::error::Error;
 use crate::store::audit::AuditTrail;
 use crate::store::{Store, StoreError};
 use crate::tls::PeerInfo;
@@ -271,8 +271,8 @@ impl AuditService for AuditLogService {
         let log = self.0.clone();
         let records = tokio::task::spawn_blocking(move || log.since(since, MAX_LISTED))
             .await
-            .map_err(|e| Status::internal(format!("reading the audit log failed: {e}")))?
-            .map_err(internal)?;
+            .map_err(|e| Error::Internal(format!("reading the audit log failed: {e}")))?
+            .map_err(Error::Store)?;
         Ok(Response::new(ListAuditResponse {
             entries: records.into_iter().map(AuditEntry::from).collect(),
         }))

@@ -1,13 +1,16 @@
-//! Tokens: the text form of join and operator tokens, and the one check of
-//! an operator's bearer token. Used by the `ops::OperatorAuth` interceptor
-//! (which refuses the call) and by the audit layer (which names the caller).
+//! Tokens: the text form of join and operator tokens, the one check of an
+//! operator's bearer token, and what a join token lets an enrolling host say
+//! about itself. Used by the `ops::OperatorAuth` interceptor (which refuses
+//! the call), the audit layer (which names the caller) and `enroll`.
 //!
 //! Depends only on `store`: nothing here knows about services or `Status`;
-//! `ops` maps [`AuthError`] to a status.
+//! `error` maps [`AuthError`] and [`HostClaimRefusal`] to gRPC codes.
+
+use std::collections::HashMap;
 
 use tonic::Request;
 
-use crate::store::{secret_hash, Store, StoreError};
+use crate::store::{secret_hash, Store, StoreError, TokenRecord};
 
 /// Prefix of operator tokens.
 pub const OPERATOR_TOKEN_PREFIX: &str = "fleet_op_";
@@ -68,6 +71,65 @@ pub fn authenticate(store: &Store, authorization: Option<&http::HeaderValue>) ->
     }
 }
 
+/// Why what a host says about itself at enrollment is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostClaimRefusal {
+    /// The hostname breaks the hostname rule.
+    #[error("{0}")]
+    Hostname(String),
+    /// A label breaks the label rule.
+    #[error("{0}; fix [labels] in agent.toml")]
+    Label(String),
+    /// The token does not let hosts set this label key.
+    #[error(
+        "label '{key}' from the agent's [labels] is not allowed by join token {token_id}: a token lists the \
+         label keys hosts may set themselves; create one with 'fleetctl token create --allow-label {key}' or \
+         remove {key} from [labels] in agent.toml"
+    )]
+    KeyNotAllowed {
+        /// The label key.
+        key: String,
+        /// The token's id.
+        token_id: String,
+    },
+}
+
+impl HostClaimRefusal {
+    /// The metrics label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HostClaimRefusal::Hostname(_) => "bad_hostname",
+            HostClaimRefusal::Label(_) => "bad_label",
+            HostClaimRefusal::KeyNotAllowed { .. } => "label_not_allowed",
+        }
+    }
+}
+
+/// Checks the hostname and labels an enrolling host sends: each within the
+/// rules of `fleet_proto::check_hostname` / `check_label`, and every label
+/// key either set by the token itself (the token's value wins) or listed in
+/// its `allowed_label_keys`. Keys are checked in order, so the refusal
+/// names the first offending one.
+pub fn check_host_says(
+    token: &TokenRecord,
+    hostname: &str,
+    labels: &HashMap<String, String>,
+) -> Result<(), HostClaimRefusal> {
+    fleet_proto::check_hostname(hostname).map_err(HostClaimRefusal::Hostname)?;
+    let mut keys: Vec<&String> = labels.keys().collect();
+    keys.sort();
+    for key in keys {
+        fleet_proto::check_label(key, &labels[key]).map_err(HostClaimRefusal::Label)?;
+        if !token.labels.contains_key(key) && !token.allowed_label_keys.contains(key) {
+            return Err(HostClaimRefusal::KeyNotAllowed {
+                key: key.clone(),
+                token_id: token.id.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The operator a request was authenticated as (put there by the
 /// interceptor); "unknown" if none.
 pub fn operator<T>(req: &Request<T>) -> Operator {
@@ -123,5 +185,57 @@ mod tests {
         ));
         let binary = http::HeaderValue::from_bytes(b"Bearer \xff").expect("header");
         assert!(matches!(authenticate(&store, Some(&binary)), Err(AuthError::NotText)));
+    }
+
+    fn token(labels: &[(&str, &str)], allowed: &[&str]) -> TokenRecord {
+        TokenRecord {
+            id: "t1".into(),
+            secret_sha256: String::new(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            created_at_ms: 0,
+            expires_at_ms: 0,
+            max_uses: 0,
+            uses: 0,
+            revoked_at_ms: 0,
+            created_by: String::new(),
+            description: String::new(),
+            cert_ttl_ms: 0,
+            allowed_label_keys: allowed.iter().map(|k| k.to_string()).collect(),
+        }
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn hosts_set_only_the_label_keys_their_token_allows() {
+        let t = token(&[("env", "prod")], &["az"]);
+        assert_eq!(check_host_says(&t, "web-1", &labels(&[("az", "a")])), Ok(()));
+        // A key the token sets: allowed, and the token's value wins later.
+        assert_eq!(check_host_says(&t, "web-1", &labels(&[("env", "dev")])), Ok(()));
+        let e = check_host_says(&t, "web-1", &labels(&[("az", "a"), ("role", "db")])).expect_err("role");
+        assert_eq!(e.kind(), "label_not_allowed");
+        assert!(
+            e.to_string().contains("'role'") && e.to_string().contains("--allow-label role"),
+            "{e}"
+        );
+        let none = token(&[], &[]);
+        assert!(
+            check_host_says(&none, "web-1", &labels(&[("az", "a")])).is_err(),
+            "default: none"
+        );
+    }
+
+    #[test]
+    fn hostile_hostnames_and_labels_are_refused() {
+        let t = token(&[], &["az"]);
+        let e = check_host_says(&t, "web\n1", &HashMap::new()).expect_err("newline");
+        assert_eq!(e.kind(), "bad_hostname");
+        let e = check_host_says(&t, "web-1", &labels(&[("az", "\x1b[31m")])).expect_err("escape");
+        assert_eq!(e.kind(), "bad_label");
+        let big = "x".repeat(1 << 20);
+        assert!(check_host_says(&t, &big, &HashMap::new()).is_err());
+        assert!(check_host_says(&t, "web-1", &labels(&[("az", &big)])).is_err());
     }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use fleet_proto::controller_message::Body as ToAgent;
 use fleet_proto::{now_ms, task, ControllerMessage, Task, TaskProgress};
 use tokio::sync::mpsc;
-use tonic::Status;
 
+use crate::error::Error;
 use crate::grants::Grants;
 use crate::registry::Registry;
 use crate::tasks::Tasks;
@@ -25,9 +25,10 @@ pub enum SendError {
     Stuck(String),
 }
 
-impl From<SendError> for Status {
-    fn from(e: SendError) -> Status {
-        Status::unavailable(e.to_string())
+/// The host may take the task later: try again.
+impl From<SendError> for Error {
+    fn from(e: SendError) -> Error {
+        Error::Unavailable(e.to_string())
     }
 }
 

@@ -6,12 +6,11 @@ use std::time::Duration;
 use fleet_proto::{Host, HostStatus};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::Status;
 
 use crate::ca::Ca;
+use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::status::internal;
 use crate::store::Store;
 use crate::tasks::Tasks;
 
@@ -94,18 +93,19 @@ impl Fleet {
     }
 
     /// Finds a host by id, unique id prefix, or unique hostname.
-    pub fn resolve_host(&self, key: &str) -> Result<Host, Status> {
+    pub fn resolve_host(&self, key: &str) -> Result<Host> {
         let key = key.trim();
         if key.is_empty() {
-            return Err(Status::invalid_argument(
+            return Err(Error::invalid(
+                "host",
                 "no host given: pass a host id, id prefix or hostname",
             ));
         }
         fleet_proto::limits::check_host_ref("host", key)?;
-        if let Some(h) = self.store.host(key).map_err(internal)? {
+        if let Some(h) = self.store.host(key)? {
             return Ok(h);
         }
-        let hosts = self.store.hosts().map_err(internal)?;
+        let hosts = self.store.hosts()?;
         let by_prefix: Vec<_> = hosts.iter().filter(|h| h.id.starts_with(key)).collect();
         let by_name: Vec<_> = hosts
             .iter()
@@ -113,14 +113,11 @@ impl Fleet {
             .collect();
         match (by_prefix.as_slice(), by_name.as_slice()) {
             ([one], _) | ([], [one]) => Ok((*one).clone()),
-            ([], []) => Err(Status::not_found(format!(
-                "no host '{key}' in the fleet; list hosts with 'fleetctl hosts ls'"
-            ))),
-            (many, []) | ([], many) | (many, _) => Err(Status::invalid_argument(format!(
-                "'{key}' matches {} hosts ({}); give more of the id",
-                many.len(),
-                many.iter().map(|h| h.id.as_str()).collect::<Vec<_>>().join(", ")
-            ))),
+            ([], []) => Err(Error::UnknownHost(key.to_string())),
+            (many, []) | ([], many) | (many, _) => Err(Error::AmbiguousHost {
+                key: key.to_string(),
+                ids: many.iter().map(|h| h.id.clone()).collect(),
+            }),
         }
     }
 }

@@ -17,12 +17,12 @@ use fleet_proto::{
 use tonic::service::Interceptor;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{authenticate, operator, JOIN_TOKEN_PREFIX};
+use crate::auth::{authenticate, operator, AuthError, JOIN_TOKEN_PREFIX};
 use crate::config::MIN_TOKEN_CERT_TTL;
+use crate::error::Error;
 use crate::fleet::Fleet;
 use crate::ratelimit::Limiter;
 use crate::selector::parse_selector;
-use crate::status::internal;
 use crate::store::{secret_hash, utc, Store, TokenRecord};
 
 /// Checks `authorization: Bearer fleet_op_…` on every operator call (the
@@ -45,20 +45,22 @@ impl Interceptor for OperatorAuth {
         if let Some(ip) = source {
             self.failures.check(&ip, now).map_err(|l| {
                 tracing::warn!(%ip, "operator call refused: too many failed authentications");
-                Status::from(l)
+                Error::from(l)
             })?;
         }
-        let outcome = authenticate(&self.store, req.metadata().as_ref().get("authorization"))
-            .map(|op| {
+        match authenticate(&self.store, req.metadata().as_ref().get("authorization")) {
+            Ok(op) => {
                 req.extensions_mut().insert(op);
-            })
-            .map_err(Status::from);
-        if let (Err(status), Some(ip)) = (&outcome, source) {
-            if status.code() == tonic::Code::Unauthenticated {
-                self.failures.spend(&ip, now);
+                Ok(req)
+            }
+            Err(e) => {
+                // A store failure is the controller's, not a guess.
+                if let (false, Some(ip)) = (matches!(e, AuthError::Store(_)), source) {
+                    self.failures.spend(&ip, now);
+                }
+                Err(Error::from(e).into())
             }
         }
-        outcome.map(|()| req)
     }
 }
 
@@ -88,7 +90,7 @@ impl HostService for HostsService {
             .0
             .store
             .hosts()
-            .map_err(internal)?
+            .map_err(Error::Store)?
             .into_iter()
             .filter(|h| selector.iter().all(|(k, v)| h.labels.get(k) == Some(v)))
             .map(|h| self.0.view(h))
@@ -108,7 +110,7 @@ impl HostService for HostsService {
     async fn label_host(&self, req: Request<LabelHostRequest>) -> Result<Response<Host>, Status> {
         let op = operator(&req);
         let r = req.into_inner();
-        fleet_proto::limits::check_label_host(&r)?;
+        fleet_proto::limits::check_label_host(&r).map_err(Error::from)?;
         let host = self.0.resolve_host(&r.id)?;
         let updated = self
             .0
@@ -119,9 +121,9 @@ impl HostService for HostsService {
                 }
                 h.labels.extend(r.set.clone());
             })
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("host {} was removed meanwhile", host.id)))?;
-        self.0.store.flush().await.map_err(internal)?;
+            .map_err(Error::Store)?
+            .ok_or_else(|| Error::HostGone(host.id.clone()))?;
+        self.0.store.flush().await.map_err(Error::Store)?;
         tracing::info!(host_id = %host.id, operator = %op.name, "host labels changed");
         Ok(Response::new(self.0.view(updated)))
     }
@@ -133,14 +135,14 @@ impl HostService for HostsService {
             .0
             .store
             .remove_host(&host.id)
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("host {} was removed meanwhile", host.id)))?;
+            .map_err(Error::Store)?
+            .ok_or_else(|| Error::HostGone(host.id.clone()))?;
         // Durable first: a controller crash right after must not resurrect it.
-        self.0.store.flush().await.map_err(internal)?;
+        self.0.store.flush().await.map_err(Error::Store)?;
         self.0.limits.renewals.forget(&host.id);
         let stream_cut = self.0.registry.cut(
             &host.id,
-            Status::permission_denied(format!(
+            Error::Denied(format!(
                 "host {} was removed from the fleet by operator {}; its certificate is revoked",
                 host.id, op.name
             )),
@@ -160,11 +162,14 @@ impl HostService for HostsService {
             "disconnected_for",
             r.disconnected_for_ms,
             fleet_proto::limits::MAX_DURATION_MS,
-        )?;
+        )
+        .map_err(Error::from)?;
         if r.disconnected_for_ms < crate::retire::MIN_PRUNE_MS {
-            return Err(Status::invalid_argument(
+            return Err(Error::invalid(
+                "disconnected_for",
                 "--disconnected-for must be at least 1m: shorter would remove hosts that are only reconnecting",
-            ));
+            )
+            .into());
         }
         let now = fleet_proto::now_ms();
         let removed = if r.dry_run {
@@ -172,7 +177,7 @@ impl HostService for HostsService {
         } else {
             crate::retire::prune(&self.0, r.disconnected_for_ms, now, &op.name).await
         }
-        .map_err(internal)?;
+        .map_err(Error::Store)?;
         Ok(Response::new(PruneHostsResponse { removed }))
     }
 }
@@ -205,7 +210,7 @@ impl TokenService for TokensService {
     async fn create_token(&self, req: Request<CreateTokenRequest>) -> Result<Response<CreateTokenResponse>, Status> {
         let op = operator(&req);
         let r = req.into_inner();
-        fleet_proto::limits::check_create_token(&r)?;
+        fleet_proto::limits::check_create_token(&r).map_err(Error::from)?;
         let mut allowed_label_keys = r.allowed_label_keys.clone();
         allowed_label_keys.sort();
         allowed_label_keys.dedup();
@@ -216,7 +221,7 @@ impl TokenService for TokensService {
             Duration::from_millis(r.ttl_ms)
         };
         if ttl > MAX_TTL {
-            return Err(Status::invalid_argument("a join token may live at most 366 days"));
+            return Err(Error::invalid("ttl", "a join token may live at most 366 days").into());
         }
         let cert_ttl = if r.cert_ttl_ms == 0 {
             settings.cert_ttl
@@ -224,13 +229,17 @@ impl TokenService for TokensService {
             Duration::from_millis(r.cert_ttl_ms)
         };
         if r.cert_ttl_ms != 0 && cert_ttl < MIN_TOKEN_CERT_TTL {
-            return Err(Status::invalid_argument(format!(
-                "certificate lifetime {} is too short: the minimum is 1h",
-                humantime::format_duration(cert_ttl)
-            )));
+            return Err(Error::invalid(
+                "cert_ttl",
+                format!(
+                    "certificate lifetime {} is too short: the minimum is 1h",
+                    humantime::format_duration(cert_ttl)
+                ),
+            )
+            .into());
         }
         if cert_ttl > MAX_TTL {
-            return Err(Status::invalid_argument("a certificate may live at most 366 days"));
+            return Err(Error::invalid("cert_ttl", "a certificate may live at most 366 days").into());
         }
         let now = now_ms();
         let id = crate::random_hex(6);
@@ -256,8 +265,8 @@ impl TokenService for TokensService {
             cert_ttl_ms: cert_ttl.as_millis() as u64,
             allowed_label_keys,
         };
-        self.0.store.put_token(&rec).map_err(internal)?;
-        self.0.store.flush().await.map_err(internal)?;
+        self.0.store.put_token(&rec).map_err(Error::Store)?;
+        self.0.store.flush().await.map_err(Error::Store)?;
         tracing::info!(token_id = %id, operator = %op.name, expires = %utc(rec.expires_at_ms), "join token created");
         Ok(Response::new(CreateTokenResponse {
             token: Some(to_wire(&rec, now)),
@@ -271,7 +280,7 @@ impl TokenService for TokensService {
             .0
             .store
             .tokens()
-            .map_err(internal)?
+            .map_err(Error::Store)?
             .iter()
             .map(|t| to_wire(t, now))
             .filter(|t| req.get_ref().all || t.state() == fleet_proto::TokenState::Active)
@@ -289,13 +298,9 @@ impl TokenService for TokensService {
             .0
             .store
             .revoke_token(&id, now_ms())
-            .map_err(internal)?
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "no join token '{id}'; list them with 'fleetctl token ls --all'"
-                ))
-            })?;
-        self.0.store.flush().await.map_err(internal)?;
+            .map_err(Error::Store)?
+            .ok_or_else(|| Error::UnknownToken(id.clone()))?;
+        self.0.store.flush().await.map_err(Error::Store)?;
         tracing::info!(token_id = %id, operator = %op.name, "join token revoked");
         Ok(Response::new(to_wire(&rec, now_ms())))
     }

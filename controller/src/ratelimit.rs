@@ -3,9 +3,8 @@
 //! renewal gate (one renewal in flight per host, a minimum interval).
 //!
 //! Pure decisions with time as an argument, behind small types whose
-//! methods are the only way in; the services turn a refusal into
-//! RESOURCE_EXHAUSTED (see `Limited`). Depends on nothing else in the
-//! controller.
+//! methods are the only way in; a refusal becomes RESOURCE_EXHAUSTED (see
+//! `crate::error`). Depends on nothing else in the controller.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -74,12 +73,6 @@ pub struct Limited {
     pub per_minute: u32,
     /// When a retry may succeed.
     pub retry_after: Duration,
-}
-
-impl From<Limited> for tonic::Status {
-    fn from(l: Limited) -> tonic::Status {
-        tonic::Status::resource_exhausted(l.to_string())
-    }
 }
 
 /// Keys tracked at most per limiter; beyond it, full buckets (keys that
@@ -196,12 +189,6 @@ pub enum RenewRefusal {
         /// The configured minimum interval.
         min_interval: Duration,
     },
-}
-
-impl From<RenewRefusal> for tonic::Status {
-    fn from(r: RenewRefusal) -> tonic::Status {
-        tonic::Status::resource_exhausted(r.to_string())
-    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -356,15 +343,14 @@ mod tests {
     }
 
     #[test]
-    fn status_is_resource_exhausted_naming_the_limit() {
+    fn a_refusal_names_the_limit() {
         let l = Limiter::new("limits.enroll_per_token", RATE);
         let t0 = Instant::now();
         for _ in 0..3 {
             l.take(&"t", t0).expect("burst");
         }
-        let s = tonic::Status::from(l.take(&"t", t0).expect_err("limited"));
-        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
-        assert!(s.message().contains("limits.enroll_per_token"), "{}", s.message());
+        let refusal = l.take(&"t", t0).expect_err("limited").to_string();
+        assert!(refusal.contains("limits.enroll_per_token"), "{refusal}");
     }
 
     #[test]

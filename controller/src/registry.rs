@@ -3,6 +3,10 @@
 //!
 //! Durable facts (labels, enrollment, certificates) live in the store; this
 //! holds only what a restart may forget, so heartbeats never touch the disk.
+//!
+//! The outbound half of a stream is tonic's (`Result<ControllerMessage,
+//! Status>`); why a stream was cut is an [`Error`], turned into the status
+//! the agent sees by `stream` when it ends the stream.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use crate::error::Error;
 use crate::metrics::Metrics;
 
 /// What the controller knows live about one connected host.
@@ -31,9 +36,12 @@ struct Session {
     id: u64,
     live: Live,
     cancel: CancellationToken,
-    reason: Arc<Mutex<Option<Status>>>,
-    tx: mpsc::Sender<Result<ControllerMessage, Status>>,
+    reason: Arc<Mutex<Option<Error>>>,
+    tx: Outbound,
 }
+
+/// The sending half of a host's stream (what `stream` hands to tonic).
+pub type Outbound = mpsc::Sender<Result<ControllerMessage, Status>>;
 
 /// A registered stream, held by its session task.
 pub struct SessionHandle {
@@ -41,15 +49,14 @@ pub struct SessionHandle {
     pub id: u64,
     /// Cancelled when the stream must end.
     pub cancel: CancellationToken,
-    reason: Arc<Mutex<Option<Status>>>,
+    reason: Arc<Mutex<Option<Error>>>,
 }
 
 impl SessionHandle {
-    /// Why the stream was cut (the status to end it with).
-    pub fn reason(&self) -> Status {
-        lock(&self.reason)
-            .clone()
-            .unwrap_or_else(|| Status::unavailable("the controller is shutting down"))
+    /// Why the stream was cut (what to end it with), once cancelled; taken,
+    /// so asked once. No reason means the controller is shutting down.
+    pub fn take_reason(&self) -> Error {
+        lock(&self.reason).take().unwrap_or(Error::ShuttingDown)
     }
 }
 
@@ -85,7 +92,7 @@ impl Registry {
         host_id: &str,
         remote: SocketAddr,
         parent: &CancellationToken,
-        tx: mpsc::Sender<Result<ControllerMessage, Status>>,
+        tx: Outbound,
         now: i64,
     ) -> SessionHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -105,7 +112,7 @@ impl Registry {
         let old = lock(&self.sessions).insert(host_id.to_string(), session);
         self.changed();
         match old {
-            Some(old) => cut_session(&old, Status::aborted("a newer stream from this host replaced this one")),
+            Some(old) => cut_session(&old, Error::Replaced),
             None => {
                 self.metrics.agents_connected.inc();
             }
@@ -135,13 +142,13 @@ impl Registry {
         }
     }
 
-    /// Ends a host's live stream with `status`; true when one was open.
-    pub fn cut(&self, host_id: &str, status: Status) -> bool {
+    /// Ends a host's live stream for `reason`; true when one was open.
+    pub fn cut(&self, host_id: &str, reason: Error) -> bool {
         let removed = lock(&self.sessions).remove(host_id);
         match removed {
             Some(s) => {
                 self.metrics.agents_connected.dec();
-                cut_session(&s, status);
+                cut_session(&s, reason);
                 self.changed();
                 true
             }
@@ -155,7 +162,7 @@ impl Registry {
     }
 
     /// A sender onto a connected host's stream.
-    pub fn sender(&self, host_id: &str) -> Option<mpsc::Sender<Result<ControllerMessage, Status>>> {
+    pub fn sender(&self, host_id: &str) -> Option<Outbound> {
         lock(&self.sessions).get(host_id).map(|s| s.tx.clone())
     }
 
@@ -174,7 +181,7 @@ impl Registry {
     }
 }
 
-fn cut_session(s: &Session, status: Status) {
-    *lock(&s.reason) = Some(status);
+fn cut_session(s: &Session, reason: Error) {
+    *lock(&s.reason) = Some(reason);
     s.cancel.cancel();
 }

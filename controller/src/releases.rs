@@ -21,8 +21,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::artifacts::{check_head, ArtifactError, Condition, NotARelease, HEAD};
 use crate::auth::operator;
+use crate::error::{Error, Result};
 use crate::fleet::Fleet;
-use crate::status::{internal, unknown_app, unknown_release};
 use crate::store::rollouts::current_of;
 
 /// Size of the chunks artifacts are served in.
@@ -32,43 +32,26 @@ pub const CHUNK: usize = 256 * 1024;
 pub const FORMATS: [&str; 2] = ["tar.gz", "tar.zst"];
 
 /// Checks a version string: it becomes a directory name on every host.
-pub fn check_version(v: &str) -> Result<(), Status> {
+pub fn check_version(v: &str) -> Result<()> {
     if fleet_proto::is_safe_name(v) {
         Ok(())
     } else {
-        Err(Status::invalid_argument(format!(
-            "version '{v}' is not valid: 1-64 of [A-Za-z0-9._+-], not starting with '.'"
-        )))
+        Err(Error::invalid(
+            "version",
+            format!("version '{v}' is not valid: 1-64 of [A-Za-z0-9._+-], not starting with '.'"),
+        ))
     }
 }
 
 /// Checks a lowercase hex sha256.
-pub fn check_sha256(s: &str) -> Result<(), Status> {
+pub fn check_sha256(s: &str) -> Result<()> {
     if s.len() == 64 && s.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
         Ok(())
     } else {
-        Err(Status::invalid_argument(format!(
-            "'{s}' is not a sha256 digest (64 lowercase hex characters)"
-        )))
-    }
-}
-
-impl From<ArtifactError> for Status {
-    fn from(e: ArtifactError) -> Status {
-        match &e {
-            ArtifactError::DiskFull { .. } => Status::resource_exhausted(e.to_string()),
-            ArtifactError::DigestMismatch { .. } => Status::data_loss(e.to_string()),
-            ArtifactError::Io { .. } => {
-                tracing::error!(error = %e, "artifact store I/O failed");
-                Status::internal(e.to_string())
-            }
-        }
-    }
-}
-
-impl From<NotARelease> for Status {
-    fn from(e: NotARelease) -> Status {
-        Status::invalid_argument(e.to_string())
+        Err(Error::invalid(
+            "sha256",
+            format!("'{s}' is not a sha256 digest (64 lowercase hex characters)"),
+        ))
     }
 }
 
@@ -96,44 +79,57 @@ impl ReleaseService for ReleasesService {
         let first = chunks
             .message()
             .await?
-            .ok_or_else(|| Status::invalid_argument("the upload ended before its header"))?;
+            .ok_or_else(|| Error::invalid("header", "the upload ended before its header"))?;
         let header = first
             .header
-            .ok_or_else(|| Status::invalid_argument("the first chunk of an upload must carry the header"))?;
+            .ok_or_else(|| Error::invalid("header", "the first chunk of an upload must carry the header"))?;
         fleet
             .store
             .app(&header.app)
-            .map_err(internal)?
-            .ok_or_else(|| unknown_app(&header.app))?;
+            .map_err(Error::Store)?
+            .ok_or_else(|| Error::UnknownApp(header.app.clone()))?;
         check_version(&header.version)?;
         check_sha256(&header.sha256)?;
-        fleet_proto::limits::check_metadata(header.metadata.iter())?;
+        fleet_proto::limits::check_metadata(header.metadata.iter()).map_err(Error::from)?;
         if !FORMATS.contains(&header.format.as_str()) {
-            return Err(Status::invalid_argument(format!(
-                "format '{}' is not supported: push a .tar.gz or .tar.zst",
-                header.format
-            )));
+            return Err(Error::invalid(
+                "format",
+                format!(
+                    "format '{}' is not supported: push a .tar.gz or .tar.zst",
+                    header.format
+                ),
+            )
+            .into());
         }
         if header.size > fleet.settings.max_release_bytes {
-            return Err(Status::invalid_argument(format!(
-                "the release is {} bytes, more than max_release_size ({} bytes) in controller.toml",
-                header.size, fleet.settings.max_release_bytes
-            )));
+            return Err(Error::invalid(
+                "size",
+                format!(
+                    "the release is {} bytes, more than max_release_size ({} bytes) in controller.toml",
+                    header.size, fleet.settings.max_release_bytes
+                ),
+            )
+            .into());
         }
         if header.size == 0 {
-            return Err(NotARelease::Empty.into());
+            return Err(Error::from(NotARelease::Empty).into());
         }
-        let existing = fleet.store.release(&header.app, &header.version).map_err(internal)?;
+        let existing = fleet
+            .store
+            .release(&header.app, &header.version)
+            .map_err(Error::Store)?;
         if let Some(existing) = &existing {
             let stored = existing.artifact.clone().unwrap_or_default();
             if stored.sha256 != header.sha256 {
-                return Err(Status::already_exists(format!(
+                return Err(Error::Exists(format!(
                     "{} {} exists with other bytes (sha256 {}, this upload {}); releases are immutable: push a new version",
                     header.app, header.version, stored.sha256, header.sha256
-                )));
+                ))
+                .into());
             }
             let artifacts = &fleet.artifacts;
-            let condition = tokio::task::block_in_place(|| artifacts.examine(&stored.sha256, stored.size))?;
+            let condition =
+                tokio::task::block_in_place(|| artifacts.examine(&stored.sha256, stored.size)).map_err(Error::from)?;
             if condition.is_intact() {
                 // Same bytes again: nothing to store. The rest of the upload
                 // is not read; the client sees the answer and stops sending.
@@ -151,47 +147,51 @@ impl ReleaseService for ReleasesService {
             );
         }
 
-        let mut upload = fleet.artifacts.upload()?;
+        let mut upload = fleet.artifacts.upload().map_err(Error::from)?;
         let mut head: Vec<u8> = Vec::new();
         let mut judged = false;
         let mut data = first.data;
         loop {
             if upload.size() + data.len() as u64 > header.size {
-                return Err(Status::invalid_argument(format!(
-                    "the upload is longer than the {} bytes its header announced",
-                    header.size
-                )));
+                return Err(Error::invalid(
+                    "data",
+                    format!(
+                        "the upload is longer than the {} bytes its header announced",
+                        header.size
+                    ),
+                )
+                .into());
             }
             if !judged {
                 // Refuse what can never be a release as soon as enough of it
                 // arrived, before storing the rest.
                 head.extend_from_slice(&data[..data.len().min(HEAD - head.len())]);
                 if head.len() >= HEAD {
-                    check_head(&header.format, &head)?;
+                    check_head(&header.format, &head).map_err(Error::from)?;
                     judged = true;
                 }
             }
-            upload.write(&data)?;
+            upload.write(&data).map_err(Error::from)?;
             match chunks.message().await? {
                 Some(c) => data = c.data,
                 None => break,
             }
         }
         if upload.size() != header.size {
-            return Err(Status::data_loss(format!(
-                "the upload ended after {} of {} bytes; push again",
-                upload.size(),
-                header.size
-            )));
+            return Err(Error::Truncated {
+                got: upload.size(),
+                want: header.size,
+            }
+            .into());
         }
         if !judged {
-            check_head(&header.format, &head)?;
+            check_head(&header.format, &head).map_err(Error::from)?;
         }
         // From the rename until the release naming the file is durable, no
         // release removal may collect the file.
         let naming = fleet.artifacts.naming.lock().await;
         let artifacts = &fleet.artifacts;
-        tokio::task::block_in_place(|| artifacts.commit(upload, &header.sha256))?;
+        tokio::task::block_in_place(|| artifacts.commit(upload, &header.sha256)).map_err(Error::from)?;
         if let Some(existing) = existing {
             tracing::info!(app = %header.app, version = %header.version, sha256 = %header.sha256, "stored artifact repaired");
             return Ok(answer(existing, "repaired"));
@@ -210,22 +210,23 @@ impl ReleaseService for ReleasesService {
             metadata: header.metadata,
             signature: Vec::new(),
         };
-        match fleet.store.put_release(&release).map_err(internal)? {
+        match fleet.store.put_release(&release).map_err(Error::Store)? {
             Ok(()) => {}
             // A concurrent push of the same version won the race.
             Err(existing) if existing.artifact.as_ref().map(|a| &a.sha256) == Some(&header.sha256) => {
                 return Ok(answer(existing, "unchanged"))
             }
             Err(existing) => {
-                return Err(Status::already_exists(format!(
+                return Err(Error::Exists(format!(
                     "{} {} was pushed concurrently with other bytes (sha256 {})",
                     header.app,
                     header.version,
                     existing.artifact.unwrap_or_default().sha256
-                )))
+                ))
+                .into())
             }
         }
-        fleet.store.flush().await.map_err(internal)?;
+        fleet.store.flush().await.map_err(Error::Store)?;
         drop(naming);
         tracing::info!(app = %release.app, version = %header.version, size = header.size, "release stored");
         Ok(answer(release, "stored"))
@@ -236,9 +237,9 @@ impl ReleaseService for ReleasesService {
         self.0
             .store
             .app(app)
-            .map_err(internal)?
-            .ok_or_else(|| unknown_app(app))?;
-        let releases = self.0.store.releases(app).map_err(internal)?;
+            .map_err(Error::Store)?
+            .ok_or_else(|| Error::UnknownApp(app.clone()))?;
+        let releases = self.0.store.releases(app).map_err(Error::Store)?;
         Ok(Response::new(ListReleasesResponse { releases }))
     }
 
@@ -247,14 +248,17 @@ impl ReleaseService for ReleasesService {
         self.0
             .store
             .app(&r.app)
-            .map_err(internal)?
-            .ok_or_else(|| unknown_app(&r.app))?;
+            .map_err(Error::Store)?
+            .ok_or_else(|| Error::UnknownApp(r.app.clone()))?;
         let rel = self
             .0
             .store
             .release(&r.app, &r.version)
-            .map_err(internal)?
-            .ok_or_else(|| unknown_release(&r.app, &r.version))?;
+            .map_err(Error::Store)?
+            .ok_or_else(|| Error::UnknownRelease {
+                app: r.app.clone(),
+                version: r.version.clone(),
+            })?;
         Ok(Response::new(rel))
     }
 
@@ -268,8 +272,8 @@ impl ReleaseService for ReleasesService {
         fleet
             .store
             .app(&app)
-            .map_err(internal)?
-            .ok_or_else(|| unknown_app(&app))?;
+            .map_err(Error::Store)?
+            .ok_or_else(|| Error::UnknownApp(app.clone()))?;
         check_version(&version)?;
         // One naming change at a time: no push may name the artifact between
         // "nothing names it" and its removal.
@@ -277,35 +281,39 @@ impl ReleaseService for ReleasesService {
         let release = fleet
             .store
             .release(&app, &version)
-            .map_err(internal)?
-            .ok_or_else(|| unknown_release(&app, &version))?;
+            .map_err(Error::Store)?
+            .ok_or_else(|| Error::UnknownRelease {
+                app: app.clone(),
+                version: version.clone(),
+            })?;
         let records = &fleet.rollouts.records;
         let uses = in_use(
             &app,
             &version,
-            &fleet.store.hosts().map_err(internal)?,
-            &records.desired_of_app(&app).map_err(internal)?,
-            records.app_release(&app).map_err(internal)?.as_deref(),
-            records.active(&app).map_err(internal)?.as_ref(),
+            &fleet.store.hosts().map_err(Error::Store)?,
+            &records.desired_of_app(&app).map_err(Error::Store)?,
+            records.app_release(&app).map_err(Error::Store)?.as_deref(),
+            records.active(&app).map_err(Error::Store)?.as_ref(),
         );
         if !uses.is_empty() {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::Precondition(format!(
                 "{app} {version} is in use and was not deleted: {}. Deploy another release to those hosts \
                  (or let the rollout end) and delete it then",
                 uses.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
-            )));
+            ))
+            .into());
         }
-        fleet.store.delete_release(&app, &version).map_err(internal)?;
+        fleet.store.delete_release(&app, &version).map_err(Error::Store)?;
         // Durable before the file goes: a crash in between leaves an
         // artifact nothing names (swept at start), never a release without
         // its bytes.
-        fleet.store.flush().await.map_err(internal)?;
+        fleet.store.flush().await.map_err(Error::Store)?;
         let sha256 = release.artifact.as_ref().map(|a| a.sha256.clone()).unwrap_or_default();
-        let named = fleet.store.artifact_digests().map_err(internal)?;
+        let named = fleet.store.artifact_digests().map_err(Error::Store)?;
         let artifact_removed = !sha256.is_empty() && !named.contains(&sha256);
         if artifact_removed {
             let artifacts = &fleet.artifacts;
-            tokio::task::block_in_place(|| artifacts.remove(&sha256))?;
+            tokio::task::block_in_place(|| artifacts.remove(&sha256)).map_err(Error::from)?;
         }
         tracing::info!(app, version, sha256, artifact_removed, operator = %who, "release deleted");
         Ok(Response::new(DeleteReleaseResponse {
@@ -397,7 +405,7 @@ pub fn fetch(
     fleet: &Fleet,
     req: &FetchArtifactRequest,
     release: &Release,
-) -> Result<ReceiverStream<Result<ArtifactChunk, Status>>, Status> {
+) -> Result<ReceiverStream<Result<ArtifactChunk, Status>>> {
     check_sha256(&req.sha256)?;
     let artifact = release.artifact.clone().unwrap_or_default();
     let artifacts = &fleet.artifacts;
@@ -411,10 +419,10 @@ pub fn fetch(
             condition = condition.word(),
             "refusing to serve a damaged artifact"
         );
-        return Err(Status::data_loss(damaged(release, &condition)));
+        return Err(Error::Damaged(damaged(release, &condition)));
     }
     let path = artifacts.path(&req.sha256);
-    let io = |what: &'static str, e: std::io::Error| -> Status {
+    let io = |what: &'static str, e: std::io::Error| -> Error {
         ArtifactError::Io {
             what,
             path: path.clone(),
@@ -425,21 +433,23 @@ pub fn fetch(
     let mut file = std::fs::File::open(&path).map_err(|e| io("open", e))?;
     let len = file.metadata().map_err(|e| io("stat", e))?.len();
     if req.offset > len {
-        return Err(Status::out_of_range(format!(
-            "offset {} is past the end of artifact {} ({len} bytes)",
-            req.offset, req.sha256
-        )));
+        return Err(Error::PastEnd {
+            offset: req.offset,
+            sha256: req.sha256.clone(),
+            len,
+        });
     }
     let (tx, rx) = mpsc::channel(4);
     let mut offset = req.offset;
     tokio::task::spawn_blocking(move || {
         use std::io::{Read, Seek, SeekFrom};
+        // The agent's stream carries a status: the same one `?` would give.
         let fail = |what: &'static str, e: std::io::Error| -> Status {
-            ArtifactError::Io {
+            Error::from(ArtifactError::Io {
                 what,
                 path: path.clone(),
                 source: e,
-            }
+            })
             .into()
         };
         if let Err(e) = file.seek(SeekFrom::Start(offset)) {

@@ -6,8 +6,8 @@
 //! or shows in `hosts ls`.
 
 use fleet_proto::{Host, HostStatus};
-use tonic::Status;
 
+use crate::error::Error;
 use crate::fleet::Fleet;
 use crate::store::StoreError;
 
@@ -23,7 +23,7 @@ fn hostname(h: &Host) -> &str {
 async fn remove(fleet: &Fleet, id: &str, why: &str) -> Result<bool, StoreError> {
     let removed = fleet.store.remove_host(id)?.is_some();
     fleet.store.flush().await?;
-    fleet.registry.cut(id, Status::permission_denied(why.to_string()));
+    fleet.registry.cut(id, Error::Denied(why.to_string()));
     Ok(removed)
 }
 

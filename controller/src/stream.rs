@@ -19,11 +19,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::error::{Error, Result};
 use crate::fleet::Fleet;
 use crate::grants::GrantRefusal;
-use crate::registry::SessionHandle;
+use crate::registry::{Outbound, SessionHandle};
 use crate::selector::parse_selector;
-use crate::status::internal;
 use crate::store::CertRecord;
 
 /// How long an agent has to send hello after opening the stream.
@@ -45,15 +45,13 @@ impl AgentService for StreamService {
     ) -> Result<Response<Self::FetchArtifactStream>, Status> {
         let fleet = &self.0;
         let Some(fp) = crate::tls::peer_fingerprint(&req) else {
-            return Err(Status::unauthenticated(
-                "downloading a release needs the host's client certificate",
-            ));
+            return Err(Error::NoClientCert("downloading a release needs the host's client certificate").into());
         };
         let cert = fleet
             .store
             .cert_host(&fp)
-            .map_err(internal)?
-            .ok_or_else(|| Status::permission_denied("this certificate was revoked (the host was removed)"))?;
+            .map_err(Error::Store)?
+            .ok_or_else(|| Error::Denied("this certificate was revoked (the host was removed)".into()))?;
         let release = authorize_fetch(fleet, &cert.host_id, req.get_ref())?;
         tracing::debug!(host_id = %cert.host_id, sha256 = %req.get_ref().sha256, offset = req.get_ref().offset, "artifact download");
         Ok(Response::new(crate::releases::fetch(fleet, req.get_ref(), &release)?))
@@ -63,42 +61,42 @@ impl AgentService for StreamService {
         let fleet = self.0.clone();
         let remote = crate::tls::peer_addr(&req).unwrap_or_else(|| ([0, 0, 0, 0], 0).into());
         let Some(fp) = crate::tls::peer_fingerprint(&req) else {
-            return Err(Status::unauthenticated(
+            return Err(Error::NoClientCert(
                 "the agent stream needs a client certificate; enroll the agent with a join token first",
-            ));
+            )
+            .into());
         };
         // Checked per RPC as well as per handshake: HTTP/2 lets a client open
         // new streams on a connection made before its host was removed.
-        let cert = fleet.store.cert_host(&fp).map_err(internal)?.ok_or_else(|| {
-            Status::permission_denied(
-                "this certificate was revoked (the host was removed); enroll again with a new join token",
+        let cert = fleet.store.cert_host(&fp).map_err(Error::Store)?.ok_or_else(|| {
+            Error::Denied(
+                "this certificate was revoked (the host was removed); enroll again with a new join token".into(),
             )
         })?;
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
-            .map_err(|_| Status::deadline_exceeded("no hello within 30s of opening the stream"))??;
+            .map_err(|_| Error::HelloTimeout)??;
         let Some(AgentMessage {
             body: Some(FromAgent::Hello(hello)),
         }) = first
         else {
-            return Err(Status::invalid_argument(
-                "the first message on the agent stream must be hello",
-            ));
+            return Err(Error::Protocol("the first message on the agent stream must be hello").into());
         };
         let host_id = cert.host_id.clone();
         if hello.host_id != host_id {
-            return Err(Status::permission_denied(format!(
+            return Err(Error::Denied(format!(
                 "hello names host {} but the client certificate belongs to host {host_id}",
                 hello.host_id
-            )));
+            ))
+            .into());
         }
         // The same hostname rule as at enrollment: a host's facts reach
         // operators' terminals and `--host NAME` lookups.
         if let Some(facts) = &hello.facts {
             if let Err(e) = fleet_proto::check_hostname(&facts.hostname) {
                 tracing::warn!(host_id, error = %e, "hello refused");
-                return Err(Status::invalid_argument(e));
+                return Err(Error::invalid("hello.facts.hostname", e).into());
             }
         }
         let now = now_ms();
@@ -109,8 +107,8 @@ impl AgentService for StreamService {
                 h.inventory = hello.inventory.clone();
                 h.last_seen_ms = now;
             })
-            .map_err(internal)?
-            .ok_or_else(|| Status::permission_denied(format!("host {host_id} was removed from the fleet")))?;
+            .map_err(Error::Store)?
+            .ok_or_else(|| removed(&host_id))?;
 
         let (tx, rx) = mpsc::channel(OUTBOUND);
         let session = fleet
@@ -153,14 +151,19 @@ impl AgentService for StreamService {
     }
 }
 
+/// The refusal of a host whose entry is gone.
+fn removed(host_id: &str) -> Error {
+    Error::Denied(format!("host {host_id} was removed from the fleet"))
+}
+
 /// Lets a host download an artifact only when a deploy task the controller
 /// sent it names the artifact (the task's grant, see `grants`), the release
 /// still exists, and its app's selector matches the host's labels now.
 /// Returns the release the grant names.
-fn authorize_fetch(fleet: &Fleet, host_id: &str, req: &FetchArtifactRequest) -> Result<Release, Status> {
+fn authorize_fetch(fleet: &Fleet, host_id: &str, req: &FetchArtifactRequest) -> Result<Release> {
     let denied = |why: String| {
         tracing::warn!(host_id, sha256 = %req.sha256, reason = %why, "artifact download refused");
-        Status::permission_denied(format!(
+        Error::Denied(format!(
             "host {host_id} may not download artifact {}: {why}. A host downloads only releases a deploy or \
              rollout sent it, of apps whose selector matches its labels; deploy the release to it with \
              'fleetctl deploy APP --version V --host {host_id}' or 'fleetctl rollout APP'",
@@ -178,21 +181,16 @@ fn authorize_fetch(fleet: &Fleet, host_id: &str, req: &FetchArtifactRequest) -> 
     let app = &grant.app;
     let spec = fleet
         .store
-        .app(app)
-        .map_err(internal)?
+        .app(app)?
         .ok_or_else(|| denied(format!("app {app} no longer exists")))?;
-    let host = fleet
-        .store
-        .host(host_id)
-        .map_err(internal)?
-        .ok_or_else(|| Status::permission_denied(format!("host {host_id} was removed from the fleet")))?;
+    let host = fleet.store.host(host_id)?.ok_or_else(|| removed(host_id))?;
     let selector = parse_selector(&spec.selector)?;
     if let Some((k, v)) = selector.iter().find(|(k, v)| host.labels.get(k) != Some(v)) {
         return Err(denied(format!(
             "its labels no longer match app {app}'s selector ({k}={v} is not among them)"
         )));
     }
-    match fleet.store.release(app, &grant.version).map_err(internal)? {
+    match fleet.store.release(app, &grant.version)? {
         Some(r) if r.artifact.as_ref().is_some_and(|a| a.sha256 == req.sha256) => Ok(r),
         _ => Err(denied(format!("release {app} {} no longer exists", grant.version))),
     }
@@ -205,7 +203,7 @@ async fn run_session(
     cert_fp: String,
     session: SessionHandle,
     mut inbound: Streaming<AgentMessage>,
-    tx: mpsc::Sender<Result<ControllerMessage, Status>>,
+    tx: Outbound,
 ) {
     // Three missed heartbeats and the host counts as gone, even if TCP has
     // not noticed yet.
@@ -213,7 +211,7 @@ async fn run_session(
     let ended = loop {
         let msg = tokio::select! {
             _ = session.cancel.cancelled() => {
-                let status = session.reason();
+                let status = Status::from(session.take_reason());
                 // The receiver may be gone already; the stream is over either way.
                 let _ = tx.send(Err(status.clone())).await;
                 break format!("cut: {}", status.message());
@@ -239,9 +237,9 @@ async fn run_session(
                             }))
                             .await;
                     }
-                    Err(status) => {
-                        tracing::warn!(host_id, error = %status.message(), "renewal refused");
-                        let _ = tx.send(Err(status)).await;
+                    Err(e) => {
+                        tracing::warn!(host_id, error = %e, "renewal refused");
+                        let _ = tx.send(Err(e.into())).await;
                         break "renewal refused".to_string();
                     }
                 }
@@ -259,9 +257,7 @@ async fn run_session(
             }
             Some(FromAgent::Hello(_)) | None => {
                 let _ = tx
-                    .send(Err(Status::invalid_argument(
-                        "hello is only valid as the first message",
-                    )))
+                    .send(Err(Error::Protocol("hello is only valid as the first message").into()))
                     .await;
                 break "protocol error".to_string();
             }
@@ -284,20 +280,11 @@ async fn run_session(
 /// flight per host and `limits.renew_min_interval` between them (else
 /// RESOURCE_EXHAUSTED); the new certificate records that it replaces
 /// `current_fp`.
-async fn renew_certificate(
-    fleet: &Fleet,
-    host_id: &str,
-    current_fp: &str,
-    csr_der: &[u8],
-) -> Result<RenewResponse, Status> {
+async fn renew_certificate(fleet: &Fleet, host_id: &str, current_fp: &str, csr_der: &[u8]) -> Result<RenewResponse> {
     fleet_proto::limits::check_csr(csr_der)?;
-    let host = fleet
-        .store
-        .host(host_id)
-        .map_err(internal)?
-        .ok_or_else(|| Status::permission_denied(format!("host {host_id} was removed from the fleet")))?;
+    let host = fleet.store.host(host_id)?.ok_or_else(|| removed(host_id))?;
     // The same lifetime the host was first given: the token's choice.
-    let ttl = match fleet.store.token(&host.token_id).map_err(internal)? {
+    let ttl = match fleet.store.token(&host.token_id)? {
         Some(t) => Duration::from_millis(t.cert_ttl_ms),
         None => fleet.settings.cert_ttl,
     };
@@ -305,7 +292,7 @@ async fn renew_certificate(
     let signed = fleet
         .ca
         .sign_client(csr_der, host_id, ttl)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        .map_err(|e| Error::invalid("csr", e.to_string()))?;
     let rec = CertRecord {
         replaces: Some(current_fp.to_string()),
         host_id: host_id.to_string(),
@@ -316,14 +303,11 @@ async fn renew_certificate(
     let (store, fp) = (fleet.store.clone(), fingerprint(&signed.der));
     let added = tokio::task::spawn_blocking(move || store.add_cert(&fp, &rec))
         .await
-        .map_err(|e| Status::internal(format!("the renewal task failed: {e}")))?
-        .map_err(internal)?;
+        .map_err(|e| Error::Internal(format!("the renewal task failed: {e}")))??;
     if !added {
-        return Err(Status::permission_denied(format!(
-            "host {host_id} was removed from the fleet"
-        )));
+        return Err(removed(host_id));
     }
-    fleet.store.flush().await.map_err(internal)?;
+    fleet.store.flush().await?;
     permit.issued(Instant::now());
     fleet.metrics.renewals.inc();
     tracing::info!(host_id, not_after = %crate::store::utc(signed.not_after_ms), "certificate renewed");

@@ -70,12 +70,6 @@ impl FieldError {
     }
 }
 
-impl From<FieldError> for tonic::Status {
-    fn from(e: FieldError) -> tonic::Status {
-        tonic::Status::invalid_argument(e.to_string())
-    }
-}
-
 /// A value as it may be quoted in a message: escaped, and cut at 80
 /// characters, so a 3 MB or hostile field does not become a 3 MB error.
 pub fn quote(v: &str) -> String {

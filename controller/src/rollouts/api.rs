@@ -1,5 +1,5 @@
-//! `RolloutService`: requests in, [`RolloutError`]s mapped to gRPC
-//! statuses in one place.
+//! `RolloutService`: requests in, rollouts planned, stored and controlled;
+//! refusals are `crate::error::Error`s.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,39 +14,21 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::engine::{self, Start};
+use super::plan;
 use super::step::Control;
-use super::{plan, RolloutError};
 use crate::auth::operator;
+use crate::error::{Error, Result};
 use crate::fleet::Fleet;
-
-impl From<RolloutError> for Status {
-    fn from(e: RolloutError) -> Status {
-        let msg = e.to_string();
-        match e {
-            RolloutError::Store(e) => crate::status::internal(e),
-            RolloutError::UnknownApp(_) | RolloutError::UnknownRelease { .. } | RolloutError::NotFound(_) => {
-                Status::not_found(msg)
-            }
-            RolloutError::NoReleases { .. }
-            | RolloutError::NoHosts { .. }
-            | RolloutError::NoEarlierRelease { .. }
-            | RolloutError::Busy { .. }
-            | RolloutError::Ended { .. } => Status::failed_precondition(msg),
-            RolloutError::Invalid(_) => Status::invalid_argument(msg),
-            RolloutError::NoEngine(_) => Status::unavailable(msg),
-        }
-    }
-}
 
 /// `RolloutService`.
 pub struct RolloutsService(pub Arc<Fleet>);
 
 /// Plans a rollout of `req` (stored and started unless it is a dry run).
-pub async fn start(fleet: &Arc<Fleet>, req: &StartRolloutRequest, who: &str) -> Result<Rollout, RolloutError> {
+pub async fn start(fleet: &Arc<Fleet>, req: &StartRolloutRequest, who: &str) -> Result<Rollout> {
     let spec = fleet
         .store
         .app(&req.app)?
-        .ok_or_else(|| RolloutError::UnknownApp(req.app.clone()))?;
+        .ok_or_else(|| Error::UnknownApp(req.app.clone()))?;
     let hosts = fleet.store.hosts()?;
     let releases: Vec<String> = fleet
         .store
@@ -86,7 +68,7 @@ const PREEMPT_WAIT: Duration = Duration::from_secs(60);
 /// active one (checked and written under one lock). An operator's rollout
 /// preempts a convergence run: the run is aborted (its hosts in flight
 /// finish) and the rollout starts when it has ended.
-pub async fn store_and_run(fleet: &Arc<Fleet>, rollout: Rollout) -> Result<Rollout, RolloutError> {
+pub async fn store_and_run(fleet: &Arc<Fleet>, rollout: Rollout) -> Result<Rollout> {
     let mut preempted = false;
     let guard = loop {
         let guard = fleet.rollouts.starting.lock().await;
@@ -100,7 +82,7 @@ pub async fn store_and_run(fleet: &Arc<Fleet>, rollout: Rollout) -> Result<Rollo
             preempt(fleet, &running.id).await;
             continue;
         }
-        return Err(RolloutError::Busy {
+        return Err(Error::Busy {
             app: rollout.app.clone(),
             id: running.id.clone(),
             state: running.state().word(),
@@ -142,12 +124,12 @@ async fn preempt(fleet: &Fleet, id: &str) {
     .await;
 }
 
-fn get(fleet: &Fleet, id: &str) -> Result<Rollout, RolloutError> {
+fn get(fleet: &Fleet, id: &str) -> Result<Rollout> {
     fleet
         .rollouts
         .records
         .get(id)?
-        .ok_or_else(|| RolloutError::NotFound(id.to_string()))
+        .ok_or_else(|| Error::UnknownRollout(id.to_string()))
 }
 
 /// Whether an event shows that `control` took effect.
@@ -164,7 +146,7 @@ impl RolloutService for RolloutsService {
     async fn start_rollout(&self, req: Request<StartRolloutRequest>) -> Result<Response<Rollout>, Status> {
         let who = operator(&req).name;
         let req = req.into_inner();
-        fleet_proto::limits::check_start_rollout(&req)?;
+        fleet_proto::limits::check_start_rollout(&req).map_err(Error::from)?;
         Ok(Response::new(start(&self.0, &req, &who).await?))
     }
 
@@ -175,7 +157,7 @@ impl RolloutService for RolloutsService {
             .rollouts
             .records
             .all()
-            .map_err(RolloutError::from)?
+            .map_err(Error::Store)?
             .into_iter()
             .filter(|r| app.is_empty() || &r.app == app)
             .collect();
@@ -191,7 +173,7 @@ impl RolloutService for RolloutsService {
         let r = req.into_inner();
         let rollout = get(fleet, &r.id)?;
         if rollout.state().ended() {
-            return Err(RolloutError::Ended {
+            return Err(Error::RolloutEnded {
                 state: rollout.state().word(),
                 id: rollout.id,
             }
@@ -202,13 +184,17 @@ impl RolloutService for RolloutsService {
             ControlAction::Resume => Control::Run,
             ControlAction::Abort => Control::Abort { rollback: r.rollback },
             ControlAction::Unspecified => {
-                return Err(RolloutError::Invalid("control action is not pause, resume or abort".into()).into())
+                return Err(Error::invalid("action", "control action is not pause, resume or abort").into())
             }
         };
         // Subscribe before asking, so the event that shows the change is seen.
         let mut events = fleet.rollouts.events(&rollout.id).subscribe();
         if !fleet.rollouts.control(&rollout.id, control) {
-            return Err(RolloutError::NoEngine(rollout.id).into());
+            return Err(Error::Unavailable(format!(
+                "rollout {} has no engine running on this controller; try again in a moment",
+                rollout.id
+            ))
+            .into());
         }
         // The engine records the change (pause and abort at the next batch
         // boundary); answer with it when it comes quickly.

@@ -21,7 +21,8 @@ use fleet_proto::rollout::BatchSpec;
 use fleet_proto::{now_ms, Host, HostState, RolloutKind};
 use tokio::sync::mpsc;
 
-use super::{api, plan, RolloutError, Signal};
+use super::{api, plan, Signal};
+use crate::error::{Error, Result};
 use crate::fleet::Fleet;
 use crate::selector::Selector;
 use crate::store::rollouts::current_of;
@@ -83,7 +84,7 @@ fn remember_failures(fleet: &Fleet, app: &str, given_up: &mut HashSet<(String, S
     }
 }
 
-async fn sweep(fleet: &Arc<Fleet>, given_up: &HashSet<(String, String, String)>) -> Result<(), RolloutError> {
+async fn sweep(fleet: &Arc<Fleet>, given_up: &HashSet<(String, String, String)>) -> Result<()> {
     let hosts = fleet.store.hosts()?;
     for spec in fleet.store.apps()? {
         let app = spec.name.clone();
@@ -141,7 +142,7 @@ async fn sweep(fleet: &Arc<Fleet>, given_up: &HashSet<(String, String, String)>)
                 tracing::info!(rollout_id = %r.id, app, hosts = targets.len(), batch = size, "convergence run started");
             }
             // An operator's rollout started in between: its end sweeps again.
-            Err(RolloutError::Busy { .. }) => {}
+            Err(Error::Busy { .. }) => {}
             Err(e) => return Err(e),
         }
     }
@@ -149,7 +150,7 @@ async fn sweep(fleet: &Arc<Fleet>, given_up: &HashSet<(String, String, String)>)
 }
 
 /// The batch size of the app's last operator rollout, or the default.
-fn batch_of(fleet: &Fleet, app: &str) -> Result<BatchSpec, RolloutError> {
+fn batch_of(fleet: &Fleet, app: &str) -> Result<BatchSpec> {
     let last = fleet
         .rollouts
         .records

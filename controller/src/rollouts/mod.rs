@@ -11,7 +11,8 @@
 //!   their desired release into convergence runs through the same engine.
 //! - `crate::store::rollouts`: the records (rollouts, desired per host,
 //!   release for new hosts), inside the store like every sled access.
-//! - [`api`]: `RolloutService`, the only place gRPC `Status` appears.
+//! - [`api`]: `RolloutService`; its refusals are `crate::error::Error`s
+//!   (`Busy`, `NoHosts`, `UnknownRollout`, ...) like every service's.
 
 pub mod api;
 pub mod converge;
@@ -31,78 +32,6 @@ pub use api::RolloutsService;
 use crate::fleet::Fleet;
 use crate::store::{Store, StoreError};
 use step::Control;
-
-/// Why a rollout request cannot be done.
-#[derive(Debug, thiserror::Error)]
-pub enum RolloutError {
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// No such app.
-    #[error("no app '{0}'; list apps with 'fleetctl app ls' or create it with 'fleetctl app create'")]
-    UnknownApp(String),
-    /// No such release of the app.
-    #[error("{app} has no release {version}; list them with 'fleetctl release ls {app}' or push it with 'fleetctl release push'")]
-    UnknownRelease {
-        /// App.
-        app: String,
-        /// Version.
-        version: String,
-    },
-    /// The app has no release at all.
-    #[error("{app} has no releases; push one first with 'fleetctl release push'")]
-    NoReleases {
-        /// App.
-        app: String,
-    },
-    /// No host matches.
-    #[error("no host matches {app}'s selector{}; check labels with 'fleetctl hosts ls'", if selector.is_empty() { String::new() } else { format!(" and {selector}") })]
-    NoHosts {
-        /// App.
-        app: String,
-        /// The rollout's narrowing selector.
-        selector: String,
-    },
-    /// A rollback without `--to` found nothing to go back to.
-    #[error("{app}'s history has no successful rollout of a release other than {} to go back to; name one with 'fleetctl rollback {app} --to VERSION'", if current.is_empty() { "its current one" } else { current.as_str() })]
-    NoEarlierRelease {
-        /// App.
-        app: String,
-        /// Its current release.
-        current: String,
-    },
-    /// A parameter is out of range or malformed.
-    #[error("{0}")]
-    Invalid(String),
-    /// The app has an active rollout.
-    #[error("{app} already has rollout {id} ({state}, {kind} to {to}); wait for it, or 'fleetctl rollout abort {id}'")]
-    Busy {
-        /// App.
-        app: String,
-        /// The running rollout.
-        id: String,
-        /// Its state.
-        state: &'static str,
-        /// Its kind.
-        kind: &'static str,
-        /// Its target.
-        to: String,
-    },
-    /// No such rollout.
-    #[error("no rollout '{0}'; list them with 'fleetctl rollout ls'")]
-    NotFound(String),
-    /// The rollout is over.
-    #[error("rollout {id} already ended ({state})")]
-    Ended {
-        /// Rollout.
-        id: String,
-        /// Its state.
-        state: &'static str,
-    },
-    /// The rollout's engine is not running here (yet).
-    #[error("rollout {0} has no engine running on this controller; try again in a moment")]
-    NoEngine(String),
-}
 
 /// Where a convergence sweep is asked for.
 #[derive(Debug, Clone)]

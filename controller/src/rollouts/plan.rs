@@ -7,7 +7,7 @@ use fleet_proto::{
     StartRolloutRequest,
 };
 
-use super::RolloutError;
+use crate::error::{Error, Result};
 use crate::selector::Selector;
 use crate::store::rollouts::current_of;
 
@@ -41,7 +41,7 @@ pub fn hostname(h: &Host) -> String {
 /// The release `fleetctl rollback APP` goes back to when it names none: the
 /// newest version in the app's history of successful rollouts over its whole
 /// selection that differs from the app's current release.
-pub fn rollback_target(app: &str, history: &[Rollout], current: Option<&str>) -> Result<String, RolloutError> {
+pub fn rollback_target(app: &str, history: &[Rollout], current: Option<&str>) -> Result<String> {
     let successful = history.iter().filter(|r| {
         r.app == app
             && r.state() == RolloutState::Succeeded
@@ -55,14 +55,14 @@ pub fn rollback_target(app: &str, history: &[Rollout], current: Option<&str>) ->
     successful
         .map(|r| r.version.clone())
         .find(|v| Some(v) != current.as_ref())
-        .ok_or_else(|| RolloutError::NoEarlierRelease {
+        .ok_or_else(|| Error::NoEarlierRelease {
             app: app.to_string(),
             current: current.unwrap_or_default(),
         })
 }
 
 /// Plans a rollout or a rollback (a rollout to an earlier release).
-pub fn plan(input: &Input) -> Result<Rollout, RolloutError> {
+pub fn plan(input: &Input) -> Result<Rollout> {
     let req = input.req;
     let app = &input.app.name;
     let version = if req.rollback {
@@ -76,14 +76,14 @@ pub fn plan(input: &Input) -> Result<Rollout, RolloutError> {
             .releases
             .first()
             .cloned()
-            .ok_or_else(|| RolloutError::NoReleases { app: app.clone() })?
+            .ok_or_else(|| Error::NoReleases { app: app.clone() })?
     } else if req.version.is_empty() {
-        return Err(RolloutError::Invalid("give --version V or --latest".into()));
+        return Err(Error::invalid("version", "give --version V or --latest"));
     } else {
         req.version.clone()
     };
     if !input.releases.contains(&version) {
-        return Err(RolloutError::UnknownRelease {
+        return Err(Error::UnknownRelease {
             app: app.clone(),
             version,
         });
@@ -91,19 +91,19 @@ pub fn plan(input: &Input) -> Result<Rollout, RolloutError> {
     let batch = if req.rollback && req.batch.trim().is_empty() {
         fleet_proto::rollout::DEFAULT_ROLLBACK_BATCH
     } else {
-        BatchSpec::of_request(&req.batch).map_err(RolloutError::Invalid)?
+        BatchSpec::of_request(&req.batch).map_err(|why| Error::invalid("batch", why))?
     };
-    let budget = FailureBudget::of_request(&req.max_failures).map_err(RolloutError::Invalid)?;
-    OfflinePolicy::of_request(&req.offline).map_err(RolloutError::Invalid)?;
-    let app_selector = Selector::parse(&input.app.selector).map_err(RolloutError::Invalid)?;
-    let narrowing = Selector::parse(&req.selector).map_err(RolloutError::Invalid)?;
+    let budget = FailureBudget::of_request(&req.max_failures).map_err(|why| Error::invalid("max_failures", why))?;
+    OfflinePolicy::of_request(&req.offline).map_err(|why| Error::invalid("offline", why))?;
+    let app_selector = Selector::parse(&input.app.selector).map_err(|why| Error::invalid("app.selector", why))?;
+    let narrowing = Selector::parse(&req.selector).map_err(|why| Error::invalid("selector", why))?;
     let mut hosts: Vec<&Host> = input
         .hosts
         .iter()
         .filter(|h| app_selector.matches(&h.labels) && narrowing.matches(&h.labels))
         .collect();
     if hosts.is_empty() {
-        return Err(RolloutError::NoHosts {
+        return Err(Error::NoHosts {
             app: app.clone(),
             selector: req.selector.clone(),
         });
@@ -114,9 +114,10 @@ pub fn plan(input: &Input) -> Result<Rollout, RolloutError> {
     let failure_budget = budget.hosts(n);
     let canary = if req.rollback { 0 } else { req.canary as usize };
     if canary > 0 && canary >= n {
-        return Err(RolloutError::Invalid(format!(
-            "canary {canary} leaves no host for the batches after it ({n} hosts match)"
-        )));
+        return Err(Error::invalid(
+            "canary",
+            format!("canary {canary} leaves no host for the batches after it ({n} hosts match)"),
+        ));
     }
     let targets: Vec<(&Host, String)> = hosts.into_iter().map(|h| (h, version.clone())).collect();
     let kind = if req.rollback {
