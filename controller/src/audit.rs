@@ -395,7 +395,7 @@ mod tests {
         req.extensions_mut().insert(PeerInfo {
             remote: "10.0.0.7:40000".parse().expect("addr"),
             cert_fp: None,
-            conn: Arc::new(crate::listener::ConnState::new(1, [10, 0, 0, 7].into())),
+            conn: Arc::new(crate::connections::ConnState::new(1, [10, 0, 0, 7].into())),
         });
         svc.ready().await.expect("ready").call(req).await.expect("answer");
     }

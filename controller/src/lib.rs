@@ -8,6 +8,7 @@ pub mod auth;
 pub mod ca;
 pub mod check;
 pub mod config;
+pub mod connections;
 pub mod dispatch;
 pub mod enroll;
 pub mod error;

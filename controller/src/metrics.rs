@@ -48,7 +48,7 @@ pub struct Metrics {
     /// Connections held on the TLS port (accepted and not yet closed).
     pub connections_open: Gauge,
     /// Connections the controller closed or refused, by reason (see
-    /// `listener::CloseReason`).
+    /// `connections::CloseReason`).
     pub connections_closed: Family<Vec<(String, String)>, Counter>,
     /// `accept` failures on the TLS port (e.g. out of file descriptors).
     pub accept_errors: Counter<u64, AtomicU64>,

@@ -27,9 +27,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ca::Ca;
 use crate::config::Config;
+use crate::connections::Connections;
 use crate::fleet::{Fleet, Settings};
 use crate::init::MARKER;
-use crate::listener::{Connections, StreamTrackingLayer};
+use crate::listener::StreamTrackingLayer;
 use crate::metrics::{Metrics, RpcMetricsLayer};
 use crate::ops::{HostsService, OperatorAuth, SessionService, TokensService};
 use crate::ratelimit::Limiter;

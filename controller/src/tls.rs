@@ -23,7 +23,7 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
 };
 
-use crate::listener::{ConnState, Slot};
+use crate::connections::{ConnState, Slot};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
