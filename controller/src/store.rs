@@ -422,7 +422,12 @@ impl Store {
         let mut v = vec![V1];
         v.extend_from_slice(&now_ms.to_be_bytes());
         if let Err(e) = self.kv.commit(Txn::new().put(Space::Meta, b"alive", v)) {
-            self.flusher.health().record_write_error(e.to_string());
+            // The backend's own words, as a failed flush reports them.
+            let detail = match &e {
+                StoreError::Sled(inner) => inner.to_string(),
+                other => other.to_string(),
+            };
+            self.flusher.health().record_write_error(detail);
             return Err(e);
         }
         self.flush().await
