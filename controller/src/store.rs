@@ -289,6 +289,9 @@ enum Schema {
     MustExist,
 }
 
+/// Lanes queueing this process's read-modify-writes (see [`Store::rmw`]).
+const LANES: usize = 64;
+
 /// The store: cheap to clone (the backend is shared).
 #[derive(Clone)]
 pub struct Store {
@@ -296,6 +299,8 @@ pub struct Store {
     kv: Arc<dyn Kv>,
     /// The one path to durability; see `flusher`.
     flusher: Arc<flusher::Flusher>,
+    /// Read-modify-writes of one key queue in its lane (by hash).
+    lanes: Arc<[std::sync::Mutex<()>]>,
 }
 
 fn enc_proto<M: Message>(m: &M) -> Vec<u8> {
@@ -389,7 +394,30 @@ impl Store {
         Ok(Store {
             flusher: Arc::new(flusher::Flusher::start(kv.clone(), dir)?),
             kv,
+            lanes: (0..LANES).map(|_| std::sync::Mutex::new(())).collect(),
         })
+    }
+
+    /// Runs a read-modify-write centred on `key` (a token, a host, a
+    /// release) with [`optimistic`]: the compares keep it correct against
+    /// every other writer (another controller on a shared backend), and
+    /// this process's read-modify-writes of the same key wait in one lane
+    /// instead of conflicting with each other (32 enrollments with one token
+    /// would otherwise retry in a herd whenever a flush holds sled's lock).
+    /// Lanes are never nested: `attempt` must not call the store.
+    fn rmw<T, E: From<StoreError>>(
+        &self,
+        key: &[u8],
+        what: &'static str,
+        attempt: impl FnMut(&dyn Kv) -> Result<Attempt<T>, E>,
+    ) -> Result<T, E> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        let lane = &self.lanes[(h.finish() % LANES as u64) as usize];
+        // A poisoned lane only means a panic in another attempt; it guards no data.
+        let _queued = lane.lock().unwrap_or_else(|p| p.into_inner());
+        optimistic(self.kv.as_ref(), what, attempt)
     }
 
     /// The backend, for the store's own submodules (`rollouts`, `audit`):
@@ -480,7 +508,7 @@ impl Store {
 
     /// Marks a token revoked; returns it, or None when unknown.
     pub fn revoke_token(&self, id: &str, now: i64) -> Result<Option<TokenRecord>, StoreError> {
-        optimistic(self.kv.as_ref(), "revoking a join token", |kv| {
+        self.rmw(id.as_bytes(), "revoking a join token", |kv| {
             let Some(v) = kv.get(Space::Tokens, id.as_bytes())? else {
                 return Ok(Attempt::Done(None));
             };
@@ -512,7 +540,7 @@ impl Store {
         cert_fp: &str,
         cert: &CertRecord,
     ) -> Result<(), EnrollError> {
-        optimistic(self.kv.as_ref(), "an enrollment", |kv| {
+        self.rmw(token_id.as_bytes(), "an enrollment", |kv| {
             let Some(v) = kv.get(Space::Tokens, token_id.as_bytes())? else {
                 return Err(EnrollError::Token(TokenRefusal::Unknown(token_id.to_string())));
             };
@@ -530,7 +558,7 @@ impl Store {
 
     /// Allows a renewed certificate for an existing host; false when the host is gone.
     pub fn add_cert(&self, cert_fp: &str, cert: &CertRecord) -> Result<bool, StoreError> {
-        optimistic(self.kv.as_ref(), "storing a renewed certificate", |kv| {
+        self.rmw(cert.host_id.as_bytes(), "storing a renewed certificate", |kv| {
             let id = cert.host_id.as_bytes();
             let Some(v) = kv.get(Space::Hosts, id)? else {
                 return Ok(Attempt::Done(false));
@@ -551,7 +579,7 @@ impl Store {
     /// stream), and this one is recorded as confirmed. Returns the first
     /// revoked fingerprint, if any. Callers make it durable with `flush`.
     pub fn confirm_cert(&self, cert_fp: &str) -> Result<Option<String>, StoreError> {
-        optimistic(self.kv.as_ref(), "confirming a renewed certificate", |kv| {
+        self.rmw(cert_fp.as_bytes(), "confirming a renewed certificate", |kv| {
             let Some(v) = kv.get(Space::Certs, cert_fp.as_bytes())? else {
                 return Ok(Attempt::Done(None));
             };
@@ -624,7 +652,7 @@ impl Store {
     /// Changes a host in place; returns the new record, or None when unknown.
     /// `f` may run more than once (again after a concurrent change).
     pub fn update_host(&self, id: &str, f: impl Fn(&mut Host)) -> Result<Option<Host>, StoreError> {
-        optimistic(self.kv.as_ref(), "updating a host", |kv| {
+        self.rmw(id.as_bytes(), "updating a host", |kv| {
             let Some(v) = kv.get(Space::Hosts, id.as_bytes())? else {
                 return Ok(Attempt::Done(None));
             };
@@ -640,7 +668,7 @@ impl Store {
     /// Removes a host and every certificate issued to it. Returns the removed
     /// host and how many certificates were dropped, or None when unknown.
     pub fn remove_host(&self, id: &str) -> Result<Option<(Host, u32)>, StoreError> {
-        optimistic(self.kv.as_ref(), "removing a host", |kv| {
+        self.rmw(id.as_bytes(), "removing a host", |kv| {
             let Some(v) = kv.get(Space::Hosts, id.as_bytes())? else {
                 return Ok(Attempt::Done(None));
             };
@@ -686,7 +714,7 @@ impl Store {
     pub fn put_release(&self, rel: &Release) -> Result<Result<(), Release>, StoreError> {
         let version = rel.artifact.as_ref().map(|a| a.version.as_str()).unwrap_or_default();
         let key = release_key(&rel.app, version);
-        optimistic(self.kv.as_ref(), "storing a release", |kv| {
+        self.rmw(&key, "storing a release", |kv| {
             if let Some(current) = kv.get(Space::Releases, &key)? {
                 return Ok(Attempt::Done(Err(dec_proto("releases", &key, &current)?)));
             }
@@ -718,7 +746,7 @@ impl Store {
     /// the artifact if nothing names it); returns what was deleted.
     pub fn delete_release(&self, app: &str, version: &str) -> Result<Option<Release>, StoreError> {
         let key = release_key(app, version);
-        optimistic(self.kv.as_ref(), "deleting a release", |kv| {
+        self.rmw(&key, "deleting a release", |kv| {
             let Some(v) = kv.get(Space::Releases, &key)? else {
                 return Ok(Attempt::Done(None));
             };
