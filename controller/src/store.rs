@@ -1,5 +1,11 @@
 //! The controller's durable state, in sled under `DATA_DIR/store`.
 //!
+//! The typed methods below sit on a narrow key-value trait ([`kv::Kv`]:
+//! get, prefix and range scans, one conditional commit) and the codec; sled
+//! is behind it ([`kv::SledKv`]), so a second backend (etcd) can replace it.
+//! Read-modify-writes are optimistic ([`kv::optimistic`]): read, decide,
+//! commit with compares on what was read, retry on a conflict.
+//!
 //! Key layout (also in ARCHITECTURE.md). Every value starts with a version byte.
 //!
 //! | tree | key | value |
@@ -26,22 +32,19 @@ use std::sync::Arc;
 use prost::Message;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use fleet_proto::{AppSpec, Host, Release};
 
 pub mod audit;
 pub mod codec;
 mod flusher;
+pub mod kv;
 pub mod rollouts;
 
 pub use flusher::{FlushCounts, Health};
+use kv::{optimistic, Attempt, Committed, Kv, SledKv, Space, Txn, SLED_DB_FILE};
 
 const V1: u8 = 1;
-
-/// sled's own file in a store directory: a directory without it holds no
-/// store (an empty mount point, a deleted store).
-const SLED_DB_FILE: &str = "db";
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +96,12 @@ pub enum StoreError {
         key: String,
         detail: String,
     },
+    /// A read-modify-write lost to concurrent writers every time it tried.
+    #[error(
+        "store: {what} conflicted with concurrent writes {tries} times in a row and gave up; \
+         try again"
+    )]
+    Contended { what: &'static str, tries: u32 },
 }
 
 /// The store `serve` runs on, for messages that sled's errors cannot carry.
@@ -280,19 +289,18 @@ enum Schema {
     MustExist,
 }
 
-/// The store: cheap to clone (sled trees are reference-counted).
+/// Lanes queueing this process's read-modify-writes (see [`Store::rmw`]).
+const LANES: usize = 64;
+
+/// The store: cheap to clone (the backend is shared).
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
+    /// The backend; see `kv`.
+    kv: Arc<dyn Kv>,
     /// The one path to durability; see `flusher`.
     flusher: Arc<flusher::Flusher>,
-    meta: sled::Tree,
-    hosts: sled::Tree,
-    certs: sled::Tree,
-    tokens: sled::Tree,
-    operators: sled::Tree,
-    apps: sled::Tree,
-    releases: sled::Tree,
+    /// Read-modify-writes of one key queue in its lane (by hash).
+    lanes: Arc<[std::sync::Mutex<()>]>,
 }
 
 fn enc_proto<M: Message>(m: &M) -> Vec<u8> {
@@ -327,15 +335,14 @@ fn dec_host(key: &[u8], bytes: &[u8]) -> Result<Host, StoreError> {
     codec::from_proto("hosts", key, bytes, V1)
 }
 
-fn abort<E>(e: E) -> ConflictableTransactionError<E> {
-    ConflictableTransactionError::Abort(e)
-}
-
-fn unwrap_txn<T, E: From<StoreError>>(r: Result<T, TransactionError<E>>) -> Result<T, E> {
-    r.map_err(|e| match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => StoreError::Sled(e).into(),
-    })
+/// Every entry of a space whose key starts with `prefix`, decoded.
+fn decode_all<T>(
+    kv: &dyn Kv,
+    space: Space,
+    prefix: &[u8],
+    dec: impl Fn(&[u8], &[u8]) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    kv.scan_prefix(space, prefix)?.iter().map(|(k, v)| dec(k, v)).collect()
 }
 
 impl Store {
@@ -367,61 +374,56 @@ impl Store {
     }
 
     fn open_sled(dir: &Path, schema: Schema) -> Result<Store, StoreError> {
-        let path = dir.display().to_string();
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::LowSpace)
-            .open()
-            .map_err(|e| {
-                let detail = e.to_string();
-                // sled's words when fs2's try_lock_exclusive fails (config.rs, 0.34).
-                if detail.contains("could not acquire lock") {
-                    StoreError::Locked {
-                        path: path.clone(),
-                        detail,
-                    }
-                } else if matches!(e, sled::Error::Io(_)) {
-                    StoreError::Open {
-                        path: path.clone(),
-                        detail,
-                    }
-                } else {
-                    StoreError::Damaged {
-                        path: path.clone(),
-                        detail,
-                    }
-                }
-            })?;
-        let meta = db.open_tree("meta")?;
-        if meta.get("schema")?.is_none() {
+        Store::on(Arc::new(SledKv::open(dir)?), dir, schema)
+    }
+
+    /// The store on a backend (`dir`: where its files are, for messages).
+    fn on(kv: Arc<dyn Kv>, dir: &Path, schema: Schema) -> Result<Store, StoreError> {
+        if kv.get(Space::Meta, b"schema")?.is_none() {
             // sled recovers a log it cannot parse as an empty database, so a
             // damaged store opens "fine": the schema record init wrote is
             // what tells an empty store from ours.
             if schema == Schema::MustExist {
                 return Err(StoreError::Damaged {
-                    path,
+                    path: dir.display().to_string(),
                     detail: "it holds no fleet data (no schema record), so sled found nothing it could read".into(),
                 });
             }
-            meta.insert("schema", &[V1])?;
+            let _ = kv.commit(Txn::new().put(Space::Meta, b"schema", vec![V1]))?;
         }
         Ok(Store {
-            flusher: Arc::new(flusher::Flusher::start(db.clone(), dir)?),
-            hosts: db.open_tree("hosts")?,
-            certs: db.open_tree("certs")?,
-            tokens: db.open_tree("tokens")?,
-            operators: db.open_tree("operators")?,
-            apps: db.open_tree("apps")?,
-            releases: db.open_tree("releases")?,
-            meta,
-            db,
+            flusher: Arc::new(flusher::Flusher::start(kv.clone(), dir)?),
+            kv,
+            lanes: (0..LANES).map(|_| std::sync::Mutex::new(())).collect(),
         })
     }
 
-    /// A tree of the database, for the store's own submodules (`rollouts`,
-    /// `audit`): nothing outside `store` reaches sled.
-    fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
-        Ok(self.db.open_tree(name)?)
+    /// Runs a read-modify-write centred on `key` (a token, a host, a
+    /// release) with [`optimistic`]: the compares keep it correct against
+    /// every other writer (another controller on a shared backend), and
+    /// this process's read-modify-writes of the same key wait in one lane
+    /// instead of conflicting with each other (32 enrollments with one token
+    /// would otherwise retry in a herd whenever a flush holds sled's lock).
+    /// Lanes are never nested: `attempt` must not call the store.
+    fn rmw<T, E: From<StoreError>>(
+        &self,
+        key: &[u8],
+        what: &'static str,
+        attempt: impl FnMut(&dyn Kv) -> Result<Attempt<T>, E>,
+    ) -> Result<T, E> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        let lane = &self.lanes[(h.finish() % LANES as u64) as usize];
+        // A poisoned lane only means a panic in another attempt; it guards no data.
+        let _queued = lane.lock().unwrap_or_else(|p| p.into_inner());
+        optimistic(self.kv.as_ref(), what, attempt)
+    }
+
+    /// The backend, for the store's own submodules (`rollouts`, `audit`):
+    /// nothing outside `store` reaches it.
+    fn kv(&self) -> &Arc<dyn Kv> {
+        &self.kv
     }
 
     /// Makes every write made before the call durable: waits for a flush by
@@ -447,75 +449,88 @@ impl Store {
     pub async fn probe(&self, now_ms: i64) -> Result<(), StoreError> {
         let mut v = vec![V1];
         v.extend_from_slice(&now_ms.to_be_bytes());
-        if let Err(e) = self.meta.insert("alive", v) {
-            self.flusher.health().record_write_error(e.to_string());
-            return Err(e.into());
+        if let Err(e) = self.kv.commit(Txn::new().put(Space::Meta, b"alive", v)) {
+            // The backend's own words, as a failed flush reports them.
+            let detail = match &e {
+                StoreError::Sled(inner) => inner.to_string(),
+                other => other.to_string(),
+            };
+            self.flusher.health().record_write_error(detail);
+            return Err(e);
         }
         self.flush().await
+    }
+
+    /// One value of a space, decoded.
+    fn get_with<T>(
+        &self,
+        space: Space,
+        key: &[u8],
+        dec: impl FnOnce(&[u8], &[u8]) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        self.kv.get(space, key)?.map(|v| dec(key, &v)).transpose()
+    }
+
+    /// Writes one value, unconditionally.
+    fn put(&self, space: Space, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        let _ = self.kv.commit(Txn::new().put(space, key, value))?;
+        Ok(())
     }
 
     // --- operators -------------------------------------------------------
 
     /// Adds an operator credential.
     pub fn put_operator(&self, rec: &OperatorRecord) -> Result<(), StoreError> {
-        self.operators.insert(rec.id.as_bytes(), enc_json(rec))?;
-        Ok(())
+        self.put(Space::Operators, rec.id.as_bytes(), enc_json(rec))
     }
 
     /// An operator credential by id.
     pub fn operator(&self, id: &str) -> Result<Option<OperatorRecord>, StoreError> {
-        self.operators
-            .get(id)?
-            .map(|v| dec_json("operators", id.as_bytes(), &v))
-            .transpose()
+        self.get_with(Space::Operators, id.as_bytes(), |k, v| dec_json("operators", k, v))
     }
 
     // --- join tokens -----------------------------------------------------
 
     /// Stores a new join token.
     pub fn put_token(&self, rec: &TokenRecord) -> Result<(), StoreError> {
-        self.tokens.insert(rec.id.as_bytes(), enc_json(rec))?;
-        Ok(())
+        self.put(Space::Tokens, rec.id.as_bytes(), enc_json(rec))
     }
 
     /// A join token by id.
     pub fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
-        self.tokens
-            .get(id)?
-            .map(|v| dec_json("tokens", id.as_bytes(), &v))
-            .transpose()
+        self.get_with(Space::Tokens, id.as_bytes(), |k, v| dec_json("tokens", k, v))
     }
 
     /// Every join token.
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        self.tokens
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                dec_json("tokens", &k, &v)
-            })
-            .collect()
+        decode_all(self.kv.as_ref(), Space::Tokens, b"", |k, v| dec_json("tokens", k, v))
     }
 
     /// Marks a token revoked; returns it, or None when unknown.
     pub fn revoke_token(&self, id: &str, now: i64) -> Result<Option<TokenRecord>, StoreError> {
-        let r = self.tokens.transaction(|t| {
-            let Some(v) = t.get(id)? else { return Ok(None) };
-            let mut rec: TokenRecord = dec_json("tokens", id.as_bytes(), &v).map_err(abort)?;
-            if rec.revoked_at_ms == 0 {
-                rec.revoked_at_ms = now;
-                t.insert(id.as_bytes(), enc_json(&rec))?;
+        self.rmw(id.as_bytes(), "revoking a join token", |kv| {
+            let Some(v) = kv.get(Space::Tokens, id.as_bytes())? else {
+                return Ok(Attempt::Done(None));
+            };
+            let mut rec: TokenRecord = dec_json("tokens", id.as_bytes(), &v)?;
+            if rec.revoked_at_ms != 0 {
+                return Ok(Attempt::Done(Some(rec)));
             }
-            Ok(Some(rec))
-        });
-        unwrap_txn(r)
+            rec.revoked_at_ms = now;
+            let txn = Txn::new()
+                .when_equals(Space::Tokens, id, &v)
+                .put(Space::Tokens, id, enc_json(&rec));
+            Ok(Attempt::Commit(txn, Some(rec)))
+        })
     }
 
     // --- enrollment and certificates -------------------------------------
 
     /// Enrolls a host in one transaction: re-checks and spends a use of the
     /// token, stores the host and allows its certificate. Nothing changes when
-    /// any check fails.
+    /// any check fails. The use is spent only if the token is still what the
+    /// check read (a compare), so concurrent enrollments never spend more
+    /// uses than the token allows.
     pub fn enroll(
         &self,
         token_id: &str,
@@ -525,36 +540,37 @@ impl Store {
         cert_fp: &str,
         cert: &CertRecord,
     ) -> Result<(), EnrollError> {
-        let r = (&self.tokens, &self.hosts, &self.certs).transaction(|(tokens, hosts, certs)| {
-            let Some(v) = tokens.get(token_id)? else {
-                return Err(abort(EnrollError::Token(TokenRefusal::Unknown(token_id.to_string()))));
+        self.rmw(token_id.as_bytes(), "an enrollment", |kv| {
+            let Some(v) = kv.get(Space::Tokens, token_id.as_bytes())? else {
+                return Err(EnrollError::Token(TokenRefusal::Unknown(token_id.to_string())));
             };
-            let mut rec: TokenRecord =
-                dec_json("tokens", token_id.as_bytes(), &v).map_err(|e| abort(EnrollError::Store(e)))?;
-            rec.check(Some(secret_sha256), now)
-                .map_err(|e| abort(EnrollError::Token(e)))?;
+            let mut rec: TokenRecord = dec_json("tokens", token_id.as_bytes(), &v)?;
+            rec.check(Some(secret_sha256), now)?;
             rec.uses += 1;
-            tokens.insert(token_id.as_bytes(), enc_json(&rec))?;
-            hosts.insert(host.id.as_bytes(), enc_host(host))?;
-            certs.insert(cert_fp.as_bytes(), enc_json(cert))?;
-            Ok(())
-        });
-        unwrap_txn(r)
+            let txn = Txn::new()
+                .when_equals(Space::Tokens, token_id, &v)
+                .put(Space::Tokens, token_id, enc_json(&rec))
+                .put(Space::Hosts, &host.id, enc_host(host))
+                .put(Space::Certs, cert_fp, enc_json(cert));
+            Ok(Attempt::Commit(txn, ()))
+        })
     }
 
     /// Allows a renewed certificate for an existing host; false when the host is gone.
     pub fn add_cert(&self, cert_fp: &str, cert: &CertRecord) -> Result<bool, StoreError> {
-        let r = (&self.hosts, &self.certs).transaction(|(hosts, certs)| {
-            let Some(v) = hosts.get(cert.host_id.as_bytes())? else {
-                return Ok(false);
+        self.rmw(cert.host_id.as_bytes(), "storing a renewed certificate", |kv| {
+            let id = cert.host_id.as_bytes();
+            let Some(v) = kv.get(Space::Hosts, id)? else {
+                return Ok(Attempt::Done(false));
             };
-            let mut host = dec_host(cert.host_id.as_bytes(), &v).map_err(abort)?;
+            let mut host = dec_host(id, &v)?;
             host.cert_not_after_ms = cert.not_after_ms;
-            hosts.insert(cert.host_id.as_bytes(), enc_host(&host))?;
-            certs.insert(cert_fp.as_bytes(), enc_json(cert))?;
-            Ok(true)
-        });
-        unwrap_txn(r)
+            let txn = Txn::new()
+                .when_equals(Space::Hosts, id, &v)
+                .put(Space::Hosts, id, enc_host(&host))
+                .put(Space::Certs, cert_fp, enc_json(cert));
+            Ok(Attempt::Commit(txn, true))
+        })
     }
 
     /// The host authenticated with `cert_fp`: if that certificate replaces
@@ -563,62 +579,53 @@ impl Store {
     /// stream), and this one is recorded as confirmed. Returns the first
     /// revoked fingerprint, if any. Callers make it durable with `flush`.
     pub fn confirm_cert(&self, cert_fp: &str) -> Result<Option<String>, StoreError> {
-        let Some(rec) = self.certs.get(cert_fp)? else {
-            return Ok(None);
-        };
-        let rec: CertRecord = dec_json("certs", cert_fp.as_bytes(), &rec)?;
-        let Some(replaced) = rec.replaces.clone() else {
-            return Ok(None);
-        };
-        // Siblings: renewals of the same certificate for the same host.
-        let mut siblings = Vec::new();
-        for kv in self.certs.iter() {
-            let (k, v) = kv?;
-            let other: CertRecord = dec_json("certs", &k, &v)?;
-            if k.as_ref() != cert_fp.as_bytes()
-                && other.host_id == rec.host_id
-                && other.replaces.as_deref() == Some(replaced.as_str())
-            {
-                siblings.push(k);
-            }
-        }
-        let r = self.certs.transaction(|certs| {
-            let Some(v) = certs.get(cert_fp.as_bytes())? else {
-                return Ok(None);
+        self.rmw(cert_fp.as_bytes(), "confirming a renewed certificate", |kv| {
+            let Some(v) = kv.get(Space::Certs, cert_fp.as_bytes())? else {
+                return Ok(Attempt::Done(None));
             };
-            let mut rec: CertRecord = dec_json("certs", cert_fp.as_bytes(), &v).map_err(abort)?;
+            let mut rec: CertRecord = dec_json("certs", cert_fp.as_bytes(), &v)?;
             let Some(old) = rec.replaces.take() else {
-                return Ok(None);
+                return Ok(Attempt::Done(None));
             };
-            for k in &siblings {
-                certs.remove(k.clone())?;
-            }
-            // Only a certificate of the same host is ever revoked here.
-            let same_host = match certs.get(old.as_bytes())? {
-                Some(ov) => {
-                    dec_json::<CertRecord>("certs", old.as_bytes(), &ov)
-                        .map_err(abort)?
-                        .host_id
-                        == rec.host_id
+            let mut txn = Txn::new().when_equals(Space::Certs, cert_fp, &v);
+            // Siblings: renewals of the same certificate for the same host;
+            // and whether the replaced one is the same host's (only such a
+            // certificate is ever revoked here).
+            let mut same_host = false;
+            let mut old_seen = false;
+            for (k, ov) in kv.scan_prefix(Space::Certs, b"")? {
+                if k == cert_fp.as_bytes() {
+                    continue;
                 }
-                None => false,
-            };
-            if same_host {
-                certs.remove(old.as_bytes())?;
+                let other: CertRecord = dec_json("certs", &k, &ov)?;
+                if k == old.as_bytes() {
+                    old_seen = true;
+                    same_host = other.host_id == rec.host_id;
+                    txn = txn.when_equals(Space::Certs, &k, &ov);
+                } else if other.host_id == rec.host_id && other.replaces.as_deref() == Some(old.as_str()) {
+                    txn = txn.delete(Space::Certs, &k);
+                }
             }
-            certs.insert(cert_fp.as_bytes(), enc_json(&rec))?;
-            Ok(same_host.then_some(old))
-        });
-        unwrap_txn(r)
+            if !old_seen {
+                txn = txn.when_absent(Space::Certs, &old);
+            }
+            if same_host {
+                txn = txn.delete(Space::Certs, &old);
+            }
+            txn = txn.put(Space::Certs, cert_fp, enc_json(&rec));
+            Ok(Attempt::Commit(txn, same_host.then_some(old)))
+        })
     }
 
     /// The host a certificate (by fingerprint) authenticates, if it is still honoured.
     pub fn cert_host(&self, cert_fp: &str) -> Result<Option<CertRecord>, StoreError> {
-        let Some(v) = self.certs.get(cert_fp)? else {
+        let Some(rec) = self.get_with(Space::Certs, cert_fp.as_bytes(), |k, v| {
+            dec_json::<CertRecord>("certs", k, v)
+        })?
+        else {
             return Ok(None);
         };
-        let rec: CertRecord = dec_json("certs", cert_fp.as_bytes(), &v)?;
-        if self.hosts.contains_key(rec.host_id.as_bytes())? {
+        if self.kv.get(Space::Hosts, rec.host_id.as_bytes())?.is_some() {
             Ok(Some(rec))
         } else {
             Ok(None)
@@ -629,96 +636,77 @@ impl Store {
 
     /// A host by exact id.
     pub fn host(&self, id: &str) -> Result<Option<Host>, StoreError> {
-        self.hosts.get(id)?.map(|v| dec_host(id.as_bytes(), &v)).transpose()
+        self.get_with(Space::Hosts, id.as_bytes(), dec_host)
     }
 
     /// Every host.
     pub fn hosts(&self) -> Result<Vec<Host>, StoreError> {
-        self.hosts
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                dec_host(&k, &v)
-            })
-            .collect()
+        decode_all(self.kv.as_ref(), Space::Hosts, b"", dec_host)
     }
 
-    /// How many hosts are enrolled.
+    /// How many hosts are enrolled (0 when the store cannot say).
     pub fn host_count(&self) -> usize {
-        self.hosts.len()
+        self.kv.count(Space::Hosts).unwrap_or(0)
     }
 
     /// Changes a host in place; returns the new record, or None when unknown.
+    /// `f` may run more than once (again after a concurrent change).
     pub fn update_host(&self, id: &str, f: impl Fn(&mut Host)) -> Result<Option<Host>, StoreError> {
-        let r = self.hosts.transaction(|t| {
-            let Some(v) = t.get(id)? else { return Ok(None) };
-            let mut host = dec_host(id.as_bytes(), &v).map_err(abort)?;
+        self.rmw(id.as_bytes(), "updating a host", |kv| {
+            let Some(v) = kv.get(Space::Hosts, id.as_bytes())? else {
+                return Ok(Attempt::Done(None));
+            };
+            let mut host = dec_host(id.as_bytes(), &v)?;
             f(&mut host);
-            t.insert(id.as_bytes(), enc_host(&host))?;
-            Ok(Some(host))
-        });
-        unwrap_txn(r)
+            let txn = Txn::new()
+                .when_equals(Space::Hosts, id, &v)
+                .put(Space::Hosts, id, enc_host(&host));
+            Ok(Attempt::Commit(txn, Some(host)))
+        })
     }
 
     /// Removes a host and every certificate issued to it. Returns the removed
     /// host and how many certificates were dropped, or None when unknown.
     pub fn remove_host(&self, id: &str) -> Result<Option<(Host, u32)>, StoreError> {
-        let mut fps = Vec::new();
-        for kv in self.certs.iter() {
-            let (k, v) = kv?;
-            let rec: CertRecord = dec_json("certs", &k, &v)?;
-            if rec.host_id == id {
-                fps.push(k);
-            }
-        }
-        let r = (&self.hosts, &self.certs).transaction(|(hosts, certs)| {
-            let Some(v) = hosts.remove(id.as_bytes())? else {
-                return Ok(None);
+        self.rmw(id.as_bytes(), "removing a host", |kv| {
+            let Some(v) = kv.get(Space::Hosts, id.as_bytes())? else {
+                return Ok(Attempt::Done(None));
             };
-            let host = dec_host(id.as_bytes(), &v).map_err(abort)?;
+            let host = dec_host(id.as_bytes(), &v)?;
+            let mut txn = Txn::new().when_equals(Space::Hosts, id, &v).delete(Space::Hosts, id);
             let mut n = 0;
-            for fp in &fps {
-                if certs.remove(fp.clone())?.is_some() {
+            for (k, cv) in kv.scan_prefix(Space::Certs, b"")? {
+                let rec: CertRecord = dec_json("certs", &k, &cv)?;
+                if rec.host_id == id {
+                    txn = txn.when_equals(Space::Certs, &k, &cv).delete(Space::Certs, &k);
                     n += 1;
                 }
             }
-            Ok(Some((host, n)))
-        });
-        unwrap_txn(r)
+            Ok(Attempt::Commit(txn, Some((host, n))))
+        })
     }
 
     // --- apps and releases -----------------------------------------------
 
     /// Stores an app; `create` refuses to overwrite one (returns false).
     pub fn put_app(&self, spec: &AppSpec, create: bool) -> Result<bool, StoreError> {
-        let v = enc_proto(spec);
+        let key = spec.name.as_bytes();
+        let mut txn = Txn::new();
         if create {
-            let r = self
-                .apps
-                .compare_and_swap(spec.name.as_bytes(), None as Option<&[u8]>, Some(v))?;
-            return Ok(r.is_ok());
+            txn = txn.when_absent(Space::Apps, key);
         }
-        self.apps.insert(spec.name.as_bytes(), v)?;
-        Ok(true)
+        let r = self.kv.commit(txn.put(Space::Apps, key, enc_proto(spec)))?;
+        Ok(r == Committed::Applied)
     }
 
     /// An app by name.
     pub fn app(&self, name: &str) -> Result<Option<AppSpec>, StoreError> {
-        self.apps
-            .get(name)?
-            .map(|v| dec_proto("apps", name.as_bytes(), &v))
-            .transpose()
+        self.get_with(Space::Apps, name.as_bytes(), |k, v| dec_proto("apps", k, v))
     }
 
     /// Every app, sorted by name.
     pub fn apps(&self) -> Result<Vec<AppSpec>, StoreError> {
-        self.apps
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                dec_proto("apps", &k, &v)
-            })
-            .collect()
+        decode_all(self.kv.as_ref(), Space::Apps, b"", |k, v| dec_proto("apps", k, v))
     }
 
     /// Stores a release unless that version exists; returns the stored one
@@ -726,39 +714,30 @@ impl Store {
     pub fn put_release(&self, rel: &Release) -> Result<Result<(), Release>, StoreError> {
         let version = rel.artifact.as_ref().map(|a| a.version.as_str()).unwrap_or_default();
         let key = release_key(&rel.app, version);
-        match self
-            .releases
-            .compare_and_swap(&key, None as Option<&[u8]>, Some(enc_proto(rel)))?
-        {
-            Ok(()) => Ok(Ok(())),
-            Err(e) => {
-                let current = e.current.unwrap_or_default();
-                Ok(Err(dec_proto("releases", &key, &current)?))
+        self.rmw(&key, "storing a release", |kv| {
+            if let Some(current) = kv.get(Space::Releases, &key)? {
+                return Ok(Attempt::Done(Err(dec_proto("releases", &key, &current)?)));
             }
-        }
+            let txn = Txn::new()
+                .when_absent(Space::Releases, &key)
+                .put(Space::Releases, &key, enc_proto(rel));
+            Ok(Attempt::Commit(txn, Ok(())))
+        })
     }
 
     /// One release.
     pub fn release(&self, app: &str, version: &str) -> Result<Option<Release>, StoreError> {
         let key = release_key(app, version);
-        self.releases
-            .get(&key)?
-            .map(|v| dec_proto("releases", &key, &v))
-            .transpose()
+        self.get_with(Space::Releases, &key, |k, v| dec_proto("releases", k, v))
     }
 
     /// An app's releases, newest first.
     pub fn releases(&self, app: &str) -> Result<Vec<Release>, StoreError> {
         let mut prefix = app.as_bytes().to_vec();
         prefix.push(0);
-        let mut out: Vec<Release> = self
-            .releases
-            .scan_prefix(&prefix)
-            .map(|kv| {
-                let (k, v) = kv?;
-                dec_proto("releases", &k, &v)
-            })
-            .collect::<Result<_, _>>()?;
+        let mut out: Vec<Release> = decode_all(self.kv.as_ref(), Space::Releases, &prefix, |k, v| {
+            dec_proto("releases", k, v)
+        })?;
         out.sort_by_key(|r| std::cmp::Reverse(r.pushed_at_ms));
         Ok(out)
     }
@@ -767,20 +746,23 @@ impl Store {
     /// the artifact if nothing names it); returns what was deleted.
     pub fn delete_release(&self, app: &str, version: &str) -> Result<Option<Release>, StoreError> {
         let key = release_key(app, version);
-        self.releases
-            .remove(&key)?
-            .map(|v| dec_proto("releases", &key, &v))
-            .transpose()
+        self.rmw(&key, "deleting a release", |kv| {
+            let Some(v) = kv.get(Space::Releases, &key)? else {
+                return Ok(Attempt::Done(None));
+            };
+            let rel = dec_proto("releases", &key, &v)?;
+            let txn = Txn::new()
+                .when_equals(Space::Releases, &key, &v)
+                .delete(Space::Releases, &key);
+            Ok(Attempt::Commit(txn, Some(rel)))
+        })
     }
 
     /// Every release of every app, in key order (app, then version).
     pub fn all_releases(&self) -> Result<Vec<Release>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.releases.iter() {
-            let (k, v) = kv?;
-            out.push(dec_proto("releases", &k, &v)?);
-        }
-        Ok(out)
+        decode_all(self.kv.as_ref(), Space::Releases, b"", |k, v| {
+            dec_proto("releases", k, v)
+        })
     }
 
     /// The digests some release names: the artifacts that must be kept.
@@ -794,8 +776,7 @@ impl Store {
 
     /// Whether any stored release has this digest.
     pub fn has_artifact(&self, sha256: &str) -> Result<bool, StoreError> {
-        for kv in self.releases.iter() {
-            let (k, v) = kv?;
+        for (k, v) in self.kv.scan_prefix(Space::Releases, b"")? {
             let rel: Release = dec_proto("releases", &k, &v)?;
             if rel.artifact.is_some_and(|a| a.sha256 == sha256) {
                 return Ok(true);
@@ -928,11 +909,77 @@ mod tests {
         assert!(store.cert_host("fp1c").expect("get").is_none());
     }
 
+    /// N threads enrolling with one token of K uses: exactly K enroll, the
+    /// token records K uses, and every enrolled host has its certificate.
+    #[test]
+    fn concurrent_enrollments_never_spend_more_uses_than_the_token_has() {
+        const THREADS: usize = 16;
+        const EACH: usize = 12;
+        const USES: u32 = 50;
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(dir.path()).expect("open");
+        store.put_token(&token(USES)).expect("put");
+        let enrolled: Vec<String> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let store = store.clone();
+                    s.spawn(move || {
+                        let mut mine = Vec::new();
+                        for i in 0..EACH {
+                            let id = format!("h{t}-{i}");
+                            let fp = format!("fp-{id}");
+                            match store.enroll("t1", &secret_hash("s"), 10, &host(&id), &fp, &cert(&id)) {
+                                Ok(()) => mine.push(id),
+                                Err(EnrollError::Token(TokenRefusal::UsedUp { max, .. })) => assert_eq!(max, USES),
+                                Err(e) => panic!("enrollment failed: {e}"),
+                            }
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            workers.into_iter().flat_map(|w| w.join().expect("worker")).collect()
+        });
+        assert_eq!(enrolled.len(), USES as usize, "exactly the token's uses enrolled");
+        assert_eq!(store.token("t1").expect("get").map(|t| t.uses), Some(USES));
+        assert_eq!(store.host_count(), USES as usize);
+        for id in &enrolled {
+            let rec = store.cert_host(&format!("fp-{id}")).expect("get").expect("cert stored");
+            assert_eq!(&rec.host_id, id);
+        }
+    }
+
+    /// Concurrent read-modify-writes of one host lose no update.
+    #[test]
+    fn concurrent_host_updates_lose_nothing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(dir.path()).expect("open");
+        store.put_token(&token(0)).expect("put");
+        store
+            .enroll("t1", &secret_hash("s"), 10, &host("h1"), "fp1", &cert("h1"))
+            .expect("enroll");
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                let store = store.clone();
+                s.spawn(move || {
+                    for _ in 0..50 {
+                        store
+                            .update_host("h1", |h| h.cert_not_after_ms += 1)
+                            .expect("update")
+                            .expect("exists");
+                    }
+                });
+            }
+        });
+        let h = store.host("h1").expect("get").expect("exists");
+        assert_eq!(h.cert_not_after_ms, 400);
+    }
+
     #[test]
     fn corrupt_values_are_reported_not_guessed() {
         let dir = tempfile::tempdir().expect("tmp");
         let store = Store::open(dir.path()).expect("open");
-        store.tokens.insert("bad", &[9, 1, 2]).expect("raw insert");
+        store.put(Space::Tokens, b"bad", vec![9, 1, 2]).expect("raw insert");
         let err = store.token("bad").expect_err("corrupt");
         assert!(err.to_string().contains("version byte 9"), "{err}");
     }

@@ -6,13 +6,16 @@
 //! the store (sled also flushes by itself every 500 ms).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::codec;
+use super::kv::{Kv, Order, Space, Txn};
 use super::{Store, StoreError};
 
-const TREE: &str = "audit";
+const SPACE: Space = Space::Audit;
+const TREE: &str = SPACE.name();
 const V1: u8 = 1;
 
 /// One audited call, or a change the controller made by itself.
@@ -42,7 +45,7 @@ fn key(at_ms: i64, seq: u64) -> [u8; 16] {
 
 /// The `audit` tree: appended to, read from a time.
 pub struct AuditTrail {
-    tree: sled::Tree,
+    kv: Arc<dyn Kv>,
     /// Next sequence number: keeps keys unique within a millisecond.
     seq: AtomicU64,
 }
@@ -50,8 +53,9 @@ pub struct AuditTrail {
 impl Store {
     /// The audit trail; sequence numbers go on from its last entry.
     pub fn audit_trail(&self) -> Result<AuditTrail, StoreError> {
-        let tree = self.tree(TREE)?;
-        let next = match tree.last()? {
+        let kv = self.kv().clone();
+        let last = kv.scan_from(SPACE, b"", 1, Order::Descending)?;
+        let next = match last.first() {
             Some((k, _)) if k.len() == 16 => {
                 let mut seq = [0u8; 8];
                 seq.copy_from_slice(&k[8..]);
@@ -60,7 +64,7 @@ impl Store {
             _ => 0,
         };
         Ok(AuditTrail {
-            tree,
+            kv,
             seq: AtomicU64::new(next),
         })
     }
@@ -70,7 +74,9 @@ impl AuditTrail {
     /// Appends an entry.
     pub fn append(&self, r: &Record) -> Result<(), StoreError> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        self.tree.insert(key(r.at_ms, seq), codec::json(V1, r))?;
+        let _ = self
+            .kv
+            .commit(Txn::new().put(SPACE, key(r.at_ms, seq), codec::json(V1, r)))?;
         Ok(())
     }
 
@@ -78,8 +84,7 @@ impl AuditTrail {
     /// them when there are more.
     pub fn since(&self, since_ms: i64, limit: usize) -> Result<Vec<Record>, StoreError> {
         let mut out = Vec::new();
-        for item in self.tree.range(key(since_ms, 0)..).rev().take(limit) {
-            let (k, v) = item?;
+        for (k, v) in self.kv.scan_from(SPACE, &key(since_ms, 0), limit, Order::Descending)? {
             let hex = fleet_proto::transport::hex(&k);
             out.push(codec::from_json(TREE, hex.as_bytes(), &v, V1)?);
         }

@@ -5,13 +5,17 @@
 //! (spacejam/sled#1308; issue 11 froze the controller with it), so nothing
 //! calls it. Every `Store::flush` becomes a request on a bounded queue; the
 //! flusher takes every request queued so far, runs ONE synchronous
-//! `Db::flush` (write the IO buffers, fsync) off the async runtime, and
-//! answers all of them with its result. A request that arrives while a flush
+//! [`Kv::flush_sync`] (sled: `Db::flush`, write the IO buffers and fsync)
+//! off the async runtime, and answers all of them with its result. A request that arrives while a flush
 //! runs waits for the next one, so:
 //!
 //! Invariant (group commit): a caller's `flush` returns Ok only after a
-//! `Db::flush` that started after its request was queued has succeeded, so
+//! `Kv::flush_sync` that started after its request was queued has succeeded, so
 //! every write it made before asking is durable.
+//!
+//! The flusher knows the backend only as a [`Kv`]: the thread holds an
+//! `Arc<dyn Kv>`, so the backend (sled's database and its lock) lives until
+//! the thread has ended.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::kv::Kv;
 use super::StoreError;
 
 /// Flush requests that may wait for the flusher; a caller beyond them waits
@@ -56,7 +61,7 @@ struct HealthState {
 /// Counters of the flusher, for `/metrics`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FlushCounts {
-    /// `Db::flush` calls made.
+    /// `Kv::flush_sync` (sled: `Db::flush`) calls made.
     pub flushes: u64,
     /// `Store::flush` requests answered (many share one flush).
     pub requests: u64,
@@ -141,15 +146,15 @@ pub(super) struct Flusher {
 }
 
 impl Flusher {
-    /// Starts the flusher thread of `db`, whose files are in `dir`.
-    pub(super) fn start(db: sled::Db, dir: &Path) -> Result<Flusher, StoreError> {
+    /// Starts the flusher thread of `kv`, whose files are in `dir`.
+    pub(super) fn start(kv: Arc<dyn Kv>, dir: &Path) -> Result<Flusher, StoreError> {
         let health = Arc::new(Health::new(dir));
         let (tx, rx) = mpsc::channel(QUEUE);
         let thread = std::thread::Builder::new()
             .name("store-flusher".into())
             .spawn({
                 let health = health.clone();
-                move || run(db, rx, &health)
+                move || run(kv, rx, &health)
             })
             .map_err(|e| StoreError::Thread {
                 dir: dir.display().to_string(),
@@ -204,8 +209,8 @@ impl Drop for Flusher {
     }
 }
 
-/// The flusher thread: one `Db::flush` per batch of queued requests.
-fn run(db: sled::Db, mut rx: mpsc::Receiver<Reply>, health: &Health) {
+/// The flusher thread: one `Kv::flush_sync` per batch of queued requests.
+fn run(kv: Arc<dyn Kv>, mut rx: mpsc::Receiver<Reply>, health: &Health) {
     let mut batch = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -216,7 +221,7 @@ fn run(db: sled::Db, mut rx: mpsc::Receiver<Reply>, health: &Health) {
         // this flush starts, so its writes are covered by it.
         let started = Instant::now();
         health.state().flushing_since = Some(started);
-        let result = db.flush().map(drop).map_err(|e| e.to_string());
+        let result = kv.flush_sync();
         let took = started.elapsed();
         {
             let mut s = health.state();
@@ -250,18 +255,20 @@ fn run(db: sled::Db, mut rx: mpsc::Receiver<Reply>, health: &Health) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::kv::{Committed, SledKv, Space, Txn};
     use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_flushes_share_flushes_and_all_complete() {
         let dir = tempfile::tempdir().expect("tmp");
-        let db = sled::Config::new().path(dir.path()).open().expect("open");
-        let flusher = Arc::new(Flusher::start(db.clone(), dir.path()).expect("flusher"));
+        let kv: Arc<dyn Kv> = Arc::new(SledKv::open(dir.path()).expect("open"));
+        let flusher = Arc::new(Flusher::start(kv.clone(), dir.path()).expect("flusher"));
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..256u32 {
-            let (db, flusher) = (db.clone(), flusher.clone());
+            let (kv, flusher) = (kv.clone(), flusher.clone());
             tasks.spawn(async move {
-                db.insert(i.to_be_bytes(), &[1u8; 64][..]).expect("insert");
+                let put = Txn::new().put(Space::Audit, i.to_be_bytes(), vec![1u8; 64]);
+                assert_eq!(kv.commit(put).expect("put"), Committed::Applied);
                 flusher.flush().await
             });
         }

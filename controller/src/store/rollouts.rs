@@ -14,6 +14,7 @@
 //! changes no host.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use fleet_proto::{
     BatchState, FailureCause, Host, HostState, Rollout, RolloutBatch, RolloutHost, RolloutKind, RolloutState,
@@ -21,6 +22,7 @@ use fleet_proto::{
 };
 
 use super::codec;
+use super::kv::{optimistic, Attempt, Kv, Space, Txn};
 use super::{Store, StoreError};
 
 const RECORD_V1: u8 = 1;
@@ -31,11 +33,9 @@ fn corrupt(tree: &'static str, key: &[u8], detail: impl Into<String>) -> StoreEr
     codec::corrupt(tree, key, detail)
 }
 
-/// The rollouts' trees.
+/// The rollouts' key spaces (`rollouts`, `desired`, `app_release`).
 pub struct RolloutStore {
-    rollouts: sled::Tree,
-    desired: sled::Tree,
-    app_release: sled::Tree,
+    kv: Arc<dyn Kv>,
 }
 
 fn desired_key(app: &str, host: &str) -> Vec<u8> {
@@ -78,45 +78,58 @@ pub fn current_of(host: &Host, app: &str) -> String {
 }
 
 impl RolloutStore {
-    /// Opens the trees and migrates records of earlier releases (see the
-    /// module's doc); `hosts` are the enrolled hosts, for the migration.
+    /// Opens the key spaces and migrates records of earlier releases (see
+    /// the module's doc); `hosts` are the enrolled hosts, for the migration.
     pub fn open(store: &Store, hosts: &[Host]) -> Result<RolloutStore, StoreError> {
-        let s = RolloutStore {
-            rollouts: store.tree("rollouts")?,
-            desired: store.tree("desired")?,
-            app_release: store.tree("app_release")?,
-        };
+        let s = RolloutStore { kv: store.kv().clone() };
         s.migrate(hosts)?;
         Ok(s)
     }
 
     fn migrate(&self, hosts: &[Host]) -> Result<(), StoreError> {
-        for kv in self.rollouts.iter() {
-            let (k, v) = kv?;
+        for (k, v) in self.kv.scan_prefix(Space::Rollouts, b"")? {
             if v.first() == Some(&RECORD_V1) {
                 let r = decode_rollout(&k, &v)?;
-                self.rollouts.insert(&k, encode_rollout(&r))?;
+                let txn = Txn::new()
+                    .when_equals(Space::Rollouts, &k, &v)
+                    .put(Space::Rollouts, &k, encode_rollout(&r));
+                // Changed meanwhile: a newer record was written, nothing to migrate.
+                let _ = self.kv.commit(txn)?;
                 tracing::info!(rollout_id = %r.id, "rollout record migrated to typed states");
             }
         }
-        let legacy: Vec<(sled::IVec, sled::IVec)> = self
-            .desired
-            .iter()
-            .filter(|kv| kv.as_ref().map_or(true, |(k, _)| !k.contains(&0)))
-            .collect::<Result<_, _>>()?;
+        let legacy: Vec<(Vec<u8>, Vec<u8>)> = self
+            .kv
+            .scan_prefix(Space::Desired, b"")?
+            .into_iter()
+            .filter(|(k, _)| !k.contains(&0))
+            .collect();
         for (k, v) in legacy {
             let app = String::from_utf8_lossy(&k).into_owned();
             let version = String::from_utf8_lossy(&v).into_owned();
-            if self.app_release.get(&k)?.is_none() {
-                self.app_release.insert(&k, enc_version(&version))?;
-            }
-            for h in hosts {
-                let current = current_of(h, &app);
-                if !current.is_empty() && self.desired.get(desired_key(&app, &h.id))?.is_none() {
-                    self.desired.insert(desired_key(&app, &h.id), enc_version(&current))?;
+            // One app's migration is one transaction: the app's release for
+            // new hosts and each host's desired release where none is set,
+            // and the legacy record gone.
+            optimistic(self.kv.as_ref(), "migrating a desired version", |kv| {
+                let mut txn = Txn::new()
+                    .when_equals(Space::Desired, &k, &v)
+                    .delete(Space::Desired, &k);
+                if kv.get(Space::AppRelease, &k)?.is_none() {
+                    txn = txn
+                        .when_absent(Space::AppRelease, &k)
+                        .put(Space::AppRelease, &k, enc_version(&version));
                 }
-            }
-            self.desired.remove(&k)?;
+                for h in hosts {
+                    let current = current_of(h, &app);
+                    let key = desired_key(&app, &h.id);
+                    if !current.is_empty() && kv.get(Space::Desired, &key)?.is_none() {
+                        txn = txn
+                            .when_absent(Space::Desired, &key)
+                            .put(Space::Desired, &key, enc_version(&current));
+                    }
+                }
+                Ok::<_, StoreError>(Attempt::Commit(txn, ()))
+            })?;
             tracing::info!(
                 app,
                 version,
@@ -128,14 +141,18 @@ impl RolloutStore {
 
     /// Writes a rollout record (the caller makes it durable).
     pub fn put(&self, r: &Rollout) -> Result<(), StoreError> {
-        self.rollouts.insert(r.id.as_bytes(), encode_rollout(r))?;
+        self.write(Space::Rollouts, r.id.as_bytes(), encode_rollout(r))
+    }
+
+    fn write(&self, space: Space, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        let _ = self.kv.commit(Txn::new().put(space, key, value))?;
         Ok(())
     }
 
     /// One rollout.
     pub fn get(&self, id: &str) -> Result<Option<Rollout>, StoreError> {
-        self.rollouts
-            .get(id)?
+        self.kv
+            .get(Space::Rollouts, id.as_bytes())?
             .map(|v| decode_rollout(id.as_bytes(), &v))
             .transpose()
     }
@@ -143,8 +160,7 @@ impl RolloutStore {
     /// Every rollout, newest first.
     pub fn all(&self) -> Result<Vec<Rollout>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.rollouts.iter() {
-            let (k, v) = kv?;
+        for (k, v) in self.kv.scan_prefix(Space::Rollouts, b"")? {
             out.push(decode_rollout(&k, &v)?);
         }
         out.sort_by_key(|r| std::cmp::Reverse((r.created_at_ms, r.id.clone())));
@@ -159,8 +175,8 @@ impl RolloutStore {
     /// The release `host` should run of `app`, when one was decided for it.
     pub fn desired(&self, app: &str, host: &str) -> Result<Option<String>, StoreError> {
         let key = desired_key(app, host);
-        self.desired
-            .get(&key)?
+        self.kv
+            .get(Space::Desired, &key)?
             .map(|v| dec_version("desired", &key, &v))
             .transpose()
     }
@@ -170,8 +186,7 @@ impl RolloutStore {
         let mut prefix = app.as_bytes().to_vec();
         prefix.push(0);
         let mut out = HashMap::new();
-        for kv in self.desired.scan_prefix(&prefix) {
-            let (k, v) = kv?;
+        for (k, v) in self.kv.scan_prefix(Space::Desired, &prefix)? {
             let host = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
             out.insert(host, dec_version("desired", &k, &v)?);
         }
@@ -180,22 +195,20 @@ impl RolloutStore {
 
     /// Records what `host` should run of `app` (the caller makes it durable).
     pub fn set_desired(&self, app: &str, host: &str, version: &str) -> Result<(), StoreError> {
-        self.desired.insert(desired_key(app, host), enc_version(version))?;
-        Ok(())
+        self.write(Space::Desired, &desired_key(app, host), enc_version(version))
     }
 
     /// The app's release for new hosts.
     pub fn app_release(&self, app: &str) -> Result<Option<String>, StoreError> {
-        self.app_release
-            .get(app)?
+        self.kv
+            .get(Space::AppRelease, app.as_bytes())?
             .map(|v| dec_version("app_release", app.as_bytes(), &v))
             .transpose()
     }
 
     /// Records the app's release for new hosts (the caller makes it durable).
     pub fn set_app_release(&self, app: &str, version: &str) -> Result<(), StoreError> {
-        self.app_release.insert(app.as_bytes(), enc_version(version))?;
-        Ok(())
+        self.write(Space::AppRelease, app.as_bytes(), enc_version(version))
     }
 
     /// What `host` should run of `app`: its own desired release, else the
@@ -464,13 +477,14 @@ mod tests {
         };
         let mut v = vec![RECORD_V1];
         v.extend(old.encode_to_vec());
-        store.tree("rollouts").expect("tree").insert("r-1", v).expect("insert");
-        // Earlier releases: one version per app, raw bytes, under the app name.
-        store
-            .tree("desired")
-            .expect("tree")
-            .insert("demo", "2.0.0")
-            .expect("insert");
+        let raw = Txn::new()
+            .put(Space::Rollouts, "r-1", v)
+            // Earlier releases: one version per app, raw bytes, under the app name.
+            .put(Space::Desired, "demo", b"2.0.0".to_vec());
+        assert_eq!(
+            store.kv().commit(raw).expect("insert"),
+            super::super::kv::Committed::Applied
+        );
 
         let hosts = [
             host("h1", "demo", "1.0.0"),
@@ -485,12 +499,7 @@ mod tests {
         assert_eq!(r.batches[0].hosts[0].to_version, "2.0.0");
         assert_eq!(r.batches[0].hosts[1].state(), HostState::Unchanged);
         assert_eq!(
-            store
-                .tree("rollouts")
-                .expect("tree")
-                .get("r-1")
-                .expect("get")
-                .expect("raw")[0],
+            store.kv().get(Space::Rollouts, b"r-1").expect("get").expect("raw")[0],
             RECORD_V2,
             "rewritten as version 2"
         );
