@@ -58,10 +58,21 @@ fn apply(spec: &mut AppSpec, args: &AppArgs) -> Result<(), Error> {
     if let Some(t) = args.health_timeout {
         health.timeout_ms = millis(t);
     }
-    // Flags only ever opt in; an update without them keeps the app's choice.
-    spec.allow_any_unit |= args.allow_any_unit;
-    spec.allow_remote_health |= args.allow_remote_health;
+    // An update without these flags keeps the app's choice; the --no-
+    // forms opt back out (the spec is then checked again, so an app whose
+    // unit or health URL needs the opt-out is refused, naming the field).
+    spec.allow_any_unit = opt(spec.allow_any_unit, args.allow_any_unit, args.no_allow_any_unit);
+    spec.allow_remote_health = opt(
+        spec.allow_remote_health,
+        args.allow_remote_health,
+        args.no_allow_remote_health,
+    );
     Ok(())
+}
+
+/// An opt-out flag after `--X` (`yes`) or `--no-X` (`no`); clap refuses both.
+fn opt(current: bool, yes: bool, no: bool) -> bool {
+    (current || yes) && !no
 }
 
 fn usage(e: fleet_proto::limits::FieldError) -> Error {
@@ -156,6 +167,16 @@ fn spec_block(spec: &AppSpec) -> Block {
     if !spec.run_as.is_empty() {
         b.line("hooks run as", spec.run_as.clone());
     }
+    let opted_out: Vec<&str> = [
+        (spec.allow_any_unit, "any unit (--allow-any-unit)"),
+        (spec.allow_remote_health, "remote health URL (--allow-remote-health)"),
+    ]
+    .into_iter()
+    .filter_map(|(on, what)| on.then_some(what))
+    .collect();
+    if !opted_out.is_empty() {
+        b.line("opted out", opted_out.join(", "));
+    }
     b
 }
 
@@ -174,6 +195,8 @@ fn spec_json(spec: &AppSpec) -> Value {
         "keep": spec.keep,
         "settle_ms": spec.settle_ms,
         "run_as": spec.run_as,
+        "allow_any_unit": spec.allow_any_unit,
+        "allow_remote_health": spec.allow_remote_health,
     })
 }
 

@@ -517,12 +517,18 @@ pub struct AppArgs {
     pub run_as: Option<String>,
     /// Let --unit be any service, not only fleet-app-NAME.service (the agent's
     /// polkit rule only lets it restart fleet-app-* units: extend it too)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "no_allow_any_unit")]
     pub allow_any_unit: bool,
+    /// Restrict --unit to fleet-app-NAME.service again (the default; app update)
+    #[arg(long)]
+    pub no_allow_any_unit: bool,
     /// Let --health-http point anywhere, not only at loopback (127.0.0.0/8, ::1,
     /// localhost)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "no_allow_remote_health")]
     pub allow_remote_health: bool,
+    /// Restrict --health-http to loopback again (the default; app update)
+    #[arg(long)]
+    pub no_allow_remote_health: bool,
 }
 
 /// `fleetctl release ...`.

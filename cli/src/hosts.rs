@@ -268,6 +268,7 @@ pub fn host_json(host: &Host) -> Value {
         "cert_not_after_ms": host.cert_not_after_ms,
         "token_id": host.token_id,
         "remote_addr": host.remote_addr,
+        "same_hostname": host.same_hostname,
         "inventory": apps.iter().map(app_json).collect::<Vec<_>>(),
     })
 }
@@ -319,9 +320,13 @@ fn host_table(hosts: &[Host], now_ms: i64) -> String {
             ),
             None => ("-".into(), "-".into()),
         };
+        let name = match host.same_hostname.len() {
+            0 => facts.hostname,
+            n => format!("{} (shared with {n})", facts.hostname),
+        };
         table.row(vec![
             host.id.chars().take(12).collect(),
-            facts.hostname,
+            name,
             output::labels(&host.labels),
             status(host).into(),
             output::relative_or(host.last_seen_ms, now_ms, "never"),
@@ -338,6 +343,15 @@ fn host_block(host: &Host, now_ms: i64) -> String {
     let mut b = Block::default();
     b.line("id", &host.id);
     b.line("hostname", &facts.hostname);
+    if !host.same_hostname.is_empty() {
+        b.line(
+            "same_hostname",
+            format!(
+                "{} (another machine uses this hostname; address these hosts by id)",
+                host.same_hostname.join(", ")
+            ),
+        );
+    }
     let status = match (status(host), host.remote_addr.is_empty()) {
         ("connected", false) => format!("connected from {}", host.remote_addr),
         (s, _) => s.to_string(),
@@ -478,6 +492,7 @@ mod tests {
                 running_tasks: Vec::new(),
             }),
             remote_addr: "127.0.0.1:5555".into(),
+            same_hostname: Vec::new(),
         }
     }
 
@@ -509,6 +524,7 @@ mod tests {
             "cert_not_after_ms",
             "token_id",
             "remote_addr",
+            "same_hostname",
             "inventory",
         ];
         want.sort_unstable();
@@ -542,6 +558,19 @@ mod tests {
         let bare = host_json(&Host::default());
         assert_eq!(bare["hostname"], "");
         assert_eq!(bare["status"], "disconnected");
+    }
+
+    #[test]
+    fn a_shared_hostname_is_marked() {
+        let mut twin = host(false);
+        twin.same_hostname = vec!["fedcba9876543210fedc".into()];
+        let table = host_table(&[host(false), twin.clone()], 13_000);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(!lines[1].contains("shared"), "{table}");
+        assert!(lines[2].contains("web-1 (shared with 1)"), "{table}");
+        assert_eq!(host_json(&twin)["same_hostname"], json!(["fedcba9876543210fedc"]));
+        let block = host_block(&twin, 13_000);
+        assert!(block.contains("fedcba9876543210fedc"), "{block}");
     }
 
     #[test]

@@ -86,14 +86,16 @@ pub struct HostsService(pub Arc<Fleet>);
 impl HostService for HostsService {
     async fn list_hosts(&self, req: Request<ListHostsRequest>) -> Result<Response<ListHostsResponse>, Status> {
         let selector = parse_selector(&req.get_ref().selector)?;
-        let mut hosts: Vec<Host> = self
-            .0
-            .store
-            .hosts()
-            .map_err(Error::Store)?
+        let all = self.0.store.hosts().map_err(Error::Store)?;
+        let mut shared = crate::retire::same_hostname(&all);
+        let mut hosts: Vec<Host> = all
             .into_iter()
             .filter(|h| selector.iter().all(|(k, v)| h.labels.get(k) == Some(v)))
-            .map(|h| self.0.view(h))
+            .map(|h| {
+                let mut h = self.0.view(h);
+                h.same_hostname = shared.remove(&h.id).unwrap_or_default();
+                h
+            })
             .collect();
         hosts.sort_by(|a, b| {
             let name = |h: &Host| h.facts.as_ref().map(|f| f.hostname.clone()).unwrap_or_default();
@@ -104,7 +106,10 @@ impl HostService for HostsService {
 
     async fn get_host(&self, req: Request<GetHostRequest>) -> Result<Response<Host>, Status> {
         let host = self.0.resolve_host(&req.get_ref().id)?;
-        Ok(Response::new(self.0.view(host)))
+        let mut shared = crate::retire::same_hostname(&self.0.store.hosts().map_err(Error::Store)?);
+        let mut host = self.0.view(host);
+        host.same_hostname = shared.remove(&host.id).unwrap_or_default();
+        Ok(Response::new(host))
     }
 
     async fn label_host(&self, req: Request<LabelHostRequest>) -> Result<Response<Host>, Status> {

@@ -4,7 +4,9 @@
 //! newline are each refused at enrollment (agent exit 3, the reason in its
 //! log); operators' labels follow the same rule (refused, exit 2); a token
 //! description holding an escape sequence and a long text is shown escaped
-//! and cut by `fleetctl token ls`, and whole by `-o json`.
+//! and cut by `fleetctl token ls`, and whole by `-o json`. Two live
+//! machines under one hostname are both kept and marked, and a name that
+//! stands for both is refused listing their ids.
 
 use std::time::Duration;
 
@@ -123,4 +125,70 @@ fn hostile_labels_and_hostnames_are_refused_or_escaped() {
         .filter_map(|t| t["description"].as_str())
         .collect();
     assert!(descriptions.contains(&description.as_str()), "{json}");
+}
+
+/// Two live machines enrolled under one hostname (a cloned image, a reused
+/// name): both are kept, `hosts ls` marks both, and `--host NAME` fails
+/// listing both ids rather than picking one.
+#[test]
+fn a_hostname_two_live_machines_share_is_marked_and_ambiguous() {
+    let mut fleet = Fleet::controller_only(&[]);
+    let token = fleet.token(&["--uses", "2"]);
+    for name in ["twin-a", "twin-b"] {
+        let addr = fleet.controller.addr.to_string();
+        let agent = Agent::new(
+            fleet.root.path(),
+            name,
+            &addr,
+            &fleet.controller.ca_fingerprint,
+            &token,
+            &[],
+        );
+        fleet.agents.push(agent);
+        let i = fleet.agents.len() - 1;
+        set_hostname_line(&fleet, i, "hostname = \"twin\"");
+        fleet.agents[i].start();
+        fleet.wait_connected(i + 1, Duration::from_secs(30));
+    }
+    let ids: Vec<String> = fleet.agents.iter().map(|a| a.host_id().expect("enrolled")).collect();
+    assert_ne!(ids[0], ids[1]);
+
+    // Both kept, each naming the other.
+    let hosts = fleet.hosts();
+    assert_eq!(hosts.len(), 2, "{hosts:?}");
+    for h in &hosts {
+        let me = h["id"].as_str().expect("id");
+        let other = ids.iter().find(|id| id.as_str() != me).expect("the other id");
+        assert_eq!(h["hostname"], "twin");
+        assert_eq!(h["same_hostname"], serde_json::json!([other]), "{h}");
+    }
+    let out = fleet.fleetctl(&["hosts", "ls"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8(out.stdout).expect("utf-8");
+    assert_eq!(
+        table.matches("twin (shared with 1)").count(),
+        2,
+        "both rows marked:\n{table}"
+    );
+    let logs = fleet.controller.log_text();
+    assert!(
+        logs.contains("a connected host already uses this hostname"),
+        "the second enrollment is logged as a duplicate:\n{logs}"
+    );
+
+    // By name: ambiguous, both ids listed, nothing chosen.
+    let out = fleet.fleetctl(&["hosts", "show", "twin"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "refused by the controller: {err}");
+    for id in &ids {
+        assert!(err.contains(id.as_str()), "the error lists {id}: {err}");
+    }
+    // By id: found, and the block says who shares the name.
+    let out = fleet.fleetctl(&["hosts", "show", &ids[0]]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("same_hostname") && text.contains(ids[1].as_str()),
+        "{text}"
+    );
 }

@@ -178,8 +178,57 @@ fn units_and_health_urls_are_restricted_unless_the_app_opts_out() {
         "--allow-remote-health",
     ]);
     assert!(out.status.success(), "opted out: {}", stderr(&out));
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        shown.contains("opted out") && shown.contains("--allow-any-unit") && shown.contains("--allow-remote-health"),
+        "the opt-outs are shown: {shown}"
+    );
     let out = fleet.fleetctl(&["app", "create", "web", "--unit", "fleet-app-web.service"]);
     assert!(out.status.success(), "the app's own unit: {}", stderr(&out));
+
+    // An opt-out is taken back with its --no- form: refused while the app
+    // still needs it (naming the field), kept when the update fixes that.
+    usage_error(
+        &fleet,
+        &["app", "update", "edge", "--no-allow-any-unit"],
+        &["unit", "fleet-app-edge.service"],
+    );
+    let out = fleet.fleetctl(&[
+        "app",
+        "update",
+        "edge",
+        "--health-http",
+        "http://127.0.0.1:8080/health",
+        "--no-allow-remote-health",
+    ]);
+    assert!(out.status.success(), "back to loopback: {}", stderr(&out));
+    let out = fleet.fleetctl(&[
+        "app",
+        "update",
+        "edge",
+        "--unit",
+        "fleet-app-edge.service",
+        "--no-allow-any-unit",
+    ]);
+    assert!(out.status.success(), "back to its own unit: {}", stderr(&out));
+    let apps = fleet.fleetctl_json(&["app", "ls"]);
+    let edge = apps
+        .as_array()
+        .and_then(|a| a.iter().find(|app| app["name"] == "edge"))
+        .unwrap_or_else(|| panic!("edge listed: {apps}"));
+    assert_eq!(edge["unit"], "fleet-app-edge.service", "{edge}");
+    assert_eq!(edge["allow_any_unit"], false, "{edge}");
+    assert_eq!(edge["allow_remote_health"], false, "{edge}");
+    usage_error(
+        &fleet,
+        &["app", "update", "edge", "--unit", "nginx.service"],
+        &["unit", "--allow-any-unit"],
+    );
+    usage_error(
+        &fleet,
+        &["app", "update", "edge", "--allow-any-unit", "--no-allow-any-unit"],
+        &["cannot be used with"],
+    );
 }
 
 #[test]
