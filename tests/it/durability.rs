@@ -421,6 +421,17 @@ fn under_systemd_a_store_refusing_writes_gets_the_controller_restarted_and_a_mis
         "{}",
         fleet.logs()
     );
+    // Restarted on the full disk, the controller cannot open its store (sled
+    // tries to write a snapshot and leaves an unfinished one): it exits, and
+    // systemd tries again. This must not damage the store.
+    wait_until(
+        Duration::from_secs(30),
+        "a restart on the full disk to fail opening the store",
+        || {
+            let log = fleet.controller.log_text();
+            log.contains("cannot open the store").then_some(())
+        },
+    );
 
     // Space is freed: the restarted controller is healthy and takes writes.
     std::fs::remove_file(inside(&store.join("filler"))).expect("free space");

@@ -304,6 +304,56 @@ fn back_off(n: u32) {
 /// store (an empty mount point, a deleted store).
 pub const SLED_DB_FILE: &str = "db";
 
+/// Removes `snap.*.generating` files from a sled store directory; returns
+/// the files removed.
+///
+/// sled 0.34 writes a snapshot to `snap.<lsn>.generating`, fsyncs it, and
+/// only then renames it to `snap.<lsn>` and removes older snapshots. But
+/// when it reads the store it takes the last `snap.*` file by name, which
+/// is an unfinished `.generating` one when a write failed (ENOSPC while
+/// opening on a full disk), and refuses the whole store as corrupt: a
+/// restart on a full disk would damage the store for good. Such a file
+/// never holds a snapshot sled finished, and the previous snapshot is kept
+/// until the rename, so removing it loses nothing. It is done only while
+/// this process holds sled's own lock on `db` (an exclusive `flock`, as
+/// sled takes it), so a running controller's snapshot in progress is never
+/// touched; when the lock is held elsewhere nothing is removed and sled's
+/// open reports the store locked.
+fn remove_unfinished_snapshots(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    use rustix::fs::{flock, FlockOperation};
+
+    let db = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join(SLED_DB_FILE))
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    match flock(&db, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    }
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            std::fs::remove_file(entry.path())?;
+            removed.push(entry.path());
+        }
+    }
+    if !removed.is_empty() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    // Closing `db` releases the lock before sled takes it.
+    drop(db);
+    Ok(removed)
+}
+
 /// The sled backend: one tree per [`Space`], named by [`Space::name`].
 pub struct SledKv {
     db: sled::Db,
@@ -325,6 +375,23 @@ impl SledKv {
     /// I/O, or unreadable (damaged).
     pub fn open(dir: &Path) -> Result<SledKv, StoreError> {
         let path = dir.display().to_string();
+        match remove_unfinished_snapshots(dir) {
+            Ok(removed) => {
+                for f in removed {
+                    tracing::warn!(
+                        file = %f.display(),
+                        "removed an unfinished sled snapshot (a snapshot write that failed, e.g. on a full disk); \
+                         the store is recovered from the previous snapshot and its log"
+                    );
+                }
+            }
+            Err(e) => {
+                return Err(StoreError::Open {
+                    path,
+                    detail: format!("cannot clear unfinished snapshots: {e}"),
+                })
+            }
+        }
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::LowSpace)
@@ -656,5 +723,52 @@ pub(crate) mod contract {
         }
         let kv = SledKv::open(dir.path()).expect("reopen");
         assert_eq!(kv.get(Space::Hosts, b"h").expect("get").as_deref(), Some(&b"v"[..]));
+    }
+
+    /// What a snapshot write that failed on a full disk leaves: an empty
+    /// `snap.<lsn>.generating`, newest by name.
+    fn unfinished_snapshot(dir: &Path) -> std::path::PathBuf {
+        let f = dir.join("snap.FFFFFFFFFFFFFFFF.generating");
+        std::fs::write(&f, b"").expect("unfinished snapshot");
+        f
+    }
+
+    fn store_with_a_value(dir: &Path) {
+        let kv = SledKv::open(dir).expect("open");
+        let txn = Txn::new().put(Space::Hosts, b"h", b"v".to_vec());
+        assert_eq!(kv.commit(txn).expect("commit"), Committed::Applied);
+        kv.flush_sync().expect("flush");
+    }
+
+    #[test]
+    fn an_unfinished_snapshot_is_removed_and_the_store_opens_whole() {
+        let dir = tempfile::tempdir().expect("tmp");
+        store_with_a_value(dir.path());
+        let leftover = unfinished_snapshot(dir.path());
+        // sled alone refuses the store as corrupt (the defect this works around).
+        let raw = sled::Config::new().path(dir.path()).mode(sled::Mode::LowSpace).open();
+        assert!(
+            matches!(raw, Err(sled::Error::Corruption { .. })),
+            "sled 0.34 reads the unfinished snapshot: {raw:?}"
+        );
+        let kv = SledKv::open(dir.path()).expect("opens once the leftover is removed");
+        assert!(!leftover.exists());
+        assert_eq!(kv.get(Space::Hosts, b"h").expect("get").as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn a_running_stores_snapshot_in_progress_is_not_touched() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let kv = SledKv::open(dir.path()).expect("open");
+        let in_progress = unfinished_snapshot(dir.path());
+        assert_eq!(
+            remove_unfinished_snapshots(dir.path()).expect("checked"),
+            Vec::<std::path::PathBuf>::new()
+        );
+        assert!(in_progress.exists(), "the running store's file is left alone");
+        let second = SledKv::open(dir.path()).err().expect("locked");
+        assert!(matches!(second, StoreError::Locked { .. }), "{second}");
+        assert!(in_progress.exists());
+        drop(kv);
     }
 }
