@@ -49,7 +49,7 @@ pub struct Fleet {
     /// Tasks sent to agents and not finished.
     pub tasks: Tasks,
     /// Rollouts (persisted) and their engines' channels.
-    pub rollouts: crate::rollouts::Rollouts,
+    pub rollouts: crate::rollout_hub::Rollouts,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Settings.

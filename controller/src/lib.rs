@@ -15,6 +15,8 @@ pub mod error;
 pub mod fleet;
 pub mod grants;
 pub mod init;
+#[cfg(test)]
+mod layering;
 pub mod listener;
 pub mod metrics;
 pub mod ops;
@@ -22,6 +24,7 @@ pub mod ratelimit;
 pub mod registry;
 pub mod releases;
 pub mod retire;
+pub mod rollout_hub;
 pub mod rollouts;
 pub mod selector;
 pub mod server;

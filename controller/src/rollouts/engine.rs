@@ -16,8 +16,8 @@ use tokio_stream::{StreamExt, StreamMap};
 use tracing::Instrument;
 
 use super::step::{self, Change, Control, Effect, HostView, Next, Outcome, Params, View};
-use super::{lock, Signal};
 use crate::fleet::Fleet;
+use crate::rollout_hub::{lock, Signal};
 use crate::store::rollouts::current_of;
 use crate::store::StoreError;
 

@@ -22,19 +22,7 @@ use fleet_proto::{
 /// A batch's deadline when the rollout names none.
 pub const DEFAULT_BATCH_DEADLINE_MS: i64 = 10 * 60 * 1000;
 
-/// What the operator asked the rollout to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
-    /// Go on.
-    Run,
-    /// Stop before the next batch.
-    Pause,
-    /// End once the hosts in flight finish; `rollback` moves changed hosts back.
-    Abort {
-        /// Move the hosts it changed back where they were.
-        rollback: bool,
-    },
-}
+pub use crate::rollout_hub::Control;
 
 /// The rules a rollout runs under, read once from its parameters.
 #[derive(Debug, Clone, PartialEq)]
