@@ -331,10 +331,11 @@ impl Drop for Slot {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn limits(max_total: usize, max_per_ip: usize) -> ConnectionLimits {
+    /// Limits with the given caps and generous deadlines.
+    pub(crate) fn limits(max_total: usize, max_per_ip: usize) -> ConnectionLimits {
         ConnectionLimits {
             max_total,
             max_per_ip,

@@ -323,16 +323,7 @@ mod tests {
     use std::net::IpAddr;
 
     use super::*;
-
-    fn limits(max_total: usize, max_per_ip: usize) -> ConnectionLimits {
-        ConnectionLimits {
-            max_total,
-            max_per_ip,
-            handshake_timeout: Duration::from_secs(10),
-            first_request_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-        }
-    }
+    use crate::connections::tests::limits;
 
     fn ip(last: u8) -> IpAddr {
         IpAddr::from([127, 0, 0, last])

@@ -16,6 +16,26 @@ use crate::harness::{Agent, Fleet};
 /// name), and what its log must say.
 type Refused<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a str>, &'a [&'a str]);
 
+/// Adds (not starting) an agent named `name` with these labels and, if
+/// given, this `hostname = ...` line instead of its name; returns its index.
+fn new_agent(fleet: &mut Fleet, name: &str, token: &str, labels: &[(&str, &str)], hostname: Option<&str>) -> usize {
+    let addr = fleet.controller.addr.to_string();
+    let agent = Agent::new(
+        fleet.root.path(),
+        name,
+        &addr,
+        &fleet.controller.ca_fingerprint,
+        token,
+        labels,
+    );
+    fleet.agents.push(agent);
+    let i = fleet.agents.len() - 1;
+    if let Some(line) = hostname {
+        set_hostname_line(fleet, i, line);
+    }
+    i
+}
+
 /// Replaces the `hostname = ...` line of an agent's config with `line`.
 fn set_hostname_line(fleet: &Fleet, i: usize, line: &str) {
     let path = &fleet.agents[i].config;
@@ -58,20 +78,7 @@ fn hostile_labels_and_hostnames_are_refused_or_escaped() {
         ),
     ];
     for (name, labels, hostname, expect) in cases {
-        let addr = fleet.controller.addr.to_string();
-        let agent = Agent::new(
-            fleet.root.path(),
-            name,
-            &addr,
-            &fleet.controller.ca_fingerprint,
-            &token,
-            labels,
-        );
-        fleet.agents.push(agent);
-        let i = fleet.agents.len() - 1;
-        if let Some(line) = hostname {
-            set_hostname_line(&fleet, i, line);
-        }
+        let i = new_agent(&mut fleet, name, &token, labels, hostname);
         fleet.agents[i].start();
         let code = fleet.agents[i].wait_exit(Duration::from_secs(20));
         let log = fleet.agents[i].log_text();
@@ -135,18 +142,7 @@ fn a_hostname_two_live_machines_share_is_marked_and_ambiguous() {
     let mut fleet = Fleet::controller_only(&[]);
     let token = fleet.token(&["--uses", "2"]);
     for name in ["twin-a", "twin-b"] {
-        let addr = fleet.controller.addr.to_string();
-        let agent = Agent::new(
-            fleet.root.path(),
-            name,
-            &addr,
-            &fleet.controller.ca_fingerprint,
-            &token,
-            &[],
-        );
-        fleet.agents.push(agent);
-        let i = fleet.agents.len() - 1;
-        set_hostname_line(&fleet, i, "hostname = \"twin\"");
+        let i = new_agent(&mut fleet, name, &token, &[], Some("hostname = \"twin\""));
         fleet.agents[i].start();
         fleet.wait_connected(i + 1, Duration::from_secs(30));
     }
