@@ -282,22 +282,11 @@ impl AuditService for AuditLogService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{secret_hash, OperatorRecord};
     use std::convert::Infallible;
     use tower::{Layer, Service, ServiceExt};
 
     fn log() -> (tempfile::TempDir, Arc<AuditLog>) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("store")).expect("store");
-        store
-            .put_operator(&OperatorRecord {
-                id: "abc123".into(),
-                name: "alice".into(),
-                role: "admin".into(),
-                secret_sha256: secret_hash("s3cret"),
-                created_at_ms: 0,
-            })
-            .expect("operator");
+        let (dir, store) = crate::auth::tests::store_with_alice();
         let log = Arc::new(AuditLog::open(&store).expect("audit log"));
         (dir, log)
     }

@@ -140,7 +140,7 @@ pub fn operator<T>(req: &Request<T>) -> Operator {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::OperatorRecord;
 
@@ -153,8 +153,9 @@ mod tests {
         assert_eq!(parse_token(JOIN_TOKEN_PREFIX, "fleet_op_ab.cd"), None);
     }
 
-    #[test]
-    fn bearer_tokens_are_checked_against_the_store() {
+    /// A new store with one operator: alice, admin, token
+    /// `fleet_op_abc123.s3cret`.
+    pub(crate) fn store_with_alice() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("store")).expect("store");
         store
@@ -166,6 +167,12 @@ mod tests {
                 created_at_ms: 0,
             })
             .expect("operator");
+        (dir, store)
+    }
+
+    #[test]
+    fn bearer_tokens_are_checked_against_the_store() {
+        let (_dir, store) = store_with_alice();
         let check = |s: Option<&str>| {
             let h = s.map(|s| http::HeaderValue::from_str(s).expect("header"));
             authenticate(&store, h.as_ref())
