@@ -4,8 +4,9 @@
 #
 #   bash packaging/build-debs.sh
 #
-# leaves target/debian/fleet-agent_<version>_<arch>.deb and
-# target/debian/fleet-controller_<version>_<arch>.deb, where <version> is the
+# leaves target/debian/fleet-agent_<version>_<arch>.deb,
+# target/debian/fleet-controller_<version>_<arch>.deb and
+# target/debian/fleetctl_<version>_<arch>.deb, where <version> is the
 # workspace version plus "-$DEB_REVISION" (default 1). Needs cargo, dpkg-dev
 # (dpkg-shlibdeps) and binutils (strip).
 set -euo pipefail
@@ -27,9 +28,10 @@ maintainer="fleet maintainers <fleet@example.invalid>"
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}"
 target="${CARGO_TARGET_DIR:-target}"
 
-cargo build --release --locked -p fleet-agent -p fleet-controller
+cargo build --release --locked -p fleet-agent -p fleet-controller -p fleetctl
 
-out="$target/debian"
+# Absolute: dpkg-shlibdeps runs from a scratch dir.
+out="$(realpath -m "$target")/debian"
 mkdir -p "$out"
 
 # dpkg-shlibdeps wants a debian/control beside it; give it a scratch one.
@@ -42,16 +44,22 @@ build_one() {
     local pkg=$1 description=$2 long=$3
     local root="$out/stage/$pkg"
     rm -rf "$root"
-    install -d "$root/DEBIAN" "$root/usr/bin" "$root/lib/systemd/system" "$root/usr/share/doc/$pkg"
+    install -d "$root/DEBIAN" "$root/usr/bin" "$root/usr/share/doc/$pkg"
 
     install -m 0755 "$target/release/$pkg" "$root/usr/bin/$pkg"
     strip --strip-unneeded --remove-section=.comment --remove-section=.note "$root/usr/bin/$pkg"
-    install -m 0644 "systemd/$pkg.service" "$root/lib/systemd/system/$pkg.service"
     install -m 0644 "packaging/deb/$pkg/copyright" "packaging/deb/$pkg/README.Debian" "$root/usr/share/doc/$pkg/"
     printf '%s (%s) unstable; urgency=medium\n\n  * Built from the fleet repository, commit %s.\n\n -- %s  %s\n' \
         "$pkg" "$version" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$maintainer" \
         "$(date -u -R -d "@$SOURCE_DATE_EPOCH")" | gzip -9n >"$root/usr/share/doc/$pkg/changelog.Debian.gz"
-    install -m 0755 "packaging/deb/$pkg/postinst" "packaging/deb/$pkg/prerm" "packaging/deb/$pkg/postrm" "$root/DEBIAN/"
+    # The daemons: a unit, a system user made by the maintainer scripts.
+    local daemon_depends=""
+    if [ -f "systemd/$pkg.service" ]; then
+        install -d "$root/lib/systemd/system"
+        install -m 0644 "systemd/$pkg.service" "$root/lib/systemd/system/$pkg.service"
+        install -m 0755 "packaging/deb/$pkg/postinst" "packaging/deb/$pkg/prerm" "packaging/deb/$pkg/postrm" "$root/DEBIAN/"
+        daemon_depends=", adduser, init-system-helpers (>= 1.54~)"
+    fi
 
     if [ "$pkg" = fleet-agent ]; then
         install -d "$root/etc/fleet" "$root/usr/share/polkit-1/rules.d" "$root/usr/share/doc/$pkg/examples"
@@ -68,7 +76,7 @@ build_one() {
     local recommends=""
     [ "$pkg" = fleet-agent ] && recommends=$'\nRecommends: polkitd'
     local depends
-    depends=$(cd "$shlibs_dir" && dpkg-shlibdeps -O "$OLDPWD/$root/usr/bin/$pkg" | sed -n 's/^shlibs:Depends=//p')
+    depends=$(cd "$shlibs_dir" && dpkg-shlibdeps -O "$root/usr/bin/$pkg" | sed -n 's/^shlibs:Depends=//p')
     local size
     size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
     cat >"$root/DEBIAN/control" <<CONTROL
@@ -77,7 +85,7 @@ Version: $version
 Architecture: $arch
 Maintainer: $maintainer
 Installed-Size: $size
-Depends: $depends, adduser, init-system-helpers (>= 1.54~)$recommends
+Depends: $depends$daemon_depends$recommends
 Section: admin
 Priority: optional
 Homepage: https://example.invalid/fleet
@@ -103,3 +111,8 @@ build_one fleet-controller "fleet controller: desired state, hosts, releases and
 " The controller of fleet, a fleet manager for services run as systemd units.
  It holds the fleet's CA, enrolls hosts, keeps the agents' streams and
  serves the operator API used by fleetctl."
+build_one fleetctl "fleet command line: apps, releases, rollouts and hosts" \
+" fleetctl drives fleet, a fleet manager for services run as systemd units:
+ it logs in to the fleet controller, pushes releases, runs rollouts in
+ batches with canaries and automatic rollback, and lists and bootstraps
+ hosts. Exit codes and JSON output are made for CI."

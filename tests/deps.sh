@@ -8,7 +8,8 @@ set -euo pipefail
 # dbus, polkitd, sudo and openssh-server for the throwaway hosts of the
 # package and bootstrap tests, and (with util-linux's unshare and busctl)
 # the systemd --user sandboxes of the release and rollout tests; cloud-init
-# for `cloud-init schema`.
+# for `cloud-init schema`; iproute2, python3 and curl for the README-path
+# test.
 need=()
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 command -v pkg-config >/dev/null || need+=(pkg-config)
@@ -26,6 +27,12 @@ command -v unshare >/dev/null || need+=(util-linux)
 # prlimit (util-linux): the connections test runs the controller at a
 # 1024 file-descriptor limit.
 command -v prlimit >/dev/null || need+=(util-linux)
+# The README-path test: hosts in network namespaces of their own (ip, from
+# iproute2), and the README's demo app (Debian's python3 serving a release,
+# read with curl).
+command -v ip >/dev/null || need+=(iproute2)
+[ -x /usr/bin/python3 ] || need+=(python3)
+[ -x /usr/bin/curl ] || need+=(curl)
 if ((${#need[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     # No service of these packages may start on this machine while they

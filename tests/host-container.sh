@@ -11,7 +11,12 @@
 #   host-container.sh stop DIR
 #
 # start returns once sshd answers; DIR/pid is the container's PID 1 as the
-# machine sees it, DIR/console.log systemd's own output. USER gets
+# machine sees it, DIR/console.log systemd's own output. Optional, in the
+# environment of start: FLEET_HOST_NAME (the host's name, default
+# fleet-host) and FLEET_HOST_NET=N (1-250: the host gets its own network
+# namespace, reached over a veth pair as 10.88.N.2, with the machine as
+# 10.88.N.1; without it the host shares the machine's network, and sshd,
+# apps and agents of every such host share one loopback). USER gets
 # passwordless sudo, as on an EC2 Ubuntu image. Needs root, unshare,
 # nsenter, systemd, openssh-server and sudo on the machine.
 #
@@ -65,8 +70,10 @@ start() {
     # Runs in the new namespaces; ends by exec'ing systemd as PID 1.
     cat >"$dir/boot.sh" <<'BOOT'
 set -euo pipefail
-dir=$1 port=$2 user=$3 authorized=$4 hostkey=$5
+dir=$1 port=$2 user=$3 authorized=$4 hostkey=$5 name=$6 net=$7
 mount --make-rprivate /
+# In a network namespace of its own, loopback starts down.
+if [ -n "$net" ]; then ip link set lo up; fi
 base="$dir/fs"
 mkdir -p "$base"
 mount -t tmpfs -o mode=0755 fleet-host "$base"
@@ -87,7 +94,7 @@ fi
 mount --rbind /dev "$r/dev"
 mount -t tmpfs -o mode=0755 tmpfs "$r/run"
 mount -t tmpfs -o mode=1777 tmpfs "$r/tmp"
-hostname fleet-host
+hostname "$name"
 
 # The host's setup, written into the overlay before boot.
 etc=$r/etc/systemd/system
@@ -129,6 +136,11 @@ install -m 0600 "$authorized" "$r/home/$user/.ssh/authorized_keys"
 chroot "$r" chown -R "$user:$user" "/home/$user/.ssh"
 echo "$user ALL=(ALL) NOPASSWD:ALL" >"$r/etc/sudoers.d/90-fleet-test"
 chmod 0440 "$r/etc/sudoers.d/90-fleet-test"
+# systemd sets the hostname from /etc/hostname at boot; the name resolves
+# locally, as on a Debian or Ubuntu install (sudo looks it up, and a host in
+# its own network namespace has no DNS).
+echo "$name" >"$r/etc/hostname"
+echo "127.0.1.1 $name" >>"$r/etc/hosts"
 rm -f "$r/etc/machine-id"
 : >"$r/etc/machine-id"
 # A build image's "start no services" switch; a real host has none.
@@ -145,10 +157,18 @@ exec env -i container=fleet-test PATH=/usr/sbin:/usr/bin:/sbin:/bin \
 BOOT
 
     # Into our cgroup subtree, then the namespaces; systemd becomes PID 1.
+    local name=${FLEET_HOST_NAME:-fleet-host} net=${FLEET_HOST_NET:-}
+    local netns=()
+    if [ -n "$net" ]; then
+        [[ "$net" =~ ^[0-9]+$ ]] && [ "$net" -ge 1 ] && [ "$net" -le 250 ] || die "FLEET_HOST_NET must be 1-250, not '$net'"
+        command -v ip >/dev/null || die "ip is missing; install iproute2 (.ci/run does)"
+        netns=(--net)
+        echo "$net" >"$dir/net"
+    fi
     (
         while read -r cg; do echo "$BASHPID" >"$cg/cgroup.procs"; done <"$dir/cgroups"
-        exec unshare --mount --pid --fork --uts --ipc --cgroup --kill-child \
-            bash "$dir/boot.sh" "$dir" "$port" "$user" "$(realpath "$authorized")" "$(realpath "$hostkey")"
+        exec unshare --mount --pid --fork --uts --ipc --cgroup "${netns[@]}" --kill-child \
+            bash "$dir/boot.sh" "$dir" "$port" "$user" "$(realpath "$authorized")" "$(realpath "$hostkey")" "$name" "$net"
     ) </dev/null >"$dir/console.log" 2>&1 &
     local unshare_pid=$!
     echo "$unshare_pid" >"$dir/unshare-pid"
@@ -164,6 +184,16 @@ BOOT
     [ "$(cat "/proc/$init/comm" 2>/dev/null)" = systemd ] || { cat "$dir/console.log" >&2; die "systemd did not start"; }
     echo "$init" >"$dir/pid"
 
+    if [ -n "$net" ]; then
+        local veth="fleet-h$net"
+        ip link del "$veth" 2>/dev/null || true
+        ip link add "$veth" type veth peer name eth0 netns "$init"
+        ip addr add "10.88.$net.1/24" dev "$veth"
+        ip link set "$veth" up
+        nsenter --target "$init" --net sh -c \
+            "ip addr add 10.88.$net.2/24 dev eth0 && ip link set eth0 up && ip route add default via 10.88.$net.1"
+    fi
+
     for _ in $(seq 300); do
         if inside "$dir" systemctl is-active --quiet ssh.service 2>/dev/null; then
             return 0
@@ -177,7 +207,7 @@ BOOT
 
 inside() {
     local dir=$1; shift
-    nsenter --target "$(cat "$dir/pid")" --mount --uts --ipc --pid --cgroup --root --wd "$@"
+    nsenter --target "$(cat "$dir/pid")" --mount --uts --ipc --pid --cgroup --net --root --wd "$@"
 }
 
 stop() {
@@ -199,7 +229,10 @@ stop() {
             [ -d "$cg" ] && find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || true
         done <"$dir/cgroups"
     fi
-    rm -f "$dir/pid" "$dir/unshare-pid"
+    if [ -f "$dir/net" ]; then
+        ip link del "fleet-h$(cat "$dir/net")" 2>/dev/null || true
+    fi
+    rm -f "$dir/pid" "$dir/unshare-pid" "$dir/net"
 }
 
 case "${1:-}" in

@@ -21,7 +21,9 @@ pub enum ConfigError {
     #[error("cannot read {path}: {source}; pass the agent config with --config or FLEET_AGENT_CONFIG")]
     Read { path: PathBuf, source: std::io::Error },
     /// The file is not valid TOML, or has an unknown, missing or mistyped key.
-    #[error("{path}{location}: {detail}; fix the file (see ARCHITECTURE.md, agent.toml)")]
+    #[error(
+        "{path}{location}: {detail}; fix the file (every key is listed in /usr/share/doc/fleet-agent/README.Debian)"
+    )]
     Parse {
         path: PathBuf,
         location: String,

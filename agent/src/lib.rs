@@ -9,6 +9,7 @@ pub mod config;
 pub mod deploy;
 mod enroll;
 pub mod facts;
+pub mod goodbye;
 pub mod health;
 pub mod hooks;
 pub mod identity;

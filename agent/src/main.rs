@@ -23,10 +23,24 @@ enum Command {
         #[arg(long, env = "FLEET_AGENT_CONFIG", default_value = "/etc/fleet/agent.toml")]
         config: PathBuf,
     },
+    /// Tell the controller this host leaves the fleet (the package's prerm
+    /// runs it on removal): `fleetctl hosts ls` then shows it uninstalled.
+    /// Exits 1 when the controller could not be told.
+    Goodbye {
+        /// The agent configuration file.
+        #[arg(long, env = "FLEET_AGENT_CONFIG", default_value = "/etc/fleet/agent.toml")]
+        config: PathBuf,
+        /// Why, for the controller's log.
+        #[arg(long, default_value = "the fleet-agent package is being removed")]
+        reason: String,
+    },
 }
 
 fn main() -> ExitCode {
-    let Command::Run { config } = Cli::parse().command;
+    let config = match Cli::parse().command {
+        Command::Run { config } => config,
+        Command::Goodbye { config, reason } => return goodbye(&config, &reason),
+    };
     let config = match Config::load(&config) {
         Ok(c) => c,
         Err(e) => return fail(&e, exit::BAD_CONFIG),
@@ -45,6 +59,32 @@ fn main() -> ExitCode {
     match runtime.block_on(fleet_agent::run(config)) {
         Ok(()) => ExitCode::from(exit::STOPPED),
         Err(e) => fail(&e, e.exit_code()),
+    }
+}
+
+fn goodbye(config: &std::path::Path, reason: &str) -> ExitCode {
+    let config = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => return fail(&e, exit::BAD_CONFIG),
+    };
+    let said = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::new)
+        .and_then(|rt| rt.block_on(fleet_agent::goodbye::goodbye(&config, reason)));
+    match said {
+        Ok(fleet_agent::goodbye::Said::Told { host_id, controller }) => {
+            eprintln!("fleet-agent: told the controller at {controller} that host {host_id} leaves the fleet");
+            ExitCode::SUCCESS
+        }
+        Ok(fleet_agent::goodbye::Said::NotEnrolled) => {
+            eprintln!("fleet-agent: this host never enrolled; no controller to tell");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(
+            &e.context("could not tell the controller this host leaves"),
+            exit::FAILED,
+        ),
     }
 }
 

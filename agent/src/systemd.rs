@@ -76,6 +76,31 @@ pub enum SystemdError {
     /// The restart job did not finish in time.
     #[error("the restart job of {unit} did not finish within {secs}s")]
     JobTimeout { unit: String, secs: u64 },
+    /// systemd (polkit) refused the agent.
+    #[error(
+        "systemd refused to {what} {unit}: access denied. The packaged agent may only start, stop, restart \
+         and reload units named fleet-app-<app>.service (polkit rule \
+         /usr/share/polkit-1/rules.d/50-fleet-agent.rules): name the app's unit fleet-app-<app>.service \
+         ('fleetctl app update APP --unit fleet-app-APP.service'), or widen the rule for this unit; see \
+         /usr/share/doc/fleet-agent/README.Debian"
+    )]
+    Denied { what: &'static str, unit: String },
+}
+
+/// Whether systemd refused the call for want of privilege (polkit said no).
+fn is_denied(e: &zbus::Error) -> bool {
+    const DENIED: [&str; 2] = [
+        "org.freedesktop.DBus.Error.AccessDenied",
+        "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired",
+    ];
+    match e {
+        zbus::Error::MethodError(name, _, _) => DENIED.contains(&name.as_str()),
+        zbus::Error::FDO(e) => matches!(
+            **e,
+            zbus::fdo::Error::AccessDenied(_) | zbus::fdo::Error::InteractiveAuthorizationRequired(_)
+        ),
+        _ => false,
+    }
 }
 
 /// A connection to the service manager.
@@ -287,9 +312,40 @@ pub struct FullState {
 }
 
 fn call(what: &'static str, unit: &str, e: zbus::Error) -> SystemdError {
+    if is_denied(&e) {
+        return SystemdError::Denied {
+            what,
+            unit: unit.into(),
+        };
+    }
     SystemdError::Call {
         what,
         unit: unit.into(),
         detail: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_by_polkit_names_the_rule_and_the_unit_naming() {
+        let refused = zbus::Error::FDO(Box::new(zbus::fdo::Error::AccessDenied("Permission denied".into())));
+        let e = call("restart", "ssh.service", refused);
+        assert!(matches!(e, SystemdError::Denied { .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("systemd refused to restart ssh.service: access denied"),
+            "{text}"
+        );
+        assert!(text.contains("fleet-app-<app>.service"), "{text}");
+        assert!(
+            text.contains("/usr/share/polkit-1/rules.d/50-fleet-agent.rules"),
+            "{text}"
+        );
+
+        let other = zbus::Error::FDO(Box::new(zbus::fdo::Error::Failed("boom".into())));
+        assert!(matches!(call("restart", "x.service", other), SystemdError::Call { .. }));
     }
 }

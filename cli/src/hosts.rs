@@ -234,6 +234,7 @@ fn hostname(host: &Host) -> &str {
 fn status(host: &Host) -> &'static str {
     match HostStatus::try_from(host.status) {
         Ok(HostStatus::Connected) => "connected",
+        Ok(HostStatus::Uninstalled) => "uninstalled",
         _ => "disconnected",
     }
 }
@@ -251,6 +252,7 @@ pub fn host_json(host: &Host) -> Value {
         "labels": output::sorted(&host.labels),
         "status": status(host),
         "last_seen_ms": host.last_seen_ms,
+        "uninstalled_at_ms": host.uninstalled_at_ms,
         "agent_version": facts.agent_version,
         "os": facts.os,
         "kernel": facts.kernel,
@@ -354,6 +356,11 @@ fn host_block(host: &Host, now_ms: i64) -> String {
     }
     let status = match (status(host), host.remote_addr.is_empty()) {
         ("connected", false) => format!("connected from {}", host.remote_addr),
+        ("uninstalled", _) => format!(
+            "uninstalled {} (its agent's package was removed; 'fleetctl hosts rm {}' forgets it)",
+            output::relative_or(host.uninstalled_at_ms, now_ms, "at an unknown time"),
+            fleet_proto::rollout::short_id(&host.id)
+        ),
         (s, _) => s.to_string(),
     };
     b.line("status", status);
@@ -493,6 +500,7 @@ mod tests {
             }),
             remote_addr: "127.0.0.1:5555".into(),
             same_hostname: Vec::new(),
+            uninstalled_at_ms: 0,
         }
     }
 
@@ -507,6 +515,7 @@ mod tests {
             "labels",
             "status",
             "last_seen_ms",
+            "uninstalled_at_ms",
             "agent_version",
             "os",
             "kernel",
@@ -558,6 +567,19 @@ mod tests {
         let bare = host_json(&Host::default());
         assert_eq!(bare["hostname"], "");
         assert_eq!(bare["status"], "disconnected");
+    }
+
+    #[test]
+    fn an_uninstalled_host_says_so_and_how_to_forget_it() {
+        let mut h = host(false);
+        h.status = HostStatus::Uninstalled as i32;
+        h.uninstalled_at_ms = 1_000;
+        let v = host_json(&h);
+        assert_eq!(v["status"], "uninstalled");
+        assert_eq!(v["uninstalled_at_ms"], 1_000);
+        let shown = host_block(&h, 61_000);
+        assert!(shown.contains("uninstalled 1m ago"), "{shown}");
+        assert!(shown.contains("fleetctl hosts rm"), "{shown}");
     }
 
     #[test]

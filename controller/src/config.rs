@@ -10,8 +10,14 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}; pass the controller.toml that 'fleet-controller init' wrote")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {path}: {source}{hint}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+        /// What to do: the ownership fix when permission was denied, else
+        /// which file to pass.
+        hint: String,
+    },
     /// The file is not valid TOML or has unknown or mistyped keys.
     #[error("{path} is not a valid controller config: {detail}")]
     Parse { path: PathBuf, detail: String },
@@ -307,9 +313,16 @@ pub const MIN_CONFIG_CERT_TTL: Duration = Duration::from_secs(10);
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            let hint = match crate::owner::permission_hint(&source, path.parent().unwrap_or(path)) {
+                h if h.is_empty() => "; pass the controller.toml that 'fleet-controller init' wrote".to_string(),
+                h => h,
+            };
+            ConfigError::Read {
+                path: path.into(),
+                source,
+                hint,
+            }
         })?;
         let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.into(),

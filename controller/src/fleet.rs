@@ -87,6 +87,7 @@ impl Fleet {
                     host.metrics = live.metrics;
                 }
             }
+            None if host.uninstalled_at_ms > 0 => host.status = HostStatus::Uninstalled as i32,
             None => host.status = HostStatus::Disconnected as i32,
         }
         host

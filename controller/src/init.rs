@@ -10,6 +10,7 @@ use fleet_proto::transport::{certs_from_pem, fingerprint};
 use crate::auth::OPERATOR_TOKEN_PREFIX;
 use crate::ca::{generate_ca, Ca};
 use crate::config::RawConfig;
+use crate::owner::{self, OwnerPlan};
 use crate::store::{secret_hash, OperatorRecord, Store};
 
 /// Name of the marker file that makes a directory a data dir.
@@ -36,6 +37,14 @@ pub enum InitError {
     /// A flag holds a bad value.
     #[error("{0}")]
     Invalid(String),
+    /// Root is making the packaged data dir before the package made its user.
+    #[error(
+        "{0} is the packaged controller's data dir, but its user {user} does not exist yet: install the \
+         fleet-controller package first (it makes the user and this directory), then run this again; \
+         or pick another --data-dir for a controller you run yourself",
+        user = crate::owner::SERVICE_USER
+    )]
+    NoServiceUser(PathBuf),
 }
 
 /// What `init` needs.
@@ -64,6 +73,11 @@ pub struct InitReport {
     pub config: PathBuf,
     /// Path of fleetctl.toml (holds the admin token).
     pub fleetctl_config: PathBuf,
+    /// The user the files were given to, when init ran as root for another
+    /// user (the packaged controller's `fleet-controller`).
+    pub given_to: Option<String>,
+    /// Whether the data dir is the packaged controller's (started by systemd).
+    pub packaged: bool,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InitError + '_ {
@@ -95,6 +109,11 @@ fn hostname() -> Option<String> {
 /// Creates a data dir. Refuses a path that exists and is not empty.
 pub fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
     let dir = &opts.data_dir;
+    let owner = match owner::plan_for(dir) {
+        OwnerPlan::NoServiceUser => return Err(InitError::NoServiceUser(dir.clone())),
+        OwnerPlan::Give(account) => Some(account),
+        OwnerPlan::Caller => None,
+    };
     if dir.exists() {
         let mut entries = std::fs::read_dir(dir).map_err(io(dir))?;
         if entries.next().is_some() {
@@ -189,11 +208,16 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
     write_new(&fleetctl_path, &fleetctl, 0o600)?;
     // Last: a dir without the marker is not a data dir, so a crashed init is not half-used.
     write_new(&dir.join(MARKER), "fleet-controller data dir, format 1\n", 0o644)?;
+    if let Some(account) = &owner {
+        owner::give_tree(&dir, account).map_err(io(&dir))?;
+    }
     Ok(InitReport {
+        packaged: dir == Path::new(owner::PACKAGED_DATA_DIR),
         data_dir: dir,
         ca_fingerprint,
         controller,
         config: config_path,
         fleetctl_config: fleetctl_path,
+        given_to: owner.map(|a| a.name),
     })
 }

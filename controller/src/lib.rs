@@ -20,6 +20,7 @@ mod layering;
 pub mod listener;
 pub mod metrics;
 pub mod ops;
+pub mod owner;
 pub mod ratelimit;
 pub mod registry;
 pub mod releases;

@@ -144,25 +144,29 @@ fn init_logs(json: bool) {
 
 fn print_next_steps(r: &fleet_controller::InitReport) {
     let dir = r.data_dir.display();
-    println!("fleet controller initialised in {dir}");
+    match &r.given_to {
+        Some(user) => println!("fleet controller initialised in {dir} (its files are {user}'s)"),
+        None => println!("fleet controller initialised in {dir}"),
+    }
     println!();
     println!("  CA fingerprint (agents pin it):  {}", r.ca_fingerprint);
     println!("  admin credential for fleetctl:   {}", r.fleetctl_config.display());
     println!();
     println!("Next steps:");
+    if r.packaged {
+        println!("  1. start it:       sudo systemctl enable --now fleet-controller");
+    } else {
+        println!(
+            "  1. start it:       fleet-controller serve --config {}",
+            r.config.display()
+        );
+    }
+    println!("  2. log in, here or on a laptop with fleetctl installed (the token is in the credential file above):");
     println!(
-        "  1. start it:       fleet-controller serve --config {}",
-        r.config.display()
+        "       fleetctl login --controller {} --ca-fingerprint {} --token fleet_op_…",
+        r.controller, r.ca_fingerprint
     );
-    println!(
-        "  2. log in:         mkdir -p ~/.config/fleet && cp {} ~/.config/fleet/fleetctl.toml",
-        r.fleetctl_config.display()
-    );
-    println!(
-        "                    (or: export FLEET_CONFIG={})",
-        r.fleetctl_config.display()
-    );
-    println!("  3. make a token:   fleetctl token create --label env=prod --ttl 1h");
+    println!("  3. make a token:   fleetctl token create --label env=prod --ttl 1h --uses 10");
     println!("  4. on each host, /etc/fleet/agent.toml:");
     println!("       controller = \"{}\"", r.controller);
     println!("       ca_fingerprint = \"{}\"", r.ca_fingerprint);

@@ -95,7 +95,10 @@ impl ServeError {
 fn read(path: &std::path::Path) -> Result<String, ServeError> {
     std::fs::read_to_string(path).map_err(|e| ServeError::Read {
         path: path.display().to_string(),
-        detail: e.to_string(),
+        detail: format!(
+            "{e}{}",
+            crate::owner::permission_hint(&e, path.parent().unwrap_or(path))
+        ),
     })
 }
 

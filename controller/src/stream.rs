@@ -77,11 +77,17 @@ impl AgentService for StreamService {
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
             .map_err(|_| Error::HelloTimeout)??;
-        let Some(AgentMessage {
-            body: Some(FromAgent::Hello(hello)),
-        }) = first
-        else {
-            return Err(Error::Protocol("the first message on the agent stream must be hello").into());
+        let hello = match first.and_then(|m| m.body) {
+            Some(FromAgent::Hello(hello)) => hello,
+            Some(FromAgent::Goodbye(bye)) => {
+                goodbye(&fleet, &cert.host_id, &bye, remote)?;
+                // Nothing to say: the stream ends at once (its sender is dropped).
+                let (_, rx) = mpsc::channel(1);
+                return Ok(Response::new(ReceiverStream::new(rx)));
+            }
+            _ => {
+                return Err(Error::Protocol("the first message on the agent stream must be hello (or goodbye)").into())
+            }
         };
         let host_id = cert.host_id.clone();
         if hello.host_id != host_id {
@@ -106,6 +112,8 @@ impl AgentService for StreamService {
                 h.facts = hello.facts.clone();
                 h.inventory = hello.inventory.clone();
                 h.last_seen_ms = now;
+                // Back after a goodbye: reinstalled.
+                h.uninstalled_at_ms = 0;
             })
             .map_err(Error::Store)?
             .ok_or_else(|| removed(&host_id))?;
@@ -255,9 +263,12 @@ async fn run_session(
                 tracing::info!(host_id, task_id = %p.task_id, phase = %p.phase, state = p.state, duration_ms = p.duration_ms, detail = %p.detail, "task progress");
                 fleet.tasks.progress(&host_id, p);
             }
-            Some(FromAgent::Hello(_)) | None => {
+            Some(FromAgent::Hello(_) | FromAgent::Goodbye(_)) | None => {
                 let _ = tx
-                    .send(Err(Error::Protocol("hello is only valid as the first message").into()))
+                    .send(Err(Error::Protocol(
+                        "hello and goodbye are only valid as the first message",
+                    )
+                    .into()))
                     .await;
                 break "protocol error".to_string();
             }
@@ -315,4 +326,33 @@ async fn renew_certificate(fleet: &Fleet, host_id: &str, current_fp: &str, csr_d
         certificate_pem: signed.pem,
         not_after_ms: signed.not_after_ms,
     })
+}
+
+/// The host's agent is being uninstalled: mark the host, so operators see
+/// it left rather than merely dropped off.
+fn goodbye(
+    fleet: &Fleet,
+    host_id: &str,
+    bye: &fleet_proto::Goodbye,
+    remote: std::net::SocketAddr,
+) -> Result<(), Status> {
+    if bye.host_id != host_id {
+        return Err(Error::Denied(format!(
+            "goodbye names host {} but the client certificate belongs to host {host_id}",
+            bye.host_id
+        ))
+        .into());
+    }
+    let now = now_ms();
+    fleet
+        .store
+        .update_host(host_id, |h| {
+            h.uninstalled_at_ms = now;
+            h.last_seen_ms = h.last_seen_ms.max(now);
+        })
+        .map_err(Error::Store)?
+        .ok_or_else(|| removed(host_id))?;
+    let reason: String = bye.reason.chars().take(200).collect();
+    tracing::info!(host_id, %remote, reason = %reason.escape_debug(), "agent uninstalled: the host left the fleet");
+    Ok(())
 }

@@ -135,16 +135,39 @@ check "config removed" test ! -e $conf -a ! -e $conf.dpkg-dist
 check "enablement removed" test ! -e "$wants"
 check "package purged" sh -c "! dpkg-query -W -f='\${Status}' fleet-agent 2>/dev/null | grep -q installed"
 
+echo "== fleet-controller: init as root before the package is installed"
+dpkg-deb -x "$controller" /tmp/controller-pkg
+rc=0
+/tmp/controller-pkg/usr/bin/fleet-controller init --data-dir /var/lib/fleet-controller --san controller.test \
+    >/tmp/init.log 2>&1 || rc=$?
+cat /tmp/init.log
+check "init into the packaged data dir without its user is refused (exit 2)" test "$rc" = 2
+check "the refusal says to install the package first" grep -q "install the fleet-controller package first" /tmp/init.log
+check "nothing was made" test ! -e /var/lib/fleet-controller
+
 echo "== fleet-controller: install, upgrade keeps the data dir, purge"
 dpkg -i "$controller" 2>&1 | tee /tmp/install.log
 check "the postinst says how to initialise" grep -q "fleet-controller init" /tmp/install.log
 check "/usr/bin/fleet-controller runs" /usr/bin/fleet-controller --version
 check "system user fleet-controller made" test "$(getent passwd fleet-controller | cut -d: -f3)" -lt 1000
 check "data dir is fleet-controller's, 0700" test "$(mode_owner /var/lib/fleet-controller)" = "700 fleet-controller:fleet-controller"
-setpriv --reuid fleet-controller --regid fleet-controller --init-groups \
-    fleet-controller init --data-dir /var/lib/fleet-controller --san controller.test >/dev/null
+cwants=/etc/systemd/system/multi-user.target.wants/fleet-controller.service
+# As the README says: init as root (sudo), into the packaged data dir.
+fleet-controller init --data-dir /var/lib/fleet-controller --san controller.test | tee /tmp/init.log
+check "init says whose the files are" grep -q "its files are fleet-controller's" /tmp/init.log
+check "init run as root leaves every file to fleet-controller" test -z "$(find /var/lib/fleet-controller ! -user fleet-controller)"
+check "ca.key stays 0600" test "$(mode_owner /var/lib/fleet-controller/ca.key)" = "600 fleet-controller:fleet-controller"
+check "init's next step is the service" grep -q "systemctl enable --now fleet-controller" /tmp/init.log
+
+echo "== fleet-controller: a data dir the service user cannot use is not started"
+chown root:root /var/lib/fleet-controller/ca.key
+dpkg -i "$controller" 2>&1 | tee /tmp/install.log
+check "the postinst names the foreign file and the fix" \
+    grep -q "ca.key is owned by root.*sudo chown -R fleet-controller: /var/lib/fleet-controller" /tmp/install.log
+check "the unit is not enabled" test ! -e "$cwants"
+chown fleet-controller:fleet-controller /var/lib/fleet-controller/ca.key
 dpkg -i "$controller"
-check "unit enabled once the data dir is initialised" test -L /etc/systemd/system/multi-user.target.wants/fleet-controller.service
+check "unit enabled once the data dir is initialised and the service's" test -L "$cwants"
 check "the CA survives a reinstall" test -f /var/lib/fleet-controller/ca.key
 exposure=$(systemd-analyze security --offline=true /lib/systemd/system/fleet-controller.service | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p')
 echo "exposure of fleet-controller.service: $exposure"
@@ -156,5 +179,14 @@ check "controller unit: LimitNOFILE, no restart on exit 2" sh -c \
 dpkg --purge fleet-controller
 check "controller data dir removed on purge" test ! -e /var/lib/fleet-controller
 check "controller binary removed" test ! -e /usr/bin/fleet-controller
+
+echo "== fleetctl: install, purge"
+fleetctl_deb=$(ls /srv/in/fleetctl_*.deb)
+dpkg -i "$fleetctl_deb"
+check "/usr/bin/fleetctl runs" /usr/bin/fleetctl --version
+check "fleetctl's README is shipped" test -f /usr/share/doc/fleetctl/README.Debian
+check "fleetctl makes no user" sh -c "! getent passwd fleetctl >/dev/null"
+dpkg --purge fleetctl
+check "fleetctl removed" test ! -e /usr/bin/fleetctl
 
 echo "deb-check: all checks passed"

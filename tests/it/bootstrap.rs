@@ -9,137 +9,14 @@
 //! Needs root, and the agent package built by `bash packaging/build-debs.sh`
 //! (CI does both); fails, never skips, without them.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{bin, free_addr, wait_until, Fleet};
-
-const USER: &str = "ubuntu";
-
-/// The throwaway host; stopped (every process in it killed) on drop.
-struct Host {
-    dir: PathBuf,
-}
-
-impl Host {
-    fn script() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("host-container.sh")
-    }
-
-    fn start(dir: PathBuf, port: u16, authorized_key: &Path, host_key: &Path) -> Host {
-        let out = Command::new("bash")
-            .arg(Host::script())
-            .arg("start")
-            .arg(&dir)
-            .arg(port.to_string())
-            .arg(USER)
-            .arg(authorized_key)
-            .arg(host_key)
-            .output()
-            .expect("run host-container.sh");
-        let host = Host { dir };
-        assert!(
-            out.status.success(),
-            "the throwaway host did not start: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        host
-    }
-
-    /// Runs a command inside the host as root.
-    fn exec(&self, args: &[&str]) -> Output {
-        Command::new("bash")
-            .arg(Host::script())
-            .arg("exec")
-            .arg(&self.dir)
-            .args(args)
-            .output()
-            .expect("run host-container.sh exec")
-    }
-
-    /// Runs a command inside the host and returns its trimmed stdout, asserting success.
-    fn sh(&self, script: &str) -> String {
-        let out = self.exec(&["sh", "-c", script]);
-        assert!(
-            out.status.success(),
-            "'{script}' failed on the host: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    fn journal(&self) -> String {
-        let out = self.exec(&["journalctl", "--no-pager", "-n", "60", "-u", "fleet-agent", "-u", "ssh"]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- the throwaway host's journal ---\n{}", self.journal());
-        }
-        let _ = Command::new("bash")
-            .arg(Host::script())
-            .arg("stop")
-            .arg(&self.dir)
-            .status();
-    }
-}
-
-/// An ed25519 key pair made by ssh-keygen at `path` (+ `.pub`).
-fn keygen(path: &Path) -> PathBuf {
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "fleet-test", "-f"])
-        .arg(path)
-        .output()
-        .expect("ssh-keygen is missing: install openssh-client (.ci/run does)");
-    assert!(
-        out.status.success(),
-        "ssh-keygen: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    path.with_extension("pub")
-}
-
-/// The agent package built by packaging/build-debs.sh.
-fn agent_deb() -> PathBuf {
-    let debian = bin("fleetctl")
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("debian");
-    let deb = std::fs::read_dir(&debian)
-        .ok()
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            let name = p.file_name().unwrap_or_default().to_string_lossy();
-            name.starts_with("fleet-agent_") && name.ends_with(".deb")
-        });
-    deb.unwrap_or_else(|| {
-        panic!(
-            "no fleet-agent_*.deb in {}: build it first with 'bash packaging/build-debs.sh' (.ci/run does)",
-            debian.display()
-        )
-    })
-}
-
-fn is_root() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2))
-        == Some("0")
-}
+use crate::container::{deb, is_root, keygen, Boot, Container, USER};
+use crate::harness::{free_addr, wait_until, Fleet};
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -151,7 +28,7 @@ fn bootstrap_over_ssh_installs_enrolls_and_refuses_untrusted_hosts() {
         is_root(),
         "this test boots a throwaway host (overlay mount, namespaces, systemd) and must run as root, as CI does"
     );
-    let deb = agent_deb();
+    let deb = deb("fleet-agent");
     let fleet = Fleet::controller_only(&[]);
     let root = fleet.root.path().to_path_buf();
     let user_key = root.join("id_user");
@@ -164,7 +41,7 @@ fn bootstrap_over_ssh_installs_enrolls_and_refuses_untrusted_hosts() {
     let other_host_pub = keygen(&other_host_key);
 
     let port = free_addr().port();
-    let host = Host::start(root.join("host"), port, &user_pub, &host_key);
+    let host = Container::start(root.join("host"), port, &user_pub, &host_key, Boot::default());
     let known_hosts = root.join("known_hosts");
     let target = format!("{USER}@127.0.0.1:{port}");
     let bootstrap = |identity: &Path, extra: &[&str]| {

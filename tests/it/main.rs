@@ -3,6 +3,7 @@
 //! sshd. Run them all with `bash tests/run-all.sh` (it builds the binaries
 //! and the packages they use first).
 
+mod container;
 mod harness;
 
 mod artifact_store;
@@ -18,6 +19,7 @@ mod labels;
 mod lifecycle;
 mod limits;
 mod quotas;
+mod readme_path;
 mod refusals;
 mod releases;
 mod rollouts;
