@@ -29,6 +29,21 @@ pub fn tail(s: &str, max: usize) -> String {
     format!("…{}", &s[start..])
 }
 
+/// The health check as the deploy path sees it (a fake in its unit tests).
+pub trait Checker: Send + Sync {
+    /// Runs `check` until it passes or its timeout passes.
+    fn check<'a>(&'a self, check: &'a HealthCheck) -> crate::units::BoxFuture<'a, HealthResult>;
+}
+
+/// The real checks: HTTP GET or a command, on this host.
+pub struct Probe;
+
+impl Checker for Probe {
+    fn check<'a>(&'a self, check: &'a HealthCheck) -> crate::units::BoxFuture<'a, HealthResult> {
+        Box::pin(run(check))
+    }
+}
+
 /// Runs `check` until it passes or its timeout passes; the result carries
 /// what was seen last.
 pub async fn run(check: &HealthCheck) -> HealthResult {

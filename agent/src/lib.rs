@@ -13,12 +13,15 @@ pub mod goodbye;
 pub mod health;
 pub mod hooks;
 pub mod identity;
+pub mod inventory;
 pub mod layout;
+mod redact;
 mod renew;
 mod stream;
 pub mod systemd;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+pub mod units;
 pub mod unpack;
 pub mod watchdog;
 

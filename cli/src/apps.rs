@@ -669,7 +669,7 @@ pub async fn deploy(client: &Client, args: &DeployArgs, rollback: bool, format: 
     let mut phases = Vec::new();
     let mut last: Option<TaskProgress> = None;
     while let Some(p) = stream.message().await.map_err(|s| client.fail(s))? {
-        if live && p.phase != "done" && p.state() != TaskState::Running {
+        if live && !fleet_proto::phase::Phase::Done.is(&p.phase) && p.state() != TaskState::Running {
             let mut line = format!(
                 "{:<14} {:<6} {:>7}  {}\n",
                 p.phase,
@@ -684,10 +684,10 @@ pub async fn deploy(client: &Client, args: &DeployArgs, rollback: bool, format: 
             let _ = out.write_all(line.as_bytes());
             let _ = out.flush();
         }
-        if p.phase != "done" && p.state() != TaskState::Running {
+        if !fleet_proto::phase::Phase::Done.is(&p.phase) && p.state() != TaskState::Running {
             phases.push(progress_json(&p));
         }
-        let end = p.phase == "done";
+        let end = fleet_proto::phase::Phase::Done.is(&p.phase);
         last = Some(p);
         if end {
             break;

@@ -27,7 +27,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Whether a progress report ends its task.
 pub fn is_final(p: &TaskProgress) -> bool {
-    p.phase == "done" && p.state() != TaskState::Running
+    fleet_proto::phase::Phase::Done.is(&p.phase) && p.state() != TaskState::Running
 }
 
 impl Tasks {

@@ -11,6 +11,7 @@ pub mod v1 {
 
 pub mod limits;
 pub mod notify;
+pub mod phase;
 pub mod rollout;
 pub mod transport;
 

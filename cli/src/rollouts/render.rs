@@ -392,7 +392,7 @@ fn step_state(p: &TaskProgress) -> &'static str {
 fn steps(h: &RolloutHost) -> impl Iterator<Item = &TaskProgress> {
     h.timeline
         .iter()
-        .filter(|p| p.phase != "done" && p.state() != TaskState::Running)
+        .filter(|p| !fleet_proto::phase::Phase::Done.is(&p.phase) && p.state() != TaskState::Running)
 }
 
 /// `rollout show`: the rollout, then per batch each host with its timeline.

@@ -176,7 +176,7 @@ pub fn report(r: &mut Rollout, host: &str, p: &TaskProgress) -> Vec<Effect> {
         return Vec::new();
     }
     let rolling_back = h.state() == HostState::RollingBack;
-    if p.phase == "done" && p.state() != TaskState::Running {
+    if fleet_proto::phase::Phase::Done.is(&p.phase) && p.state() != TaskState::Running {
         let target = task_target(h).to_string();
         let outcome = if p.state() == TaskState::Succeeded {
             Outcome::new(done_state(h), FailureCause::Unspecified, p.detail.clone())

@@ -1,0 +1,666 @@
+//! Every path of the deploy worker against fakes of the unit manager, the
+//! health check and the download: real files in a temp state dir, real
+//! hooks (shell scripts), no systemd, no network.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::VecDeque;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use fleet_proto::agent_message::Body as Out;
+use fleet_proto::phase::Phase;
+use fleet_proto::{
+    task, AgentMessage, AppSpec, DeployTask, FailureCause, FetchGrant, HealthCheck, HealthResult, ReleaseRef,
+    RollbackTask, Task, TaskProgress, TaskState, UnitState,
+};
+use tokio::sync::mpsc;
+
+use super::fetch::Fetch;
+use super::worker::Worker;
+use super::{fail, Failed};
+use crate::health::Checker;
+use crate::layout::{AppDir, Intent};
+use crate::systemd::{FullState, SystemdError};
+use crate::testkit::Tar;
+use crate::units::{BoxFuture, Units};
+use crate::unpack::Limits;
+
+const APP: &str = "web";
+const UNIT: &str = "fleet-app-web.service";
+
+/// The unit manager: scripted answers, and a log of what was asked.
+#[derive(Default)]
+struct FakeUnits {
+    /// Answers to restart, in order; then "done".
+    restarts: Mutex<VecDeque<Result<String, SystemdError>>>,
+    /// Answers to state, in order; then active with no restarts.
+    states: Mutex<VecDeque<Result<UnitState, SystemdError>>>,
+    journal: String,
+    log: Mutex<Vec<String>>,
+}
+
+fn unit(active: &str, n_restarts: u32) -> UnitState {
+    UnitState {
+        name: UNIT.into(),
+        active_state: active.into(),
+        sub_state: if active == "active" { "running" } else { "dead" }.into(),
+        n_restarts,
+        main_pid: 42,
+    }
+}
+
+impl Units for FakeUnits {
+    fn restart<'a>(&'a self, unit: &'a str, _: std::time::Duration) -> BoxFuture<'a, Result<String, SystemdError>> {
+        self.log.lock().unwrap().push(format!("restart {unit}"));
+        let answer = self.restarts.lock().unwrap().pop_front().unwrap_or(Ok("done".into()));
+        Box::pin(async move { answer })
+    }
+
+    fn state<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<FullState, SystemdError>> {
+        let answer = self.states.lock().unwrap().pop_front().unwrap_or(Ok(unit("active", 0)));
+        Box::pin(async move {
+            answer.map(|unit| FullState {
+                unit,
+                load_state: "loaded".into(),
+            })
+        })
+    }
+
+    fn journal_tail<'a>(&'a self, _: &'a str, _: u32) -> BoxFuture<'a, String> {
+        Box::pin(async move { self.journal.clone() })
+    }
+}
+
+impl FakeUnits {
+    fn restarted(&self) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("restart"))
+            .count()
+    }
+}
+
+/// Health: scripted results, then healthy.
+#[derive(Default)]
+struct FakeHealth(Mutex<VecDeque<bool>>);
+
+impl Checker for FakeHealth {
+    fn check<'a>(&'a self, _: &'a HealthCheck) -> BoxFuture<'a, HealthResult> {
+        let ok = self.0.lock().unwrap().pop_front().unwrap_or(true);
+        Box::pin(async move {
+            HealthResult {
+                ok,
+                detail: if ok {
+                    "GET / → 200"
+                } else {
+                    "GET / → 503: not ready"
+                }
+                .into(),
+                checked_at_ms: 1,
+            }
+        })
+    }
+}
+
+/// Downloads: scripted contents (or a failure), then the last one again.
+#[derive(Default)]
+struct FakeFetch(Mutex<VecDeque<Result<Vec<u8>, String>>>);
+
+impl Fetch for FakeFetch {
+    fn fetch<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a ReleaseRef,
+        _: Option<&'a FetchGrant>,
+        part: &'a Path,
+    ) -> BoxFuture<'a, Result<(), Failed>> {
+        let mut script = self.0.lock().unwrap();
+        let next = if script.len() > 1 {
+            script.pop_front()
+        } else {
+            script.front().cloned()
+        };
+        let result = match next {
+            Some(Ok(bytes)) => {
+                std::fs::write(part, bytes).unwrap();
+                Ok(())
+            }
+            Some(Err(e)) => Err(fail(Phase::Fetch, FailureCause::Download, e)),
+            None => Err(fail(Phase::Fetch, FailureCause::Download, "nothing scripted")),
+        };
+        Box::pin(async move { result })
+    }
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    state: std::path::PathBuf,
+    worker: Worker,
+    reports: mpsc::Receiver<AgentMessage>,
+    units: Arc<FakeUnits>,
+    health: Arc<FakeHealth>,
+    fetch: Arc<FakeFetch>,
+}
+
+fn world_with(units: FakeUnits) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().to_path_buf();
+    let units = Arc::new(units);
+    let health = Arc::new(FakeHealth::default());
+    let fetch = Arc::new(FakeFetch::default());
+    let (worker, reports) = Worker::new(&state, Limits::default(), units.clone(), fetch.clone(), health.clone());
+    World {
+        _dir: dir,
+        state,
+        worker,
+        reports,
+        units,
+        health,
+        fetch,
+    }
+}
+
+fn world() -> World {
+    world_with(FakeUnits {
+        journal: "Dec 01 web[42]: listening".into(),
+        ..Default::default()
+    })
+}
+
+fn spec(settle_ms: u64) -> AppSpec {
+    AppSpec {
+        name: APP.into(),
+        unit: UNIT.into(),
+        settle_ms,
+        keep: 5,
+        ..Default::default()
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    fleet_proto::transport::hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
+fn deploy_task(version: &str, artifact: &[u8], settle_ms: u64) -> Task {
+    Task {
+        task_id: format!("t-{version}"),
+        kind: Some(task::Kind::Deploy(DeployTask {
+            app: APP.into(),
+            release: Some(ReleaseRef {
+                version: version.into(),
+                sha256: sha256(artifact),
+                size: artifact.len() as u64,
+                format: "tar.gz".into(),
+            }),
+            spec: Some(spec(settle_ms)),
+        })),
+        ..Default::default()
+    }
+}
+
+fn rollback_task(to: &str) -> Task {
+    Task {
+        task_id: "t-rollback".into(),
+        kind: Some(task::Kind::Rollback(RollbackTask {
+            app: APP.into(),
+            to_version: to.into(),
+            spec: Some(spec(0)),
+        })),
+        ..Default::default()
+    }
+}
+
+fn release_tarball(version: &str) -> Vec<u8> {
+    Tar::new()
+        .dir("bin/", 0o755)
+        .file("bin/web", 0o755, b"#!/bin/sh\nexit 0\n")
+        .file("VERSION", 0o644, version.as_bytes())
+        .gz()
+}
+
+impl World {
+    fn app(&self) -> AppDir {
+        AppDir::new(&self.state, APP)
+    }
+
+    /// Release `version` unpacked on disk, with `files` (path, script).
+    fn on_disk(&self, version: &str, files: &[(&str, &str)]) {
+        let dir = self.app().release(version);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("VERSION"), version).unwrap();
+        for (path, text) in files {
+            let p = dir.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+
+    /// `version` on disk and current, as after an earlier deploy.
+    fn running(&self, version: &str) {
+        self.app().ensure().unwrap();
+        self.on_disk(version, &[]);
+        self.app().swap(version).unwrap();
+    }
+
+    /// Runs a task; returns its reports.
+    async fn run(&mut self, task: Task) -> Vec<TaskProgress> {
+        self.worker.handle(task).await;
+        let mut out = Vec::new();
+        while let Ok(m) = self.reports.try_recv() {
+            if let Some(Out::TaskProgress(p)) = m.body {
+                out.push(p);
+            }
+        }
+        out
+    }
+}
+
+/// The task's last report.
+fn end(reports: &[TaskProgress]) -> &TaskProgress {
+    let last = reports.last().unwrap();
+    assert!(Phase::Done.is(&last.phase), "the last report is not done: {reports:#?}");
+    last
+}
+
+/// `phase:state` of every finished phase, in order.
+fn trail(reports: &[TaskProgress]) -> Vec<String> {
+    reports
+        .iter()
+        .filter(|p| p.state() != TaskState::Running)
+        .map(|p| {
+            let word = if p.state() == TaskState::Succeeded {
+                "ok"
+            } else {
+                "failed"
+            };
+            format!("{}:{word}", p.phase)
+        })
+        .collect()
+}
+
+fn hooks_manifest(hooks: &[(&str, &str)]) -> String {
+    let mut m = String::from("[hooks]\n");
+    for (name, path) in hooks {
+        m.push_str(&format!("{name} = \"{path}\"\n"));
+    }
+    m
+}
+
+#[tokio::test]
+async fn a_deploy_goes_through_every_phase_and_swaps() {
+    let mut w = world();
+    w.running("1");
+    let artifact = release_tarball("2");
+    w.fetch.0.lock().unwrap().push_back(Ok(artifact.clone()));
+    let reports = w.run(deploy_task("2", &artifact, 0)).await;
+    assert_eq!(
+        trail(&reports),
+        [
+            "fetch:ok",
+            "verify:ok",
+            "unpack:ok",
+            "swap:ok",
+            "restart:ok",
+            "settle:ok",
+            "health:ok",
+            "done:ok"
+        ]
+    );
+    assert_eq!(end(&reports).state(), TaskState::Succeeded);
+    assert_eq!(w.app().current().as_deref(), Some("2"));
+    assert_eq!(w.app().previous().as_deref(), Some("1"));
+    assert_eq!(w.units.restarted(), 1);
+    assert!(
+        w.app().intent().is_none(),
+        "the intent record must be gone after success"
+    );
+    assert!(
+        !crate::layout::downloads(&w.state)
+            .join(format!("{}.part", sha256(&artifact)))
+            .exists(),
+        "the download must be removed once unpacked"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_download_changes_nothing() {
+    let mut w = world();
+    w.running("1");
+    w.fetch
+        .0
+        .lock()
+        .unwrap()
+        .push_back(Err("NotFound: no such artifact".into()));
+    let reports = w.run(deploy_task("2", b"whatever", 0)).await;
+    let done = end(&reports);
+    assert_eq!(
+        (done.state(), done.cause(), done.reverted),
+        (TaskState::Failed, FailureCause::Download, false)
+    );
+    assert_eq!(trail(&reports), ["fetch:failed", "done:failed"]);
+    assert_eq!(w.app().current().as_deref(), Some("1"));
+    assert_eq!(w.units.restarted(), 0);
+}
+
+#[tokio::test]
+async fn bytes_that_never_match_the_digest_are_refused_at_verify() {
+    let mut w = world();
+    w.running("1");
+    let artifact = release_tarball("2");
+    let task = deploy_task("2", &artifact, 0);
+    // The controller's copy is damaged: every download has other bytes.
+    w.fetch.0.lock().unwrap().push_back(Ok(b"damaged".to_vec()));
+    let reports = w.run(task).await;
+    let done = end(&reports);
+    assert_eq!(
+        (done.state(), done.cause()),
+        (TaskState::Failed, FailureCause::Download)
+    );
+    assert!(done.detail.starts_with("verify failed:"), "{}", done.detail);
+    assert!(done.detail.contains("3 fresh downloads"), "{}", done.detail);
+    assert!(!w.app().release("2").exists(), "nothing may be unpacked");
+    assert_eq!(w.app().current().as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn a_hostile_archive_is_refused_at_unpack() {
+    let mut w = world();
+    w.running("1");
+    let hostile = Tar::new().file("../escape", 0o644, b"x").gz();
+    w.fetch.0.lock().unwrap().push_back(Ok(hostile.clone()));
+    let reports = w.run(deploy_task("2", &hostile, 0)).await;
+    let done = end(&reports);
+    assert_eq!(
+        (done.state(), done.cause()),
+        (TaskState::Failed, FailureCause::ArchiveRefused)
+    );
+    assert_eq!(
+        trail(&reports),
+        ["fetch:ok", "verify:ok", "unpack:failed", "done:failed"]
+    );
+    assert!(!w.app().release("2").exists());
+    assert!(!w.state.join("apps/escape").exists() && !w.state.join("apps/web/escape").exists());
+    assert_eq!(w.app().current().as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn a_failing_pre_activate_hook_changes_nothing() {
+    let mut w = world();
+    w.running("1");
+    w.on_disk(
+        "2",
+        &[
+            ("fleet.toml", &hooks_manifest(&[("pre_activate", "hooks/pre.sh")])),
+            ("hooks/pre.sh", "#!/bin/sh\necho migration refused >&2\nexit 3\n"),
+        ],
+    );
+    let reports = w.run(deploy_task("2", b"on disk already", 0)).await;
+    let done = end(&reports);
+    assert_eq!(
+        (done.state(), done.cause(), done.reverted),
+        (TaskState::Failed, FailureCause::Hook, false)
+    );
+    assert_eq!(trail(&reports), ["fetch:ok", "pre_activate:failed", "done:failed"]);
+    assert!(done.detail.contains("migration refused"), "{}", done.detail);
+    assert_eq!(w.app().current().as_deref(), Some("1"));
+    assert_eq!(w.units.restarted(), 0, "nothing may be restarted before the swap");
+}
+
+#[tokio::test]
+async fn a_failed_restart_reverts_with_the_journal_as_evidence() {
+    let mut w = world();
+    w.running("1");
+    w.on_disk("2", &[]);
+    w.units.restarts.lock().unwrap().push_back(Ok("failed".into()));
+    let reports = w.run(deploy_task("2", b"x", 0)).await;
+    let done = end(&reports);
+    assert_eq!(
+        (done.state(), done.cause(), done.reverted),
+        (TaskState::Failed, FailureCause::Unit, true)
+    );
+    assert_eq!(
+        trail(&reports),
+        ["fetch:ok", "swap:ok", "restart:failed", "revert:ok", "done:failed"]
+    );
+    assert!(done.detail.contains("ended 'failed'"), "{}", done.detail);
+    assert!(done
+        .detail
+        .contains("--- journal of fleet-app-web.service ---\nDec 01 web[42]: listening"));
+    assert_eq!(w.app().current().as_deref(), Some("1"));
+    assert_eq!(w.units.restarted(), 2, "the new release, then the previous one");
+    assert!(w.app().intent().is_none());
+}
+
+#[tokio::test]
+async fn a_restart_refused_by_polkit_names_the_rule() {
+    let mut w = world();
+    w.running("1");
+    w.on_disk("2", &[]);
+    w.units.restarts.lock().unwrap().push_back(Err(SystemdError::Denied {
+        what: "restart",
+        unit: UNIT.into(),
+    }));
+    let reports = w.run(deploy_task("2", b"x", 0)).await;
+    let done = end(&reports);
+    assert!(done.detail.contains("50-fleet-agent.rules"), "{}", done.detail);
+    assert!(done.reverted);
+}
+
+#[tokio::test]
+async fn settle_fails_when_the_unit_restarts_by_itself() {
+    let mut w = world();
+    w.running("1");
+    w.on_disk("2", &[]);
+    w.units
+        .states
+        .lock()
+        .unwrap()
+        .extend([Ok(unit("active", 0)), Ok(unit("active", 0)), Ok(unit("active", 1))]);
+    let reports = w.run(deploy_task("2", b"x", 30)).await;
+    let done = end(&reports);
+    assert_eq!((done.cause(), done.reverted), (FailureCause::Unit, true));
+    assert!(done.detail.contains("NRestarts 0→1"), "{}", done.detail);
+    assert!(trail(&reports).contains(&"settle:failed".to_string()));
+    assert_eq!(w.app().current().as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn settle_fails_when_the_unit_is_not_active() {
+    let mut w = world();
+    w.running("1");
+    w.on_disk("2", &[]);
+    // The reachability check, then settle's first read.
+    w.units
+        .states
+        .lock()
+        .unwrap()
+        .extend([Ok(unit("active", 0)), Ok(unit("failed", 0))]);
+    let reports = w.run(deploy_task("2", b"x", 0)).await;
+    let done = end(&reports);
+    assert_eq!((done.cause(), done.reverted), (FailureCause::Unit, true));
+    assert!(done.detail.contains("ActiveState=failed"), "{}", done.detail);
+    assert_eq!(w.app().current().as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn an_unhealthy_release_is_reverted() {
+    let mut w = world();
+    w.running("1");
+    w.on_disk("2", &[]);
+    w.health.0.lock().unwrap().push_back(false);
+    let reports = w.run(deploy_task("2", b"x", 0)).await;
+    let done = end(&reports);
+    assert_eq!((done.cause(), done.reverted), (FailureCause::Health, true));
+    assert!(done.detail.contains("503: not ready"), "{}", done.detail);
+    assert!(done.detail.contains("reverted to 1"), "{}", done.detail);
+    assert_eq!(w.app().current().as_deref(), Some("1"));
+    assert!(
+        w.app().health().unwrap().ok,
+        "the last health recorded is the reverted release's"
+    );
+}
+
+#[tokio::test]
+async fn hooks_failing_after_the_swap_are_reverted() {
+    for hook in ["post_activate", "validate"] {
+        let mut w = world();
+        w.running("1");
+        w.on_disk(
+            "2",
+            &[
+                ("fleet.toml", &hooks_manifest(&[(hook, "hooks/check.sh")])),
+                (
+                    "hooks/check.sh",
+                    "#!/bin/sh\necho \"$FLEET_VERSION was $FLEET_PREVIOUS_VERSION\"\nexit 1\n",
+                ),
+            ],
+        );
+        let reports = w.run(deploy_task("2", b"x", 0)).await;
+        let done = end(&reports);
+        assert_eq!((done.cause(), done.reverted), (FailureCause::Hook, true), "{hook}");
+        assert!(trail(&reports).contains(&format!("{hook}:failed")), "{hook}");
+        assert!(done.detail.contains("2 was 1"), "{hook}: {}", done.detail);
+        assert_eq!(w.app().current().as_deref(), Some("1"), "{hook}");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_revert_is_reported_as_not_reverted() {
+    let mut w = world();
+    w.running("1");
+    w.on_disk("2", &[]);
+    w.units
+        .restarts
+        .lock()
+        .unwrap()
+        .extend([Ok("failed".to_string()), Ok("failed".to_string())]);
+    let reports = w.run(deploy_task("2", b"x", 0)).await;
+    let done = end(&reports);
+    assert_eq!((done.state(), done.reverted), (TaskState::Failed, false));
+    assert!(trail(&reports).contains(&"revert:failed".to_string()));
+    assert!(
+        done.detail
+            .contains("--- revert ---\nswapped back to 1 but its restart job ended 'failed'"),
+        "{}",
+        done.detail
+    );
+}
+
+#[tokio::test]
+async fn a_first_release_that_fails_has_nothing_to_go_back_to() {
+    let mut w = world();
+    w.on_disk("1", &[]);
+    w.health.0.lock().unwrap().push_back(false);
+    let reports = w.run(deploy_task("1", b"x", 0)).await;
+    let done = end(&reports);
+    assert_eq!((done.state(), done.reverted), (TaskState::Failed, false));
+    assert!(
+        done.detail.contains("no earlier release on this host"),
+        "{}",
+        done.detail
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_systemd_stops_the_deploy_before_the_swap() {
+    let mut w = world();
+    w.running("1");
+    w.on_disk("2", &[]);
+    w.units.states.lock().unwrap().push_back(Err(SystemdError::Connect {
+        bus: "system",
+        detail: "no bus".into(),
+    }));
+    let reports = w.run(deploy_task("2", b"x", 0)).await;
+    let done = end(&reports);
+    assert_eq!((done.cause(), done.reverted), (FailureCause::Agent, false));
+    assert_eq!(w.app().current().as_deref(), Some("1"));
+    assert!(w.app().intent().is_none());
+}
+
+#[tokio::test]
+async fn an_agent_killed_after_the_swap_goes_back_at_start() {
+    let w = world();
+    w.running("1");
+    w.on_disk("2", &[]);
+    w.app()
+        .write_intent(&Intent {
+            from: Some("1".into()),
+            to: "2".into(),
+            unit: UNIT.into(),
+        })
+        .unwrap();
+    w.app().swap("2").unwrap();
+    w.worker.recover().await;
+    assert_eq!(w.app().current().as_deref(), Some("1"));
+    assert_eq!(w.units.log.lock().unwrap().as_slice(), [format!("restart {UNIT}")]);
+    assert!(w.app().intent().is_none());
+}
+
+#[tokio::test]
+async fn a_rollback_without_a_previous_release_is_refused() {
+    let mut w = world();
+    w.running("1");
+    let reports = w.run(rollback_task("")).await;
+    let done = end(&reports);
+    assert_eq!((done.state(), done.cause()), (TaskState::Failed, FailureCause::Invalid));
+    assert!(
+        done.detail.contains("has no previous release on this host"),
+        "{}",
+        done.detail
+    );
+    assert_eq!(w.units.restarted(), 0);
+}
+
+#[tokio::test]
+async fn a_rollback_runs_no_hooks() {
+    let mut w = world();
+    w.on_disk(
+        "1",
+        &[
+            ("fleet.toml", &hooks_manifest(&[("pre_activate", "hooks/no.sh")])),
+            ("hooks/no.sh", "#!/bin/sh\nexit 1\n"),
+        ],
+    );
+    w.running("2");
+    w.app().set_previous(Some("1")).unwrap();
+    let reports = w.run(rollback_task("")).await;
+    assert_eq!(end(&reports).state(), TaskState::Succeeded, "{:#?}", trail(&reports));
+    assert!(!trail(&reports).iter().any(|p| p.starts_with("pre_activate")));
+    assert_eq!(w.app().current().as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn a_hook_that_prints_the_agents_key_is_redacted() {
+    let mut w = world();
+    w.running("1");
+    w.on_disk(
+        "2",
+        &[
+            ("fleet.toml", &hooks_manifest(&[("pre_activate", "hooks/leak.sh")])),
+            (
+                "hooks/leak.sh",
+                "#!/bin/sh\nprintf -- '-----BEGIN PRIVATE KEY-----\\nMIGHAgEAsecret\\n-----END PRIVATE KEY-----\\n'\necho token fleet_jt_ab12.s3cret\n",
+            ),
+        ],
+    );
+    let reports = w.run(deploy_task("2", b"x", 0)).await;
+    assert_eq!(end(&reports).state(), TaskState::Succeeded);
+    let hook = reports
+        .iter()
+        .find(|p| Phase::PreActivate.is(&p.phase) && p.state() == TaskState::Succeeded)
+        .unwrap();
+    assert!(hook.detail.contains("[PEM block redacted]"), "{}", hook.detail);
+    assert!(hook.detail.contains("fleet_jt_ab12.<redacted>"), "{}", hook.detail);
+    for p in &reports {
+        assert!(
+            !p.detail.contains("MIGHAgEAsecret") && !p.detail.contains("s3cret"),
+            "{}",
+            p.detail
+        );
+    }
+}
