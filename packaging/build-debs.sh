@@ -28,7 +28,9 @@ maintainer="fleet maintainers <fleet@example.invalid>"
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}"
 target="${CARGO_TARGET_DIR:-target}"
 
-cargo build --release --locked -p fleet-agent -p fleet-controller -p fleetctl
+cargo build --release --locked -p fleet-controller -p fleetctl
+# The agent in its own profile, built for size (Cargo.toml, [profile.agent]).
+cargo build --profile agent --locked -p fleet-agent
 
 # Absolute: dpkg-shlibdeps runs from a scratch dir.
 out="$(realpath -m "$target")/debian"
@@ -46,7 +48,9 @@ build_one() {
     rm -rf "$root"
     install -d "$root/DEBIAN" "$root/usr/bin" "$root/usr/share/doc/$pkg"
 
-    install -m 0755 "$target/release/$pkg" "$root/usr/bin/$pkg"
+    local profile=release
+    [ "$pkg" = fleet-agent ] && profile=agent
+    install -m 0755 "$target/$profile/$pkg" "$root/usr/bin/$pkg"
     strip --strip-unneeded --remove-section=.comment --remove-section=.note "$root/usr/bin/$pkg"
     install -m 0644 "packaging/deb/$pkg/copyright" "packaging/deb/$pkg/README.Debian" "$root/usr/share/doc/$pkg/"
     printf '%s (%s) unstable; urgency=medium\n\n  * Built from the fleet repository, commit %s.\n\n -- %s  %s\n' \

@@ -103,7 +103,7 @@ bus = "session"
 TOML
         for _ in $(seq 50); do [ -S "$h/run/bus" ] && break; sleep 0.1; done
         DBUS_SESSION_BUS_ADDRESS="unix:path=$h/run/bus" XDG_RUNTIME_DIR="$h/run" SAMPLE_PORT="$app_port" \
-            "$bin/fleet-agent" run --config "$h/agent.toml" 2>"$h/agent.log" &
+            "${agent_bin:-$bin/fleet-agent}" run --config "$h/agent.toml" 2>"$h/agent.log" &
         pids+=($!)
     done
     wait_connected

@@ -212,6 +212,9 @@ pub fn split_host_port(addr: &str) -> Result<(String, u16), TransportError> {
     Ok((host.to_string(), port))
 }
 
+/// HTTP/2 flow-control window a client opens per stream, in bytes.
+pub const RECEIVE_WINDOW: u32 = 512 * 1024;
+
 /// Dials the controller at `addr` (`host:port`) over TLS with `config`.
 ///
 /// The name is resolved afresh on every connection attempt (also on the
@@ -258,6 +261,12 @@ pub async fn connect(addr: &str, config: Arc<ClientConfig>) -> Result<Channel, T
     Endpoint::from(uri)
         .connect_timeout(Duration::from_secs(10))
         .http2_keep_alive_interval(Duration::from_secs(30))
+        // What the controller may send ahead of our reading: two artifact
+        // chunks per stream. Larger windows only grew the agent's heap
+        // during a download (tests/bench/agent-deploy-memory.sh); 512 KiB
+        // in flight still fills 50 MB/s at 10 ms round trips.
+        .initial_stream_window_size(Some(RECEIVE_WINDOW))
+        .initial_connection_window_size(Some(2 * RECEIVE_WINDOW))
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true)
         .connect_with_connector(connector)
