@@ -131,11 +131,7 @@ impl Worker {
             self.restart_and_settle(run, spec).await?;
             self.hook(run, manifest, Hook::PostActivate, &ctx).await?;
             let t = run.started(Phase::Health);
-            let health = self
-                .health
-                .check(spec.health.as_ref().unwrap_or(&Default::default()))
-                .await;
-            self.record_health(run, &health).await;
+            let health = self.check_health(run, spec).await;
             if !health.ok {
                 let f = fail(Phase::Health, FailureCause::Health, health.detail.clone());
                 run.phase_failed(&f, t);
@@ -178,11 +174,17 @@ impl Worker {
         outcome
     }
 
-    pub(super) async fn record_health(&self, run: &Run<'_>, health: &HealthResult) {
-        let (app, health) = (run.app.clone(), health.clone());
-        if let Err(e) = blocking(move || app.save_health(&health)).await {
+    /// Runs the app's health check and records its result.
+    pub(super) async fn check_health(&self, run: &Run<'_>, spec: &AppSpec) -> HealthResult {
+        let health = self
+            .health
+            .check(spec.health.as_ref().unwrap_or(&Default::default()))
+            .await;
+        let (app, saved) = (run.app.clone(), health.clone());
+        if let Err(e) = blocking(move || app.save_health(&saved)).await {
             tracing::warn!(app = %run.app.app, error = %e, "cannot store the health result");
         }
+        health
     }
 
     async fn restart_and_settle(&self, run: &Run<'_>, spec: &AppSpec) -> Result<(), Failed> {

@@ -39,11 +39,7 @@ impl Worker {
                     spec.unit, s.unit.active_state, s.unit.sub_state
                 ));
             }
-            let health = self
-                .health
-                .check(spec.health.as_ref().unwrap_or(&Default::default()))
-                .await;
-            self.record_health(run, &health).await;
+            let health = self.check_health(run, spec).await;
             if !health.ok {
                 return Err(format!(
                     "swapped back to {from}, but it is not healthy either: {}",

@@ -171,6 +171,14 @@ fn world() -> World {
     })
 }
 
+/// Release 1 runs, release 2 is on disk.
+fn upgrading() -> World {
+    let w = world();
+    w.running("1");
+    w.on_disk("2", &[]);
+    w
+}
+
 fn spec(settle_ms: u64) -> AppSpec {
     AppSpec {
         name: APP.into(),
@@ -240,6 +248,18 @@ impl World {
         }
     }
 
+    /// Release `version` on disk whose manifest names one hook, `script`.
+    fn with_hook(&self, version: &str, hook: &str, script: &str) {
+        let path = format!("hooks/{hook}.sh");
+        self.on_disk(
+            version,
+            &[
+                ("fleet.toml", &format!("[hooks]\n{hook} = \"{path}\"\n")),
+                (&path, script),
+            ],
+        );
+    }
+
     /// `version` on disk and current, as after an earlier deploy.
     fn running(&self, version: &str) {
         self.app().ensure().unwrap();
@@ -281,14 +301,6 @@ fn trail(reports: &[TaskProgress]) -> Vec<String> {
             format!("{}:{word}", p.phase)
         })
         .collect()
-}
-
-fn hooks_manifest(hooks: &[(&str, &str)]) -> String {
-    let mut m = String::from("[hooks]\n");
-    for (name, path) in hooks {
-        m.push_str(&format!("{name} = \"{path}\"\n"));
-    }
-    m
 }
 
 #[tokio::test]
@@ -392,13 +404,7 @@ async fn a_hostile_archive_is_refused_at_unpack() {
 async fn a_failing_pre_activate_hook_changes_nothing() {
     let mut w = world();
     w.running("1");
-    w.on_disk(
-        "2",
-        &[
-            ("fleet.toml", &hooks_manifest(&[("pre_activate", "hooks/pre.sh")])),
-            ("hooks/pre.sh", "#!/bin/sh\necho migration refused >&2\nexit 3\n"),
-        ],
-    );
+    w.with_hook("2", "pre_activate", "#!/bin/sh\necho migration refused >&2\nexit 3\n");
     let reports = w.run(deploy_task("2", b"on disk already", 0)).await;
     let done = end(&reports);
     assert_eq!(
@@ -413,9 +419,7 @@ async fn a_failing_pre_activate_hook_changes_nothing() {
 
 #[tokio::test]
 async fn a_failed_restart_reverts_with_the_journal_as_evidence() {
-    let mut w = world();
-    w.running("1");
-    w.on_disk("2", &[]);
+    let mut w = upgrading();
     w.units.restarts.lock().unwrap().push_back(Ok("failed".into()));
     let reports = w.run(deploy_task("2", b"x", 0)).await;
     let done = end(&reports);
@@ -438,9 +442,7 @@ async fn a_failed_restart_reverts_with_the_journal_as_evidence() {
 
 #[tokio::test]
 async fn a_restart_refused_by_polkit_names_the_rule() {
-    let mut w = world();
-    w.running("1");
-    w.on_disk("2", &[]);
+    let mut w = upgrading();
     w.units.restarts.lock().unwrap().push_back(Err(SystemdError::Denied {
         what: "restart",
         unit: UNIT.into(),
@@ -453,9 +455,7 @@ async fn a_restart_refused_by_polkit_names_the_rule() {
 
 #[tokio::test]
 async fn settle_fails_when_the_unit_restarts_by_itself() {
-    let mut w = world();
-    w.running("1");
-    w.on_disk("2", &[]);
+    let mut w = upgrading();
     w.units
         .states
         .lock()
@@ -471,9 +471,7 @@ async fn settle_fails_when_the_unit_restarts_by_itself() {
 
 #[tokio::test]
 async fn settle_fails_when_the_unit_is_not_active() {
-    let mut w = world();
-    w.running("1");
-    w.on_disk("2", &[]);
+    let mut w = upgrading();
     // The reachability check, then settle's first read.
     w.units
         .states
@@ -489,9 +487,7 @@ async fn settle_fails_when_the_unit_is_not_active() {
 
 #[tokio::test]
 async fn an_unhealthy_release_is_reverted() {
-    let mut w = world();
-    w.running("1");
-    w.on_disk("2", &[]);
+    let mut w = upgrading();
     w.health.0.lock().unwrap().push_back(false);
     let reports = w.run(deploy_task("2", b"x", 0)).await;
     let done = end(&reports);
@@ -510,15 +506,10 @@ async fn hooks_failing_after_the_swap_are_reverted() {
     for hook in ["post_activate", "validate"] {
         let mut w = world();
         w.running("1");
-        w.on_disk(
+        w.with_hook(
             "2",
-            &[
-                ("fleet.toml", &hooks_manifest(&[(hook, "hooks/check.sh")])),
-                (
-                    "hooks/check.sh",
-                    "#!/bin/sh\necho \"$FLEET_VERSION was $FLEET_PREVIOUS_VERSION\"\nexit 1\n",
-                ),
-            ],
+            hook,
+            "#!/bin/sh\necho \"$FLEET_VERSION was $FLEET_PREVIOUS_VERSION\"\nexit 1\n",
         );
         let reports = w.run(deploy_task("2", b"x", 0)).await;
         let done = end(&reports);
@@ -531,9 +522,7 @@ async fn hooks_failing_after_the_swap_are_reverted() {
 
 #[tokio::test]
 async fn a_failed_revert_is_reported_as_not_reverted() {
-    let mut w = world();
-    w.running("1");
-    w.on_disk("2", &[]);
+    let mut w = upgrading();
     w.units
         .restarts
         .lock()
@@ -568,9 +557,7 @@ async fn a_first_release_that_fails_has_nothing_to_go_back_to() {
 
 #[tokio::test]
 async fn an_unreachable_systemd_stops_the_deploy_before_the_swap() {
-    let mut w = world();
-    w.running("1");
-    w.on_disk("2", &[]);
+    let mut w = upgrading();
     w.units.states.lock().unwrap().push_back(Err(SystemdError::Connect {
         bus: "system",
         detail: "no bus".into(),
@@ -619,13 +606,7 @@ async fn a_rollback_without_a_previous_release_is_refused() {
 #[tokio::test]
 async fn a_rollback_runs_no_hooks() {
     let mut w = world();
-    w.on_disk(
-        "1",
-        &[
-            ("fleet.toml", &hooks_manifest(&[("pre_activate", "hooks/no.sh")])),
-            ("hooks/no.sh", "#!/bin/sh\nexit 1\n"),
-        ],
-    );
+    w.with_hook("1", "pre_activate", "#!/bin/sh\nexit 1\n");
     w.running("2");
     w.app().set_previous(Some("1")).unwrap();
     let reports = w.run(rollback_task("")).await;
@@ -638,16 +619,7 @@ async fn a_rollback_runs_no_hooks() {
 async fn a_hook_that_prints_the_agents_key_is_redacted() {
     let mut w = world();
     w.running("1");
-    w.on_disk(
-        "2",
-        &[
-            ("fleet.toml", &hooks_manifest(&[("pre_activate", "hooks/leak.sh")])),
-            (
-                "hooks/leak.sh",
-                "#!/bin/sh\nprintf -- '-----BEGIN PRIVATE KEY-----\\nMIGHAgEAsecret\\n-----END PRIVATE KEY-----\\n'\necho token fleet_jt_ab12.s3cret\n",
-            ),
-        ],
-    );
+    w.with_hook("2", "pre_activate", "#!/bin/sh\nprintf -- '-----BEGIN PRIVATE KEY-----\\nMIGHAgEAsecret\\n-----END PRIVATE KEY-----\\n'\necho token fleet_jt_ab12.s3cret\n");
     let reports = w.run(deploy_task("2", b"x", 0)).await;
     assert_eq!(end(&reports).state(), TaskState::Succeeded);
     let hook = reports
