@@ -54,10 +54,12 @@ pub struct AppDir {
 }
 
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    crate::offload::blocking_step("fsync of a directory");
     std::fs::File::open(dir)?.sync_all()
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    crate::offload::blocking_step("an atomic file write");
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".link-{}-{}",
@@ -106,6 +108,7 @@ impl AppDir {
 
     /// Creates the directories.
     pub fn ensure(&self) -> std::io::Result<()> {
+        crate::offload::blocking_step("making an app's directories");
         std::fs::create_dir_all(self.root.join("releases"))
     }
 
@@ -193,6 +196,7 @@ impl AppDir {
     /// Removes the oldest releases so that at most `keep` stay; never the
     /// current or the previous one. Returns what was removed.
     pub fn prune(&self, keep: usize) -> Vec<String> {
+        crate::offload::blocking_step("pruning releases");
         let protected = [self.current(), self.previous()];
         let all = self.releases();
         let mut excess = all.len().saturating_sub(keep);
@@ -217,6 +221,7 @@ impl AppDir {
 
     /// Removes what an interrupted unpack or swap left; returns their names.
     pub fn clean_leftovers(&self) -> Vec<String> {
+        crate::offload::blocking_step("removing leftovers");
         let mut removed = Vec::new();
         for e in std::fs::read_dir(&self.root).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();

@@ -15,6 +15,7 @@ pub mod hooks;
 pub mod identity;
 pub mod inventory;
 pub mod layout;
+mod offload;
 mod redact;
 mod renew;
 mod stream;

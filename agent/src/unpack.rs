@@ -135,6 +135,7 @@ pub enum UnpackError {
 /// Unpacks `archive` into `dest`, which must not exist; creates it (0755)
 /// and removes it again on any error.
 pub fn unpack(archive: &Path, format: Format, dest: &Path, limits: &Limits) -> Result<Summary, UnpackError> {
+    crate::offload::blocking_step("unpacking a release");
     let file = File::open(archive).map_err(|e| io_error(archive, e))?;
     let mut builder = fs::DirBuilder::new();
     builder.mode(0o755);

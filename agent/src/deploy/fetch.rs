@@ -403,6 +403,7 @@ fn classify_fetch(s: &tonic::Status) -> FetchError {
 
 /// The sha256 of a file, hex; blocking.
 pub(super) fn sha256_file(path: &Path) -> std::io::Result<String> {
+    crate::offload::blocking_step("hashing a download");
     use std::io::Read;
     let mut f = std::fs::File::open(path)?;
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);

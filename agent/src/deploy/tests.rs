@@ -636,3 +636,32 @@ async fn a_hook_that_prints_the_agents_key_is_redacted() {
         );
     }
 }
+
+#[tokio::test]
+async fn no_file_system_step_blocks_the_runtime_thread() {
+    let mut w = world();
+    w.running("1");
+    w.on_disk("0", &[]);
+    w.app().set_previous(Some("0")).unwrap();
+    let artifact = release_tarball("2");
+    w.fetch.0.lock().unwrap().push_back(Ok(artifact.clone()));
+    // From here on, a blocking step on this thread (the runtime's: tokio's
+    // test runtime runs on it) panics.
+    crate::offload::mark_runtime_thread();
+    // A deploy that downloads, verifies, unpacks, swaps and prunes (keep 2).
+    let mut task = deploy_task("2", &artifact, 0);
+    if let Some(task::Kind::Deploy(d)) = task.kind.as_mut() {
+        d.spec.as_mut().unwrap().keep = 2;
+    }
+    assert_eq!(end(&w.run(task).await).state(), TaskState::Succeeded);
+    // One that fails after the swap and reverts; a rollback; a recovery.
+    w.health.0.lock().unwrap().push_back(false);
+    w.fetch.0.lock().unwrap().push_back(Ok(release_tarball("3")));
+    let reports = w.run(deploy_task("3", &release_tarball("3"), 0)).await;
+    assert!(end(&reports).reverted, "{:#?}", trail(&reports));
+    assert_eq!(end(&w.run(rollback_task("1")).await).state(), TaskState::Succeeded);
+    w.worker.recover().await;
+    let mut left = w.app().releases();
+    left.sort();
+    assert_eq!(left, ["1", "2", "3"], "prune must have removed 0");
+}
