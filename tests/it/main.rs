@@ -10,6 +10,7 @@ mod artifact_store;
 mod artifacts;
 mod audit;
 mod bootstrap;
+mod ci_recipe;
 mod connections;
 mod desired;
 mod durability;
