@@ -665,3 +665,18 @@ async fn no_file_system_step_blocks_the_runtime_thread() {
     left.sort();
     assert_eq!(left, ["1", "2", "3"], "prune must have removed 0");
 }
+
+#[tokio::test]
+async fn the_inventory_is_sent_before_the_task_ends() {
+    let mut w = upgrading();
+    w.worker.handle(deploy_task("2", b"x", 0)).await;
+    let mut order = Vec::new();
+    while let Ok(m) = w.reports.try_recv() {
+        match m.body {
+            Some(Out::Inventory(inv)) => order.push(format!("inventory current={}", inv.apps[0].current)),
+            Some(Out::TaskProgress(p)) if Phase::Done.is(&p.phase) => order.push("done".into()),
+            _ => {}
+        }
+    }
+    assert_eq!(order, ["inventory current=2", "done"]);
+}

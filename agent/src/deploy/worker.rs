@@ -102,10 +102,7 @@ impl Worker {
                 _ = cancel.cancelled() => return,
                 t = tasks.recv() => match t { Some(t) => t, None => return },
             };
-            let task_id = task.task_id.clone();
             self.handle(task).await;
-            self.host.finish(&task_id);
-            self.send_inventory().await;
         }
     }
 
@@ -116,9 +113,19 @@ impl Worker {
         });
     }
 
-    /// Runs one task to its end and reports it.
+    /// Runs one task to its end and reports it: the host's inventory
+    /// first, then the task's end, so whoever sees the end (fleetctl, a
+    /// rollout) finds the controller's view of the host already current.
     pub async fn handle(&self, task: Task) {
         let started = Instant::now();
+        let task_id = task.task_id.clone();
+        let (run, outcome) = self.run_task(task).await;
+        self.host.finish(&task_id);
+        self.send_inventory().await;
+        run.done(started, outcome);
+    }
+
+    async fn run_task(&self, task: Task) -> (Run<'_>, Outcome) {
         let (app_name, spec, kind) = match task.kind {
             Some(task::Kind::Deploy(d)) => (
                 d.app,
@@ -135,13 +142,13 @@ impl Worker {
         };
         let spec = match usable_spec(&app_name, spec) {
             Ok(spec) => spec,
-            Err(e) => return run.done(started, Err(fail(Phase::Start, FailureCause::Invalid, e).unchanged())),
+            Err(e) => return (run, Err(fail(Phase::Start, FailureCause::Invalid, e).unchanged())),
         };
         let app = run.app.clone();
         let saved = spec.clone();
         if let Err(e) = blocking(move || app.ensure().and_then(|()| app.save_spec(&saved))).await {
             let detail = format!("cannot prepare {}: {e}", run.app.root().display());
-            return run.done(started, Err(fail(Phase::Start, io_cause(&e), detail).unchanged()));
+            return (run, Err(fail(Phase::Start, io_cause(&e), detail).unchanged()));
         }
         let outcome: Outcome = match kind {
             Kind::Deploy(release, grant) => self.deploy(&run, &spec, &release, grant.as_ref()).await,
@@ -160,7 +167,7 @@ impl Worker {
             }
             failed => failed,
         };
-        run.done(started, outcome);
+        (run, outcome)
     }
 }
 
