@@ -1,0 +1,104 @@
+//! Flags of `fleetctl login`, `token` and `audit`: who may do what, and
+//! what was done.
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use super::{parse_duration, parse_label, Label};
+
+/// `fleetctl audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only calls at or after this: a duration back from now (1h, 7d) or an RFC 3339 time
+    #[arg(long, value_name = "DURATION|TIME", value_parser = parse_since)]
+    pub since: Option<Since>,
+}
+
+/// `--since`: how far back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// This long before now.
+    Ago(Duration),
+    /// From this Unix time in ms.
+    At(i64),
+}
+
+impl Since {
+    /// The start as Unix ms, given the time now.
+    pub fn start_ms(self, now_ms: i64) -> i64 {
+        match self {
+            Since::Ago(d) => now_ms.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            Since::At(ms) => ms,
+        }
+    }
+}
+
+pub(super) fn parse_since(s: &str) -> Result<Since, String> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(Since::Ago(d));
+    }
+    let at = humantime::parse_rfc3339_weak(s).map_err(|_| {
+        format!("'{s}' is neither a duration nor an RFC 3339 time; use e.g. 1h, 7d or 2024-05-01T12:00:00Z")
+    })?;
+    let ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("'{s}' is before 1970; give a later time"))?
+        .as_millis();
+    Ok(Since::At(i64::try_from(ms).unwrap_or(i64::MAX)))
+}
+
+/// `fleetctl login`: takes --controller, --token and --ca (or --ca-fingerprint).
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Trust the controller's CA by fingerprint instead of a CA file
+    #[arg(long, value_name = "sha256:HEX")]
+    pub ca_fingerprint: Option<String>,
+}
+
+/// `fleetctl token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a join token; prints the secret token string alone on stdout.
+    Create(TokenCreateArgs),
+    /// List join tokens (active ones unless --all).
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Include expired, revoked and used-up tokens
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a join token so it can no longer enroll hosts.
+    Revoke {
+        /// Token id
+        id: String,
+    },
+}
+
+/// `fleetctl token create`.
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// Label every host enrolled with the token gets (repeatable)
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<Label>,
+    /// How long the token can be used, e.g. 1h [default: the controller's]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+    /// How many hosts may enroll with it; 0 means unlimited until it expires
+    /// [default: the controller's token_uses, 1 unless configured]
+    #[arg(long, value_name = "N")]
+    pub uses: Option<u32>,
+    /// Any number of hosts may enroll with it until it expires (same as --uses 0)
+    #[arg(long)]
+    pub unlimited: bool,
+    /// Lifetime of certificates issued to hosts enrolled with it, e.g. 7d [default: the controller's]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub cert_ttl: Option<Duration>,
+    /// Free-form note, e.g. "eu-west-1 autoscaling group"
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+    /// A label key hosts enrolling with the token may set themselves in
+    /// agent.toml [labels] (repeatable); hosts sending any other key are refused
+    #[arg(long = "allow-label", value_name = "KEY")]
+    pub allow_labels: Vec<String>,
+}
