@@ -38,12 +38,6 @@ fn passwd() -> String {
     std::fs::read_to_string("/etc/passwd").unwrap_or_default()
 }
 
-/// The account named `name`, from /etc/passwd (system users made by
-/// adduser live there).
-pub fn account(name: &str) -> Option<Account> {
-    passwd_entry(&passwd(), |n, _| n == name)
-}
-
 /// The name of the user this process runs as (its uid when it has none).
 pub fn current_user() -> String {
     let uid = rustix::process::geteuid().as_raw();
@@ -84,11 +78,12 @@ pub fn plan(euid: u32, dir: &Path, dir_owner: Option<Account>, service_user: Opt
     OwnerPlan::Caller
 }
 
-/// [`plan`] for this process and the real `dir`.
+/// [`plan`] for this process and the real `dir` (/etc/passwd read once).
 pub fn plan_for(dir: &Path) -> OwnerPlan {
+    let passwd = passwd();
     let dir_owner = std::fs::metadata(dir).ok().map(|m| {
         let uid = m.uid();
-        let name = passwd_entry(&passwd(), |_, u| u == uid)
+        let name = passwd_entry(&passwd, |_, u| u == uid)
             .map(|a| a.name)
             .unwrap_or_else(|| format!("uid {uid}"));
         Account {
@@ -97,12 +92,8 @@ pub fn plan_for(dir: &Path) -> OwnerPlan {
             gid: m.gid(),
         }
     });
-    plan(
-        rustix::process::geteuid().as_raw(),
-        dir,
-        dir_owner,
-        account(SERVICE_USER),
-    )
+    let service_user = passwd_entry(&passwd, |n, _| n == SERVICE_USER);
+    plan(rustix::process::geteuid().as_raw(), dir, dir_owner, service_user)
 }
 
 /// Gives `dir` and everything below it to `to` (symlinks themselves, not

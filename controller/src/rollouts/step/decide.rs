@@ -201,15 +201,7 @@ fn reattach(b: usize, h: &RolloutHost, p: &Params, v: &View) -> Option<Next> {
                 outcome,
             }))
         }
-        None => Some(Next::Change(Change::HostEnded {
-            batch: b,
-            host: h.host_id.clone(),
-            outcome: Outcome::new(
-                HostState::Failed,
-                FailureCause::Unreachable,
-                "the host was removed from the fleet",
-            ),
-        })),
+        None => Some(Next::Change(removed_host(b, &h.host_id))),
     }
 }
 
@@ -306,17 +298,7 @@ fn running_batch(r: &Rollout, b: usize, p: &Params, v: &View, new_task_id: &mut 
             continue;
         }
         match v.hosts.get(&h.host_id) {
-            None => {
-                return Next::Change(Change::HostEnded {
-                    batch: b,
-                    host: h.host_id.clone(),
-                    outcome: Outcome::new(
-                        HostState::Failed,
-                        FailureCause::Unreachable,
-                        "the host was removed from the fleet",
-                    ),
-                })
-            }
+            None => return Next::Change(removed_host(b, &h.host_id)),
             Some(hv) if hv.connected && hv.current == h.to_version => {
                 return Next::Change(Change::HostEnded {
                     batch: b,
@@ -433,4 +415,17 @@ fn rolling_back(r: &Rollout, p: &Params, v: &View, new_task_id: &mut dyn FnMut()
         state,
         reason: r.reason.clone(),
     })
+}
+
+/// The end of a host of batch `batch` that was removed from the fleet.
+fn removed_host(batch: usize, host: &str) -> Change {
+    Change::HostEnded {
+        batch,
+        host: host.to_string(),
+        outcome: Outcome::new(
+            HostState::Failed,
+            FailureCause::Unreachable,
+            "the host was removed from the fleet",
+        ),
+    }
 }
