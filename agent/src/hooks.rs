@@ -224,12 +224,12 @@ pub async fn run(
         let mut b = Vec::new();
         let read_out = async {
             if let Some(o) = out.as_mut() {
-                let _ = o.read_to_end(&mut a).await;
+                read_tail(o, &mut a).await;
             }
         };
         let read_err = async {
             if let Some(e) = err.as_mut() {
-                let _ = e.read_to_end(&mut b).await;
+                read_tail(e, &mut b).await;
             }
         };
         tokio::join!(read_out, read_err);
@@ -267,6 +267,27 @@ pub async fn run(
                 code: None,
                 ok: false,
                 detail: format!("{} did not finish within {timeout:?} and was killed", path.display()),
+            }
+        }
+    }
+}
+
+/// Output a hook may leave in the agent's memory, per stream: the report
+/// keeps a tail of [`crate::health::TAIL`] bytes of it.
+const KEPT_OUTPUT: usize = 64 * 1024;
+
+/// Reads `r` to its end, keeping only its last [`KEPT_OUTPUT`] bytes, so a
+/// hook that prints gigabytes costs the agent no more than that.
+async fn read_tail<R: tokio::io::AsyncRead + Unpin>(r: &mut R, kept: &mut Vec<u8>) {
+    let mut buf = [0u8; 8192];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                kept.extend_from_slice(&buf[..n]);
+                if kept.len() > 2 * KEPT_OUTPUT {
+                    kept.drain(..kept.len() - KEPT_OUTPUT);
+                }
             }
         }
     }
@@ -363,5 +384,20 @@ mod tests {
         let e = resolve_user("no-such-user-fleet").expect_err("unknown");
         assert!(e.contains("no-such-user-fleet"), "{e}");
         assert_eq!(resolve_user("").expect("empty"), None);
+    }
+
+    #[tokio::test]
+    async fn a_hook_that_prints_without_end_costs_a_bounded_buffer() {
+        let mut r: &[u8] = &vec![b'x'; 10 * KEPT_OUTPUT];
+        let mut kept = Vec::new();
+        let mut tail_of = b"...the end".to_vec();
+        read_tail(&mut r, &mut kept).await;
+        assert!(kept.len() <= 2 * KEPT_OUTPUT, "{} bytes kept", kept.len());
+        let mut with_end = vec![b'x'; 10 * KEPT_OUTPUT];
+        with_end.append(&mut tail_of);
+        let mut r: &[u8] = &with_end;
+        let mut kept = Vec::new();
+        read_tail(&mut r, &mut kept).await;
+        assert!(kept.ends_with(b"...the end") && kept.len() <= 2 * KEPT_OUTPUT);
     }
 }
