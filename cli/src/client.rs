@@ -5,6 +5,7 @@
 use fleet_proto::app_service_client::AppServiceClient;
 use fleet_proto::audit_service_client::AuditServiceClient;
 use fleet_proto::host_service_client::HostServiceClient;
+use fleet_proto::operator_service_client::OperatorServiceClient;
 use fleet_proto::release_service_client::ReleaseServiceClient;
 use fleet_proto::rollout_service_client::RolloutServiceClient;
 use fleet_proto::session_client::SessionClient;
@@ -99,6 +100,11 @@ impl Client {
     /// `RolloutService`.
     pub fn rollouts(&self) -> RolloutServiceClient<Authed> {
         RolloutServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// `OperatorService`.
+    pub fn operators(&self) -> OperatorServiceClient<Authed> {
+        OperatorServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     /// `AuditService`.

@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod hosts;
+pub mod operators;
 pub mod output;
 pub mod rollouts;
 pub mod session;
@@ -21,7 +22,10 @@ pub mod watch;
 use std::io::Write;
 use std::process::ExitCode;
 
-use args::{AppCommand, Cli, Command, HostsCommand, ReleaseCommand, RolloutCommand, TokenCommand};
+use args::{
+    AppCommand, Cli, Command, HostsCommand, OperatorCommand, OperatorTokenCommand, ReleaseCommand, RolloutCommand,
+    TokenCommand,
+};
 use client::Client;
 use config::Env;
 use error::{Error, Exit};
@@ -57,6 +61,24 @@ pub async fn execute(cli: &Cli, env: &Env) -> Result<Report, Error> {
         }
         Command::Token(TokenCommand::Ls { all }) => tokens::list(&connect(cli, env).await?, *all, format).await,
         Command::Token(TokenCommand::Revoke { id }) => tokens::revoke(&connect(cli, env).await?, id, format).await,
+        Command::Operator(OperatorCommand::Create(args)) => {
+            let request = operators::create_request(args)?;
+            operators::create(&connect(cli, env).await?, request, format).await
+        }
+        Command::Operator(OperatorCommand::Ls) => operators::list(&connect(cli, env).await?, format).await,
+        Command::Operator(OperatorCommand::Show { name }) => {
+            operators::show(&connect(cli, env).await?, name, format).await
+        }
+        Command::Operator(OperatorCommand::Rm { name }) => {
+            operators::remove(&connect(cli, env).await?, name, format).await
+        }
+        Command::Operator(OperatorCommand::Token(OperatorTokenCommand::Create { name, ttl, description })) => {
+            let client = connect(cli, env).await?;
+            operators::create_token(&client, name, *ttl, description.as_deref(), format).await
+        }
+        Command::Operator(OperatorCommand::Token(OperatorTokenCommand::Revoke { id })) => {
+            operators::revoke_token(&connect(cli, env).await?, id, format).await
+        }
         Command::App(AppCommand::Create { name, args }) => {
             let spec = apps::create_spec(name, args)?;
             apps::create(&connect(cli, env).await?, spec, format).await

@@ -7,7 +7,7 @@ use crate::args::{Global, LoginArgs};
 use crate::client::Client;
 use crate::config::{self, Env, FileConfig, Resolved, Settings, TrustSource};
 use crate::error::Error;
-use crate::output::{Block, Format, Report};
+use crate::output::{self, Block, Format, Report};
 
 /// Checks the given credentials with `WhoAmI`, then writes them to the config
 /// file. Reads only flags and the environment: login is how the file is made,
@@ -89,20 +89,37 @@ pub async fn login(global: &Global, args: &LoginArgs, env: &Env) -> Result<Repor
     })
 }
 
-/// Shows who the configured token belongs to.
+/// Shows who the configured token belongs to: role, what it may change,
+/// the permissions the role grants, and when the token expires.
 pub async fn whoami(client: &Client, format: Format) -> Result<Report, Error> {
     let me = whoami_call(client).await?;
+    let scope = me.scope.clone().unwrap_or_default();
     Ok(match format {
         Format::Json => Report::json(&json!({
             "name": me.name,
             "role": me.role,
+            "scope": {"apps": scope.apps, "selector": scope.selector},
+            "permissions": me.permissions,
+            "token_id": me.token_id,
+            "token_expires_at_ms": me.token_expires_at_ms,
             "controller": client.addr(),
             "controller_version": me.controller_version,
         })),
         Format::Table => {
+            let now = fleet_proto::now_ms();
             let mut block = Block::default();
             block.line("name", &me.name);
             block.line("role", &me.role);
+            block.line("limited to", crate::operators::scope_words(me.scope.as_ref()));
+            block.line("permissions", me.permissions.join(", "));
+            block.line(
+                "token",
+                format!(
+                    "{} (expires {})",
+                    me.token_id,
+                    output::when(me.token_expires_at_ms, now, "never")
+                ),
+            );
             block.line("controller", client.addr());
             block.line("controller_version", &me.controller_version);
             Report::out(block.render())

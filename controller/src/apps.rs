@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::operator;
 use crate::error::{Error, Result};
 use crate::fleet::Fleet;
 use crate::selector::parse_selector;
@@ -141,6 +142,7 @@ impl AppService for AppsService {
 
     async fn deploy(&self, req: Request<DeployRequest>) -> Result<Response<Self::DeployStream>, Status> {
         let fleet = self.0.clone();
+        let op = operator(&req);
         let r = req.into_inner();
         limits::check_app_name(&r.app).map_err(Error::from)?;
         if !r.version.is_empty() {
@@ -151,7 +153,9 @@ impl AppService for AppsService {
             .app(&r.app)
             .map_err(Error::Store)?
             .ok_or_else(|| Error::UnknownApp(r.app.clone()))?;
+        op.may_change_app(&spec.name)?;
         let host = fleet.resolve_host(&r.host)?;
+        op.may_change_hosts([&host])?;
         if let Some(running) = fleet.rollouts.records.active(&spec.name).map_err(Error::Store)? {
             return Err(Error::Precondition(format!(
                 "rollout {} of {} is under way; wait for it or abort it before deploying by hand",
@@ -159,7 +163,7 @@ impl AppService for AppsService {
             ))
             .into());
         }
-        let selector = parse_selector(&spec.selector)?;
+        let selector = parse_selector(&spec.selector).map_err(Error::from)?;
         if let Some((k, v)) = selector.iter().find(|(k, v)| host.labels.get(k) != Some(v)) {
             return Err(Error::Precondition(format!(
                 "host {} does not match app {}'s selector ({k}={v} is not among its labels); \

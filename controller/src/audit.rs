@@ -22,7 +22,7 @@ use fleet_proto::audit_service_server::AuditService;
 use fleet_proto::{now_ms, AuditEntry, ListAuditRequest, ListAuditResponse};
 use tonic::{Request, Response, Status};
 
-use crate::auth::{authenticate, AuthError};
+use crate::auth::{authenticate, AuthError, Recovery};
 use crate::error::Error;
 use crate::store::audit::AuditTrail;
 use crate::store::{Store, StoreError};
@@ -30,7 +30,7 @@ use crate::tls::PeerInfo;
 
 /// The operator methods that change something, as `Service/Method`: the
 /// one list of what is audited.
-pub const AUDITED: [&str; 12] = [
+pub const AUDITED: [&str; 16] = [
     "TokenService/CreateToken",
     "TokenService/RevokeToken",
     "HostService/LabelHost",
@@ -43,6 +43,10 @@ pub const AUDITED: [&str; 12] = [
     "ReleaseService/DeleteRelease",
     "RolloutService/StartRollout",
     "RolloutService/ControlRollout",
+    "OperatorService/CreateOperator",
+    "OperatorService/RemoveOperator",
+    "OperatorService/CreateOperatorToken",
+    "OperatorService/RevokeOperatorToken",
 ];
 
 /// The package prefix of every gRPC path.
@@ -76,14 +80,16 @@ impl From<Record> for AuditEntry {
 /// The audit log in the store, and who an operator call comes from.
 pub struct AuditLog {
     store: Store,
+    recovery: Arc<Recovery>,
     trail: AuditTrail,
 }
 
 impl AuditLog {
     /// Opens the log; sequence numbers go on from the last entry.
-    pub fn open(store: &Store) -> Result<AuditLog, StoreError> {
+    pub fn open(store: &Store, recovery: Arc<Recovery>) -> Result<AuditLog, StoreError> {
         Ok(AuditLog {
             store: store.clone(),
+            recovery,
             trail: store.audit_trail()?,
         })
     }
@@ -103,7 +109,7 @@ impl AuditLog {
     /// valid; "unauthenticated" otherwise (the call itself is refused by the
     /// interceptor then, and recorded with that refusal).
     pub fn who(&self, authorization: Option<&http::HeaderValue>) -> String {
-        match authenticate(&self.store, authorization) {
+        match authenticate(&self.store, &self.recovery, authorization, now_ms()) {
             Ok(op) => op.name,
             Err(AuthError::Store(e)) => {
                 tracing::warn!(error = %e, "audit: cannot look up the operator");
@@ -287,7 +293,7 @@ mod tests {
 
     fn log() -> (tempfile::TempDir, Arc<AuditLog>) {
         let (dir, store) = crate::auth::tests::store_with_alice();
-        let log = Arc::new(AuditLog::open(&store).expect("audit log"));
+        let log = Arc::new(AuditLog::open(&store, Arc::new(Recovery::new(&[1; 32]))).expect("audit log"));
         (dir, log)
     }
 
@@ -332,7 +338,7 @@ mod tests {
         assert_eq!(whats(log.since(0, 2).expect("newest two")), ["c", "d"]);
         // Reopened, the sequence goes on after the last key: a new entry in
         // the same millisecond as the last one comes after it.
-        let again = AuditLog::open(&log.store).expect("reopen");
+        let again = AuditLog::open(&log.store, log.recovery.clone()).expect("reopen");
         again.record(&rec(3_000, "e")).expect("record");
         assert_eq!(whats(again.since(3_000, MAX_LISTED).expect("since")), ["d", "e"]);
     }

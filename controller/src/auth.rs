@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use tonic::Request;
 
+use crate::access::{Role, Scope};
 use crate::store::{secret_hash, Store, StoreError, TokenRecord};
 
 /// Prefix of operator tokens.
@@ -24,14 +25,7 @@ pub fn parse_token<'a>(prefix: &str, token: &'a str) -> Option<(&'a str, &'a str
     (!id.is_empty() && !secret.is_empty()).then_some((id, secret))
 }
 
-/// The authenticated operator of a request (a request extension).
-#[derive(Debug, Clone)]
-pub struct Operator {
-    /// Name.
-    pub name: String,
-    /// Role.
-    pub role: String,
-}
+pub use crate::access::Operator;
 
 /// Why an `authorization` header does not name an operator.
 #[derive(Debug, thiserror::Error)]
@@ -48,27 +42,155 @@ pub enum AuthError {
     /// Unknown id or wrong secret.
     #[error("the operator token is not valid on this controller; check FLEET_TOKEN or run 'fleetctl login' again")]
     NotValid,
+    /// The token was revoked.
+    #[error("operator token {id} was revoked at {at}; ask an admin for a new one ('fleetctl operator token create')")]
+    Revoked {
+        /// Its id.
+        id: String,
+        /// When (UTC).
+        at: String,
+    },
+    /// The token is past its lifetime.
+    #[error("operator token {id} expired at {at}; ask an admin for a new one ('fleetctl operator token create')")]
+    Expired {
+        /// Its id.
+        id: String,
+        /// When (UTC).
+        at: String,
+    },
+    /// The token's identity was removed (or its record is unusable).
+    #[error("operator token {id} belongs to operator '{name}', which no longer exists; ask an admin")]
+    NoIdentity {
+        /// The token's id.
+        id: String,
+        /// The identity it named.
+        name: String,
+    },
     /// The operator could not be looked up.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 /// Checks `authorization: Bearer fleet_op_<id>.<secret>` (the `Bearer `
-/// prefix is optional) against the operators in the store.
-pub fn authenticate(store: &Store, authorization: Option<&http::HeaderValue>) -> Result<Operator, AuthError> {
+/// prefix is optional) against the operator tokens in the store, or
+/// against the controller host's recovery key (see [`Recovery`]), at `now`.
+/// A wrong secret says only "not valid", whatever the id.
+pub fn authenticate(
+    store: &Store,
+    recovery: &Recovery,
+    authorization: Option<&http::HeaderValue>,
+    now_ms: i64,
+) -> Result<Operator, AuthError> {
     let value = authorization
         .ok_or(AuthError::Missing)?
         .to_str()
         .map_err(|_| AuthError::NotText)?;
     let token = value.strip_prefix("Bearer ").unwrap_or(value);
     let (id, secret) = parse_token(OPERATOR_TOKEN_PREFIX, token).ok_or(AuthError::Malformed)?;
-    match store.operator(id)? {
-        Some(op) if op.secret_sha256 == secret_hash(secret) => Ok(Operator {
-            name: op.name,
-            role: op.role,
-        }),
-        _ => Err(AuthError::NotValid),
+    if id.starts_with(RECOVERY_ID_PREFIX) {
+        return recovery.check(id, secret, now_ms);
     }
+    let Some(tok) = store.operator(id)?.filter(|t| t.secret_sha256 == secret_hash(secret)) else {
+        return Err(AuthError::NotValid);
+    };
+    if tok.revoked_at_ms != 0 {
+        return Err(AuthError::Revoked {
+            id: tok.id,
+            at: crate::store::utc(tok.revoked_at_ms),
+        });
+    }
+    if tok.expires_at_ms != 0 && now_ms >= tok.expires_at_ms {
+        return Err(AuthError::Expired {
+            id: tok.id,
+            at: crate::store::utc(tok.expires_at_ms),
+        });
+    }
+    let no_identity = || AuthError::NoIdentity {
+        id: tok.id.clone(),
+        name: tok.name.clone(),
+    };
+    let identity = store.identity(&tok.name)?.ok_or_else(no_identity)?;
+    let role = Role::parse(&identity.role).map_err(|_| no_identity())?;
+    let selector = crate::selector::parse_selector(&identity.selector).map_err(|_| no_identity())?;
+    Ok(Operator {
+        name: identity.name,
+        role,
+        scope: Scope {
+            apps: identity.apps,
+            selector,
+        },
+        token_id: tok.id,
+        token_expires_at_ms: tok.expires_at_ms,
+    })
+}
+
+/// The id prefix of recovery tokens: `fleet_op_recovery-<expiry ms>.<mac>`.
+pub const RECOVERY_ID_PREFIX: &str = "recovery-";
+/// The identity recovery tokens authenticate (an admin; reserved name).
+pub const RECOVERY_NAME: &str = "recovery";
+/// How long a recovery token is honoured.
+pub const RECOVERY_TTL_MS: i64 = 3600 * 1000;
+
+/// Break-glass admin tokens for the controller host: an HMAC, under a key
+/// derived from the CA key, over the token's expiry. Whoever can read the
+/// data dir's `ca.key` (root, the `fleet-controller` user) can mint one with
+/// `fleet-controller admin-token`, even while the controller runs; nobody
+/// else can. Nothing is stored: the controller checks the MAC and the expiry.
+pub struct Recovery {
+    key: ring::hmac::Key,
+}
+
+impl Recovery {
+    /// Recovery under `key` (from `Ca::derive_key(RECOVERY_PURPOSE)`).
+    pub fn new(key: &[u8; 32]) -> Recovery {
+        Recovery {
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key),
+        }
+    }
+
+    /// A token valid until `now_ms + RECOVERY_TTL_MS`.
+    pub fn mint(&self, now_ms: i64) -> String {
+        let id = format!("{RECOVERY_ID_PREFIX}{}", now_ms.saturating_add(RECOVERY_TTL_MS));
+        let mac = ring::hmac::sign(&self.key, id.as_bytes());
+        format!(
+            "{OPERATOR_TOKEN_PREFIX}{id}.{}",
+            fleet_proto::transport::hex(mac.as_ref())
+        )
+    }
+
+    fn check(&self, id: &str, secret: &str, now_ms: i64) -> Result<Operator, AuthError> {
+        let expires: i64 = id[RECOVERY_ID_PREFIX.len()..]
+            .parse()
+            .map_err(|_| AuthError::NotValid)?;
+        let mac = unhex(secret).ok_or(AuthError::NotValid)?;
+        ring::hmac::verify(&self.key, id.as_bytes(), &mac).map_err(|_| AuthError::NotValid)?;
+        if now_ms >= expires {
+            return Err(AuthError::Expired {
+                id: id.to_string(),
+                at: crate::store::utc(expires),
+            });
+        }
+        Ok(Operator {
+            name: RECOVERY_NAME.into(),
+            role: Role::Admin,
+            scope: Scope::default(),
+            token_id: id.to_string(),
+            token_expires_at_ms: expires,
+        })
+    }
+}
+
+/// What the recovery key is derived for.
+pub const RECOVERY_PURPOSE: &str = "operator-recovery-v1";
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || s.len() > 128 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Why what a host says about itself at enrollment is refused.
@@ -130,19 +252,23 @@ pub fn check_host_says(
     Ok(())
 }
 
-/// The operator a request was authenticated as (put there by the
-/// interceptor); "unknown" if none.
+/// The operator a request was authenticated as (put there by the gate);
+/// "unknown", a viewer, if none (the gate refuses every operator call it
+/// cannot authenticate, so handlers never see that).
 pub fn operator<T>(req: &Request<T>) -> Operator {
     req.extensions().get::<Operator>().cloned().unwrap_or(Operator {
         name: "unknown".into(),
-        role: String::new(),
+        role: Role::Viewer,
+        scope: Scope::default(),
+        token_id: String::new(),
+        token_expires_at_ms: 0,
     })
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::store::OperatorRecord;
+    use crate::store::{IdentityRecord, OperatorRecord};
 
     #[test]
     fn tokens_parse() {
@@ -159,39 +285,120 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("store")).expect("store");
         store
+            .create_identity(&IdentityRecord {
+                name: "alice".into(),
+                role: "admin".into(),
+                apps: vec![],
+                selector: String::new(),
+                created_at_ms: 0,
+                created_by: "test".into(),
+                description: String::new(),
+            })
+            .expect("identity");
+        store
             .put_operator(&OperatorRecord {
                 id: "abc123".into(),
                 name: "alice".into(),
-                role: "admin".into(),
                 secret_sha256: secret_hash("s3cret"),
-                created_at_ms: 0,
+                ..Default::default()
             })
             .expect("operator");
         (dir, store)
     }
 
+    fn recovery() -> Recovery {
+        Recovery::new(&[7; 32])
+    }
+
+    fn check(store: &Store, s: Option<&str>, now: i64) -> Result<Operator, AuthError> {
+        let h = s.map(|s| http::HeaderValue::from_str(s).expect("header"));
+        authenticate(store, &recovery(), h.as_ref(), now)
+    }
+
     #[test]
     fn bearer_tokens_are_checked_against_the_store() {
         let (_dir, store) = store_with_alice();
-        let check = |s: Option<&str>| {
-            let h = s.map(|s| http::HeaderValue::from_str(s).expect("header"));
-            authenticate(&store, h.as_ref())
-        };
-        let op = check(Some("Bearer fleet_op_abc123.s3cret")).expect("valid");
-        assert_eq!((op.name.as_str(), op.role.as_str()), ("alice", "admin"));
-        assert!(check(Some("fleet_op_abc123.s3cret")).is_ok());
-        assert!(matches!(check(None), Err(AuthError::Missing)));
-        assert!(matches!(check(Some("Bearer nonsense")), Err(AuthError::Malformed)));
+        let op = check(&store, Some("Bearer fleet_op_abc123.s3cret"), 1).expect("valid");
+        assert_eq!(
+            (op.name.as_str(), op.role, op.token_id.as_str()),
+            ("alice", Role::Admin, "abc123")
+        );
+        assert!(check(&store, Some("fleet_op_abc123.s3cret"), 1).is_ok());
+        assert!(matches!(check(&store, None, 1), Err(AuthError::Missing)));
         assert!(matches!(
-            check(Some("Bearer fleet_op_abc123.wrong")),
+            check(&store, Some("Bearer nonsense"), 1),
+            Err(AuthError::Malformed)
+        ));
+        assert!(matches!(
+            check(&store, Some("Bearer fleet_op_abc123.wrong"), 1),
             Err(AuthError::NotValid)
         ));
         assert!(matches!(
-            check(Some("Bearer fleet_op_nobody.s3cret")),
+            check(&store, Some("Bearer fleet_op_nobody.s3cret"), 1),
             Err(AuthError::NotValid)
         ));
         let binary = http::HeaderValue::from_bytes(b"Bearer \xff").expect("header");
-        assert!(matches!(authenticate(&store, Some(&binary)), Err(AuthError::NotText)));
+        assert!(matches!(
+            authenticate(&store, &recovery(), Some(&binary), 1),
+            Err(AuthError::NotText)
+        ));
+    }
+
+    #[test]
+    fn expired_revoked_and_orphaned_tokens_are_refused_by_name() {
+        let (_dir, store) = store_with_alice();
+        let mut t = store.operator("abc123").expect("get").expect("alice's");
+        t.expires_at_ms = 100;
+        store.put_operator(&t).expect("put");
+        assert!(check(&store, Some("fleet_op_abc123.s3cret"), 99).is_ok());
+        let e = check(&store, Some("fleet_op_abc123.s3cret"), 100).expect_err("expired");
+        assert!(matches!(e, AuthError::Expired { .. }), "{e}");
+        // A wrong secret never learns the token's state.
+        assert!(matches!(
+            check(&store, Some("fleet_op_abc123.nope"), 100),
+            Err(AuthError::NotValid)
+        ));
+        store.revoke_operator_token("abc123", 50).expect("revoke");
+        let e = check(&store, Some("fleet_op_abc123.s3cret"), 60).expect_err("revoked");
+        assert!(
+            matches!(e, AuthError::Revoked { .. }) && e.to_string().contains("abc123"),
+            "{e}"
+        );
+        store
+            .put_operator(&OperatorRecord {
+                id: "orphan".into(),
+                name: "gone".into(),
+                secret_sha256: secret_hash("x"),
+                ..Default::default()
+            })
+            .expect("put");
+        let e = check(&store, Some("fleet_op_orphan.x"), 1).expect_err("no identity");
+        assert!(
+            matches!(e, AuthError::NoIdentity { .. }) && e.to_string().contains("'gone'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn recovery_tokens_need_the_key_and_expire() {
+        let (_dir, store) = store_with_alice();
+        let token = recovery().mint(1_000);
+        let op = check(&store, Some(&token), 1_000 + RECOVERY_TTL_MS - 1).expect("valid");
+        assert_eq!((op.name.as_str(), op.role), (RECOVERY_NAME, Role::Admin));
+        assert!(matches!(
+            check(&store, Some(&token), 1_000 + RECOVERY_TTL_MS),
+            Err(AuthError::Expired { .. })
+        ));
+        // Minted under another key, or with its expiry moved: not valid.
+        let other = Recovery::new(&[8; 32]).mint(1_000);
+        assert!(matches!(check(&store, Some(&other), 1_001), Err(AuthError::NotValid)));
+        let (head, mac) = token.split_once('.').expect("dot");
+        let moved = format!("{}9.{mac}", head);
+        assert!(matches!(check(&store, Some(&moved), 1_001), Err(AuthError::NotValid)));
+        assert!(matches!(
+            check(&store, Some("fleet_op_recovery-x.zz"), 1),
+            Err(AuthError::NotValid)
+        ));
     }
 
     fn token(labels: &[(&str, &str)], allowed: &[&str]) -> TokenRecord {

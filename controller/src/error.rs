@@ -49,6 +49,12 @@ pub enum Error {
     },
 
     // --- What the request names ---------------------------------------
+    /// No such operator identity.
+    #[error("no operator '{0}'; list them with 'fleetctl operator ls'")]
+    UnknownOperator(String),
+    /// No such operator token.
+    #[error("no operator token '{0}'; see an operator's tokens with 'fleetctl operator show NAME'")]
+    UnknownOperatorToken(String),
     /// No such app.
     #[error("no app '{0}'; list apps with 'fleetctl app ls' or create it with 'fleetctl app create'")]
     UnknownApp(String),
@@ -208,6 +214,18 @@ impl Error {
 }
 
 /// An operator-token failure: the store's own failure stays a store failure.
+impl From<crate::access::Denied> for Error {
+    fn from(d: crate::access::Denied) -> Error {
+        Error::Denied(d.0)
+    }
+}
+
+impl From<crate::access::Denied> for Status {
+    fn from(d: crate::access::Denied) -> Status {
+        Error::from(d).into()
+    }
+}
+
 impl From<AuthError> for Error {
     fn from(e: AuthError) -> Error {
         match e {
@@ -247,7 +265,9 @@ impl From<Error> for Status {
             | Error::UnknownHost(_)
             | Error::HostGone(_)
             | Error::UnknownToken(_)
-            | Error::UnknownRollout(_) => Status::not_found(msg),
+            | Error::UnknownRollout(_)
+            | Error::UnknownOperator(_)
+            | Error::UnknownOperatorToken(_) => Status::not_found(msg),
             Error::Exists(_) => Status::already_exists(msg),
             Error::Precondition(_)
             | Error::NoReleases { .. }

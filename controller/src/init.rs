@@ -11,7 +11,7 @@ use crate::auth::OPERATOR_TOKEN_PREFIX;
 use crate::ca::{generate_ca, Ca};
 use crate::config::RawConfig;
 use crate::owner::{self, OwnerPlan};
-use crate::store::{secret_hash, OperatorRecord, Store};
+use crate::store::{secret_hash, IdentityRecord, OperatorRecord, Store};
 
 /// Name of the marker file that makes a directory a data dir.
 pub const MARKER: &str = "fleet-controller.datadir";
@@ -162,12 +162,23 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
 
     let store = Store::open(&dir.join("store"))?;
     let (op_id, op_secret) = (crate::random_hex(6), crate::random_hex(24));
+    let now = fleet_proto::now_ms();
+    store.create_identity(&IdentityRecord {
+        name: "admin".into(),
+        role: "admin".into(),
+        apps: Vec::new(),
+        selector: String::new(),
+        created_at_ms: now,
+        created_by: "init".into(),
+        description: "the first admin, made by fleet-controller init".into(),
+    })?;
     store.put_operator(&OperatorRecord {
         id: op_id.clone(),
         name: "admin".into(),
-        role: "admin".into(),
         secret_sha256: secret_hash(&op_secret),
-        created_at_ms: fleet_proto::now_ms(),
+        created_at_ms: now,
+        created_by: "init".into(),
+        ..Default::default()
     })?;
     store.flush_blocking()?;
     drop(store);

@@ -1,6 +1,7 @@
 //! fleet-controller: holds the fleet's state, enrolls agents, keeps a live
 //! mTLS stream to each, and serves the operator API. See ARCHITECTURE.md.
 
+pub mod access;
 pub mod apps;
 pub mod artifacts;
 pub mod audit;
@@ -19,9 +20,11 @@ pub mod init;
 mod layering;
 pub mod listener;
 pub mod metrics;
+pub mod operators;
 pub mod ops;
 pub mod owner;
 pub mod ratelimit;
+pub mod recover;
 pub mod registry;
 pub mod releases;
 pub mod retire;

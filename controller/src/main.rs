@@ -41,6 +41,16 @@ enum Command {
         #[arg(long, env = "FLEET_CONTROLLER_CONFIG")]
         config: PathBuf,
     },
+    /// Print a break-glass admin token, valid for one hour, for when no
+    /// admin token is left. Needs read access to the data dir's ca.key (run
+    /// it as root or fleet-controller on the controller host); works while
+    /// the controller runs. Use it to make a lasting token:
+    /// 'fleetctl operator token create admin --ttl 90d'.
+    AdminToken {
+        /// The controller.toml that init wrote.
+        #[arg(long, env = "FLEET_CONTROLLER_CONFIG")]
+        config: PathBuf,
+    },
     /// Check every release's stored artifact (present, right size, matches
     /// its sha256); run it with the controller stopped. Exits 1 when any is
     /// missing or damaged, 2 when it cannot check.
@@ -93,6 +103,30 @@ fn main() -> ExitCode {
                     } else {
                         ExitCode::SUCCESS
                     }
+                }
+                Err(e) => {
+                    eprintln!("fleet-controller: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::AdminToken { config } => {
+            let config = match fleet_controller::Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("fleet-controller: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match fleet_controller::recover::admin_token(&config.data_dir, fleet_proto::now_ms()) {
+                Ok((token, expires_ms)) => {
+                    println!("{token}");
+                    eprintln!(
+                        "a recovery admin token, valid until {} (audit name: recovery). Make a lasting one:\n  \
+                         FLEET_TOKEN=<the token above> fleetctl operator token create admin --ttl 90d",
+                        fleet_controller::store::utc(expires_ms)
+                    );
+                    ExitCode::SUCCESS
                 }
                 Err(e) => {
                     eprintln!("fleet-controller: {e}");

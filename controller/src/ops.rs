@@ -1,9 +1,13 @@
-//! The operator API: `Session`, `HostService`, `TokenService`, and the
-//! interceptor in front of them (bearer token via `auth`, failure limits).
+//! The operator API: `Session`, `HostService`, `TokenService`, and the gate
+//! in front of every call (bearer token via `auth`, the permission via
+//! `access`, failure limits).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use fleet_proto::host_service_server::HostService;
@@ -14,33 +18,51 @@ use fleet_proto::{
     ListHostsRequest, ListHostsResponse, ListTokensRequest, ListTokensResponse, PruneHostsRequest, PruneHostsResponse,
     RemoveHostRequest, RemoveHostResponse, RevokeTokenRequest, WhoAmIRequest, WhoAmIResponse,
 };
-use tonic::service::Interceptor;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{authenticate, operator, AuthError, JOIN_TOKEN_PREFIX};
+use crate::access::{self, Callee};
+use crate::auth::{authenticate, operator, AuthError, Operator, Recovery, JOIN_TOKEN_PREFIX};
 use crate::config::MIN_TOKEN_CERT_TTL;
 use crate::error::Error;
 use crate::fleet::Fleet;
 use crate::ratelimit::Limiter;
 use crate::selector::parse_selector;
 use crate::store::{secret_hash, utc, Store, TokenRecord};
+use crate::tls::PeerInfo;
 
-/// Checks `authorization: Bearer fleet_op_…` on every operator call (the
-/// check itself is `auth::authenticate`). A source address with too many
-/// failed attempts (`limits.auth_failures_per_source`) is refused with
+/// The gate in front of every call: an agent's method passes (its own
+/// authentication is mTLS or a join token); an operator's method needs a
+/// valid bearer token (`auth::authenticate`) whose role grants the
+/// permission [`access::TABLE`] names for it; any other method is refused.
+/// The authenticated [`Operator`] goes into the request's extensions for
+/// the handler's scope checks. A source address with too many failed
+/// authentications (`limits.auth_failures_per_source`) is refused with
 /// RESOURCE_EXHAUSTED before its token is even looked at, so secrets cannot
 /// be guessed at speed.
 #[derive(Clone)]
-pub struct OperatorAuth {
-    /// Where operator tokens are.
+pub struct OperatorGate {
+    /// Where operator tokens and identities are.
     pub store: Store,
+    /// The controller host's break-glass tokens.
+    pub recovery: Arc<Recovery>,
     /// Failed attempts per source address.
     pub failures: Arc<Limiter<IpAddr>>,
 }
 
-impl Interceptor for OperatorAuth {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let source = crate::tls::peer_addr(&req).map(|a| a.ip());
+impl OperatorGate {
+    /// Who calls `path`, from `source`, with `authorization`, and whether
+    /// they may: the operator, or the refusal.
+    fn admit(
+        &self,
+        path: &str,
+        source: Option<IpAddr>,
+        authorization: Option<&http::HeaderValue>,
+    ) -> Result<Option<Operator>, Error> {
+        let (method, permission) = match access::callee(path) {
+            Callee::Agent => return Ok(None),
+            Callee::Unknown => return Err(access::unknown_method(path).into()),
+            Callee::Operator(m, p) => (m, p),
+        };
         let now = Instant::now();
         if let Some(ip) = source {
             self.failures.check(&ip, now).map_err(|l| {
@@ -48,17 +70,68 @@ impl Interceptor for OperatorAuth {
                 Error::from(l)
             })?;
         }
-        match authenticate(&self.store, req.metadata().as_ref().get("authorization")) {
-            Ok(op) => {
-                req.extensions_mut().insert(op);
-                Ok(req)
-            }
+        let op = match authenticate(&self.store, &self.recovery, authorization, now_ms()) {
+            Ok(op) => op,
             Err(e) => {
                 // A store failure is the controller's, not a guess.
                 if let (false, Some(ip)) = (matches!(e, AuthError::Store(_)), source) {
                     self.failures.spend(&ip, now);
                 }
-                Err(Error::from(e).into())
+                return Err(e.into());
+            }
+        };
+        access::authorize(&op, method, permission)?;
+        Ok(Some(op))
+    }
+}
+
+impl<S> tower::Layer<S> for OperatorGate {
+    type Service = Gated<S>;
+    fn layer(&self, inner: S) -> Gated<S> {
+        Gated {
+            inner,
+            gate: self.clone(),
+        }
+    }
+}
+
+/// The service [`OperatorGate`] wraps around the router.
+#[derive(Clone)]
+pub struct Gated<S> {
+    inner: S,
+    gate: OperatorGate,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for Gated<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Send,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let source = req.extensions().get::<PeerInfo>().map(|p| p.remote.ip());
+        let admitted = self
+            .gate
+            .admit(req.uri().path(), source, req.headers().get(http::header::AUTHORIZATION));
+        match admitted {
+            Ok(op) => {
+                if let Some(op) = op {
+                    req.extensions_mut().insert(op);
+                }
+                Box::pin(self.inner.call(req))
+            }
+            Err(e) => {
+                let refusal = Status::from(e).into_http::<RB>();
+                Box::pin(std::future::ready(Ok(refusal)))
             }
         }
     }
@@ -73,8 +146,12 @@ impl Session for SessionService {
         let op = operator(&req);
         Ok(Response::new(WhoAmIResponse {
             name: op.name,
-            role: op.role,
+            role: op.role.word().into(),
             controller_version: env!("CARGO_PKG_VERSION").into(),
+            scope: Some(op.scope.to_proto()),
+            token_id: op.token_id,
+            token_expires_at_ms: op.token_expires_at_ms,
+            permissions: op.role.permissions().iter().map(|p| p.word().into()).collect(),
         }))
     }
 }
@@ -85,7 +162,7 @@ pub struct HostsService(pub Arc<Fleet>);
 #[tonic::async_trait]
 impl HostService for HostsService {
     async fn list_hosts(&self, req: Request<ListHostsRequest>) -> Result<Response<ListHostsResponse>, Status> {
-        let selector = parse_selector(&req.get_ref().selector)?;
+        let selector = parse_selector(&req.get_ref().selector).map_err(Error::from)?;
         let all = self.0.store.hosts().map_err(Error::Store)?;
         let mut shared = crate::retire::same_hostname(&all);
         let mut hosts: Vec<Host> = all

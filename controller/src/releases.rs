@@ -74,7 +74,8 @@ pub struct ReleasesService(pub Arc<Fleet>);
 impl ReleaseService for ReleasesService {
     async fn push_release(&self, req: Request<Streaming<PushReleaseChunk>>) -> Result<Response<Release>, Status> {
         let fleet = &self.0;
-        let who = operator(&req).name;
+        let op = operator(&req);
+        let who = op.name.clone();
         let mut chunks = req.into_inner();
         let first = chunks
             .message()
@@ -83,6 +84,7 @@ impl ReleaseService for ReleasesService {
         let header = first
             .header
             .ok_or_else(|| Error::invalid("header", "the first chunk of an upload must carry the header"))?;
+        op.may_change_app(&header.app)?;
         fleet
             .store
             .app(&header.app)
@@ -267,8 +269,10 @@ impl ReleaseService for ReleasesService {
         req: Request<DeleteReleaseRequest>,
     ) -> Result<Response<DeleteReleaseResponse>, Status> {
         let fleet = &self.0;
-        let who = operator(&req).name;
+        let op = operator(&req);
+        let who = op.name.clone();
         let DeleteReleaseRequest { app, version } = req.into_inner();
+        op.may_change_app(&app)?;
         fleet
             .store
             .app(&app)

@@ -1,14 +1,14 @@
 //! Label selectors ("role=api,env=prod"): which hosts an app or a rollout
 //! covers. `parse_selector` checks the text form at the edge (the contract's limits).
-//! Depends on nothing else in the controller but `error`.
+//! Depends on nothing else in the controller.
 
 use std::collections::HashMap;
 
-use crate::error::Result;
+use fleet_proto::limits::FieldError;
 
 /// Parses a selector "k=v,k2=v2" into pairs, after the contract's limits
 /// (`fleet_proto::limits::check_selector`: `=x`, `role`, oversized refused).
-pub fn parse_selector(sel: &str) -> Result<Vec<(String, String)>> {
+pub fn parse_selector(sel: &str) -> Result<Vec<(String, String)>, FieldError> {
     fleet_proto::limits::check_selector(sel)?;
     Ok(sel
         .split(',')

@@ -14,6 +14,7 @@ use fleet_proto::app_service_server::AppServiceServer;
 use fleet_proto::audit_service_server::AuditServiceServer;
 use fleet_proto::enrollment_server::EnrollmentServer;
 use fleet_proto::host_service_server::HostServiceServer;
+use fleet_proto::operator_service_server::OperatorServiceServer;
 use fleet_proto::release_service_server::ReleaseServiceServer;
 use fleet_proto::rollout_service_server::RolloutServiceServer;
 use fleet_proto::session_server::SessionServer;
@@ -32,7 +33,7 @@ use crate::fleet::{Fleet, Settings};
 use crate::init::MARKER;
 use crate::listener::StreamTrackingLayer;
 use crate::metrics::{Metrics, RpcMetricsLayer};
-use crate::ops::{HostsService, OperatorAuth, SessionService, TokensService};
+use crate::ops::{HostsService, OperatorGate, SessionService, TokensService};
 use crate::ratelimit::Limiter;
 use crate::registry::Registry;
 use crate::store::{Store, StoreError};
@@ -149,7 +150,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let tls = crate::tls::server_config(ca_der[0].clone(), chain, key, store.clone(), metrics.clone())
         .map_err(|e| ServeError::Tls(e.to_string()))?;
     let grants = crate::grants::Grants::new(&ca.derive_key("fetch-grant-v1"));
-    let audit = Arc::new(crate::audit::AuditLog::open(&store)?);
+    let recovery = Arc::new(crate::auth::Recovery::new(
+        &ca.derive_key(crate::auth::RECOVERY_PURPOSE),
+    ));
+    let audit = Arc::new(crate::audit::AuditLog::open(&store, recovery.clone())?);
     let artifacts = crate::artifacts::Artifacts::new(dir);
     sweep_artifacts(&artifacts, &store)?;
     let auth_failures = Arc::new(Limiter::new(
@@ -228,43 +232,35 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         shutdown.clone(),
     ));
 
-    let auth = OperatorAuth {
+    let gate = OperatorGate {
         store: store.clone(),
+        recovery: recovery.clone(),
         failures: fleet.limits.auth_failures.clone(),
     };
+    // The audit layer is outside the gate, so refusals are recorded too.
     let router = tonic::transport::Server::builder()
         .layer(StreamTrackingLayer)
         .layer(RpcMetricsLayer(metrics.clone()))
         .layer(crate::audit::AuditLayer(audit.clone()))
+        .layer(gate)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(EnrollmentServer::new(crate::enroll::EnrollmentService(fleet.clone())))
         .add_service(AgentServiceServer::new(crate::stream::StreamService(fleet.clone())))
-        .add_service(SessionServer::with_interceptor(SessionService, auth.clone()))
-        .add_service(HostServiceServer::with_interceptor(
-            HostsService(fleet.clone()),
-            auth.clone(),
-        ))
-        .add_service(TokenServiceServer::with_interceptor(
-            TokensService(fleet.clone()),
-            auth.clone(),
-        ))
-        .add_service(AppServiceServer::with_interceptor(
-            crate::apps::AppsService(fleet.clone()),
-            auth.clone(),
-        ))
-        .add_service(AuditServiceServer::with_interceptor(
-            crate::audit::AuditLogService(audit),
-            auth.clone(),
-        ))
-        .add_service(ReleaseServiceServer::with_interceptor(
-            crate::releases::ReleasesService(fleet.clone()),
-            auth.clone(),
-        ))
-        .add_service(RolloutServiceServer::with_interceptor(
-            crate::rollouts::RolloutsService(fleet.clone()),
-            auth,
-        ));
+        .add_service(SessionServer::new(SessionService))
+        .add_service(HostServiceServer::new(HostsService(fleet.clone())))
+        .add_service(TokenServiceServer::new(TokensService(fleet.clone())))
+        .add_service(AppServiceServer::new(crate::apps::AppsService(fleet.clone())))
+        .add_service(AuditServiceServer::new(crate::audit::AuditLogService(audit)))
+        .add_service(ReleaseServiceServer::new(crate::releases::ReleasesService(
+            fleet.clone(),
+        )))
+        .add_service(RolloutServiceServer::new(crate::rollouts::RolloutsService(
+            fleet.clone(),
+        )))
+        .add_service(OperatorServiceServer::new(crate::operators::OperatorsService(
+            fleet.clone(),
+        )));
     let stop = shutdown.clone();
     let server = tokio::spawn(
         router.serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move { stop.cancelled().await }),

@@ -15,7 +15,8 @@
 //! | `hosts` | host id | `1` + protobuf `fleet.v1.Host` (status and remote_addr left empty: they are live state) |
 //! | `certs` | `sha256:<hex>` of a client certificate's DER | `1` + JSON [`CertRecord`] |
 //! | `tokens` | join token id | `1` + JSON [`TokenRecord`] |
-//! | `operators` | operator token id | `1` + JSON [`OperatorRecord`] |
+//! | `operators` | operator token id | `1` + JSON [`OperatorRecord`] (owned by `operators`) |
+//! | `identities` | operator name | `1` + JSON [`IdentityRecord`] (owned by `operators`) |
 //! | `apps` | app name | `1` + protobuf `fleet.v1.AppSpec` |
 //! | `releases` | `<app>\0<version>` | `1` + protobuf `fleet.v1.Release` (the bytes are in `DATA_DIR/artifacts/<sha256>`) |
 //! | `audit` | big-endian ms timestamp + big-endian sequence (8 + 8 bytes) | `1` + JSON `audit::Record` (owned by `audit`) |
@@ -38,12 +39,15 @@ pub mod audit;
 pub mod codec;
 mod flusher;
 pub mod kv;
+pub mod operators;
 mod records;
 pub mod rollouts;
 
 pub use flusher::{FlushCounts, Health};
 use kv::{optimistic, Attempt, Committed, Kv, SledKv, Space, Txn, SLED_DB_FILE};
-pub use records::{secret_hash, utc, CertRecord, EnrollError, OperatorRecord, TokenRecord, TokenRefusal};
+pub use records::{
+    secret_hash, utc, CertRecord, EnrollError, IdentityRecord, OperatorRecord, TokenRecord, TokenRefusal,
+};
 
 const V1: u8 = 1;
 
@@ -240,11 +244,13 @@ impl Store {
             }
             let _ = kv.commit(Txn::new().put(Space::Meta, b"schema", vec![V1]))?;
         }
-        Ok(Store {
+        let store = Store {
             flusher: Arc::new(flusher::Flusher::start(kv.clone(), dir)?),
             kv,
             lanes: (0..LANES).map(|_| std::sync::Mutex::new(())).collect(),
-        })
+        };
+        store.upgrade_operators()?;
+        Ok(store)
     }
 
     /// Runs a read-modify-write centred on `key` (a token, a host, a
@@ -324,18 +330,6 @@ impl Store {
     fn put(&self, space: Space, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
         let _ = self.kv.commit(Txn::new().put(space, key, value))?;
         Ok(())
-    }
-
-    // --- operators -------------------------------------------------------
-
-    /// Adds an operator credential.
-    pub fn put_operator(&self, rec: &OperatorRecord) -> Result<(), StoreError> {
-        self.put(Space::Operators, rec.id.as_bytes(), enc_json(rec))
-    }
-
-    /// An operator credential by id.
-    pub fn operator(&self, id: &str) -> Result<Option<OperatorRecord>, StoreError> {
-        self.get_with(Space::Operators, id.as_bytes(), |k, v| dec_json("operators", k, v))
     }
 
     // --- join tokens -----------------------------------------------------

@@ -8,9 +8,10 @@
 # Needs fleetctl on PATH (the fleetctl package: `sudo apt-get install -y
 # ./fleetctl_*.deb`) and, in the environment:
 #   FLEET_CONTROLLER   the controller's address, e.g. fleet.example.com:7443
-#   FLEET_TOKEN        an operator token for CI (fleet_op_…; until roles
-#                      exist every operator token is an admin's: keep it in
-#                      the CI's secret store)
+#   FLEET_TOKEN        a token of a deployer limited to the app (fleet_op_…;
+#                      'fleetctl operator create ci-APP --role deployer --app
+#                      APP', then 'fleetctl operator token create ci-APP'):
+#                      keep it in the CI's secret store
 #   FLEET_CA           a file holding the controller's CA (its ca.pem)
 #   APP, VERSION       the app and the release version to push
 #   ARTIFACT           the release tarball (.tar.gz or .tar.zst)

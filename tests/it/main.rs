@@ -6,6 +6,7 @@
 mod container;
 mod harness;
 
+mod access;
 mod artifact_store;
 mod artifacts;
 mod audit;

@@ -1,5 +1,5 @@
-//! Flags of `fleetctl login`, `token` and `audit`: who may do what, and
-//! what was done.
+//! Flags of `fleetctl login`, `token`, `operator` and `audit`: who may do
+//! what, and what was done.
 
 use std::time::Duration;
 
@@ -101,4 +101,84 @@ pub struct TokenCreateArgs {
     /// agent.toml [labels] (repeatable); hosts sending any other key are refused
     #[arg(long = "allow-label", value_name = "KEY")]
     pub allow_labels: Vec<String>,
+}
+
+/// `fleetctl operator ...`.
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// Create an operator identity (a person, a CI pipeline) with a role;
+    /// then give it a token with 'fleetctl operator token create NAME'.
+    Create(OperatorCreateArgs),
+    /// List operator identities with their role, scope and tokens.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Show one identity and every token it has.
+    Show {
+        /// Operator name
+        name: String,
+    },
+    /// Remove an identity and every token it has (refused for the last admin).
+    Rm {
+        /// Operator name
+        name: String,
+    },
+    /// An identity's tokens: several at once, each with its own expiry.
+    #[command(subcommand)]
+    Token(OperatorTokenCommand),
+}
+
+/// `fleetctl operator create`.
+#[derive(Debug, Args)]
+pub struct OperatorCreateArgs {
+    /// Name, e.g. alice or ci-web (a-z 0-9 - _ . @); shown in the audit log
+    pub name: String,
+    /// admin (everything), deployer (push releases, deploy, roll out) or viewer (read only)
+    #[arg(long, value_name = "ROLE")]
+    pub role: String,
+    /// An app a deployer may change (repeatable) [default: every app]
+    #[arg(long = "app", value_name = "APP")]
+    pub apps: Vec<String>,
+    /// Labels every host a deployer changes must carry, e.g. env=staging [default: every host]
+    #[arg(long, value_name = "KEY=VALUE,...")]
+    pub selector: Option<String>,
+    /// Free-form note, e.g. "GitHub Actions of the web repo"
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+}
+
+/// `fleetctl operator token ...`.
+#[derive(Debug, Subcommand)]
+pub enum OperatorTokenCommand {
+    /// Create a token for an identity; prints the secret alone on stdout, once.
+    Create {
+        /// Operator name
+        name: String,
+        /// How long it works: a duration (90d, 12h) or 'never'
+        #[arg(long, value_name = "DURATION|never", default_value = "90d", value_parser = parse_ttl)]
+        ttl: Ttl,
+        /// Free-form note, e.g. "rotated 2026-12"
+        #[arg(long, value_name = "TEXT")]
+        description: Option<String>,
+    },
+    /// Revoke one token at once; the identity's other tokens keep working.
+    Revoke {
+        /// Token id (see 'fleetctl operator show NAME')
+        id: String,
+    },
+}
+
+/// `--ttl` of an operator token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ttl {
+    /// Expires this long after it is made.
+    For(Duration),
+    /// Never expires.
+    Never,
+}
+
+pub(super) fn parse_ttl(s: &str) -> Result<Ttl, String> {
+    if s == "never" {
+        return Ok(Ttl::Never);
+    }
+    super::parse_duration(s).map(Ttl::For)
 }

@@ -81,6 +81,9 @@ pub enum Command {
     /// Join tokens that enroll hosts.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Operator identities (people, CI) with roles, and their tokens.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
     /// Apps: what fleet deploys, and how to tell they are healthy.
     #[command(subcommand)]
     App(AppCommand),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fleet_proto::rollout_service_server::RolloutService;
 use fleet_proto::{
-    now_ms, ControlAction, ControlRolloutRequest, Event, EventKind, GetRolloutRequest, ListRolloutsRequest,
+    now_ms, ControlAction, ControlRolloutRequest, Event, EventKind, GetRolloutRequest, Host, ListRolloutsRequest,
     ListRolloutsResponse, Rollout, RolloutKind, StartRolloutRequest,
 };
 use tokio::sync::{broadcast, mpsc};
@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use super::engine::{self, Start};
 use super::plan;
 use super::step::Control;
-use crate::auth::operator;
+use crate::auth::{operator, Operator};
 use crate::error::{Error, Result};
 use crate::fleet::Fleet;
 
@@ -24,11 +24,13 @@ use crate::fleet::Fleet;
 pub struct RolloutsService(pub Arc<Fleet>);
 
 /// Plans a rollout of `req` (stored and started unless it is a dry run).
-pub async fn start(fleet: &Arc<Fleet>, req: &StartRolloutRequest, who: &str) -> Result<Rollout> {
+/// `op` must be allowed to change the app and every host the plan takes.
+pub async fn start(fleet: &Arc<Fleet>, req: &StartRolloutRequest, op: &Operator) -> Result<Rollout> {
     let spec = fleet
         .store
         .app(&req.app)?
         .ok_or_else(|| Error::UnknownApp(req.app.clone()))?;
+    op.may_change_app(&spec.name)?;
     let hosts = fleet.store.hosts()?;
     let releases: Vec<String> = fleet
         .store
@@ -51,14 +53,25 @@ pub async fn start(fleet: &Arc<Fleet>, req: &StartRolloutRequest, who: &str) -> 
         releases: &releases,
         history: &history,
         app_release: app_release.as_deref(),
-        who,
+        who: &op.name,
         id: format!("r-{}", crate::random_hex(6)),
         now_ms: now_ms(),
     })?;
+    op.may_change_hosts(planned_hosts(&rollout, &hosts))?;
     if req.dry_run {
         return Ok(rollout);
     }
     store_and_run(fleet, rollout).await
+}
+
+/// The hosts of `all` that `rollout`'s batches take.
+fn planned_hosts<'a>(rollout: &Rollout, all: &'a [Host]) -> Vec<&'a Host> {
+    let ids: std::collections::HashSet<&str> = rollout
+        .batches
+        .iter()
+        .flat_map(|b| b.hosts.iter().map(|h| h.host_id.as_str()))
+        .collect();
+    all.iter().filter(|h| ids.contains(h.id.as_str())).collect()
 }
 
 /// How long an operator's rollout waits for a convergence run it preempts.
@@ -144,10 +157,10 @@ fn shows(control: Control, e: &Event) -> bool {
 #[tonic::async_trait]
 impl RolloutService for RolloutsService {
     async fn start_rollout(&self, req: Request<StartRolloutRequest>) -> Result<Response<Rollout>, Status> {
-        let who = operator(&req).name;
+        let op = operator(&req);
         let req = req.into_inner();
         fleet_proto::limits::check_start_rollout(&req).map_err(Error::from)?;
-        Ok(Response::new(start(&self.0, &req, &who).await?))
+        Ok(Response::new(start(&self.0, &req, &op).await?))
     }
 
     async fn list_rollouts(&self, req: Request<ListRolloutsRequest>) -> Result<Response<ListRolloutsResponse>, Status> {
@@ -170,8 +183,11 @@ impl RolloutService for RolloutsService {
 
     async fn control_rollout(&self, req: Request<ControlRolloutRequest>) -> Result<Response<Rollout>, Status> {
         let fleet = &self.0;
+        let op = operator(&req);
         let r = req.into_inner();
         let rollout = get(fleet, &r.id)?;
+        op.may_change_app(&rollout.app)?;
+        op.may_change_hosts(planned_hosts(&rollout, &fleet.store.hosts().map_err(Error::Store)?))?;
         if rollout.state().ended() {
             return Err(Error::RolloutEnded {
                 state: rollout.state().word(),

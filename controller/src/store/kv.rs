@@ -59,11 +59,13 @@ pub enum Space {
     Desired,
     /// Each app's release for new hosts.
     AppRelease,
+    /// Operator identities (their tokens are in `Operators`).
+    Identities,
 }
 
 impl Space {
     /// Every space, in the order of their index.
-    pub const ALL: [Space; 11] = [
+    pub const ALL: [Space; 12] = [
         Space::Meta,
         Space::Hosts,
         Space::Certs,
@@ -75,6 +77,7 @@ impl Space {
         Space::Rollouts,
         Space::Desired,
         Space::AppRelease,
+        Space::Identities,
     ];
 
     /// The space's name: the sled tree's name, and in messages.
@@ -91,6 +94,7 @@ impl Space {
             Space::Rollouts => "rollouts",
             Space::Desired => "desired",
             Space::AppRelease => "app_release",
+            Space::Identities => "identities",
         }
     }
 

@@ -56,19 +56,57 @@ pub struct TokenRecord {
     pub allowed_label_keys: Vec<String>,
 }
 
-/// An operator credential.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// An operator token: it authenticates the identity `name` (whose role and
+/// scope are in its [`IdentityRecord`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct OperatorRecord {
     /// Public id.
     pub id: String,
-    /// Name shown in audit and `whoami`.
+    /// The identity it authenticates.
     pub name: String,
-    /// Role, e.g. "admin".
+    /// The role of stores written before identities existed: the upgrade
+    /// at open makes the identity from it. Not read otherwise.
+    #[serde(default)]
     pub role: String,
     /// SHA-256 (hex) of the secret part.
     pub secret_sha256: String,
     /// Created at (ms).
     pub created_at_ms: i64,
+    /// Expires at (ms); 0: never.
+    #[serde(default)]
+    pub expires_at_ms: i64,
+    /// Revoked at (ms); 0: not revoked.
+    #[serde(default)]
+    pub revoked_at_ms: i64,
+    /// The operator who created it ("init" for the first).
+    #[serde(default)]
+    pub created_by: String,
+    /// Free-form note.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// An operator identity: who calls, with which role, limited to what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityRecord {
+    /// Name (unique; the key).
+    pub name: String,
+    /// "admin", "deployer" or "viewer".
+    pub role: String,
+    /// Apps a deployer may change; empty: any.
+    #[serde(default)]
+    pub apps: Vec<String>,
+    /// Labels hosts a deployer changes must carry (`k=v,…`); empty: any.
+    #[serde(default)]
+    pub selector: String,
+    /// Created at (ms).
+    pub created_at_ms: i64,
+    /// The operator who created it.
+    #[serde(default)]
+    pub created_by: String,
+    /// Free-form note.
+    #[serde(default)]
+    pub description: String,
 }
 
 /// Why a join token cannot be used now.
