@@ -9,12 +9,16 @@ use crate::client::Client;
 use crate::error::Error;
 use crate::output::{self, Format, Report, Table};
 
-/// `audit [--since 1h|TIME]`.
+/// `audit [--since 1h|TIME] [--app APP] [--operator NAME]`.
 pub async fn list(client: &Client, args: &AuditArgs, format: Format) -> Result<Report, Error> {
     let since_ms = args.since.map(|s| s.start_ms(fleet_proto::now_ms())).unwrap_or(0);
     let entries = client
         .audit()
-        .list_audit(ListAuditRequest { since_ms })
+        .list_audit(ListAuditRequest {
+            since_ms,
+            app: args.app.clone().unwrap_or_default(),
+            operator: args.operator.clone().unwrap_or_default(),
+        })
         .await
         .map_err(|s| client.fail(s))?
         .into_inner()
@@ -24,10 +28,11 @@ pub async fn list(client: &Client, args: &AuditArgs, format: Format) -> Result<R
         Format::Table => {
             let mut report = Report::out(table(&entries));
             if entries.is_empty() {
-                report.stderr = if since_ms == 0 {
-                    "no mutating operator calls recorded yet\n".into()
-                } else {
-                    format!("no mutating operator calls since {}\n", output::timestamp(since_ms))
+                let filtered = args.app.is_some() || args.operator.is_some();
+                report.stderr = match (since_ms, filtered) {
+                    (0, false) => "nothing recorded yet\n".into(),
+                    (0, true) => "no entries match\n".into(),
+                    (at, _) => format!("no entries match since {}\n", output::timestamp(at)),
                 };
             }
             report
@@ -44,35 +49,56 @@ pub fn entry_json(e: &AuditEntry) -> Value {
         "from": e.from,
         "outcome": e.outcome,
         "target": e.target,
+        "app": e.app,
+        "version": e.version,
+        "hosts": e.hosts,
+        "selector": e.selector,
+        "rollout_id": e.rollout_id,
+        "dry_run": e.dry_run,
     })
 }
 
-/// The entries as a table: WHEN WHO WHAT FROM OUTCOME (and TARGET when any
-/// entry names one).
-pub fn table(entries: &[AuditEntry]) -> String {
-    let targets = entries.iter().any(|e| !e.target.is_empty());
-    let mut header = vec!["WHEN", "WHO", "WHAT", "FROM"];
-    if targets {
-        header.push("TARGET");
+/// What an entry touched, in one cell: `web 1.2.0 r-ab12 env=prod (3 hosts) (dry run) token …`.
+pub fn target(e: &AuditEntry) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for p in [&e.app, &e.version, &e.rollout_id] {
+        if !p.is_empty() {
+            parts.push(p.clone());
+        }
     }
-    header.push("OUTCOME");
-    let mut t = Table::new(header);
+    if !e.selector.is_empty() {
+        parts.push(format!("[{}]", e.selector));
+    }
+    match e.hosts.as_slice() {
+        [] => {}
+        [one] => parts.push(format!("host {one}")),
+        many => parts.push(format!("{} hosts", many.len())),
+    }
+    if !e.target.is_empty() {
+        parts.push(e.target.clone());
+    }
+    if e.dry_run {
+        parts.push("(dry run)".into());
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// The entries as a table: WHEN WHO WHAT FROM TARGET OUTCOME.
+pub fn table(entries: &[AuditEntry]) -> String {
+    let mut t = Table::new(vec!["WHEN", "WHO", "WHAT", "FROM", "TARGET", "OUTCOME"]);
     for e in entries {
-        let mut row = vec![
+        t.row(vec![
             output::timestamp(e.at_ms),
             e.who.clone(),
             e.what.clone(),
             if e.from.is_empty() { "-".into() } else { e.from.clone() },
-        ];
-        if targets {
-            row.push(if e.target.is_empty() {
-                "-".into()
-            } else {
-                e.target.clone()
-            });
-        }
-        row.push(e.outcome.lines().next().unwrap_or_default().to_string());
-        t.row(row);
+            target(e),
+            e.outcome.lines().next().unwrap_or_default().to_string(),
+        ]);
     }
     t.render()
 }
@@ -82,31 +108,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn table_has_when_who_what_from_outcome() {
+    fn table_has_when_who_what_from_target_outcome() {
         let entries = vec![
             AuditEntry {
                 at_ms: 1_700_000_000_123,
-                who: "admin".into(),
-                what: "TokenService/CreateToken".into(),
+                who: "ci".into(),
+                what: "RolloutService/StartRollout".into(),
                 from: "127.0.0.1:50000".into(),
                 outcome: "ok".into(),
-                target: String::new(),
+                app: "web".into(),
+                version: "1.2.0".into(),
+                rollout_id: "r-1".into(),
+                selector: "env=staging".into(),
+                hosts: vec!["a".into(), "b".into()],
+                dry_run: true,
+                ..Default::default()
             },
             AuditEntry {
                 at_ms: 1_700_000_001_000,
                 who: "unauthenticated".into(),
                 what: "HostService/RemoveHost".into(),
-                from: String::new(),
                 outcome: "Unauthenticated: the operator token is not valid".into(),
-                target: String::new(),
+                ..Default::default()
             },
         ];
         assert_eq!(
             table(&entries),
-            "WHEN                  WHO              WHAT                      FROM             OUTCOME\n\
-             2023-11-14T22:13:20Z  admin            TokenService/CreateToken  127.0.0.1:50000  ok\n\
-             2023-11-14T22:13:21Z  unauthenticated  HostService/RemoveHost    -                Unauthenticated: the operator token is not valid\n"
+            "WHEN                  WHO              WHAT                         FROM             TARGET                                         OUTCOME\n\
+             2023-11-14T22:13:20Z  ci               RolloutService/StartRollout  127.0.0.1:50000  web 1.2.0 r-1 [env=staging] 2 hosts (dry run)  ok\n\
+             2023-11-14T22:13:21Z  unauthenticated  HostService/RemoveHost       -                -                                              Unauthenticated: the operator token is not valid\n"
         );
-        assert_eq!(entry_json(&entries[0])["what"], "TokenService/CreateToken");
+        assert_eq!(entry_json(&entries[0])["dry_run"], true);
+        assert_eq!(entry_json(&entries[0])["hosts"], serde_json::json!(["a", "b"]));
     }
 }

@@ -10,13 +10,14 @@ use std::time::Duration;
 use fleet_proto::app_service_server::AppService;
 use fleet_proto::limits;
 use fleet_proto::{
-    task, AppHost, AppSpec, AppStatus, DeployRequest, DeployTask, FailureCause, GetAppRequest, ListAppsRequest,
+    now_ms, task, AppHost, AppSpec, AppStatus, DeployRequest, DeployTask, FailureCause, GetAppRequest, ListAppsRequest,
     ListAppsResponse, RollbackTask, TaskProgress, TaskState,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::audit::{self, Record};
 use crate::auth::operator;
 use crate::error::{Error, Result};
 use crate::fleet::Fleet;
@@ -61,7 +62,12 @@ pub struct AppsService(pub Arc<Fleet>);
 #[tonic::async_trait]
 impl AppService for AppsService {
     async fn create_app(&self, req: Request<AppSpec>) -> Result<Response<AppSpec>, Status> {
+        let note = audit::note(&req);
         let spec = normalize(req.into_inner())?;
+        note.set(|d| {
+            d.app = spec.name.clone();
+            d.selector = spec.selector.clone();
+        });
         if !self.0.store.put_app(&spec, true).map_err(Error::Store)? {
             return Err(Error::Exists(format!(
                 "app '{}' exists; change it with 'fleetctl app update {}'",
@@ -75,7 +81,12 @@ impl AppService for AppsService {
     }
 
     async fn update_app(&self, req: Request<AppSpec>) -> Result<Response<AppSpec>, Status> {
+        let note = audit::note(&req);
         let spec = normalize(req.into_inner())?;
+        note.set(|d| {
+            d.app = spec.name.clone();
+            d.selector = spec.selector.clone();
+        });
         self.0
             .store
             .app(&spec.name)
@@ -143,7 +154,13 @@ impl AppService for AppsService {
     async fn deploy(&self, req: Request<DeployRequest>) -> Result<Response<Self::DeployStream>, Status> {
         let fleet = self.0.clone();
         let op = operator(&req);
+        let note = audit::note(&req);
         let r = req.into_inner();
+        note.set(|d| {
+            d.app = r.app.clone();
+            d.version = r.version.clone();
+            d.target = if r.rollback { "rollback".into() } else { String::new() };
+        });
         limits::check_app_name(&r.app).map_err(Error::from)?;
         if !r.version.is_empty() {
             limits::check_version(&r.version).map_err(Error::from)?;
@@ -155,6 +172,7 @@ impl AppService for AppsService {
             .ok_or_else(|| Error::UnknownApp(r.app.clone()))?;
         op.may_change_app(&spec.name)?;
         let host = fleet.resolve_host(&r.host)?;
+        note.set(|d| d.hosts = vec![host.id.clone()]);
         op.may_change_hosts([&host])?;
         if let Some(running) = fleet.rollouts.records.active(&spec.name).map_err(Error::Store)? {
             return Err(Error::Precondition(format!(
@@ -204,54 +222,95 @@ impl AppService for AppsService {
         let (task_id, mut progress) = fleet.dispatch().send(&host.id, "", kind).await.map_err(Error::from)?;
         tracing::info!(task_id, host_id = %host.id, app = %spec.name, version = %r.version, rollback = r.rollback, "deploy requested");
 
+        note.set(|d| {
+            d.target = format!("task {task_id}{}", if r.rollback { " (rollback)" } else { "" });
+            d.ends_later = Some(DEPLOY_ENDED);
+        });
+
         let (tx, rx) = mpsc::channel(64);
         let host_id = host.id.clone();
         let app = spec.name.clone();
         let owner = fleet.clone();
+        let ended = Record {
+            who: op.name.clone(),
+            what: DEPLOY_ENDED.into(),
+            target: format!("task {task_id}"),
+            app: app.clone(),
+            version: r.version.clone(),
+            hosts: vec![host_id.clone()],
+            ..Default::default()
+        };
         owner.tracker.spawn(async move {
             let deadline = tokio::time::sleep(TASK_DEADLINE);
             tokio::pin!(deadline);
             let mut phase = String::from("start");
-            loop {
+            // The caller may leave; the task is followed to its end anyway,
+            // so the audit log says how it ended.
+            let mut listening = true;
+            let last = loop {
                 let p = tokio::select! {
                     p = progress.recv() => p,
                     _ = &mut deadline => None,
-                    _ = tx.closed() => {
-                        // The caller left; the agent carries on and reports its inventory.
-                        fleet.tasks.forget(&task_id);
-                        return;
+                    _ = tx.closed(), if listening => {
+                        listening = false;
+                        continue;
                     }
                 };
                 let Some(p) = p else {
                     fleet.tasks.forget(&task_id);
-                    let _ = tx
-                        .send(Ok(TaskProgress {
-                            task_id: task_id.clone(),
-                            phase: "done".into(),
-                            state: TaskState::Failed.into(),
-                            detail: format!("no end of the task within {TASK_DEADLINE:?}; timed out in phase {phase}"),
-                            cause: FailureCause::Timeout.into(),
-                            host_id: host_id.clone(),
-                            ..Default::default()
-                        }))
-                        .await;
-                    return;
+                    break TaskProgress {
+                        task_id: task_id.clone(),
+                        phase: "done".into(),
+                        state: TaskState::Failed.into(),
+                        detail: format!("no end of the task within {TASK_DEADLINE:?}; timed out in phase {phase}"),
+                        cause: FailureCause::Timeout.into(),
+                        host_id: host_id.clone(),
+                        ..Default::default()
+                    };
                 };
                 phase = p.phase.clone();
-                let last = is_final(&p);
-                if last && p.state() == TaskState::Succeeded && !p.current.is_empty() {
-                    // What the operator asked for is now this host's desired
-                    // release, and `app show` shows it at once.
-                    if let Err(e) = crate::rollouts::settled(&fleet, &host_id, &app, &p.current).await {
-                        tracing::error!(error = %e, host_id, app, "cannot record the host's new desired release");
+                if is_final(&p) {
+                    if p.state() == TaskState::Succeeded && !p.current.is_empty() {
+                        // What the operator asked for is now this host's desired
+                        // release, and `app show` shows it at once.
+                        if let Err(e) = crate::rollouts::settled(&fleet, &host_id, &app, &p.current).await {
+                            tracing::error!(error = %e, host_id, app, "cannot record the host's new desired release");
+                        }
                     }
+                    break p;
                 }
-                if tx.send(Ok(p)).await.is_err() || last {
-                    return;
+                if listening && tx.send(Ok(p)).await.is_err() {
+                    listening = false;
                 }
+            };
+            fleet.audit.write(&Record {
+                at_ms: now_ms(),
+                outcome: task_outcome(&last),
+                version: if last.current.is_empty() {
+                    ended.version.clone()
+                } else {
+                    last.current.clone()
+                },
+                ..ended
+            });
+            if listening {
+                let _ = tx.send(Ok(last)).await;
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// What the audit log calls the end of a deploy.
+pub const DEPLOY_ENDED: &str = "DeployEnded";
+
+/// How a task ended, for the audit log: "succeeded", "failed: …",
+/// "failed and reverted: …".
+fn task_outcome(p: &TaskProgress) -> String {
+    match p.state() {
+        TaskState::Succeeded => "succeeded".into(),
+        _ if p.reverted => format!("failed and reverted: {}", p.detail),
+        _ => format!("failed: {}", p.detail),
     }
 }
 

@@ -68,6 +68,60 @@ pub struct RawConfig {
     /// Rate limits and quotas (`[limits]`); `init` leaves the table out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<RawLimits>,
+    /// The audit log's cap and forwarding (`[audit]`); `init` leaves it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<RawAudit>,
+}
+
+/// `[audit]`: how much of the audit log is kept, and where each record is
+/// forwarded as a JSON line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// Entries kept; the oldest go first.
+    #[serde(default = "defaults::audit_max_entries")]
+    pub max_entries: usize,
+    /// A file every record is appended to (absolute path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_file: Option<PathBuf>,
+    /// Send every record to the local syslog too.
+    #[serde(default)]
+    pub forward_syslog: bool,
+    /// The syslog socket.
+    #[serde(default = "defaults::syslog_socket")]
+    pub syslog_socket: PathBuf,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit {
+            max_entries: defaults::audit_max_entries(),
+            forward_file: None,
+            forward_syslog: false,
+            syslog_socket: defaults::syslog_socket(),
+        }
+    }
+}
+
+/// The validated `[audit]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSettings {
+    /// Entries kept.
+    pub max_entries: usize,
+    /// The file every record is appended to.
+    pub forward_file: Option<PathBuf>,
+    /// The syslog socket records are sent to, when forwarding to syslog.
+    pub syslog_socket: Option<PathBuf>,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            max_entries: defaults::audit_max_entries(),
+            forward_file: None,
+            syslog_socket: None,
+        }
+    }
 }
 
 /// A rate in controller.toml: `{ burst = 50, per_minute = 300 }`.
@@ -220,6 +274,14 @@ pub mod defaults {
     pub fn reconnect_grace() -> String {
         "60s".into()
     }
+    /// Audit entries kept: a year of a busy team's changes, a few tens of MB.
+    pub fn audit_max_entries() -> usize {
+        100_000
+    }
+    /// Where the local syslog listens.
+    pub fn syslog_socket() -> std::path::PathBuf {
+        "/dev/log".into()
+    }
     /// Connections held at once: the design's stretch target of agents per
     /// controller (the open-file limit usually lowers it; see `listener`).
     pub fn max_connections() -> usize {
@@ -303,6 +365,8 @@ pub struct Config {
     pub connections: ConnectionLimits,
     /// Rate limits and quotas.
     pub limits: Limits,
+    /// The audit log's cap and forwarding.
+    pub audit: AuditSettings,
 }
 
 /// Shortest certificate lifetime a join token may ask for (the floor).
@@ -431,8 +495,27 @@ impl Config {
             renew_min_interval,
             token_uses: count("limits.token_uses", raw_limits.token_uses as usize)? as u32,
         };
+        let raw_audit = raw.audit.clone().unwrap_or_default();
+        if raw_audit.max_entries < 1000 {
+            return Err(invalid(
+                "audit.max_entries",
+                format!("{} is too few; keep at least 1000", raw_audit.max_entries),
+            ));
+        }
+        if let Some(f) = raw_audit.forward_file.as_ref().filter(|f| !f.is_absolute()) {
+            return Err(invalid(
+                "audit.forward_file",
+                format!("'{}' is not an absolute path", f.display()),
+            ));
+        }
+        let audit = AuditSettings {
+            max_entries: raw_audit.max_entries,
+            forward_file: raw_audit.forward_file,
+            syslog_socket: raw_audit.forward_syslog.then_some(raw_audit.syslog_socket),
+        };
         Ok(Config {
             path: path.into(),
+            audit,
             limits,
             connections,
             max_release_bytes,

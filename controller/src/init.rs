@@ -195,6 +195,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
         reconnect_grace: crate::config::defaults::reconnect_grace(),
         connections: None,
         limits: None,
+        audit: None,
     };
     let config_path = dir.join("controller.toml");
     let toml_text = toml::to_string(&raw).map_err(|e| InitError::Invalid(e.to_string()))?;

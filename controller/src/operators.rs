@@ -13,6 +13,7 @@ use fleet_proto::{
 use tonic::{Request, Response, Status};
 
 use crate::access::{check_identity, check_operator_name, Role, Scope};
+use crate::audit;
 use crate::auth::{operator, OPERATOR_TOKEN_PREFIX};
 use crate::error::{Error, Result};
 use crate::fleet::Fleet;
@@ -106,7 +107,12 @@ impl OperatorsService {
 impl OperatorService for OperatorsService {
     async fn create_operator(&self, req: Request<CreateOperatorRequest>) -> Result<Response<OperatorInfo>, Status> {
         let who = operator(&req).name;
+        let note = audit::note(&req);
         let rec = new_identity(req.into_inner(), &who, now_ms())?;
+        note.set(|d| {
+            d.target = format!("operator {} ({})", rec.name, rec.role);
+            d.selector = rec.selector.clone();
+        });
         if !self.0.store.create_identity(&rec).map_err(Error::Store)? {
             return Err(Error::Exists(format!(
                 "operator '{}' already exists; see it with 'fleetctl operator show {}'",
@@ -143,7 +149,9 @@ impl OperatorService for OperatorsService {
 
     async fn remove_operator(&self, req: Request<GetOperatorRequest>) -> Result<Response<OperatorInfo>, Status> {
         let who = operator(&req).name;
+        let note = audit::note(&req);
         let name = req.into_inner().name;
+        note.set(|d| d.target = format!("operator {name}"));
         let tokens = self.0.store.operator_tokens().map_err(Error::Store)?;
         let (rec, removed) = match self.0.store.remove_identity(&name) {
             Ok(Some(r)) => r,
@@ -163,7 +171,9 @@ impl OperatorService for OperatorsService {
         req: Request<CreateOperatorTokenRequest>,
     ) -> Result<Response<CreateOperatorTokenResponse>, Status> {
         let who = operator(&req).name;
+        let note = audit::note(&req);
         let r = req.into_inner();
+        note.set(|d| d.target = format!("operator {}", r.operator));
         let identity = self.get(&r.operator)?;
         fleet_proto::limits::check_duration_ms("ttl", r.ttl_ms, fleet_proto::limits::MAX_DURATION_MS)
             .map_err(Error::from)?;
@@ -172,6 +182,7 @@ impl OperatorService for OperatorsService {
         }
         let now = now_ms();
         let (id, secret) = (crate::random_hex(6), crate::random_hex(24));
+        note.set(|d| d.target = format!("token {id} of operator {}", identity.name));
         let rec = OperatorRecord {
             id: id.clone(),
             name: identity.name.clone(),
@@ -203,7 +214,9 @@ impl OperatorService for OperatorsService {
         req: Request<RevokeOperatorTokenRequest>,
     ) -> Result<Response<OperatorToken>, Status> {
         let who = operator(&req).name;
+        let note = audit::note(&req);
         let id = req.into_inner().id;
+        note.set(|d| d.target = format!("token {id}"));
         let rec = self
             .0
             .store

@@ -21,6 +21,7 @@ use fleet_proto::{
 use tonic::{Request, Response, Status};
 
 use crate::access::{self, Callee};
+use crate::audit;
 use crate::auth::{authenticate, operator, AuthError, Operator, Recovery, JOIN_TOKEN_PREFIX};
 use crate::config::MIN_TOKEN_CERT_TTL;
 use crate::error::Error;
@@ -191,9 +192,20 @@ impl HostService for HostsService {
 
     async fn label_host(&self, req: Request<LabelHostRequest>) -> Result<Response<Host>, Status> {
         let op = operator(&req);
+        let note = audit::note(&req);
         let r = req.into_inner();
         fleet_proto::limits::check_label_host(&r).map_err(Error::from)?;
         let host = self.0.resolve_host(&r.id)?;
+        let set: BTreeMap<&String, &String> = r.set.iter().collect();
+        note.set(|d| {
+            d.hosts = vec![host.id.clone()];
+            d.target = set
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .chain(r.remove.iter().map(|k| format!("-{k}")))
+                .collect::<Vec<_>>()
+                .join(" ");
+        });
         let updated = self
             .0
             .store
@@ -213,6 +225,7 @@ impl HostService for HostsService {
     async fn remove_host(&self, req: Request<RemoveHostRequest>) -> Result<Response<RemoveHostResponse>, Status> {
         let op = operator(&req);
         let host = self.0.resolve_host(&req.get_ref().id)?;
+        audit::note(&req).set(|d| d.hosts = vec![host.id.clone()]);
         let (_, revoked) = self
             .0
             .store
@@ -239,6 +252,7 @@ impl HostService for HostsService {
 
     async fn prune_hosts(&self, req: Request<PruneHostsRequest>) -> Result<Response<PruneHostsResponse>, Status> {
         let op = operator(&req);
+        let note = audit::note(&req);
         let r = req.into_inner();
         fleet_proto::limits::check_duration_ms(
             "disconnected_for",
@@ -260,6 +274,11 @@ impl HostService for HostsService {
             crate::retire::prune(&self.0, r.disconnected_for_ms, now, &op.name).await
         }
         .map_err(Error::Store)?;
+        note.set(|d| {
+            d.dry_run = r.dry_run;
+            d.target = format!("{} hosts", removed.len());
+            d.hosts = removed.iter().map(|h| h.id.clone()).collect();
+        });
         Ok(Response::new(PruneHostsResponse { removed }))
     }
 }
@@ -291,6 +310,7 @@ const MAX_TTL: Duration = Duration::from_secs(366 * 86400);
 impl TokenService for TokensService {
     async fn create_token(&self, req: Request<CreateTokenRequest>) -> Result<Response<CreateTokenResponse>, Status> {
         let op = operator(&req);
+        let req_note = audit::note(&req);
         let r = req.into_inner();
         fleet_proto::limits::check_create_token(&r).map_err(Error::from)?;
         let mut allowed_label_keys = r.allowed_label_keys.clone();
@@ -347,6 +367,7 @@ impl TokenService for TokensService {
             cert_ttl_ms: cert_ttl.as_millis() as u64,
             allowed_label_keys,
         };
+        req_note.set(|d| d.target = format!("join token {id}"));
         self.0.store.put_token(&rec).map_err(Error::Store)?;
         self.0.store.flush().await.map_err(Error::Store)?;
         tracing::info!(token_id = %id, operator = %op.name, expires = %utc(rec.expires_at_ms), "join token created");
@@ -376,6 +397,7 @@ impl TokenService for TokensService {
         let id = req.get_ref().id.trim().trim_start_matches(JOIN_TOKEN_PREFIX);
         // Accept the whole token string too, but never keep or log its secret.
         let id = id.split('.').next().unwrap_or(id).to_string();
+        audit::note(&req).set(|d| d.target = format!("join token {id}"));
         let rec = self
             .0
             .store

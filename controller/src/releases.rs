@@ -76,6 +76,7 @@ impl ReleaseService for ReleasesService {
         let fleet = &self.0;
         let op = operator(&req);
         let who = op.name.clone();
+        let note = crate::audit::note(&req);
         let mut chunks = req.into_inner();
         let first = chunks
             .message()
@@ -84,6 +85,11 @@ impl ReleaseService for ReleasesService {
         let header = first
             .header
             .ok_or_else(|| Error::invalid("header", "the first chunk of an upload must carry the header"))?;
+        note.set(|d| {
+            d.app = header.app.clone();
+            d.version = header.version.clone();
+            d.target = format!("sha256 {}", header.sha256);
+        });
         op.may_change_app(&header.app)?;
         fleet
             .store
@@ -271,7 +277,12 @@ impl ReleaseService for ReleasesService {
         let fleet = &self.0;
         let op = operator(&req);
         let who = op.name.clone();
+        let note = crate::audit::note(&req);
         let DeleteReleaseRequest { app, version } = req.into_inner();
+        note.set(|d| {
+            d.app = app.clone();
+            d.version = version.clone();
+        });
         op.may_change_app(&app)?;
         fleet
             .store

@@ -72,6 +72,9 @@ pub enum ServeError {
     /// The server failed while running.
     #[error("gRPC server: {0}")]
     Server(#[from] tonic::transport::Error),
+    /// The audit log's forwarding cannot be set up.
+    #[error("{0}")]
+    Audit(String),
     /// Start-up failed in a way none of the above covers (a task panicked).
     #[error("start-up failed: {0}")]
     Startup(String),
@@ -84,7 +87,7 @@ impl ServeError {
     /// still held, a store locked by an instance that is stopping, I/O).
     pub fn exit_code(&self) -> u8 {
         match self {
-            ServeError::NotADataDir(_) | ServeError::Read { .. } | ServeError::Tls(_) => 2,
+            ServeError::NotADataDir(_) | ServeError::Read { .. } | ServeError::Tls(_) | ServeError::Audit(_) => 2,
             ServeError::Store(StoreError::Missing { .. } | StoreError::Damaged { .. } | StoreError::Corrupt { .. }) => {
                 2
             }
@@ -153,7 +156,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let recovery = Arc::new(crate::auth::Recovery::new(
         &ca.derive_key(crate::auth::RECOVERY_PURPOSE),
     ));
-    let audit = Arc::new(crate::audit::AuditLog::open(&store, recovery.clone())?);
+    let audit = Arc::new(
+        crate::audit::AuditLog::open(&store, recovery.clone(), &config.audit).map_err(|e| match e {
+            crate::audit::OpenError::Store(e) => ServeError::Store(e),
+            e => ServeError::Audit(e.to_string()),
+        })?,
+    );
     let artifacts = crate::artifacts::Artifacts::new(dir);
     sweep_artifacts(&artifacts, &store)?;
     let auth_failures = Arc::new(Limiter::new(

@@ -183,7 +183,8 @@ fn roles_and_scopes_hold_on_every_call() {
     for want in [
         ("vera", "RolloutService/StartRollout", "PermissionDenied"),
         ("ci-demo", "ReleaseService/PushRelease", "PermissionDenied"),
-        ("ci-demo", "RolloutService/StartRollout", "ok"),
+        ("ci-demo", "RolloutService/StartRollout", "accepted"),
+        ("ci-demo", "RolloutEnded", "succeeded"),
     ] {
         let want = (want.0.to_string(), want.1.to_string(), want.2.to_string());
         assert!(rows.contains(&want), "{want:?} not in the audit log: {rows:#?}");

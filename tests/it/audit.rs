@@ -7,6 +7,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde_json::Value;
 
 use crate::harness::{sigterm, wait_exit, Fleet};
+use crate::releases::assert_success;
+use crate::rollouts::{Cluster, APP};
 
 fn audit(fleet: &Fleet, args: &[&str]) -> Vec<Value> {
     let mut all = vec!["audit"];
@@ -98,4 +100,148 @@ fn mutating_calls_are_audited_in_order() {
     wait_exit(&mut child, Duration::from_secs(20), "controller stops on SIGTERM");
     fleet.controller.start();
     assert_eq!(audit(&fleet, &[]), entries);
+}
+
+/// Entries as (who, what, outcome kind) for matching.
+fn rows(entries: &[Value]) -> Vec<(String, String, String)> {
+    entries
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+            let kind = s("outcome").split(':').next().unwrap_or_default().to_string();
+            (s("who"), s("what"), kind)
+        })
+        .collect()
+}
+
+fn find<'a>(entries: &'a [Value], who: &str, what: &str, dry_run: bool) -> &'a Value {
+    entries
+        .iter()
+        .find(|e| e["who"] == who && e["what"] == what && e["dry_run"] == dry_run)
+        .unwrap_or_else(|| panic!("no {what} by {who} (dry run {dry_run}) in {entries:#?}"))
+}
+
+#[test]
+fn the_log_answers_who_changed_what_where_and_how_it_ended() {
+    let sink = tempfile::tempdir().expect("tempdir");
+    let file = sink.path().join("audit.jsonl");
+    let socket = sink.path().join("syslog.sock");
+    let syslog = std::os::unix::net::UnixDatagram::bind(&socket).expect("bind a syslog socket");
+    syslog.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let table = format!(
+        "{{ forward_file = \"{}\", forward_syslog = true, syslog_socket = \"{}\" }}",
+        file.display(),
+        socket.display()
+    );
+    // Every level of every log is kept, to look for secrets at the end.
+    let c = Cluster::start_with(&["", ""], &[("audit", &table)], "trace");
+    let f = &c.fleet;
+    c.push("1.0.0", &[]);
+    let ci_secret = {
+        f.fleetctl_json(&["operator", "create", "ci", "--role", "deployer", "--app", APP]);
+        let t = f.fleetctl_json(&["operator", "token", "create", "ci", "--ttl", "1h"]);
+        t["secret"].as_str().expect("secret").to_string()
+    };
+    let as_ci = |args: &[&str]| {
+        let mut all = vec!["--token", ci_secret.as_str()];
+        all.extend(args);
+        f.fleetctl(&all)
+    };
+    assert_success(&as_ci(&["rollout", APP, "--version", "1.0.0", "--dry-run"]), "dry run");
+    assert_success(&as_ci(&["rollout", APP, "--version", "1.0.0", "--wait"]), "rollout");
+    // A deploy that fails its health check on host 1 and is reverted.
+    c.push("2.0.0", &[c.ports[1]]);
+    let host1 = f.agents[1].host_id().expect("host id");
+    let deploy = as_ci(&["deploy", APP, "--version", "2.0.0", "--host", &host1]);
+    assert_eq!(
+        deploy.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&deploy.stderr)
+    );
+
+    let mine = audit(f, &["--app", APP, "--operator", "ci"]);
+    assert!(
+        mine.iter().all(|e| e["who"] == "ci" && e["app"] == APP),
+        "filters: {mine:#?}"
+    );
+    let dry = find(&mine, "ci", "RolloutService/StartRollout", true);
+    assert_eq!(dry["version"], "1.0.0", "{dry}");
+    assert_eq!(dry["outcome"], "ok", "{dry}");
+    let real = find(&mine, "ci", "RolloutService/StartRollout", false);
+    let rollout_id = real["rollout_id"].as_str().expect("rollout id").to_string();
+    assert!(rollout_id.starts_with("r-"), "{real}");
+    assert_eq!(real["hosts"].as_array().map(Vec::len), Some(2), "{real}");
+    assert!(
+        real["outcome"].as_str().unwrap_or_default().starts_with("accepted"),
+        "{real}"
+    );
+    let ended = find(&mine, "ci", "RolloutEnded", false);
+    assert_eq!(ended["rollout_id"], rollout_id.as_str(), "{ended}");
+    assert!(
+        ended["outcome"].as_str().unwrap_or_default().starts_with("succeeded"),
+        "{ended}"
+    );
+    let asked = find(&mine, "ci", "AppService/Deploy", false);
+    assert_eq!(
+        (asked["version"].as_str(), asked["hosts"][0].as_str()),
+        (Some("2.0.0"), Some(host1.as_str()))
+    );
+    let deployed = find(&mine, "ci", "DeployEnded", false);
+    assert!(
+        deployed["outcome"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("failed and reverted"),
+        "{deployed}"
+    );
+    assert_eq!(deployed["hosts"][0], host1.as_str(), "{deployed}");
+    // The admin's pushes are the admin's.
+    let admins = audit(f, &["--operator", "admin", "--app", APP]);
+    let pushes = rows(&admins)
+        .into_iter()
+        .filter(|r| r.1 == "ReleaseService/PushRelease")
+        .count();
+    assert_eq!(pushes, 2, "{admins:#?}");
+    assert!(admins.iter().all(|e| e["who"] == "admin"), "{admins:#?}");
+
+    // Every stored record was forwarded as one JSON line, and to syslog.
+    let all = audit(f, &[]);
+    let lines: Vec<Value> = std::fs::read_to_string(&file)
+        .expect("the forward file")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), all.len(), "forwarded {lines:#?}");
+    assert_eq!(lines.last().map(|l| &l["what"]), all.last().map(|e| &e["what"]));
+    let mut buf = vec![0u8; 65536];
+    let n = syslog.recv(&mut buf).expect("a syslog datagram");
+    let msg = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        msg.starts_with("<86>fleet-controller[") && msg.contains("\"what\":"),
+        "{msg}"
+    );
+
+    // No secret in any log at any level: the operator token's secret, the
+    // admin's, and no private key.
+    let admin_config = std::fs::read_to_string(&f.controller.fleetctl_config).expect("fleetctl.toml");
+    let admin_secret = admin_config
+        .lines()
+        .find_map(|l| l.strip_prefix("token = \""))
+        .and_then(|t| t.trim_end_matches('"').split('.').nth(1))
+        .expect("admin token secret")
+        .to_string();
+    let ci_part = ci_secret.split('.').nth(1).expect("secret part").to_string();
+    let mut logs = vec![("controller".to_string(), f.controller.log_text())];
+    logs.extend(f.agents.iter().map(|a| (a.name.clone(), a.log_text())));
+    assert!(
+        logs[0].1.contains("TRACE") || logs[0].1.contains("DEBUG"),
+        "the controller logged at every level"
+    );
+    for (name, text) in &logs {
+        for secret in [&ci_part, &admin_secret] {
+            assert!(!text.contains(secret.as_str()), "a token secret is in the {name} log");
+        }
+        assert!(!text.contains("PRIVATE KEY"), "a private key is in the {name} log");
+    }
 }

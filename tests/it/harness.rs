@@ -95,6 +95,8 @@ pub struct Controller {
     pub log: PathBuf,
     /// The running process.
     pub child: Option<Child>,
+    /// RUST_LOG of the process ("info" unless a test wants every level).
+    pub rust_log: String,
 }
 
 impl Controller {
@@ -144,13 +146,15 @@ impl Controller {
             metrics,
             ca_fingerprint,
             child: None,
+            rust_log: "info".into(),
         }
     }
 
     /// Starts `serve` and waits for /healthz.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "controller already running");
-        let child = spawn_logged("fleet-controller", "serve", &self.config, &self.log, &[]);
+        let env = [("RUST_LOG".to_string(), self.rust_log.clone())];
+        let child = spawn_logged("fleet-controller", "serve", &self.config, &self.log, &env);
         self.child = Some(child);
         self.wait_healthy();
     }
@@ -352,8 +356,14 @@ pub struct Fleet {
 impl Fleet {
     /// A running controller with no agents yet.
     pub fn controller_only(extra: &[(&str, &str)]) -> Fleet {
+        Fleet::controller_only_logging(extra, "info")
+    }
+
+    /// A running controller logging at `rust_log`, with no agents yet.
+    pub fn controller_only_logging(extra: &[(&str, &str)], rust_log: &str) -> Fleet {
         let root = tempfile::Builder::new().prefix("fleet-it-").tempdir().expect("tempdir");
         let mut controller = Controller::init(root.path(), extra);
+        controller.rust_log = rust_log.into();
         controller.start();
         Fleet {
             root,

@@ -41,8 +41,14 @@ impl Cluster {
     /// One host per entry; a non-empty entry is the host's `group` label
     /// (set by its join token).
     pub fn start_groups(groups: &[&str]) -> Cluster {
+        Cluster::start_with(groups, &[], "info")
+    }
+
+    /// `start_groups` with controller.toml `extra` keys, the controller
+    /// and the agents logging at `rust_log`.
+    pub fn start_with(groups: &[&str], extra: &[(&str, &str)], rust_log: &str) -> Cluster {
         let n = groups.len();
-        let mut fleet = Fleet::controller_only(&[]);
+        let mut fleet = Fleet::controller_only_logging(extra, rust_log);
         let mut sandboxes = Vec::new();
         let mut ports = Vec::new();
         for (i, group) in groups.iter().enumerate() {
@@ -52,7 +58,7 @@ impl Cluster {
                 args.extend(["--label", group_label.as_str()]);
             }
             let token = fleet.token(&args);
-            let (sandbox, port) = host(&mut fleet, &token, i + 1);
+            let (sandbox, port) = host_logging(&mut fleet, &token, i + 1, rust_log);
             sandboxes.push(sandbox);
             ports.push(port);
         }
@@ -229,6 +235,11 @@ impl Cluster {
 /// Starts host `app-<i>`: a systemd sandbox with the app's unit on its own
 /// port, and an agent enrolled with `token`.
 pub fn host(fleet: &mut Fleet, token: &str, i: usize) -> (Sandbox, u16) {
+    host_logging(fleet, token, i, "info")
+}
+
+/// `host`, its agent logging at `rust_log`.
+pub fn host_logging(fleet: &mut Fleet, token: &str, i: usize, rust_log: &str) -> (Sandbox, u16) {
     let sandbox = Sandbox::start(&fleet.root.path().join(format!("systemd-{i}")));
     let port = free_addr().port();
     let idx = fleet.add_agent_with(
@@ -236,7 +247,7 @@ pub fn host(fleet: &mut Fleet, token: &str, i: usize) -> (Sandbox, u16) {
         token,
         &[],
         Some(&sandbox),
-        &[("SAMPLE_PORT", port.to_string())],
+        &[("SAMPLE_PORT", port.to_string()), ("RUST_LOG", rust_log.to_string())],
     );
     let current = fleet.agents[idx].dir.join("state/apps").join(APP).join("current");
     sandbox.install_sample_app(UNIT, &current, port);

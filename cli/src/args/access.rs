@@ -13,6 +13,12 @@ pub struct AuditArgs {
     /// Only calls at or after this: a duration back from now (1h, 7d) or an RFC 3339 time
     #[arg(long, value_name = "DURATION|TIME", value_parser = parse_since)]
     pub since: Option<Since>,
+    /// Only entries about this app
+    #[arg(long, value_name = "APP")]
+    pub app: Option<String>,
+    /// Only entries by this operator (or unauthenticated, controller)
+    #[arg(long, value_name = "NAME")]
+    pub operator: Option<String>,
 }
 
 /// `--since`: how far back.

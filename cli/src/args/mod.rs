@@ -103,7 +103,8 @@ pub enum Command {
     /// Enrolled hosts.
     #[command(subcommand)]
     Hosts(HostsCommand),
-    /// The audit log: every mutating operator call, oldest first.
+    /// The audit log: every change and every refused call, who, from where, on
+    /// what, how it ended; oldest first.
     Audit(AuditArgs),
     /// Install and enroll fleet-agent on hosts over SSH.
     Bootstrap(BootstrapArgs),

@@ -158,9 +158,26 @@ fn shows(control: Control, e: &Event) -> bool {
 impl RolloutService for RolloutsService {
     async fn start_rollout(&self, req: Request<StartRolloutRequest>) -> Result<Response<Rollout>, Status> {
         let op = operator(&req);
+        let note = crate::audit::note(&req);
         let req = req.into_inner();
+        note.set(|d| {
+            d.app = req.app.clone();
+            d.version = req.version.clone();
+            d.selector = req.selector.clone();
+            d.dry_run = req.dry_run;
+        });
         fleet_proto::limits::check_start_rollout(&req).map_err(Error::from)?;
-        Ok(Response::new(start(&self.0, &req, &op).await?))
+        let rollout = start(&self.0, &req, &op).await?;
+        note.set(|d| {
+            d.version = rollout.version.clone();
+            d.rollout_id = rollout.id.clone();
+            d.hosts = super::rollout_hosts(&rollout);
+            d.target = format!("{} hosts in {} batches", d.hosts.len(), rollout.batches.len());
+            if !req.dry_run {
+                d.ends_later = Some(super::ROLLOUT_ENDED);
+            }
+        });
+        Ok(Response::new(rollout))
     }
 
     async fn list_rollouts(&self, req: Request<ListRolloutsRequest>) -> Result<Response<ListRolloutsResponse>, Status> {
@@ -184,8 +201,17 @@ impl RolloutService for RolloutsService {
     async fn control_rollout(&self, req: Request<ControlRolloutRequest>) -> Result<Response<Rollout>, Status> {
         let fleet = &self.0;
         let op = operator(&req);
+        let note = crate::audit::note(&req);
         let r = req.into_inner();
+        note.set(|d| {
+            d.rollout_id = r.id.clone();
+            d.target = match r.action() {
+                ControlAction::Abort if r.rollback => "abort and roll back".into(),
+                a => a.as_str_name().trim_start_matches("CONTROL_ACTION_").to_lowercase(),
+            };
+        });
         let rollout = get(fleet, &r.id)?;
+        note.set(|d| d.app = rollout.app.clone());
         op.may_change_app(&rollout.app)?;
         op.may_change_hosts(planned_hosts(&rollout, &fleet.store.hosts().map_err(Error::Store)?))?;
         if rollout.state().ended() {

@@ -128,17 +128,17 @@ async fn sweep(fleet: &Arc<Fleet>, given_up: &HashSet<(String, String, String)>)
                     .iter()
                     .map(|(h, to)| format!("{} {} → {to}", plan::hostname(h), current_of(h, &app)))
                     .collect();
-                let entry = crate::audit::Record {
+                fleet.audit.write(&crate::audit::Record {
                     at_ms: now_ms(),
                     who: "controller".into(),
                     what: "Convergence".into(),
-                    from: String::new(),
                     outcome: "ok".into(),
-                    target: format!("{app} {}: {}", r.id, moves.join(", ")),
-                };
-                if let Err(e) = fleet.audit.record(&entry) {
-                    tracing::error!(error = %e, "cannot write the convergence run to the audit log");
-                }
+                    target: moves.join(", "),
+                    app: app.clone(),
+                    rollout_id: r.id.clone(),
+                    hosts: crate::audit::layer::listed(targets.iter().map(|(h, _)| h.id.clone()).collect()),
+                    ..Default::default()
+                });
                 tracing::info!(rollout_id = %r.id, app, hosts = targets.len(), batch = size, "convergence run started");
             }
             // An operator's rollout started in between: its end sweeps again.

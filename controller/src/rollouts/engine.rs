@@ -245,6 +245,23 @@ impl Engine {
         } else {
             tracing::warn!(state, reason = %self.r.reason, "rollout ended");
         }
+        let hosts = super::rollout_hosts(&self.r);
+        self.fleet.audit.write(&crate::audit::Record {
+            at_ms: now_ms(),
+            who: self.r.created_by.clone(),
+            what: super::ROLLOUT_ENDED.into(),
+            outcome: if self.r.reason.is_empty() {
+                state.to_string()
+            } else {
+                format!("{state}: {}", self.r.reason)
+            },
+            target: format!("{kind}, {} hosts", hosts.len()),
+            app: self.r.app.clone(),
+            version: self.r.version.clone(),
+            hosts: crate::audit::layer::listed(hosts),
+            rollout_id: self.r.id.clone(),
+            ..Default::default()
+        });
     }
 
     /// Hands the recorded task of `host` to its stream.

@@ -33,6 +33,17 @@ use crate::fleet::Fleet;
 use crate::rollout_hub::lock;
 use crate::store::StoreError;
 
+/// What the audit log calls the end of a rollout.
+pub const ROLLOUT_ENDED: &str = "RolloutEnded";
+
+/// The ids of a rollout's hosts, batch by batch.
+pub fn rollout_hosts(r: &fleet_proto::Rollout) -> Vec<String> {
+    r.batches
+        .iter()
+        .flat_map(|b| b.hosts.iter().map(|h| h.host_id.clone()))
+        .collect()
+}
+
 /// Starts the owned background work: an engine for every rollout a
 /// previous controller left unfinished, and the converger.
 pub fn start(fleet: &Arc<Fleet>) {

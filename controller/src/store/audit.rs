@@ -19,22 +19,45 @@ const TREE: &str = SPACE.name();
 const V1: u8 = 1;
 
 /// One audited call, or a change the controller made by itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// When the call arrived (ms).
     pub at_ms: i64,
     /// Operator name, "unauthenticated", or "controller".
     pub who: String,
-    /// `Service/Method`, or what the controller did (e.g. "Convergence").
+    /// `Service/Method`, or what the controller did (e.g. "Convergence",
+    /// "RolloutEnded").
     pub what: String,
     /// Peer address.
     pub from: String,
-    /// "ok" or `Code: message`.
+    /// "ok", "accepted" (its end is a later record), or `Code: message`.
     pub outcome: String,
-    /// The call's main argument, when known.
+    /// What the call names besides the fields below: a token, an operator,
+    /// a task.
     #[serde(default)]
     pub target: String,
+    /// The app it changes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub app: String,
+    /// The release version.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    /// Hosts it changes (at most [`MAX_HOSTS`]; `target` gives the count).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// The host selector it was given.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub selector: String,
+    /// The rollout it started, controlled or ended.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rollout_id: String,
+    /// A dry run: nothing changed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
+
+/// The most host ids one record lists.
+pub const MAX_HOSTS: usize = 50;
 
 fn key(at_ms: i64, seq: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
@@ -80,15 +103,54 @@ impl AuditTrail {
         Ok(())
     }
 
-    /// Entries at or after `since_ms`, oldest first; the newest `limit` of
-    /// them when there are more.
-    pub fn since(&self, since_ms: i64, limit: usize) -> Result<Vec<Record>, StoreError> {
-        let mut out = Vec::new();
-        for (k, v) in self.kv.scan_from(SPACE, &key(since_ms, 0), limit, Order::Descending)? {
-            let hex = fleet_proto::transport::hex(&k);
-            out.push(codec::from_json(TREE, hex.as_bytes(), &v, V1)?);
+    /// How many entries there are (reads every key: at start only).
+    pub fn count(&self) -> Result<usize, StoreError> {
+        self.kv.count(SPACE)
+    }
+
+    /// Removes the `n` oldest entries; returns how many went.
+    pub fn trim_oldest(&self, n: usize) -> Result<usize, StoreError> {
+        let oldest = self.kv.scan_from(SPACE, b"", n, Order::Ascending)?;
+        let mut txn = Txn::new();
+        for (k, _) in &oldest {
+            txn = txn.delete(SPACE, k);
         }
-        out.reverse();
-        Ok(out)
+        let _ = self.kv.commit(txn)?;
+        Ok(oldest.len())
+    }
+
+    /// Entries at or after `since_ms` that `keep` accepts, oldest first;
+    /// the newest `limit` of them when there are more. Reads every entry
+    /// from `since_ms` on when `keep` is selective (the trail is capped).
+    pub fn since(
+        &self,
+        since_ms: i64,
+        limit: usize,
+        keep: impl Fn(&Record) -> bool,
+    ) -> Result<Vec<Record>, StoreError> {
+        const PAGE: usize = 1024;
+        let mut out = std::collections::VecDeque::with_capacity(limit.min(PAGE));
+        let mut from = key(since_ms, 0).to_vec();
+        loop {
+            let page = self.kv.scan_from(SPACE, &from, PAGE, Order::Ascending)?;
+            for (k, v) in &page {
+                let hex = fleet_proto::transport::hex(k);
+                let r: Record = codec::from_json(TREE, hex.as_bytes(), v, V1)?;
+                if keep(&r) {
+                    if out.len() == limit {
+                        out.pop_front();
+                    }
+                    out.push_back(r);
+                }
+            }
+            match page.last() {
+                Some((k, _)) if page.len() == PAGE => {
+                    from = k.clone();
+                    from.push(0);
+                }
+                _ => break,
+            }
+        }
+        Ok(out.into())
     }
 }
