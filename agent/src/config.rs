@@ -114,6 +114,8 @@ struct RawConfig {
 struct ReleasesSection {
     max_unpacked_size: Option<String>,
     max_entries: Option<u64>,
+    #[serde(default)]
+    trusted_keys: Vec<String>,
 }
 
 /// `[systemd]`: how the agent reaches the service manager.
@@ -159,6 +161,9 @@ pub struct Config {
     pub bus: Bus,
     /// What one release may unpack to (`[releases]`).
     pub limits: crate::unpack::Limits,
+    /// Keys one of which must have signed every release
+    /// (`[releases] trusted_keys`); empty: releases need no signature.
+    pub trusted_keys: Vec<fleet_proto::signing::PublicKey>,
 }
 
 impl Config {
@@ -262,9 +267,18 @@ impl Config {
             limits.max_entries = n;
         }
 
+        let trusted_keys = raw
+            .releases
+            .trusted_keys
+            .iter()
+            .map(|k| fleet_proto::signing::PublicKey::parse(k))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|why| invalid("releases.trusted_keys", why))?;
+
         Ok(Config {
             path: path.to_path_buf(),
             limits,
+            trusted_keys,
             controller,
             ca_fingerprint,
             join_token,

@@ -67,6 +67,15 @@ fn apply(spec: &mut AppSpec, args: &AppArgs) -> Result<(), Error> {
         args.allow_remote_health,
         args.no_allow_remote_health,
     );
+    if args.no_require_signature {
+        spec.signing_keys.clear();
+    } else if !args.require_signature.is_empty() {
+        spec.signing_keys = args
+            .require_signature
+            .iter()
+            .map(|k| crate::keys::read_public(k).map(|k| k.to_string()))
+            .collect::<Result<_, _>>()?;
+    }
     Ok(())
 }
 
@@ -177,6 +186,9 @@ fn spec_block(spec: &AppSpec) -> Block {
     if !opted_out.is_empty() {
         b.line("opted out", opted_out.join(", "));
     }
+    if !spec.signing_keys.is_empty() {
+        b.line("signed by one of", spec.signing_keys.join(", "));
+    }
     b
 }
 
@@ -197,6 +209,7 @@ fn spec_json(spec: &AppSpec) -> Value {
         "run_as": spec.run_as,
         "allow_any_unit": spec.allow_any_unit,
         "allow_remote_health": spec.allow_remote_health,
+        "signing_keys": spec.signing_keys,
     })
 }
 
@@ -424,6 +437,16 @@ pub async fn push(client: &Client, args: &PushArgs, format: Format) -> Result<Re
         size,
         metadata: label_map(&args.meta).map_err(Error::Usage)?,
         format: fmt.into(),
+        signature: match &args.sign_key {
+            Some(key) => Some(crate::keys::sign(
+                key,
+                &args.app,
+                &args.version,
+                &sha256,
+                args.sequence,
+            )?),
+            None => None,
+        },
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<PushReleaseChunk>(4);
     let path = args.file.clone();
@@ -505,6 +528,8 @@ fn release_json(r: &Release) -> Value {
         "pushed_by": r.pushed_by,
         "pushed_at_ms": r.pushed_at_ms,
         "metadata": output::sorted(&r.metadata),
+        "signed_by": a.signature.as_ref().map(|s| s.key.clone()),
+        "sequence": a.signature.as_ref().map(|s| s.sequence),
     })
 }
 
@@ -604,6 +629,13 @@ pub async fn release(client: &Client, app: &str, version: &str, format: Format) 
             b.line("format", a.format);
             b.line("pushed", output::timestamp(r.pushed_at_ms));
             b.line("pushed by", r.pushed_by.clone());
+            b.line(
+                "signed by",
+                match &a.signature {
+                    Some(s) => format!("{} (sequence {})", s.key, s.sequence),
+                    None => "nobody (unsigned)".into(),
+                },
+            );
             for (k, v) in output::sorted(&r.metadata) {
                 b.line(format!("meta {k}"), v);
             }
@@ -625,6 +657,7 @@ pub(crate) fn cause_name(c: FailureCause) -> &'static str {
         FailureCause::DiskFull => "disk full",
         FailureCause::Invalid => "invalid task",
         FailureCause::Agent => "agent error",
+        FailureCause::Signature => "signature refused",
     }
 }
 

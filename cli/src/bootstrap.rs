@@ -196,6 +196,8 @@ struct Plan {
     agent_controller: String,
     ca_fingerprint: String,
     wait: Duration,
+    /// `[releases] trusted_keys` of the agent.toml written.
+    trusted_keys: Vec<String>,
 }
 
 /// `fleetctl bootstrap`.
@@ -259,7 +261,13 @@ pub async fn run(cli: &Cli, env: &Env, args: &BootstrapArgs) -> Result<Report, E
     })?;
     let client = Client::connect(&resolved).await?;
 
+    let trusted_keys = args
+        .trusted_keys
+        .iter()
+        .map(|k| crate::keys::read_public(k).map(|k| k.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
     let plan = Arc::new(Plan {
+        trusted_keys,
         client,
         labels,
         deb_name,
@@ -446,10 +454,14 @@ async fn bootstrap_host(plan: &Plan, target: &Target, bar: &ProgressBar) -> Resu
         .into_inner();
     let token_id = created.token.map(|t| t.id).unwrap_or_default();
     // The secret travels on the command's stdin, never on a command line.
-    let agent_toml = format!(
+    let mut agent_toml = format!(
         "# Written by 'fleetctl bootstrap {host}'.\ncontroller = \"{}\"\nca_fingerprint = \"{}\"\njoin_token = \"{}\"\n",
         plan.agent_controller, plan.ca_fingerprint, created.secret
     );
+    if !plan.trusted_keys.is_empty() {
+        let quoted: Vec<String> = plan.trusted_keys.iter().map(|k| format!("\"{k}\"")).collect();
+        agent_toml.push_str(&format!("[releases]\ntrusted_keys = [{}]\n", quoted.join(", ")));
+    }
 
     bar.set_message("installing");
     // What a host's operator would run: the config first, so the package's

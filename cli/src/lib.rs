@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod hosts;
+pub mod keys;
 pub mod operators;
 pub mod output;
 pub mod rollouts;
@@ -23,8 +24,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use args::{
-    AppCommand, Cli, Command, HostsCommand, OperatorCommand, OperatorTokenCommand, ReleaseCommand, RolloutCommand,
-    TokenCommand,
+    AppCommand, Cli, Command, HostsCommand, KeysCommand, OperatorCommand, OperatorTokenCommand, ReleaseCommand,
+    RolloutCommand, TokenCommand,
 };
 use client::Client;
 use config::Env;
@@ -61,6 +62,7 @@ pub async fn execute(cli: &Cli, env: &Env) -> Result<Report, Error> {
         }
         Command::Token(TokenCommand::Ls { all }) => tokens::list(&connect(cli, env).await?, *all, format).await,
         Command::Token(TokenCommand::Revoke { id }) => tokens::revoke(&connect(cli, env).await?, id, format).await,
+        Command::Keys(KeysCommand::Generate { name }) => keys::generate(name, format),
         Command::Operator(OperatorCommand::Create(args)) => {
             let request = operators::create_request(args)?;
             operators::create(&connect(cli, env).await?, request, format).await

@@ -124,6 +124,39 @@ pub fn authenticate(
     })
 }
 
+/// Whether the token `op` was authenticated with still holds at `now`
+/// (not revoked, not expired, its identity still there): long-lived calls
+/// (a rollout watch) check it while they run.
+pub fn still_valid(store: &Store, op: &Operator, now_ms: i64) -> Result<(), AuthError> {
+    let expired = |at: i64| AuthError::Expired {
+        id: op.token_id.clone(),
+        at: crate::store::utc(at),
+    };
+    if op.token_id.starts_with(RECOVERY_ID_PREFIX) {
+        return match op.token_expires_at_ms {
+            at if now_ms >= at => Err(expired(at)),
+            _ => Ok(()),
+        };
+    }
+    let tok = store.operator(&op.token_id)?.ok_or(AuthError::NotValid)?;
+    if tok.revoked_at_ms != 0 {
+        return Err(AuthError::Revoked {
+            id: tok.id,
+            at: crate::store::utc(tok.revoked_at_ms),
+        });
+    }
+    if tok.expires_at_ms != 0 && now_ms >= tok.expires_at_ms {
+        return Err(expired(tok.expires_at_ms));
+    }
+    if store.identity(&tok.name)?.is_none() {
+        return Err(AuthError::NoIdentity {
+            id: tok.id,
+            name: tok.name,
+        });
+    }
+    Ok(())
+}
+
 /// The id prefix of recovery tokens: `fleet_op_recovery-<expiry ms>.<mac>`.
 pub const RECOVERY_ID_PREFIX: &str = "recovery-";
 /// The identity recovery tokens authenticate (an admin; reserved name).
@@ -377,6 +410,22 @@ pub(crate) mod tests {
             matches!(e, AuthError::NoIdentity { .. }) && e.to_string().contains("'gone'"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_running_call_learns_of_revocation_expiry_and_removal() {
+        let (_dir, store) = store_with_alice();
+        let op = check(&store, Some("fleet_op_abc123.s3cret"), 1).expect("valid");
+        assert!(still_valid(&store, &op, 1).is_ok());
+        store.revoke_operator_token("abc123", 2).expect("revoke");
+        assert!(matches!(still_valid(&store, &op, 3), Err(AuthError::Revoked { .. })));
+        let rec = Recovery::new(&[7; 32]);
+        let op = check(&store, Some(&rec.mint(0)), 1).expect("recovery");
+        assert!(still_valid(&store, &op, RECOVERY_TTL_MS - 1).is_ok());
+        assert!(matches!(
+            still_valid(&store, &op, RECOVERY_TTL_MS),
+            Err(AuthError::Expired { .. })
+        ));
     }
 
     #[test]

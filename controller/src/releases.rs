@@ -11,9 +11,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use fleet_proto::release_service_server::ReleaseService;
+use fleet_proto::signing::PublicKey;
 use fleet_proto::{
-    now_ms, ArtifactChunk, DeleteReleaseRequest, DeleteReleaseResponse, FetchArtifactRequest, GetReleaseRequest, Host,
-    ListReleasesRequest, ListReleasesResponse, PushReleaseChunk, Release, ReleaseRef, Rollout,
+    now_ms, AppSpec, ArtifactChunk, DeleteReleaseRequest, DeleteReleaseResponse, FetchArtifactRequest,
+    GetReleaseRequest, Host, ListReleasesRequest, ListReleasesResponse, PushReleaseChunk, Release, ReleaseHeader,
+    ReleaseRef, Rollout,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -67,6 +69,28 @@ fn answer(release: Release, outcome: &'static str) -> Response<Release> {
     r
 }
 
+/// Checks a push's signature against the app's required keys (any key
+/// when it requires none: a signature that does not verify is refused
+/// either way). Hosts check again with the keys they pin.
+fn check_signature(spec: &AppSpec, header: &ReleaseHeader) -> Result<()> {
+    let required = spec
+        .signing_keys
+        .iter()
+        .map(|k| PublicKey::parse(k))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|why| Error::Internal(format!("app {}'s stored signing keys: {why}", spec.name)))?;
+    fleet_proto::signing::check(
+        &required,
+        "the app",
+        &header.app,
+        &header.version,
+        &header.sha256,
+        header.signature.as_ref(),
+    )
+    .map(|_| ())
+    .map_err(|r| Error::invalid("signature", format!("{} {}: {r}", header.app, header.version)))
+}
+
 /// `ReleaseService`.
 pub struct ReleasesService(pub Arc<Fleet>);
 
@@ -91,13 +115,14 @@ impl ReleaseService for ReleasesService {
             d.target = format!("sha256 {}", header.sha256);
         });
         op.may_change_app(&header.app)?;
-        fleet
+        let spec = fleet
             .store
             .app(&header.app)
             .map_err(Error::Store)?
             .ok_or_else(|| Error::UnknownApp(header.app.clone()))?;
         check_version(&header.version)?;
         check_sha256(&header.sha256)?;
+        check_signature(&spec, &header)?;
         fleet_proto::limits::check_metadata(header.metadata.iter()).map_err(Error::from)?;
         if !FORMATS.contains(&header.format.as_str()) {
             return Err(Error::invalid(
@@ -212,11 +237,11 @@ impl ReleaseService for ReleasesService {
                 sha256: digest,
                 size: header.size,
                 format: header.format.clone(),
+                signature: header.signature.clone(),
             }),
             pushed_by: who,
             pushed_at_ms: now_ms(),
             metadata: header.metadata,
-            signature: Vec::new(),
         };
         match fleet.store.put_release(&release).map_err(Error::Store)? {
             Ok(()) => {}

@@ -17,6 +17,10 @@
 #   ARTIFACT           the release tarball (.tar.gz or .tar.zst)
 # and optionally:
 #   META               one key=value recorded with the release (git=SHA)
+#   SIGN_KEY           a file holding the release-signing private key
+#                      ('fleetctl keys generate'; from the CI's secret store):
+#                      the release is signed here, on the runner, and only
+#                      the signature reaches the controller
 #   ROLLOUT_FLAGS      default: --batch 25% --max-failures 0
 set -euo pipefail
 
@@ -33,6 +37,7 @@ command -v fleetctl >/dev/null || {
 
 push=(fleetctl release push "$APP" "$ARTIFACT" --version "$VERSION")
 if [ -n "${META:-}" ]; then push+=(--meta "$META"); fi
+if [ -n "${SIGN_KEY:-}" ]; then push+=(--sign-key "$SIGN_KEY"); fi
 "${push[@]}"
 
 # shellcheck disable=SC2086 # ROLLOUT_FLAGS is a list of flags

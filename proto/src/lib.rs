@@ -13,6 +13,7 @@ pub mod limits;
 pub mod notify;
 pub mod phase;
 pub mod rollout;
+pub mod signing;
 pub mod transport;
 
 pub use v1::*;

@@ -28,6 +28,8 @@ pub const MAX_DESCRIPTION: usize = 1024;
 pub const MAX_HEALTH_URL: usize = 2048;
 /// Longest health command (bytes).
 pub const MAX_HEALTH_COMMAND: usize = 4096;
+/// Most signing keys an app lists.
+pub const MAX_SIGNING_KEYS: usize = 16;
 /// Longest `run_as` user name (Linux `useradd` allows 32).
 pub const MAX_RUN_AS: usize = 32;
 /// Most releases kept per host.
@@ -414,6 +416,15 @@ pub fn check_app_spec(spec: &AppSpec) -> Result<(), FieldError> {
                 quote(&spec.run_as)
             ),
         ));
+    }
+    if spec.signing_keys.len() > MAX_SIGNING_KEYS {
+        return Err(FieldError::new(
+            "signing_keys",
+            format!("an app lists at most {MAX_SIGNING_KEYS} signing keys"),
+        ));
+    }
+    for k in &spec.signing_keys {
+        crate::signing::PublicKey::parse(k).map_err(|why| FieldError::new("signing_keys", why))?;
     }
     Ok(())
 }

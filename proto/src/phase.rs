@@ -11,6 +11,9 @@ use std::str::FromStr;
 pub enum Phase {
     /// The task is checked before anything changes.
     Start,
+    /// The release's signature is checked against the host's pinned keys,
+    /// before a byte is fetched (only on hosts that pin keys).
+    Signature,
     /// The artifact is downloaded (resumable).
     Fetch,
     /// Its sha256 is checked.
@@ -39,8 +42,9 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in order.
-    pub const ALL: [Phase; 13] = [
+    pub const ALL: [Phase; 14] = [
         Phase::Start,
+        Phase::Signature,
         Phase::Fetch,
         Phase::Verify,
         Phase::Unpack,
@@ -59,6 +63,7 @@ impl Phase {
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Start => "start",
+            Phase::Signature => "signature",
             Phase::Fetch => "fetch",
             Phase::Verify => "verify",
             Phase::Unpack => "unpack",

@@ -160,6 +160,39 @@ fn roles_and_scopes_hold_on_every_call() {
     });
     assert_eq!(c.served(1), None, "the prod host was left alone");
 
+    // A watch that is already running ends when its token is revoked.
+    c.push("2.0.0", &[]);
+    let started = f.fleetctl_json(&[
+        "rollout",
+        APP,
+        "--version",
+        "2.0.0",
+        "--canary",
+        "1",
+        "--canary-approve",
+    ]);
+    let rollout_id = started["id"].as_str().expect("rollout id").to_string();
+    let mut watch = f
+        .fleetctl_command(&["--token", &viewer, "rollout", "status", &rollout_id, "--watch"])
+        .spawn()
+        .expect("watch");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        watch.try_wait().expect("poll").is_none(),
+        "the watch runs while the canary waits"
+    );
+    let vera = f.fleetctl_json(&["operator", "show", "vera"]);
+    let vera_token = vera["tokens"][0]["id"].as_str().expect("token id").to_string();
+    f.fleetctl_json(&["operator", "token", "revoke", &vera_token]);
+    let ended = wait_until(Duration::from_secs(15), "the watch to end after the revocation", || {
+        watch.try_wait().expect("poll")
+    });
+    let mut err = String::new();
+    std::io::Read::read_to_string(watch.stderr.as_mut().expect("stderr"), &mut err).expect("stderr");
+    assert_eq!(ended.code(), Some(4), "{err}");
+    assert!(err.contains("revoked"), "{err}");
+    f.fleetctl_json(&["rollout", "abort", &rollout_id]);
+
     // The audit log names who did each change, and records the refusals.
     let audit = f.fleetctl_json(&["audit"]);
     let rows: Vec<(String, String, String)> = audit

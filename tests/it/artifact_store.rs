@@ -152,6 +152,7 @@ fn header(version: &str, sha256: &str, size: u64) -> ReleaseHeader {
         size,
         metadata: Default::default(),
         format: "tar.gz".into(),
+        signature: None,
     }
 }
 

@@ -18,6 +18,9 @@ use serde_json::Value;
 use crate::container::{deb, is_root, keygen, Boot, Container, USER};
 use crate::harness::{free_addr, wait_until, Fleet};
 
+/// A release-signing key bootstrap pins on the host.
+const PINNED: &str = "ed25519:abababababababababababababababababababababababababababababababab";
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -56,6 +59,8 @@ fn bootstrap_over_ssh_installs_enrolls_and_refuses_untrusted_hosts() {
             deb.display().to_string(),
             "--label".into(),
             "env=bootstrap".into(),
+            "--trusted-key".into(),
+            PINNED.into(),
             "--wait".into(),
             "60s".into(),
         ];
@@ -219,6 +224,11 @@ fn bootstrap_over_ssh_installs_enrolls_and_refuses_untrusted_hosts() {
     assert_eq!(
         host.sh("stat -c '%a %U:%G' /etc/fleet/agent.toml"),
         "640 root:fleet-agent"
+    );
+    // The release-signing key it was given is pinned, and the agent runs with it.
+    assert_eq!(
+        host.sh("grep trusted_keys /etc/fleet/agent.toml"),
+        format!("trusted_keys = [\"{PINNED}\"]")
     );
     assert_eq!(
         host.sh("stat -c '%a %U' /var/lib/fleet-agent/identity.pem"),

@@ -28,6 +28,7 @@ fn ci_token(cluster: &Cluster) -> String {
 /// Runs the recipe in `dir` as a CI job would: fleetctl on PATH, the
 /// controller, token and CA in the environment, no fleetctl config file.
 fn run_recipe(cluster: &Cluster, token: &str, dir: &Path, version: &str, artifact: &Path) -> Output {
+    let sign_key = cluster.fleet.root.path().join("keys/ci.key");
     let controller = &cluster.fleet.controller;
     let path = format!("{}:/usr/bin:/bin", bin("fleetctl").parent().expect("bin dir").display());
     std::process::Command::new("bash")
@@ -44,6 +45,7 @@ fn run_recipe(cluster: &Cluster, token: &str, dir: &Path, version: &str, artifac
         .env("VERSION", version)
         .env("ARTIFACT", artifact)
         .env("META", "git=abc123")
+        .env("SIGN_KEY", sign_key)
         .env("ROLLOUT_FLAGS", "--batch 1 --max-failures 0")
         .output()
         .expect("run bash")
@@ -59,6 +61,13 @@ fn state(dir: &Path) -> String {
 fn the_ci_recipe_passes_a_good_rollout_and_fails_a_failed_one() {
     let cluster = Cluster::start(2);
     let token = ci_token(&cluster);
+    // The app takes only releases signed by CI's key, which the job holds.
+    let keys = cluster.fleet.root.path().join("keys");
+    std::fs::create_dir_all(&keys).expect("keys dir");
+    let f = &cluster.fleet;
+    f.fleetctl_json(&["keys", "generate", keys.join("ci").to_str().expect("utf-8")]);
+    let public = std::fs::read_to_string(keys.join("ci.pub")).expect("ci.pub");
+    f.fleetctl_json(&["app", "update", APP, "--require-signature", public.trim()]);
     let dir = cluster.fleet.root.path().join("ci");
     std::fs::create_dir_all(&dir).expect("CI work dir");
 
@@ -86,6 +95,8 @@ fn the_ci_recipe_passes_a_good_rollout_and_fails_a_failed_one() {
         String::from_utf8_lossy(&shown.stdout).contains("abc123"),
         "META is recorded with the release"
     );
+    let shown: Value = serde_json::from_slice(&shown.stdout).expect("release JSON");
+    assert_eq!(shown["signed_by"], public.trim(), "signed on the runner: {shown}");
 
     let bad = dir.join("bad.tar.gz");
     std::fs::write(&bad, release("3.0.0", &[("HEALTH", "fail\n", 0o644)]).gz()).expect("write the bad release");

@@ -26,5 +26,6 @@ mod refusals;
 mod releases;
 mod rollouts;
 mod sandbox;
+mod signing;
 mod stress;
 mod watchdog;

@@ -29,6 +29,7 @@ impl Worker {
     ) -> Outcome {
         layout::check_name("version", &rel.version)
             .map_err(|e| fail(Phase::Start, FailureCause::Invalid, e).unchanged())?;
+        self.check_signature(run, rel).await.map_err(Failed::unchanged)?;
         self.obtain(run, &spec.name, rel, grant)
             .await
             .map_err(Failed::unchanged)?;

@@ -21,6 +21,7 @@ use crate::inventory::Host;
 use crate::layout::{self, AppDir};
 use crate::units::{Dbus, Units};
 use crate::unpack::Limits;
+use fleet_proto::signing::PublicKey;
 
 /// What sessions use to talk to the worker.
 pub struct WorkerHandle {
@@ -36,16 +37,23 @@ pub struct WorkerHandle {
 
 /// Starts the worker on the real systemd, health checks and downloads; it
 /// first finishes or undoes what a killed agent left.
-pub fn start(state_dir: &Path, bus: Bus, limits: Limits, cancel: CancellationToken) -> WorkerHandle {
+pub fn start(
+    state_dir: &Path,
+    bus: Bus,
+    limits: Limits,
+    trusted_keys: Vec<PublicKey>,
+    cancel: CancellationToken,
+) -> WorkerHandle {
     let (tasks_tx, tasks_rx) = mpsc::channel(QUEUE);
     let (chan_tx, chan_rx) = watch::channel(None);
-    let (worker, outbox) = Worker::new(
+    let (mut worker, outbox) = Worker::new(
         state_dir,
         limits,
         Arc::new(Dbus::new(bus)),
         Arc::new(Grpc::new(chan_rx)),
         Arc::new(Probe),
     );
+    worker.trusted_keys = trusted_keys;
     let state = worker.host.clone();
     tokio::spawn(worker.run(tasks_rx, cancel));
     WorkerHandle {
@@ -71,6 +79,8 @@ pub(super) struct Worker {
     pub units: Arc<dyn Units>,
     pub fetch: Arc<dyn Fetch>,
     pub health: Arc<dyn Checker>,
+    /// The keys releases must be signed by (`[releases] trusted_keys`).
+    pub trusted_keys: Vec<PublicKey>,
 }
 
 impl Worker {
@@ -91,6 +101,7 @@ impl Worker {
             units,
             fetch,
             health,
+            trusted_keys: Vec::new(),
         };
         (worker, out_rx)
     }

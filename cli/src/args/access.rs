@@ -109,6 +109,17 @@ pub struct TokenCreateArgs {
     pub allow_labels: Vec<String>,
 }
 
+/// `fleetctl keys ...`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make an Ed25519 key pair for signing releases: NAME.key (private,
+    /// 0600) and NAME.pub (public).
+    Generate {
+        /// Path prefix of the two files, e.g. ci-signing
+        name: std::path::PathBuf,
+    },
+}
+
 /// `fleetctl operator ...`.
 #[derive(Debug, Subcommand)]
 pub enum OperatorCommand {

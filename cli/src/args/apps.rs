@@ -84,6 +84,17 @@ pub struct AppArgs {
     /// Restrict --health-http to loopback again (the default; app update)
     #[arg(long)]
     pub no_allow_remote_health: bool,
+    /// Refuse pushes not signed by one of these public keys (a .pub file or
+    /// the key; repeatable; replaces the app's list)
+    #[arg(
+        long = "require-signature",
+        value_name = "KEYFILE",
+        conflicts_with = "no_require_signature"
+    )]
+    pub require_signature: Vec<String>,
+    /// Accept unsigned pushes again
+    #[arg(long)]
+    pub no_require_signature: bool,
 }
 
 /// `fleetctl release ...`.
@@ -130,6 +141,14 @@ pub struct PushArgs {
     /// Metadata, e.g. git=abc123 (repeatable)
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
     pub meta: Vec<Label>,
+    /// Sign the release with this private key ('fleetctl keys generate'); the
+    /// key stays here, only the signature is sent
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<std::path::PathBuf>,
+    /// The release sequence to sign, higher than every earlier release of
+    /// the app [default: the time now in ms]
+    #[arg(long, value_name = "N", requires = "sign_key")]
+    pub sequence: Option<u64>,
 }
 
 /// `fleetctl deploy` and `fleetctl rollback`.

@@ -42,6 +42,10 @@ pub struct BootstrapArgs {
     /// Label the hosts get (repeatable); bound into each host's join token
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<Label>,
+    /// A release-signing public key the hosts pin (a .pub file or the key;
+    /// repeatable): they then run only releases it signed
+    #[arg(long = "trusted-key", value_name = "KEYFILE")]
+    pub trusted_keys: Vec<String>,
     /// The fleet-agent .deb to install [default: target/debian/fleet-agent_<version>-1_amd64.deb]
     #[arg(long, value_name = "PATH")]
     pub deb: Option<PathBuf>,

@@ -84,6 +84,9 @@ pub enum Command {
     /// Operator identities (people, CI) with roles, and their tokens.
     #[command(subcommand)]
     Operator(OperatorCommand),
+    /// Keys that sign releases (verified by hosts that pin them).
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Apps: what fleet deploys, and how to tell they are healthy.
     #[command(subcommand)]
     App(AppCommand),

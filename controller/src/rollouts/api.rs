@@ -74,6 +74,9 @@ fn planned_hosts<'a>(rollout: &Rollout, all: &'a [Host]) -> Vec<&'a Host> {
     all.iter().filter(|h| ids.contains(h.id.as_str())).collect()
 }
 
+/// How often a long-lived watch checks that its caller's token still holds.
+const TOKEN_RECHECK: Duration = Duration::from_secs(5);
+
 /// How long an operator's rollout waits for a convergence run it preempts.
 const PREEMPT_WAIT: Duration = Duration::from_secs(60);
 
@@ -260,6 +263,7 @@ impl RolloutService for RolloutsService {
         req: Request<GetRolloutRequest>,
     ) -> Result<Response<Self::WatchRolloutStream>, Status> {
         let fleet = self.0.clone();
+        let op = operator(&req);
         let id = req.get_ref().id.clone();
         let mut events = fleet.rollouts.events(&id).subscribe();
         let snapshot = get(&fleet, &id)?;
@@ -284,10 +288,20 @@ impl RolloutService for RolloutsService {
             if tx.send(Ok(snap(snapshot))).await.is_err() || done {
                 return;
             }
+            // A token revoked or expired while the watch runs ends it.
+            let mut recheck = tokio::time::interval(TOKEN_RECHECK);
+            recheck.tick().await;
             loop {
                 let next = tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tx.closed() => return,
+                    _ = recheck.tick() => {
+                        if let Err(e) = crate::auth::still_valid(&f.store, &op, now_ms()) {
+                            let _ = tx.send(Err(Error::from(e).into())).await;
+                            return;
+                        }
+                        continue;
+                    }
                     e = events.recv() => e,
                 };
                 let e = match next {
