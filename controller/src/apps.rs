@@ -247,26 +247,44 @@ impl AppService for AppsService {
             // The caller may leave; the task is followed to its end anyway,
             // so the audit log says how it ended.
             let mut listening = true;
-            let last = loop {
+            let shutdown = fleet.shutdown.clone();
+            // The task's last report, or what the controller saw instead,
+            // and how the audit log tells the end.
+            let (last, outcome) = loop {
+                let failed = |detail: String, cause: FailureCause| TaskProgress {
+                    task_id: task_id.clone(),
+                    phase: "done".into(),
+                    state: TaskState::Failed.into(),
+                    detail,
+                    cause: cause.into(),
+                    host_id: host_id.clone(),
+                    ..Default::default()
+                };
                 let p = tokio::select! {
                     p = progress.recv() => p,
-                    _ = &mut deadline => None,
+                    _ = &mut deadline => {
+                        fleet.tasks.forget(&task_id);
+                        let detail = format!("no end of the task within {TASK_DEADLINE:?}; timed out in phase {phase}");
+                        break (failed(detail.clone(), FailureCause::Timeout), format!("failed: {detail}"));
+                    }
+                    _ = shutdown.cancelled() => {
+                        let detail = format!("the controller stopped while the task was in phase {phase}");
+                        break (
+                            failed(detail.clone(), FailureCause::Unreachable),
+                            format!("unknown: {detail}; the agent carries on and reports its inventory"),
+                        );
+                    }
                     _ = tx.closed(), if listening => {
                         listening = false;
                         continue;
                     }
                 };
                 let Some(p) = p else {
-                    fleet.tasks.forget(&task_id);
-                    break TaskProgress {
-                        task_id: task_id.clone(),
-                        phase: "done".into(),
-                        state: TaskState::Failed.into(),
-                        detail: format!("no end of the task within {TASK_DEADLINE:?}; timed out in phase {phase}"),
-                        cause: FailureCause::Timeout.into(),
-                        host_id: host_id.clone(),
-                        ..Default::default()
-                    };
+                    let detail = format!("the host's stream ended while the task was in phase {phase}");
+                    break (
+                        failed(detail.clone(), FailureCause::Unreachable),
+                        format!("unknown: {detail}; the agent carries on and reports its inventory when it is back"),
+                    );
                 };
                 phase = p.phase.clone();
                 if is_final(&p) {
@@ -277,7 +295,8 @@ impl AppService for AppsService {
                             tracing::error!(error = %e, host_id, app, "cannot record the host's new desired release");
                         }
                     }
-                    break p;
+                    let outcome = task_outcome(&p);
+                    break (p, outcome);
                 }
                 if listening && tx.send(Ok(p)).await.is_err() {
                     listening = false;
@@ -285,7 +304,7 @@ impl AppService for AppsService {
             };
             fleet.audit.write(&Record {
                 at_ms: now_ms(),
-                outcome: task_outcome(&last),
+                outcome,
                 version: if last.current.is_empty() {
                     ended.version.clone()
                 } else {

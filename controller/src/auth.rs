@@ -197,6 +197,10 @@ impl Recovery {
             .map_err(|_| AuthError::NotValid)?;
         let mac = unhex(secret).ok_or(AuthError::NotValid)?;
         ring::hmac::verify(&self.key, id.as_bytes(), &mac).map_err(|_| AuthError::NotValid)?;
+        // Only this controller mints them, never for longer than the TTL.
+        if expires > now_ms.saturating_add(RECOVERY_TTL_MS) {
+            return Err(AuthError::NotValid);
+        }
         if now_ms >= expires {
             return Err(AuthError::Expired {
                 id: id.to_string(),
@@ -432,6 +436,8 @@ pub(crate) mod tests {
     fn recovery_tokens_need_the_key_and_expire() {
         let (_dir, store) = store_with_alice();
         let token = recovery().mint(1_000);
+        // Honoured no earlier than it could have been minted.
+        assert!(matches!(check(&store, Some(&token), 999), Err(AuthError::NotValid)));
         let op = check(&store, Some(&token), 1_000 + RECOVERY_TTL_MS - 1).expect("valid");
         assert_eq!((op.name.as_str(), op.role), (RECOVERY_NAME, Role::Admin));
         assert!(matches!(

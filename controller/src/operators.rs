@@ -198,7 +198,9 @@ impl OperatorService for OperatorsService {
             created_by: who.clone(),
             description: r.description,
         };
-        self.0.store.put_operator(&rec).map_err(Error::Store)?;
+        if !self.0.store.add_operator_token(&rec).map_err(Error::Store)? {
+            return Err(Error::UnknownOperator(rec.name).into());
+        }
         // Durable before the secret is shown: a token handed out must work
         // after a crash.
         self.0.store.flush().await.map_err(Error::Store)?;
@@ -215,7 +217,7 @@ impl OperatorService for OperatorsService {
     ) -> Result<Response<OperatorToken>, Status> {
         let who = operator(&req).name;
         let note = audit::note(&req);
-        let id = req.into_inner().id;
+        let id = fleet_proto::token_public_id(&req.into_inner().id);
         note.set(|d| d.target = format!("token {id}"));
         let rec = self
             .0

@@ -394,9 +394,8 @@ impl TokenService for TokensService {
 
     async fn revoke_token(&self, req: Request<RevokeTokenRequest>) -> Result<Response<JoinToken>, Status> {
         let op = operator(&req);
-        let id = req.get_ref().id.trim().trim_start_matches(JOIN_TOKEN_PREFIX);
         // Accept the whole token string too, but never keep or log its secret.
-        let id = id.split('.').next().unwrap_or(id).to_string();
+        let id = fleet_proto::token_public_id(&req.get_ref().id);
         audit::note(&req).set(|d| d.target = format!("join token {id}"));
         let rec = self
             .0

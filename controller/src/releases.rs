@@ -160,6 +160,15 @@ impl ReleaseService for ReleasesService {
                 ))
                 .into());
             }
+            if header.signature.is_some() && stored.signature != header.signature {
+                return Err(Error::Exists(format!(
+                    "{} {} was pushed with {} signature; releases are immutable: push a new version to sign it",
+                    header.app,
+                    header.version,
+                    if stored.signature.is_some() { "another" } else { "no" }
+                ))
+                .into());
+            }
             let artifacts = &fleet.artifacts;
             let condition =
                 tokio::task::block_in_place(|| artifacts.examine(&stored.sha256, stored.size)).map_err(Error::from)?;

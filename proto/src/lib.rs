@@ -18,6 +18,20 @@ pub mod transport;
 
 pub use v1::*;
 
+/// The public id of what someone gave to name a join or operator token:
+/// the id itself, or a whole token (`fleet_jt_<id>.<secret>`,
+/// `fleet_op_<id>.<secret>`, pasted from a leak), whose secret is dropped so
+/// that it reaches no request, record, log or message. At most 64
+/// characters are kept.
+pub fn token_public_id(given: &str) -> String {
+    let t = given.trim();
+    let t = ["fleet_op_", "fleet_jt_"]
+        .iter()
+        .find_map(|p| t.strip_prefix(p))
+        .unwrap_or(t);
+    t.split('.').next().unwrap_or_default().chars().take(64).collect()
+}
+
 /// Milliseconds since the Unix epoch, the unit of every timestamp on the wire.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -145,6 +159,15 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn pasted_tokens_give_their_id_only() {
+        assert_eq!(token_public_id("fleet_op_ab12.s3cret"), "ab12");
+        assert_eq!(token_public_id("fleet_jt_ab12.s3cret\n"), "ab12");
+        assert_eq!(token_public_id(" ab12 "), "ab12");
+        assert!(!token_public_id(&format!("fleet_op_{}.x", "a".repeat(500))).contains('x'));
+        assert_eq!(token_public_id(&"é".repeat(100)).chars().count(), 64);
+    }
 
     #[test]
     fn safe_names() {

@@ -25,18 +25,20 @@ impl PublicKey {
     /// error says what was expected.
     pub fn parse(text: &str) -> Result<PublicKey, String> {
         let t = text.trim();
-        let hex = t.strip_prefix(KEY_PREFIX).ok_or_else(|| {
-            format!(
-                "'{}' is not a fleet public key (expected {KEY_PREFIX} and 64 hex digits, as in the .pub file 'fleetctl keys generate' writes)",
-                t.chars().take(80).collect::<String>()
-            )
-        })?;
-        let bytes = unhex(hex).filter(|b| b.len() == 32).ok_or_else(|| {
-            format!(
-                "public key '{}…' does not have 64 hex digits after {KEY_PREFIX}",
-                &t[..t.len().min(24)]
-            )
-        })?;
+        // The text is never echoed: it may be a private key given by mistake.
+        let Some(hex) = t.strip_prefix(KEY_PREFIX) else {
+            let hint = if t.contains("PRIVATE KEY") {
+                " (this is a private key: give the .pub file, and keep the .key secret)"
+            } else {
+                ""
+            };
+            return Err(format!(
+                "not a fleet public key: expected {KEY_PREFIX} and 64 hex digits, as in the .pub file                  'fleetctl keys generate' writes{hint}"
+            ));
+        };
+        let bytes = unhex(hex)
+            .filter(|b| b.len() == 32)
+            .ok_or_else(|| format!("not a fleet public key: {KEY_PREFIX} must be followed by 64 hex digits"))?;
         let mut k = [0u8; 32];
         k.copy_from_slice(&bytes);
         Ok(PublicKey(k))
@@ -224,8 +226,18 @@ mod tests {
             check(&[pk], "this host", "web", "1.0.0", SHA, Some(&bad)),
             Err(Refusal::Malformed(_))
         ));
-        for text in ["", "ed25519:zz", "rsa:00", &format!("{KEY_PREFIX}{}", "0".repeat(62))] {
+        for text in [
+            "",
+            "ed25519:zz",
+            "rsa:00",
+            "ed25519:€€€€€€€€€€€€€€€€€€€€€€€€€€€€€€€€",
+            &format!("{KEY_PREFIX}{}", "0".repeat(62)),
+        ] {
             assert!(PublicKey::parse(text).is_err(), "{text}");
         }
+        // A private key given by mistake is named, never echoed.
+        let pem = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIKSECRET\n-----END PRIVATE KEY-----\n";
+        let e = PublicKey::parse(pem).expect_err("private");
+        assert!(e.contains("private key") && !e.contains("SECRET"), "{e}");
     }
 }

@@ -172,6 +172,29 @@ fn roles_and_scopes_hold_on_every_call() {
         "--canary-approve",
     ]);
     let rollout_id = started["id"].as_str().expect("rollout id").to_string();
+    // The scoped deployer cannot steer a rollout that reaches outside its
+    // scope, nor delete another app's release, nor roll a prod host back,
+    // nor even plan outside its scope.
+    denied(
+        &as_op(f, &ci, &["rollout", "pause", &rollout_id]),
+        "pausing a rollout over a prod host",
+        &["may not change host"],
+    );
+    denied(
+        &as_op(f, &ci, &["release", "rm", "other", "1.0.0"]),
+        "deleting another app's release",
+        &["may not change app 'other'"],
+    );
+    denied(
+        &as_op(f, &ci, &["rollback", APP, "--host", &prod_host, "--to", "1.0.0"]),
+        "rolling a prod host back",
+        &["may not change host"],
+    );
+    denied(
+        &as_op(f, &ci, &["rollout", APP, "--version", "2.0.0", "--dry-run"]),
+        "planning over a prod host",
+        &["may not change host"],
+    );
     let mut watch = f
         .fleetctl_command(&["--token", &viewer, "rollout", "status", &rollout_id, "--watch"])
         .spawn()
@@ -280,6 +303,16 @@ fn tokens_are_revoked_one_by_one_at_once_and_expire() {
     std::thread::sleep(Duration::from_millis(1500));
     denied(&as_op(&f, &short, &["hosts", "ls"]), "the expired token", &["expired"]);
 
+    // A token pasted whole to revoke it: revoked by its id, and its secret
+    // reaches no audit record.
+    let pasted = f.fleetctl_json(&["operator", "token", "create", "ci", "--ttl", "1h"]);
+    let pasted = pasted["secret"].as_str().expect("secret").to_string();
+    f.fleetctl_json(&["operator", "token", "revoke", &pasted]);
+    denied(&as_op(&f, &pasted, &["hosts", "ls"]), "the pasted token", &["revoked"]);
+    let audit = String::from_utf8(f.fleetctl(&["audit", "-o", "json"]).stdout).expect("utf-8");
+    let pasted_secret = pasted.split('.').nth(1).expect("secret part");
+    assert!(!audit.contains(pasted_secret), "a token secret reached the audit log");
+
     // Removing the identity removes every token it has.
     f.fleetctl_json(&["operator", "rm", "ci"]);
     denied(
@@ -325,7 +358,8 @@ fn the_recovery_token_needs_the_ca_key_and_makes_lasting_admins() {
     let (head, mac) = recovery.rsplit_once('.').expect("dot");
     let forged = format!("{head}0.{mac}");
     denied(&as_op(&f, &forged, &["hosts", "ls"]), "a moved expiry", &["not valid"]);
-    // Without read access to ca.key there is no token.
+    // Without the data dir's CA files there is no token (as root, CI cannot
+    // show a permission refusal; the message names the file either way).
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("controller.toml");
     std::fs::write(

@@ -79,6 +79,15 @@ fn hosts_run_only_what_their_pinned_key_signed() {
     let ci_key = keys.join("ci.key");
     let rogue_key = keys.join("rogue.key");
     let public = std::fs::read_to_string(keys.join("ci.pub")).expect("ci.pub");
+    let host0 = c.fleet.agents[0].host_id().expect("host id");
+
+    // Before the hosts pin anything, host 0 runs an unsigned release.
+    assert_success(&push(&c, "0.5.0", None, 0), "push unsigned 0.5.0");
+    assert_success(
+        &c.fleet
+            .fleetctl(&["deploy", APP, "--version", "0.5.0", "--host", &host0]),
+        "deploy unsigned 0.5.0 before pinning",
+    );
 
     // The hosts pin CI's key (agent.toml), and restart with it.
     for a in &mut c.fleet.agents {
@@ -89,9 +98,20 @@ fn hosts_run_only_what_their_pinned_key_signed() {
         a.start();
     }
     c.fleet.wait_connected(2, Duration::from_secs(30));
-    let host0 = c.fleet.agents[0].host_id().expect("host id");
 
     assert_success(&push(&c, "1.0.0", Some(&ci_key), 10), "push 1.0.0 signed");
+    // The app's health check is a command the controller sends, which no
+    // key signed: refused on pinned hosts before anything changes.
+    let out = c
+        .fleet
+        .fleetctl(&["deploy", APP, "--version", "1.0.0", "--host", &host0]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("health check is a command"), "{}", stderr(&out));
+    assert_eq!(c.served(0).as_deref(), Some("0.5.0"), "untouched");
+    assert_success(
+        &c.fleet.fleetctl(&["app", "update", APP, "--no-health"]),
+        "app update --no-health",
+    );
     assert_success(
         &c.rollout(&["--version", "1.0.0", "--batch", "100%", "--wait"]),
         "rollout 1.0.0",
@@ -133,10 +153,13 @@ fn hosts_run_only_what_their_pinned_key_signed() {
     wait_until(Duration::from_secs(20), "host 0 serving 2.1.0", || {
         (c.served(0).as_deref() == Some("2.1.0")).then_some(())
     });
-    let out = c
-        .fleet
-        .fleetctl(&["deploy", APP, "--version", "1.0.0", "--host", &host0]);
-    assert_success(&out, "back to 1.0.0, which the host ran");
+    let out = c.fleet.fleetctl(&["rollback", APP, "--host", &host0, "--to", "1.0.0"]);
+    assert_success(&out, "back to 1.0.0, which the host accepted");
+    // 0.5.0 is still on host 0's disk, but came before the keys.
+    let out = c.fleet.fleetctl(&["rollback", APP, "--host", &host0, "--to", "0.5.0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("never accepted"), "{}", stderr(&out));
+    assert_eq!(c.served(0).as_deref(), Some("1.0.0"));
 
     // The controller refuses at push once the app requires the key.
     assert_success(

@@ -29,6 +29,7 @@ impl Worker {
     ) -> Outcome {
         layout::check_name("version", &rel.version)
             .map_err(|e| fail(Phase::Start, FailureCause::Invalid, e).unchanged())?;
+        self.check_spec(spec).map_err(Failed::unchanged)?;
         self.check_signature(run, rel).await.map_err(Failed::unchanged)?;
         self.obtain(run, &spec.name, rel, grant)
             .await
@@ -69,6 +70,10 @@ impl Worker {
             )
             .unchanged());
         }
+        self.check_spec(spec).map_err(Failed::unchanged)?;
+        self.check_rollback_target(run, &target)
+            .await
+            .map_err(Failed::unchanged)?;
         self.activate(run, spec, &target, &Manifest::default()).await
     }
 

@@ -16,7 +16,6 @@ use super::report::Run;
 use super::worker::Worker;
 use super::{blocking, fail, io_cause, Failed};
 use crate::layout;
-use crate::trust;
 use crate::units::BoxFuture;
 use crate::unpack::{self, Format, UnpackError};
 
@@ -42,59 +41,6 @@ pub(super) trait Fetch: Send + Sync {
 }
 
 impl Worker {
-    /// The signature phase, on hosts that pin keys: `rel` must be signed by
-    /// one of them and not be a replay (`crate::trust`). What the host
-    /// accepted is durable before a byte is fetched. Hosts without pinned
-    /// keys skip it (no phase reported).
-    pub(super) async fn check_signature(&self, run: &Run<'_>, rel: &ReleaseRef) -> Result<(), Failed> {
-        if self.trusted_keys.is_empty() {
-            return Ok(());
-        }
-        let t = run.started(Phase::Signature);
-        let failed = |f: Failed| {
-            run.phase_failed(&f, t);
-            f
-        };
-        let dir = run.app.root().to_path_buf();
-        let read = dir.clone();
-        let accepted = blocking(move || trust::load(&read)).await.map_err(|e| {
-            failed(fail(
-                Phase::Signature,
-                io_cause(&e),
-                format!("cannot read what this host accepted: {e}"),
-            ))
-        })?;
-        let sequence = match trust::decide(&self.trusted_keys, &run.app.app, rel, &accepted) {
-            Ok(Some(sequence)) => sequence,
-            Ok(None) => return Ok(()),
-            Err(refusal) => {
-                return Err(failed(fail(
-                    Phase::Signature,
-                    FailureCause::Signature,
-                    refusal.to_string(),
-                )))
-            }
-        };
-        let next = trust::accept(accepted, rel, sequence);
-        blocking(move || trust::save(&dir, &next)).await.map_err(|e| {
-            failed(fail(
-                Phase::Signature,
-                io_cause(&e),
-                format!("cannot record the accepted release: {e}"),
-            ))
-        })?;
-        let by = rel.signature.as_ref().map(|s| s.key.as_str()).unwrap_or_default();
-        let by = fleet_proto::signing::PublicKey::parse(by)
-            .map(|k| k.short())
-            .unwrap_or_default();
-        run.succeeded(
-            Phase::Signature,
-            t,
-            format!("signed by {by} (sequence {sequence}), a key this host trusts"),
-        );
-        Ok(())
-    }
-
     /// Fetch, verify and unpack `rel` unless it is already on disk.
     pub(super) async fn obtain(
         &self,

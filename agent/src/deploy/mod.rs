@@ -9,8 +9,9 @@
 //! restarts and checks the previous release, and the report carries the
 //! evidence (journal tail, hook output, health response), redacted.
 //!
-//! One job per file: `worker` (the queue, a task's start and end), `fetch`
-//! (download, verify, unpack), `activate` (from the swap to done), `revert`
+//! One job per file: `worker` (the queue, a task's start and end), `trusted`
+//! (on hosts that pin signing keys: the signature, the spec, rollback
+//! targets), `fetch` (download, verify, unpack), `activate` (from the swap to done), `revert`
 //! (back to the previous release, and recovery at start), `report` (progress
 //! messages). The I/O it waits on is behind narrow traits — the unit
 //! manager ([`crate::units::Units`]), the health check
@@ -33,6 +34,7 @@ mod activate;
 mod fetch;
 mod report;
 mod revert;
+mod trusted;
 mod worker;
 
 #[cfg(test)]

@@ -147,7 +147,7 @@ pub struct PushArgs {
     pub sign_key: Option<std::path::PathBuf>,
     /// The release sequence to sign, higher than every earlier release of
     /// the app [default: the time now in ms]
-    #[arg(long, value_name = "N", requires = "sign_key")]
+    #[arg(long, value_name = "N", requires = "sign_key", value_parser = clap::value_parser!(u64).range(1..))]
     pub sequence: Option<u64>,
 }
 

@@ -1,8 +1,9 @@
 //! Forwarding each audit record off the store as one JSON line, so it can
-//! be shipped off the host: appended to a file (`[audit] forward_file`),
-//! and/or sent to the local syslog (`[audit] forward_syslog`, RFC 3164
-//! datagrams on `/dev/log`, facility authpriv). A sink that fails is logged
-//! and the call goes on: the store holds the record either way.
+//! be shipped off the host: appended to a file (`[audit] forward_file`,
+//! opened for each record, so a log rotation is followed at once), and/or
+//! sent to the local syslog (`[audit] forward_syslog`, RFC 3164 datagrams
+//! on `/dev/log`, facility authpriv). A sink that fails is logged and the
+//! call goes on: the store holds the record either way.
 
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
@@ -14,7 +15,7 @@ use super::Record;
 /// Where records go besides the store.
 #[derive(Default)]
 pub struct Forward {
-    file: Option<(PathBuf, Mutex<std::fs::File>)>,
+    file: Option<(PathBuf, Mutex<()>)>,
     syslog: Option<(PathBuf, UnixDatagram)>,
 }
 
@@ -27,6 +28,16 @@ pub struct ForwardError {
     source: std::io::Error,
 }
 
+/// The forward file, opened for appending (created 0640 if missing).
+fn append(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+}
+
 /// syslog priority: facility authpriv (10) × 8 + severity info (6).
 const PRIORITY: u8 = 86;
 
@@ -36,18 +47,13 @@ impl Forward {
         let file = match file {
             None => None,
             Some(path) => {
-                use std::os::unix::fs::OpenOptionsExt;
-                let f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o640)
-                    .open(path)
-                    .map_err(|source| ForwardError {
-                        what: "the file",
-                        path: path.display().to_string(),
-                        source,
-                    })?;
-                Some((path.to_path_buf(), Mutex::new(f)))
+                // Opened once here to fail at start, not at the first record.
+                append(path).map_err(|source| ForwardError {
+                    what: "the file",
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Some((path.to_path_buf(), Mutex::new(())))
             }
         };
         let syslog = match syslog {
@@ -76,9 +82,10 @@ impl Forward {
                 return;
             }
         };
-        if let Some((path, f)) = &self.file {
-            let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = writeln!(f, "{line}") {
+        if let Some((path, one)) = &self.file {
+            // One writer at a time, so lines never interleave.
+            let _one = one.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = append(path).and_then(|mut f| writeln!(f, "{line}")) {
                 tracing::error!(error = %e, path = %path.display(), "cannot append an audit record to the forward file");
             }
         }
@@ -110,6 +117,9 @@ mod tests {
             app: "web".into(),
             ..Default::default()
         };
+        fwd.send(&r);
+        // Rotated away (logrotate's rename): the next record starts a new file.
+        std::fs::rename(&file, dir.path().join("audit.jsonl.1")).expect("rotate");
         fwd.send(&r);
         fwd.send(&r);
         let text = std::fs::read_to_string(&file).expect("file");

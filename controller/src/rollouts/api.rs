@@ -46,7 +46,7 @@ pub async fn start(fleet: &Arc<Fleet>, req: &StartRolloutRequest, op: &Operator)
         .filter(|r| r.app == req.app)
         .collect();
     let app_release = fleet.rollouts.records.app_release(&req.app)?;
-    let rollout = plan::plan(&plan::Input {
+    let mut rollout = plan::plan(&plan::Input {
         app: &spec,
         req,
         hosts: &hosts,
@@ -58,6 +58,11 @@ pub async fn start(fleet: &Arc<Fleet>, req: &StartRolloutRequest, op: &Operator)
         now_ms: now_ms(),
     })?;
     op.may_change_hosts(planned_hosts(&rollout, &hosts))?;
+    if !op.scope.selector.is_empty() {
+        // A deployer limited to some hosts never sets the release hosts
+        // that join the app later get: they may be outside its scope.
+        rollout.whole_selection = false;
+    }
     if req.dry_run {
         return Ok(rollout);
     }

@@ -125,6 +125,9 @@ impl Engine {
                     self.record(effects)?;
                     match change {
                         Change::End { .. } => {
+                            // The audit record is made durable with the end,
+                            // before the end event releases `--wait`.
+                            self.audit_end();
                             self.make_durable().await?;
                             self.ended();
                         }
@@ -245,6 +248,12 @@ impl Engine {
         } else {
             tracing::warn!(state, reason = %self.r.reason, "rollout ended");
         }
+    }
+
+    /// Records how the rollout ended in the audit log, as its creator.
+    fn audit_end(&self) {
+        let state = self.r.state().word();
+        let kind = self.r.kind().word();
         let hosts = super::rollout_hosts(&self.r);
         self.fleet.audit.write(&crate::audit::Record {
             at_ms: now_ms(),

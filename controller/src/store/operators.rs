@@ -111,6 +111,23 @@ impl Store {
         })
     }
 
+    /// Adds a token for its identity, in the identities' lane and only if
+    /// the identity is still what it was when read: a token never outlives
+    /// a concurrent removal of its identity. False when there is no such
+    /// identity.
+    pub fn add_operator_token(&self, rec: &OperatorRecord) -> Result<bool, StoreError> {
+        self.rmw(LANE, "adding an operator token", |kv| {
+            let Some(v) = kv.get(Space::Identities, rec.name.as_bytes())? else {
+                return Ok(Attempt::Done(false));
+            };
+            let txn = Txn::new()
+                .when_equals(Space::Identities, &rec.name, &v)
+                .when_absent(Space::Operators, &rec.id)
+                .put(Space::Operators, &rec.id, enc_json(rec));
+            Ok(Attempt::Commit(txn, true))
+        })
+    }
+
     /// Marks an operator token revoked; returns it, or None when unknown.
     pub fn revoke_operator_token(&self, id: &str, now: i64) -> Result<Option<OperatorRecord>, StoreError> {
         self.rmw(id.as_bytes(), "revoking an operator token", |kv| {
@@ -207,8 +224,10 @@ mod tests {
         for (id, name) in [("t1", "ci"), ("t2", "ci"), ("t3", "root")] {
             store.put_operator(&token(id, name)).expect("token");
         }
+        assert!(store.add_operator_token(&token("t4", "ci")).expect("add"));
+        assert!(!store.add_operator_token(&token("t5", "nobody")).expect("no identity"));
         let (rec, n) = store.remove_identity("ci").expect("remove").expect("ci");
-        assert_eq!((rec.name.as_str(), n), ("ci", 2));
+        assert_eq!((rec.name.as_str(), n), ("ci", 3));
         let left: Vec<String> = store
             .operator_tokens()
             .expect("tokens")
