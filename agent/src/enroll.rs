@@ -133,12 +133,14 @@ async fn attempt(config: &Config, token: &JoinToken, sampler: &Sampler) -> Resul
         ca_pem: response.ca_pem,
     };
     identity.check().map_err(|e| bad(e.to_string()))?;
-    // The CA we will trust from now on must be the one the operator pinned.
-    if let Ok(Trust::Ca(ca)) = identity.trust() {
-        let got = transport::fingerprint(&ca);
-        if got != config.ca_fingerprint {
+    // The CAs we will trust from now on must include the one the operator
+    // pinned (during a CA rotation they are the new CA and the old one).
+    if let Ok(Trust::Cas(cas)) = identity.trust() {
+        let got: Vec<String> = cas.iter().map(|c| transport::fingerprint(c)).collect();
+        if !got.contains(&config.ca_fingerprint) {
             return Err(bad(format!(
-                "its CA has fingerprint {got}, not the pinned {}",
+                "its CA has fingerprint {}, not the pinned {}",
+                got.join(" or "),
                 config.ca_fingerprint
             )));
         }

@@ -85,14 +85,14 @@ impl Identity {
         })
     }
 
-    /// Trust in the CA received at enrollment.
+    /// Trust in the CAs received at enrollment or with the last renewal
+    /// (two during a CA rotation: the new one and the one it replaces).
     pub fn trust(&self) -> Result<Trust, IdentityError> {
-        let mut certs = certs_from_pem(CA_FILE, &self.ca_pem).map_err(|e| IdentityError::Corrupt {
+        let certs = certs_from_pem(CA_FILE, &self.ca_pem).map_err(|e| IdentityError::Corrupt {
             path: PathBuf::from(CA_FILE),
             detail: e.to_string(),
         })?;
-        // Invariant: certs_from_pem never returns an empty list.
-        Ok(Trust::Ca(certs.swap_remove(0)))
+        Ok(Trust::Cas(certs))
     }
 
     /// Checks that the PEM texts parse and that the key belongs to the
@@ -357,7 +357,7 @@ mod tests {
         assert_eq!(back.key_pem, id.key_pem);
         assert_eq!(back.ca_pem, id.ca_pem);
         back.check().expect("usable identity");
-        assert!(matches!(back.trust().expect("trust"), Trust::Ca(_)));
+        assert!(matches!(back.trust().expect("trust"), Trust::Cas(c) if c.len() == 1));
 
         // Overwriting keeps the mode and leaves no temp file behind.
         state.store(&back).expect("store again");

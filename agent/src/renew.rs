@@ -30,6 +30,8 @@ pub enum RenewError {
 #[derive(Default)]
 pub struct Renewal {
     pending: Option<Pending>,
+    /// The controller asked for a renewal now (a CA rotation).
+    forced: bool,
 }
 
 struct Pending {
@@ -48,7 +50,7 @@ impl Renewal {
         now_ms: i64,
         now: Instant,
     ) -> Result<Option<RenewRequest>, RenewError> {
-        if now_ms < identity.renew_at_ms() {
+        if now_ms < identity.renew_at_ms() && !self.forced {
             return Ok(None);
         }
         if let Some(p) = &self.pending {
@@ -59,7 +61,18 @@ impl Renewal {
         }
         let (key, csr_der) = identity::new_key_and_csr(common_name)?;
         self.pending = Some(Pending { key, sent_at: now });
+        self.forced = false;
         Ok(Some(RenewRequest { csr_der }))
+    }
+
+    /// The controller's CA is being rotated: renew at the next heartbeat,
+    /// unless the certificate was issued since the rotation began (it is
+    /// already the new CA's). Returns whether a renewal is due.
+    pub fn renew_now(&mut self, identity: &Identity, issued_before_ms: i64) -> bool {
+        if identity.host.issued_at_ms < issued_before_ms {
+            self.forced = true;
+        }
+        self.forced
     }
 
     /// The identity made of `current` and the answer to our request.
@@ -73,7 +86,12 @@ impl Renewal {
             },
             cert_pem: answer.certificate_pem,
             key_pem: pending.key.serialize_pem(),
-            ca_pem: current.ca_pem.clone(),
+            // The CAs to trust from now on; an older controller sends none.
+            ca_pem: if answer.ca_pem.trim().is_empty() {
+                current.ca_pem.clone()
+            } else {
+                answer.ca_pem
+            },
         };
         // Also catches an answer to an earlier request that was replaced:
         // its certificate is for another key.
@@ -103,7 +121,33 @@ mod tests {
         RenewResponse {
             certificate_pem: ca.sign(&req.csr_der),
             not_after_ms,
+            ca_pem: String::new(),
         }
+    }
+
+    #[test]
+    fn a_rotation_forces_a_renewal_of_older_certificates_only_and_brings_the_cas() {
+        let ca = TestCa::new();
+        let now = fleet_proto::now_ms();
+        let current = ca.identity("h-1", now - HOUR, now + 3 * HOUR);
+        let t0 = Instant::now();
+        let mut r = Renewal::default();
+        // Issued after the rotation began: already the new CA's.
+        assert!(!r.renew_now(&current, now - 2 * HOUR));
+        assert!(r.request_if_due(&current, "web-1", now, t0).expect("ok").is_none());
+        // Issued before: renewed at the next heartbeat, long before half-life.
+        assert!(r.renew_now(&current, now));
+        let req = r
+            .request_if_due(&current, "web-1", now, t0)
+            .expect("ok")
+            .expect("forced");
+        let mut a = answer(&ca, &req, now + 9 * HOUR);
+        a.ca_pem = format!("{}{}", ca.pem, ca.pem);
+        let renewed = r.complete(&current, a, now).expect("renewed");
+        assert_eq!(renewed.ca_pem, format!("{}{}", ca.pem, ca.pem), "the CAs to trust now");
+        assert!(matches!(renewed.trust().expect("trust"), fleet_proto::transport::Trust::Cas(c) if c.len() == 2));
+        // The force is spent.
+        assert!(r.request_if_due(&renewed, "web-1", now, t0).expect("ok").is_none());
     }
 
     #[test]

@@ -240,6 +240,11 @@ impl Session<'_> {
                             }
                         }
                         In::Renewed(answer) => self.take_renewal(&mut renewal, answer),
+                        In::RenewNow(now) => {
+                            if renewal.renew_now(self.identity, now.issued_before_ms) {
+                                tracing::info!("the controller's CA is being rotated: renewing onto the new one");
+                            }
+                        }
                     }
                 }
             }

@@ -248,6 +248,7 @@ pub async fn run(cli: &Cli, env: &Env, args: &BootstrapArgs) -> Result<Report, E
     let resolved = config::resolve(&cli.global.flags(), env)?.require()?;
     let ca_fingerprint = match load_trust(&resolved.trust)? {
         Trust::Ca(der) => transport::fingerprint(&der),
+        Trust::Cas(ders) => ders.first().map(|d| transport::fingerprint(d)).unwrap_or_default(),
         Trust::PinnedFingerprint(fp) => fp,
     };
     let agent_controller = args

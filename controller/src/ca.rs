@@ -42,6 +42,29 @@ pub struct NewCa {
 /// Makes a new CA, valid for ten years.
 pub fn generate_ca(name: &str) -> Result<NewCa, CaError> {
     let key = KeyPair::generate()?;
+    let cert = ca_params(name).self_signed(&key)?;
+    Ok(NewCa {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// What a CA rotation writes: the new CA, the new CA's certificate signed
+/// by the old one (so a client that trusts only the old CA accepts a chain
+/// through it), and the controller's server certificate from the new CA.
+pub struct Successor {
+    /// The new CA.
+    pub ca: NewCa,
+    /// The new CA's key certified by the old CA, PEM.
+    pub cross_pem: String,
+    /// The server certificate (leaf only), PEM.
+    pub server_pem: String,
+    /// Its key, PEM.
+    pub server_key_pem: String,
+}
+
+/// The parameters of a CA named `name`.
+fn ca_params(name: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(&format!("fleet CA {name}"));
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -54,11 +77,33 @@ pub fn generate_ca(name: &str) -> Result<NewCa, CaError> {
     params.not_before = now - time::Duration::hours(1);
     params.not_after = now + time::Duration::days(3650);
     params.serial_number = Some(serial());
-    let cert = params.self_signed(&key)?;
-    Ok(NewCa {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    params
+}
+
+/// The DNS names and addresses of a server certificate (PEM), to make its
+/// successor for the same names.
+pub fn sans_of(server_pem: &str) -> Result<Vec<String>, CaError> {
+    use x509_parser::extensions::GeneralName;
+    let bad = |e: String| CaError::Load(format!("server certificate: {e}"));
+    let der = fleet_proto::transport::certs_from_pem("server.pem", server_pem).map_err(|e| bad(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der[0]).map_err(|e| bad(e.to_string()))?;
+    let Some(ext) = cert.subject_alternative_name().map_err(|e| bad(e.to_string()))? else {
+        return Ok(Vec::new());
+    };
+    Ok(ext
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_string()),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => <[u8; 4]>::try_from(*b).ok().map(|a| IpAddr::from(a).to_string()),
+                16 => <[u8; 16]>::try_from(*b).ok().map(|a| IpAddr::from(a).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect())
 }
 
 /// The loaded CA, able to sign.
@@ -106,15 +151,12 @@ impl Ca {
         })
     }
 
-    /// A 32-byte key for `purpose`, derived from the CA key: stable across
-    /// restarts, different per purpose, and never the CA key itself.
-    pub fn derive_key(&self, purpose: &str) -> [u8; 32] {
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        ctx.update(&self.secret);
-        ctx.update(purpose.as_bytes());
-        let mut out = [0u8; 32];
-        out.copy_from_slice(ctx.finish().as_ref());
-        out
+    /// The root of the controller's MAC keys in data dirs made before
+    /// `mac.key` existed (SHA-256 of the CA key): `secrets` writes it to
+    /// `mac.key` once, so what was signed with it stays valid after the CA
+    /// is rotated.
+    pub fn legacy_mac_root(&self) -> [u8; 32] {
+        self.secret
     }
 
     /// Signs the controller's server certificate for `sans` with a key made here.
@@ -132,6 +174,29 @@ impl Ca {
         params.serial_number = Some(serial());
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// Makes the CA that replaces this one (named `name`), its cross
+    /// certificate signed by this one, and a server certificate from it for
+    /// `sans`.
+    pub fn successor(&self, name: &str, sans: &[String]) -> Result<Successor, CaError> {
+        let key = KeyPair::generate()?;
+        let params = ca_params(name);
+        let cert = params.self_signed(&key)?;
+        let mut cross_params = ca_params(name);
+        cross_params.distinguished_name = params.distinguished_name.clone();
+        let cross = cross_params.signed_by(&key, &self.issuer)?;
+        let next = Ca::load(&cert.pem(), &key.serialize_pem())?;
+        let (server_pem, server_key_pem) = next.server_certificate(sans)?;
+        Ok(Successor {
+            ca: NewCa {
+                cert_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+            },
+            cross_pem: cross.pem(),
+            server_pem,
+            server_key_pem,
+        })
     }
 
     /// Signs an agent's CSR as a client certificate for `host_id`, valid for `ttl`.

@@ -107,7 +107,9 @@ impl Enrollment for EnrollmentService {
         }
         let host_id = crate::random_hex(8);
         let signed = fleet
-            .ca
+            .authority
+            .current()
+            .signing
             .sign_client(&r.csr_der, &host_id, Duration::from_millis(token.cert_ttl_ms))
             .map_err(|e| {
                 fleet.metrics.enrollment("bad_csr");
@@ -155,7 +157,7 @@ impl Enrollment for EnrollmentService {
         Ok(Response::new(EnrollResponse {
             host_id,
             certificate_pem: signed.pem,
-            ca_pem: fleet.ca.cert_pem.clone(),
+            ca_pem: fleet.authority.current().bundle_pem.clone(),
             not_after_ms: signed.not_after_ms,
             labels,
         }))

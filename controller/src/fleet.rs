@@ -7,7 +7,6 @@ use fleet_proto::{Host, HostStatus};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::ca::Ca;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -39,7 +38,7 @@ pub struct Fleet {
     /// Durable state.
     pub store: Store,
     /// Signs agent certificates.
-    pub ca: Ca,
+    pub authority: Arc<crate::authority::Authority>,
     /// The artifact files and what is known to be verified among them.
     pub artifacts: crate::artifacts::Artifacts,
     /// Mints and checks hosts' permissions to download artifacts.

@@ -159,6 +159,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
         &format!("{server_pem}{}", new_ca.cert_pem),
         0o644,
     )?;
+    crate::secrets::Macs::make(&dir).map_err(io(&dir.join(crate::secrets::FILE)))?;
 
     let store = Store::open(&dir.join("store"))?;
     let (op_id, op_secret) = (crate::random_hex(6), crate::random_hex(24));

@@ -51,10 +51,36 @@ enum Command {
         #[arg(long, env = "FLEET_CONTROLLER_CONFIG")]
         config: PathBuf,
     },
+    /// The fleet's CA: rotate it, or show a rotation under way.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Check every release's stored artifact (present, right size, matches
     /// its sha256); run it with the controller stopped. Exits 1 when any is
     /// missing or damaged, 2 when it cannot check.
     Check {
+        /// The controller.toml that init wrote.
+        #[arg(long, env = "FLEET_CONTROLLER_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Begin replacing the CA: the running controller takes it up within a
+    /// second (no restart), its agents renew onto the new CA at once, and
+    /// the old CA stays trusted for the overlap. Run it as the data dir's
+    /// owner (sudo -u fleet-controller) or root.
+    Rotate {
+        /// The controller.toml that init wrote.
+        #[arg(long, env = "FLEET_CONTROLLER_CONFIG")]
+        config: PathBuf,
+        /// How long the old CA stays trusted: agents offline longer must
+        /// enroll again, and fleetctl configs must change within it
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        overlap: std::time::Duration,
+    },
+    /// Show the rotation under way, if any.
+    Status {
         /// The controller.toml that init wrote.
         #[arg(long, env = "FLEET_CONTROLLER_CONFIG")]
         config: PathBuf,
@@ -110,6 +136,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Ca(command) => ca(command),
         Command::AdminToken { config } => {
             let config = match fleet_controller::Config::load(&config) {
                 Ok(c) => c,
@@ -157,6 +184,70 @@ fn main() -> ExitCode {
                     ExitCode::from(e.exit_code())
                 }
             }
+        }
+    }
+}
+
+fn ca(command: CaCommand) -> ExitCode {
+    let (config, rotate) = match command {
+        CaCommand::Rotate { config, overlap } => (config, Some(overlap)),
+        CaCommand::Status { config } => (config, None),
+    };
+    let config = match fleet_controller::Config::load(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fleet-controller: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let dir = &config.data_dir;
+    let now = fleet_proto::now_ms();
+    let utc = fleet_controller::store::utc;
+    let Some(overlap) = rotate else {
+        return match fleet_controller::rotation::state(dir, now) {
+            Ok(fleet_controller::rotation::State::Idle) => {
+                println!("no CA rotation under way");
+                ExitCode::SUCCESS
+            }
+            Ok(fleet_controller::rotation::State::Overlap(p) | fleet_controller::rotation::State::Due(p)) => {
+                println!(
+                    "CA rotation under way since {}: new CA {}, old CA {} trusted until {}",
+                    utc(p.started_at_ms),
+                    p.next_fingerprint,
+                    p.previous_fingerprint,
+                    utc(p.ends_at_ms)
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fleet-controller: {e}");
+                ExitCode::from(2)
+            }
+        };
+    };
+    match fleet_controller::rotation::begin(dir, overlap, now) {
+        Ok(p) => {
+            let end = utc(p.ends_at_ms);
+            println!("CA rotation begun: the new CA is {}", p.next_fingerprint);
+            println!("the old CA {} stays trusted until {end}", p.previous_fingerprint);
+            println!();
+            println!("The running controller takes it up within a second (no restart); connected agents");
+            println!("renew onto the new CA at once. Before {end}, update:");
+            println!(
+                "  - fleetctl configs: fleetctl login --ca-fingerprint {} (or a copy of {}/rotation/ca.pem)",
+                p.next_fingerprint,
+                dir.display()
+            );
+            println!(
+                "  - cloud-init user-data and bootstrap: ca_fingerprint = \"{}\" for new hosts",
+                p.next_fingerprint
+            );
+            println!("Agents offline until {end} must enroll again afterwards.");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fleet-controller: {e}");
+            ExitCode::from(2)
         }
     }
 }

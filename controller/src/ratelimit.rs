@@ -249,9 +249,19 @@ impl RenewalGate {
     /// agent renews at half-life, and must get its new certificate (even
     /// after a lost answer) before the old one expires.
     pub fn begin(&self, host_id: &str, cert_ttl: Duration, now: Instant) -> Result<RenewPermit<'_>, RenewRefusal> {
+        self.begin_within(host_id, self.min_interval.min(cert_ttl / 4), now)
+    }
+
+    /// `begin` for a host asked to renew by a CA rotation: one in flight,
+    /// but no minimum interval since its last renewal.
+    pub fn begin_rotating(&self, host_id: &str, now: Instant) -> Result<RenewPermit<'_>, RenewRefusal> {
+        self.begin_within(host_id, Duration::ZERO, now)
+    }
+
+    fn begin_within(&self, host_id: &str, interval: Duration, now: Instant) -> Result<RenewPermit<'_>, RenewRefusal> {
         let mut hosts = self.lock();
         let state = hosts.entry(host_id.to_string()).or_default();
-        may_renew(host_id, *state, now, self.min_interval.min(cert_ttl / 4))?;
+        may_renew(host_id, *state, now, interval)?;
         state.in_flight = true;
         Ok(RenewPermit {
             gate: self,

@@ -120,6 +120,11 @@ impl Registry {
         SessionHandle { id, cancel, reason }
     }
 
+    /// The hosts with a stream open now.
+    pub fn hosts(&self) -> Vec<String> {
+        lock(&self.sessions).keys().cloned().collect()
+    }
+
     /// Forgets a stream that ended (unless a newer one replaced it already).
     pub fn unregister(&self, host_id: &str, session_id: u64) -> Option<Live> {
         let mut sessions = lock(&self.sessions);

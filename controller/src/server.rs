@@ -14,19 +14,19 @@ use fleet_proto::app_service_server::AppServiceServer;
 use fleet_proto::audit_service_server::AuditServiceServer;
 use fleet_proto::enrollment_server::EnrollmentServer;
 use fleet_proto::host_service_server::HostServiceServer;
+use fleet_proto::now_ms;
 use fleet_proto::operator_service_server::OperatorServiceServer;
 use fleet_proto::release_service_server::ReleaseServiceServer;
 use fleet_proto::rollout_service_server::RolloutServiceServer;
 use fleet_proto::session_server::SessionServer;
 use fleet_proto::token_service_server::TokenServiceServer;
-use fleet_proto::transport::{certs_from_pem, key_from_pem};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::ca::Ca;
+use crate::authority::{Authority, Change, LoadError};
 use crate::config::Config;
 use crate::connections::Connections;
 use crate::fleet::{Fleet, Settings};
@@ -96,16 +96,6 @@ impl ServeError {
     }
 }
 
-fn read(path: &std::path::Path) -> Result<String, ServeError> {
-    std::fs::read_to_string(path).map_err(|e| ServeError::Read {
-        path: path.display().to_string(),
-        detail: format!(
-            "{e}{}",
-            crate::owner::permission_hint(&e, path.parent().unwrap_or(path))
-        ),
-    })
-}
-
 /// Removes what a killed push or an interrupted release removal left in the
 /// artifact store, before anything is served or pushed (so no push is in
 /// flight): unverified `.upload-*` files and artifacts no release names.
@@ -135,13 +125,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     if !dir.join(MARKER).is_file() {
         return Err(ServeError::NotADataDir(dir.display().to_string()));
     }
-    let ca_pem = read(&dir.join("ca.pem"))?;
-    let ca = Ca::load(&ca_pem, &read(&dir.join("ca.key"))?).map_err(|e| ServeError::Tls(e.to_string()))?;
-    let ca_der = certs_from_pem("ca.pem", &ca_pem).map_err(|e| ServeError::Tls(e.to_string()))?;
-    let chain =
-        certs_from_pem("server.pem", &read(&dir.join("server.pem"))?).map_err(|e| ServeError::Tls(e.to_string()))?;
-    let key =
-        key_from_pem("server.key", &read(&dir.join("server.key"))?).map_err(|e| ServeError::Tls(e.to_string()))?;
+    let authority = Arc::new(Authority::open(dir, now_ms()).map_err(|e| match e {
+        LoadError::Read { path, detail } => ServeError::Read { path, detail },
+        e => ServeError::Tls(e.to_string()),
+    })?);
+    let macs = crate::secrets::Macs::load_or_migrate(dir, &authority.current().signing)
+        .map_err(|e| ServeError::Startup(format!("{}: {e}", dir.join(crate::secrets::FILE).display())))?;
     let store_path = dir.join("store");
     // sled's recovery reads the whole log: off the runtime.
     let store = tokio::task::spawn_blocking(move || Store::open_existing(&store_path))
@@ -150,12 +139,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
 
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
-    let tls = crate::tls::server_config(ca_der[0].clone(), chain, key, store.clone(), metrics.clone())
+    let tls = crate::tls::server_config(authority.clone(), store.clone(), metrics.clone())
         .map_err(|e| ServeError::Tls(e.to_string()))?;
-    let grants = crate::grants::Grants::new(&ca.derive_key("fetch-grant-v1"));
-    let recovery = Arc::new(crate::auth::Recovery::new(
-        &ca.derive_key(crate::auth::RECOVERY_PURPOSE),
-    ));
+    let grants = crate::grants::Grants::new(&macs.derive("fetch-grant-v1"));
+    let recovery = Arc::new(crate::auth::Recovery::new(&macs.derive(crate::auth::RECOVERY_PURPOSE)));
     let audit = Arc::new(
         crate::audit::AuditLog::open(&store, recovery.clone(), &config.audit).map_err(|e| match e {
             crate::audit::OpenError::Store(e) => ServeError::Store(e),
@@ -172,7 +159,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         audit: audit.clone(),
         store: store.clone(),
         artifacts,
-        ca,
+        authority,
         grants,
         registry: Registry::new(metrics.clone()),
         metrics: metrics.clone(),
@@ -229,6 +216,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         shutdown.clone(),
     ));
     fleet.tracker.spawn(wait_for_signal(shutdown.clone()));
+    fleet.tracker.spawn(follow_rotations(fleet.clone()));
 
     let (conn_tx, conn_rx) = mpsc::channel::<Result<PeerConn, std::io::Error>>(256);
     let connections = Connections::new(config.connections.clone(), metrics.clone());
@@ -310,6 +298,54 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let _ = watchdog.await;
     tracing::info!("fleet-controller stopped");
     Ok(())
+}
+
+/// How often the data dir is looked at for a CA rotation to take up.
+const ROTATION_LOOK: Duration = Duration::from_secs(1);
+
+/// Takes up CA rotations (`fleet-controller ca rotate`) while serving: when
+/// one begins, every connected agent is asked to renew onto the new CA; at
+/// the end of its overlap the old CA is dropped. Live connections stay.
+async fn follow_rotations(fleet: Arc<Fleet>) {
+    let mut tick = tokio::time::interval(ROTATION_LOOK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = fleet.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let authority = fleet.authority.clone();
+        let change = match tokio::task::spawn_blocking(move || authority.refresh(now_ms())).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot take up the CA rotation; the CA in force stays");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the CA rotation check failed");
+                continue;
+            }
+        };
+        match change {
+            Change::None => {}
+            Change::Began(plan) => {
+                let hosts = fleet.registry.hosts();
+                tracing::info!(
+                    ca = %plan.next_fingerprint,
+                    replaces = %plan.previous_fingerprint,
+                    until = %crate::store::utc(plan.ends_at_ms),
+                    agents = hosts.len(),
+                    "CA rotation begun: agents renew onto the new CA"
+                );
+                for host in hosts {
+                    crate::stream::ask_to_renew(&fleet, &host, &plan);
+                }
+            }
+            Change::Finished(plan) => {
+                tracing::info!(ca = %plan.next_fingerprint, retired = %plan.previous_fingerprint, "CA rotation finished: the old CA is no longer trusted");
+            }
+        }
+    }
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {

@@ -133,6 +133,12 @@ impl AgentService for StreamService {
         let _ = tx.try_send(Ok(welcome));
         let hostname = hello.facts.as_ref().map(|f| f.hostname.clone()).unwrap_or_default();
         tracing::info!(host_id, %hostname, %remote, "agent connected");
+        // A CA rotation under way and a certificate from the old CA: renew.
+        if let Some(plan) = &fleet.authority.current().rotation {
+            if cert.issued_at_ms < plan.started_at_ms {
+                ask_to_renew(&fleet, &host_id, plan);
+            }
+        }
         fleet
             .rollouts
             .signal(crate::rollouts::Signal::HostConnected(host_id.clone()));
@@ -299,9 +305,23 @@ async fn renew_certificate(fleet: &Fleet, host_id: &str, current_fp: &str, csr_d
         Some(t) => Duration::from_millis(t.cert_ttl_ms),
         None => fleet.settings.cert_ttl,
     };
-    let permit = fleet.limits.renewals.begin(host_id, ttl, Instant::now())?;
-    let signed = fleet
-        .ca
+    let material = fleet.authority.current();
+    // During a CA rotation a host still on the old CA's certificate renews
+    // without waiting out the minimum interval (it was asked to).
+    let rotating = match &material.rotation {
+        Some(plan) => fleet
+            .store
+            .cert_host(current_fp)?
+            .is_some_and(|c| c.issued_at_ms < plan.started_at_ms),
+        None => false,
+    };
+    let permit = if rotating {
+        fleet.limits.renewals.begin_rotating(host_id, Instant::now())?
+    } else {
+        fleet.limits.renewals.begin(host_id, ttl, Instant::now())?
+    };
+    let signed = material
+        .signing
         .sign_client(csr_der, host_id, ttl)
         .map_err(|e| Error::invalid("csr", e.to_string()))?;
     let rec = CertRecord {
@@ -325,7 +345,27 @@ async fn renew_certificate(fleet: &Fleet, host_id: &str, current_fp: &str, csr_d
     Ok(RenewResponse {
         certificate_pem: signed.pem,
         not_after_ms: signed.not_after_ms,
+        ca_pem: material.bundle_pem.clone(),
     })
+}
+
+/// Asks `host_id`'s agent, if connected, to renew onto the new CA of a
+/// rotation (the agent skips it when its certificate is already newer).
+pub fn ask_to_renew(fleet: &Fleet, host_id: &str, plan: &crate::rotation::Plan) {
+    let Some(tx) = fleet.registry.sender(host_id) else {
+        return;
+    };
+    let msg = ControllerMessage {
+        body: Some(ToAgent::RenewNow(fleet_proto::RenewNow {
+            issued_before_ms: plan.started_at_ms,
+        })),
+    };
+    if tx.try_send(Ok(msg)).is_err() {
+        tracing::warn!(
+            host_id,
+            "cannot ask the agent to renew now (its queue is full); it renews at its next connection"
+        );
+    }
 }
 
 /// The host's agent is being uninstalled: mark the host, so operators see

@@ -1,6 +1,8 @@
 //! The controller's TLS: one port, client certificates optional at the TLS
 //! layer (enrollment and operators have none), but a certificate that is
-//! presented must be one this controller issued and still honours.
+//! presented must be one this controller issued and still honours. The CA
+//! material comes from `authority` at each handshake (a CA rotation swaps
+//! it without a restart).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,24 +18,42 @@ use tonic::transport::server::Connected;
 
 use fleet_proto::transport::{fingerprint, provider, ALPN_H2};
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
-};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 
+use crate::authority::Authority;
 use crate::connections::{ConnState, Slot};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
-/// Verifies client certificates against the CA, then against the store's
+/// Verifies client certificates against the CAs in force (the
+/// authority's: two during a CA rotation), then against the store's
 /// allowlist, so a removed host is refused during the handshake.
 #[derive(Debug)]
 struct AllowlistVerifier {
-    webpki: Arc<dyn ClientCertVerifier>,
+    authority: AuthorityRef,
     store: StoreRef,
     metrics: MetricsRef,
+}
+
+struct AuthorityRef(Arc<Authority>);
+impl std::fmt::Debug for AuthorityRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Authority")
+    }
+}
+
+/// Presents the authority's server certificate in force.
+#[derive(Debug)]
+struct ServerCert(AuthorityRef);
+
+impl ResolvesServerCert for ServerCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0 .0.current().server.clone())
+    }
 }
 
 // Store and Metrics do not implement Debug; wrap them to satisfy the trait bound.
@@ -70,7 +90,9 @@ impl ClientCertVerifier for AllowlistVerifier {
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.webpki.root_hint_subjects()
+        // The CAs change at a rotation; agents send their one certificate
+        // without hints.
+        &[]
     }
 
     fn verify_client_cert(
@@ -79,7 +101,8 @@ impl ClientCertVerifier for AllowlistVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        if let Err(e) = self.webpki.verify_client_cert(end_entity, intermediates, now) {
+        let webpki = self.authority.0.current().client_verifier.clone();
+        if let Err(e) = webpki.verify_client_cert(end_entity, intermediates, now) {
             let reason = match &e {
                 rustls::Error::InvalidCertificate(CertificateError::Expired) => "expired",
                 rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => "unknown_ca",
@@ -113,7 +136,11 @@ impl ClientCertVerifier for AllowlistVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
+        self.authority
+            .0
+            .current()
+            .client_verifier
+            .verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -122,39 +149,35 @@ impl ClientCertVerifier for AllowlistVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
+        self.authority
+            .0
+            .current()
+            .client_verifier
+            .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
+        self.authority.0.current().client_verifier.supported_verify_schemes()
     }
 }
 
-/// Builds the server configuration: `chain` is the server certificate then the
-/// CA (agents pin the CA by fingerprint and find it in the chain).
+/// Builds the server configuration on the authority's material, read at
+/// every handshake: the server chain is the server certificate then the
+/// CA(s) (agents pin the CA by fingerprint and find it in the chain).
 pub fn server_config(
-    ca: CertificateDer<'static>,
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    authority: Arc<Authority>,
     store: Store,
     metrics: Arc<Metrics>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let provider = provider();
-    let mut roots = RootCertStore::empty();
-    roots.add(ca)?;
-    let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
     let verifier = AllowlistVerifier {
-        webpki,
+        authority: AuthorityRef(authority.clone()),
         store: StoreRef(store),
         metrics: MetricsRef(metrics),
     };
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(Arc::new(verifier))
-        .with_single_cert(chain, key)?;
+        .with_cert_resolver(Arc::new(ServerCert(AuthorityRef(authority))));
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
 }

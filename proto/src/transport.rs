@@ -100,6 +100,9 @@ pub fn key_from_pem(what: &str, pem: &str) -> Result<PrivateKeyDer<'static>, Tra
 pub enum Trust {
     /// Verify against this CA certificate (DER).
     Ca(CertificateDer<'static>),
+    /// Verify against any of these CA certificates (a bundle: during a CA
+    /// rotation, the new CA and the one it replaces).
+    Cas(Vec<CertificateDer<'static>>),
     /// Accept the CA in the presented chain whose fingerprint is this
     /// (`sha256:<hex>`), and verify the server certificate against it.
     PinnedFingerprint(String),
@@ -121,6 +124,13 @@ pub fn client_config(trust: Trust, identity: Option<ClientIdentity>) -> Result<A
         Trust::Ca(ca) => {
             let mut roots = RootCertStore::empty();
             roots.add(ca)?;
+            builder.with_root_certificates(roots)
+        }
+        Trust::Cas(cas) => {
+            let mut roots = RootCertStore::empty();
+            for ca in cas {
+                roots.add(ca)?;
+            }
             builder.with_root_certificates(roots)
         }
         Trust::PinnedFingerprint(pin) => {

@@ -25,6 +25,7 @@ mod readme_path;
 mod refusals;
 mod releases;
 mod rollouts;
+mod rotation;
 mod sandbox;
 mod signing;
 mod stress;
