@@ -166,11 +166,7 @@ mod tests {
     use super::*;
 
     fn key() -> Vec<u8> {
-        let rng = ring::rand::SystemRandom::new();
-        ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
-            .expect("generate")
-            .as_ref()
-            .to_vec()
+        signing::new_key().expect("key")
     }
 
     fn rel(pkcs8: &[u8], app: &str, version: &str, sequence: u64) -> ReleaseRef {

@@ -147,6 +147,14 @@ pub fn check(
     Ok(Some((key, sig.sequence)))
 }
 
+/// A new Ed25519 key, PKCS#8 (what `sign` takes).
+pub fn new_key() -> Result<Vec<u8>, String> {
+    let rng = ring::rand::SystemRandom::new();
+    ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+        .map(|k| k.as_ref().to_vec())
+        .map_err(|e| format!("cannot make a key: {e}"))
+}
+
 /// Signs (app, version, sha256, sequence) with a PKCS#8 Ed25519 key.
 pub fn sign(pkcs8: &[u8], app: &str, version: &str, sha256: &str, sequence: u64) -> Result<ReleaseSignature, String> {
     let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
@@ -166,11 +174,7 @@ mod tests {
     use super::*;
 
     fn key() -> Vec<u8> {
-        let rng = ring::rand::SystemRandom::new();
-        ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
-            .expect("generate")
-            .as_ref()
-            .to_vec()
+        new_key().expect("key")
     }
 
     const SHA: &str = "ab12";

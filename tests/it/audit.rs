@@ -205,6 +205,80 @@ fn the_log_answers_who_changed_what_where_and_how_it_ended() {
     assert_eq!(pushes, 2, "{admins:#?}");
     assert!(admins.iter().all(|e| e["who"] == "admin"), "{admins:#?}");
 
+    // Every other kind of change, each recorded with what it touched.
+    let host0 = f.agents[0].host_id().expect("host id");
+    let ok = |args: &[&str]| assert_success(&f.fleetctl(args), &format!("{args:?}"));
+    ok(&["app", "update", APP, "--settle", "2s"]);
+    c.push("9.9.8", &[]);
+    ok(&["release", "rm", APP, "9.9.8"]);
+    c.push("9.9.9", &[]);
+    let canary = f.fleetctl_json(&[
+        "rollout",
+        APP,
+        "--version",
+        "9.9.9",
+        "--canary",
+        "1",
+        "--canary-approve",
+    ]);
+    let canary_id = canary["id"].as_str().expect("rollout id").to_string();
+    ok(&["rollout", "abort", &canary_id]);
+    ok(&["hosts", "label", &host0, "tier=a"]);
+    ok(&["hosts", "prune", "--disconnected-for", "1h", "--dry-run"]);
+    let ci_token = f.fleetctl_json(&["operator", "show", "ci"])["tokens"][0]["id"]
+        .as_str()
+        .expect("token id")
+        .to_string();
+    ok(&["operator", "token", "revoke", &ci_token]);
+    ok(&["operator", "rm", "ci"]);
+    ok(&["hosts", "rm", &f.agents[1].host_id().expect("host id"), "--yes"]);
+    let all = audit(f, &[]);
+    let touched = |e: &Value| {
+        ["app", "target", "rollout_id", "selector"]
+            .iter()
+            .any(|k| !e[k].as_str().unwrap_or_default().is_empty())
+            || e["hosts"].as_array().is_some_and(|h| !h.is_empty())
+    };
+    for what in [
+        "TokenService/CreateToken",
+        "HostService/LabelHost",
+        "HostService/RemoveHost",
+        "HostService/PruneHosts",
+        "AppService/CreateApp",
+        "AppService/UpdateApp",
+        "AppService/Deploy",
+        "ReleaseService/PushRelease",
+        "ReleaseService/DeleteRelease",
+        "RolloutService/StartRollout",
+        "RolloutService/ControlRollout",
+        "OperatorService/CreateOperator",
+        "OperatorService/RemoveOperator",
+        "OperatorService/CreateOperatorToken",
+        "OperatorService/RevokeOperatorToken",
+        "DeployEnded",
+        "RolloutEnded",
+    ] {
+        let mine: Vec<&Value> = all.iter().filter(|e| e["what"] == what).collect();
+        assert!(!mine.is_empty(), "no {what} recorded: {all:#?}");
+        for e in mine {
+            assert!(touched(e), "{what} recorded without what it touched: {e}");
+            assert!(!e["outcome"].as_str().unwrap_or_default().is_empty(), "{e}");
+        }
+    }
+    let aborted = all
+        .iter()
+        .find(|e| e["what"] == "RolloutEnded" && e["rollout_id"] == canary_id.as_str())
+        .expect("the aborted rollout's end");
+    assert!(
+        aborted["outcome"].as_str().unwrap_or_default().starts_with("aborted"),
+        "{aborted}"
+    );
+    let prune = all
+        .iter()
+        .find(|e| e["what"] == "HostService/PruneHosts")
+        .expect("prune");
+    assert_eq!(prune["dry_run"], true, "{prune}");
+
     // Every stored record was forwarded as one JSON line, and to syslog.
     let all = audit(f, &[]);
     let lines: Vec<Value> = std::fs::read_to_string(&file)

@@ -684,11 +684,7 @@ async fn the_inventory_is_sent_before_the_task_ends() {
 
 /// A worker pinning one key, and that key's PKCS#8.
 fn pinning(w: &mut World) -> Vec<u8> {
-    let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
-        .unwrap()
-        .as_ref()
-        .to_vec();
+    let pkcs8 = fleet_proto::signing::new_key().unwrap();
     let probe = fleet_proto::signing::sign(&pkcs8, "x", "x", "x", 0).unwrap();
     w.worker.trusted_keys = vec![fleet_proto::signing::PublicKey::parse(&probe.key).unwrap()];
     pkcs8
