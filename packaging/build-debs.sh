@@ -53,6 +53,14 @@ build_one() {
     install -m 0755 "$target/$profile/$pkg" "$root/usr/bin/$pkg"
     strip --strip-unneeded --remove-section=.comment --remove-section=.note "$root/usr/bin/$pkg"
     install -m 0644 "packaging/deb/$pkg/copyright" "packaging/deb/$pkg/README.Debian" "$root/usr/share/doc/$pkg/"
+    # Man pages (one per subcommand) from the binary's own flags.
+    install -d "$root/usr/share/man/man1"
+    "$root/usr/bin/$pkg" man "$root/usr/share/man/man1"
+    gzip -9n "$root/usr/share/man/man1/"*.1
+    if [ "$pkg" = fleetctl ]; then
+        install -d "$root/usr/share/bash-completion/completions"
+        "$root/usr/bin/$pkg" completion bash >"$root/usr/share/bash-completion/completions/fleetctl"
+    fi
     printf '%s (%s) unstable; urgency=medium\n\n  * Built from the fleet repository, commit %s.\n\n -- %s  %s\n' \
         "$pkg" "$version" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$maintainer" \
         "$(date -u -R -d "@$SOURCE_DATE_EPOCH")" | gzip -9n >"$root/usr/share/doc/$pkg/changelog.Debian.gz"

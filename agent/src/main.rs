@@ -34,12 +34,28 @@ enum Command {
         #[arg(long, default_value = "the fleet-agent package is being removed")]
         reason: String,
     },
+    /// Write the man pages into DIR (the package's build uses it).
+    #[command(hide = true)]
+    Man {
+        /// Directory for fleet-agent.1 and one page per subcommand
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let config = match Cli::parse().command {
         Command::Run { config } => config,
         Command::Goodbye { config, reason } => return goodbye(&config, &reason),
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            return match std::fs::create_dir_all(&dir).and_then(|()| clap_mangen::generate_to(Cli::command(), &dir)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("fleet-agent: cannot write man pages to {}: {e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     let config = match Config::load(&config) {
         Ok(c) => c,

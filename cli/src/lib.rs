@@ -149,7 +149,23 @@ pub async fn execute(cli: &Cli, env: &Env) -> Result<Report, Error> {
             dry_run,
         }) => hosts::prune(&connect(cli, env).await?, *disconnected_for, *dry_run, format).await,
         Command::Bootstrap(args) => bootstrap::run(cli, env, args).await,
+        Command::Completion { shell } => Ok(Report::out(completion(*shell))),
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(dir)
+                .and_then(|()| clap_mangen::generate_to(Cli::command(), dir))
+                .map_err(|e| Error::Failed(format!("cannot write man pages to {}: {e}", dir.display())))?;
+            Ok(Report::default())
+        }
     }
+}
+
+/// The completion script for `shell`.
+pub fn completion(shell: clap_complete::Shell) -> String {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "fleetctl", &mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Resolves the configuration and dials the controller.

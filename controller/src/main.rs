@@ -51,6 +51,12 @@ enum Command {
         #[arg(long, env = "FLEET_CONTROLLER_CONFIG")]
         config: PathBuf,
     },
+    /// Write the man pages into DIR (the package's build uses it).
+    #[command(hide = true)]
+    Man {
+        /// Directory for fleet-controller.1 and one page per subcommand
+        dir: PathBuf,
+    },
     /// The fleet's CA: rotate it, or show a rotation under way.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -137,6 +143,16 @@ fn main() -> ExitCode {
             }
         }
         Command::Ca(command) => ca(command),
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            match std::fs::create_dir_all(&dir).and_then(|()| clap_mangen::generate_to(Cli::command(), &dir)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("fleet-controller: cannot write man pages to {}: {e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::AdminToken { config } => {
             let config = match fleet_controller::Config::load(&config) {
                 Ok(c) => c,

@@ -38,6 +38,7 @@ getent passwd fleet-agent >/dev/null && fail "user fleet-agent exists before the
 dpkg -i "$agent" 2>&1 | tee /tmp/install.log
 check "the postinst says why the agent was not started" grep -q "names no controller yet" /tmp/install.log
 check "/usr/bin/fleet-agent runs" /usr/bin/fleet-agent --version
+check "fleet-agent's man pages are shipped" test -f /usr/share/man/man1/fleet-agent.1.gz -a -f /usr/share/man/man1/fleet-agent-run.1.gz
 check "unit file installed" test -f /lib/systemd/system/fleet-agent.service
 check "polkit rule installed" test -f /usr/share/polkit-1/rules.d/50-fleet-agent.rules
 check "example app unit shipped" test -f /usr/share/doc/fleet-agent/examples/fleet-app-example.service
@@ -149,6 +150,7 @@ echo "== fleet-controller: install, upgrade keeps the data dir, purge"
 dpkg -i "$controller" 2>&1 | tee /tmp/install.log
 check "the postinst says how to initialise" grep -q "fleet-controller init" /tmp/install.log
 check "/usr/bin/fleet-controller runs" /usr/bin/fleet-controller --version
+check "fleet-controller's man pages are shipped" test -f /usr/share/man/man1/fleet-controller.1.gz -a -f /usr/share/man/man1/fleet-controller-ca-rotate.1.gz
 check "system user fleet-controller made" test "$(getent passwd fleet-controller | cut -d: -f3)" -lt 1000
 check "data dir is fleet-controller's, 0700" test "$(mode_owner /var/lib/fleet-controller)" = "700 fleet-controller:fleet-controller"
 cwants=/etc/systemd/system/multi-user.target.wants/fleet-controller.service
@@ -185,6 +187,9 @@ fleetctl_deb=$(ls /srv/in/fleetctl_*.deb)
 dpkg -i "$fleetctl_deb"
 check "/usr/bin/fleetctl runs" /usr/bin/fleetctl --version
 check "fleetctl's README is shipped" test -f /usr/share/doc/fleetctl/README.Debian
+check "fleetctl's man pages are shipped" test -f /usr/share/man/man1/fleetctl.1.gz -a -f /usr/share/man/man1/fleetctl-rollout.1.gz
+check "fleetctl's man page names its commands" sh -c "zcat /usr/share/man/man1/fleetctl.1.gz | grep -q rollout"
+check "fleetctl's bash completion is shipped" sh -c "grep -q _fleetctl /usr/share/bash-completion/completions/fleetctl"
 check "fleetctl makes no user" sh -c "! getent passwd fleetctl >/dev/null"
 dpkg --purge fleetctl
 check "fleetctl removed" test ! -e /usr/bin/fleetctl

@@ -111,6 +111,19 @@ pub enum Command {
     Audit(AuditArgs),
     /// Install and enroll fleet-agent on hosts over SSH.
     Bootstrap(BootstrapArgs),
+    /// Print shell completions: `fleetctl completion bash > /etc/bash_completion.d/fleetctl`
+    /// (the package installs bash's).
+    Completion {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages into DIR (the packages' build uses it).
+    #[command(hide = true)]
+    Man {
+        /// Directory for fleetctl.1 and one page per subcommand
+        dir: PathBuf,
+    },
 }
 
 /// One `key=value` label.

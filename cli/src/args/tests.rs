@@ -252,3 +252,17 @@ fn audit_since_is_a_duration_or_a_time() {
     let err = parse_since("yesterday").expect_err("not a time");
     assert!(err.contains("'yesterday'"), "{err}");
 }
+
+#[test]
+fn completions_know_every_command_group() {
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        let script = crate::completion(shell);
+        for word in ["rollout", "operator", "keys", "bootstrap", "sign-key"] {
+            assert!(script.contains(word), "{shell:?} completion lacks {word}");
+        }
+    }
+}
