@@ -158,6 +158,17 @@ pub const TABLE: [(&str, Permission); 30] = [
     ("OperatorService/RevokeOperatorToken", Permission::OperatorAdmin),
 ];
 
+/// Methods anyone may call, with or without a token: the standard gRPC
+/// health check (load balancers, probes) and server reflection (grpcurl
+/// reads the API shape, which is public; every call it then makes is
+/// checked like any other).
+pub const PUBLIC_METHODS: [&str; 4] = [
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
 /// The agents' methods: authenticated by their client certificate
 /// (`AgentService`) or a join token (`Enrollment`), not by operator tokens.
 pub const AGENT_METHODS: [&str; 3] = ["Enrollment/Enroll", "AgentService/Stream", "AgentService/FetchArtifact"];
@@ -168,6 +179,8 @@ pub const AGENT_METHODS: [&str; 3] = ["Enrollment/Enroll", "AgentService/Stream"
 pub enum Callee {
     /// An agent's method: the operator gate lets it through.
     Agent,
+    /// Health and reflection: open to anyone.
+    Public,
     /// An operator method and what it needs.
     Operator(&'static str, Permission),
     /// Not in any table: refused.
@@ -176,6 +189,9 @@ pub enum Callee {
 
 /// What a gRPC path is.
 pub fn callee(path: &str) -> Callee {
+    if PUBLIC_METHODS.contains(&path) {
+        return Callee::Public;
+    }
     let Some(method) = path.strip_prefix(PACKAGE) else {
         return Callee::Unknown;
     };
@@ -458,6 +474,8 @@ mod tests {
         );
         assert_eq!(callee("/fleet.v1.HostService/Nope"), Callee::Unknown);
         assert_eq!(callee("/other.v1.HostService/ListHosts"), Callee::Unknown);
+        assert_eq!(callee("/grpc.health.v1.Health/Check"), Callee::Public);
+        assert_eq!(callee("/grpc.health.v1.Health/Nope"), Callee::Unknown);
     }
 
     #[test]

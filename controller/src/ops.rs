@@ -60,7 +60,7 @@ impl OperatorGate {
         authorization: Option<&http::HeaderValue>,
     ) -> Result<Option<Operator>, Error> {
         let (method, permission) = match access::callee(path) {
-            Callee::Agent => return Ok(None),
+            Callee::Agent | Callee::Public => return Ok(None),
             Callee::Unknown => return Err(access::unknown_method(path).into()),
             Callee::Operator(m, p) => (m, p),
         };

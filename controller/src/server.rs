@@ -228,6 +228,25 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         shutdown.clone(),
     ));
 
+    // grpc.health.v1 (load balancers, probes) and server reflection
+    // (grpcurl): open to anyone, see `access::PUBLIC_METHODS`.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    fleet
+        .tracker
+        .spawn(follow_store_health(health, store.health(), shutdown.clone()));
+    let reflection = |b: tonic_reflection::server::Builder<'static>| {
+        b.register_encoded_file_descriptor_set(fleet_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1()
+        .map_err(|e| ServeError::Startup(format!("gRPC reflection: {e}")))?;
+    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1alpha()
+        .map_err(|e| ServeError::Startup(format!("gRPC reflection: {e}")))?;
     let gate = OperatorGate {
         store: store.clone(),
         recovery: recovery.clone(),
@@ -256,7 +275,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         )))
         .add_service(OperatorServiceServer::new(crate::operators::OperatorsService(
             fleet.clone(),
-        )));
+        )))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
     let stop = shutdown.clone();
     let server = tokio::spawn(
         router.serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move { stop.cancelled().await }),
@@ -298,6 +320,38 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let _ = watchdog.await;
     tracing::info!("fleet-controller stopped");
     Ok(())
+}
+
+/// Keeps `grpc.health.v1`'s answer for the whole server ("") in step with
+/// the store, as `/healthz` is: NOT_SERVING while it takes no durable
+/// writes, and from the start of a shutdown.
+async fn follow_store_health(
+    reporter: tonic_health::server::HealthReporter,
+    store: Arc<crate::store::Health>,
+    shutdown: CancellationToken,
+) {
+    use tonic_health::ServingStatus;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                reporter.set_service_status("", ServingStatus::NotServing).await;
+                return;
+            }
+            _ = tick.tick() => {}
+        }
+        let now = store.problem().is_none();
+        if now != serving {
+            serving = now;
+            let status = if now {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+        }
+    }
 }
 
 /// How often the data dir is looked at for a CA rotation to take up.

@@ -18,6 +18,10 @@ pub mod transport;
 
 pub use v1::*;
 
+/// The encoded `FileDescriptorSet` of `fleet.proto`, for gRPC server
+/// reflection (grpcurl and other tools read the API from the controller).
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fleet_descriptor.bin"));
+
 /// The public id of what someone gave to name a join or operator token:
 /// the id itself, or a whole token (`fleet_jt_<id>.<secret>`,
 /// `fleet_op_<id>.<secret>`, pasted from a leak), whose secret is dropped so

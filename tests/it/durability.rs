@@ -270,6 +270,12 @@ fn a_full_disk_fails_writes_clearly_turns_healthz_and_the_watchdog_and_a_restart
         "{status}: {body}"
     );
     eprintln!("full disk after {created} writes: fleetctl said: {refusal}/healthz said {status}: {body}");
+    // grpc.health.v1 says the same, for load balancers and probes.
+    wait_until(Duration::from_secs(5), "grpc.health.v1 to say NOT_SERVING", || {
+        (crate::introspection::grpc_health(&fleet)
+            == tonic_health::pb::health_check_response::ServingStatus::NotServing)
+            .then_some(())
+    });
     // Reads still work; the watchdog is no longer pinged.
     let out = fleet
         .fleetctl_within(&["whoami"], Duration::from_secs(10))
