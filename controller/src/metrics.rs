@@ -45,6 +45,9 @@ pub struct Metrics {
     pub rollouts_ended: Family<Labels, Counter>,
     /// Hosts put into convergence runs.
     pub hosts_converging: Counter<u64, AtomicU64>,
+    /// Deploy and rollback tasks ended on hosts (direct and in rollouts),
+    /// by outcome (succeeded, reverted, failed) and failure cause.
+    pub host_tasks_ended: Family<Labels, Counter>,
     /// Connections held on the TLS port (accepted and not yet closed).
     pub connections_open: Gauge,
     /// Connections the controller closed or refused, by reason (see
@@ -107,6 +110,20 @@ impl Metrics {
             "Rollouts ended, by kind and final state",
             rollouts_ended.clone(),
         );
+        let host_tasks_ended = Family::default();
+        registry.register(
+            "host_tasks_ended",
+            "Deploy and rollback tasks ended on hosts, by outcome (succeeded, reverted, failed) and failure cause",
+            host_tasks_ended.clone(),
+        );
+        registry.register(
+            "build",
+            "The controller's version",
+            prometheus_client::metrics::info::Info::new(vec![(
+                "version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )]),
+        );
         let hosts_converging = Counter::default();
         registry.register(
             "convergence_hosts",
@@ -162,6 +179,7 @@ impl Metrics {
             artifacts_corrupt.clone(),
         );
         Metrics {
+            host_tasks_ended,
             artifacts_corrupt,
             rollouts_ended,
             hosts_converging,
@@ -204,6 +222,23 @@ impl Metrics {
     pub fn rollout_ended(&self, kind: &str, state: &str) {
         self.rollouts_ended
             .get_or_create(&vec![("kind".into(), kind.into()), ("state".into(), state.into())])
+            .inc();
+    }
+
+    /// Counts a deploy or rollback task that ended on a host.
+    pub fn host_task_ended(&self, p: &fleet_proto::TaskProgress) {
+        let (outcome, cause) = match p.state() {
+            fleet_proto::TaskState::Succeeded => ("succeeded", String::new()),
+            _ => (
+                if p.reverted { "reverted" } else { "failed" },
+                p.cause()
+                    .as_str_name()
+                    .trim_start_matches("FAILURE_CAUSE_")
+                    .to_ascii_lowercase(),
+            ),
+        };
+        self.host_tasks_ended
+            .get_or_create(&vec![("outcome".into(), outcome.into()), ("cause".into(), cause)])
             .inc();
     }
 

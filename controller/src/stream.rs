@@ -267,6 +267,9 @@ async fn run_session(
             Some(FromAgent::TaskProgress(p)) => {
                 fleet.registry.seen(&host_id, session.id, now, None);
                 tracing::info!(host_id, task_id = %p.task_id, phase = %p.phase, state = p.state, duration_ms = p.duration_ms, detail = %p.detail, "task progress");
+                if crate::tasks::is_final(&p) {
+                    fleet.metrics.host_task_ended(&p);
+                }
                 fleet.tasks.progress(&host_id, p);
             }
             Some(FromAgent::Hello(_) | FromAgent::Goodbye(_)) | None => {

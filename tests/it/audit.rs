@@ -196,6 +196,18 @@ fn the_log_answers_who_changed_what_where_and_how_it_ended() {
         "{deployed}"
     );
     assert_eq!(deployed["hosts"][0], host1.as_str(), "{deployed}");
+    // The metrics count how the hosts' tasks ended, and name the version.
+    let metrics = f.controller.metrics_text();
+    for line in [
+        "fleet_host_tasks_ended_total{outcome=\"reverted\",cause=\"health\"} 1",
+        "fleet_host_tasks_ended_total{outcome=\"succeeded\",cause=\"\"} 2",
+        &format!("fleet_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION")),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in /metrics:\n{metrics}"
+        );
+    }
     // The admin's pushes are the admin's.
     let admins = audit(f, &["--operator", "admin", "--app", APP]);
     let pushes = rows(&admins)
