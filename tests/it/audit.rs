@@ -244,6 +244,11 @@ fn the_log_answers_who_changed_what_where_and_how_it_ended() {
     ok(&["operator", "token", "revoke", &ci_token]);
     ok(&["operator", "rm", "ci"]);
     ok(&["hosts", "rm", &f.agents[1].host_id().expect("host id"), "--yes"]);
+    let join_token = f.fleetctl_json(&["token", "ls", "--all"])[0]["id"]
+        .as_str()
+        .expect("a join token")
+        .to_string();
+    ok(&["token", "revoke", &join_token]);
     let all = audit(f, &[]);
     let touched = |e: &Value| {
         ["app", "target", "rollout_id", "selector"]
@@ -251,25 +256,12 @@ fn the_log_answers_who_changed_what_where_and_how_it_ended() {
             .any(|k| !e[k].as_str().unwrap_or_default().is_empty())
             || e["hosts"].as_array().is_some_and(|h| !h.is_empty())
     };
-    for what in [
-        "TokenService/CreateToken",
-        "HostService/LabelHost",
-        "HostService/RemoveHost",
-        "HostService/PruneHosts",
-        "AppService/CreateApp",
-        "AppService/UpdateApp",
-        "AppService/Deploy",
-        "ReleaseService/PushRelease",
-        "ReleaseService/DeleteRelease",
-        "RolloutService/StartRollout",
-        "RolloutService/ControlRollout",
-        "OperatorService/CreateOperator",
-        "OperatorService/RemoveOperator",
-        "OperatorService/CreateOperatorToken",
-        "OperatorService/RevokeOperatorToken",
-        "DeployEnded",
-        "RolloutEnded",
-    ] {
+    // Every audited call, and the ends of deploys and rollouts.
+    let ends = [
+        fleet_controller::apps::DEPLOY_ENDED,
+        fleet_controller::rollouts::ROLLOUT_ENDED,
+    ];
+    for what in fleet_controller::audit::AUDITED.into_iter().chain(ends) {
         let mine: Vec<&Value> = all.iter().filter(|e| e["what"] == what).collect();
         assert!(!mine.is_empty(), "no {what} recorded: {all:#?}");
         for e in mine {
