@@ -1,6 +1,6 @@
 //! Tokens: the text form of join and operator tokens, the one check of an
 //! operator's bearer token, and what a join token lets an enrolling host say
-//! about itself. Used by the `ops::OperatorAuth` interceptor (which refuses
+//! about itself. Used by the `ops::OperatorGate` layer (which refuses
 //! the call), the audit layer (which names the caller) and `enroll`.
 //!
 //! Depends only on `store`: nothing here knows about services or `Status`;
@@ -174,7 +174,7 @@ pub struct Recovery {
 }
 
 impl Recovery {
-    /// Recovery under `key` (from `Ca::derive_key(RECOVERY_PURPOSE)`).
+    /// Recovery under `key` (from `secrets::Macs::derive(RECOVERY_PURPOSE)`).
     pub fn new(key: &[u8; 32]) -> Recovery {
         Recovery {
             key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key),

@@ -2,7 +2,7 @@
 //! every deploy task the controller sends, and checks it when the host
 //! fetches the artifact.
 //!
-//! A grant is an HMAC, under a key derived from the CA key, over the host id,
+//! A grant is an HMAC, under a key derived from `mac.key` (`secrets`), over the host id,
 //! the app, the version, the artifact's sha256 and an expiry. It proves "this
 //! controller sent this host a task naming this artifact" without any state:
 //! the `Tasks` registry forgets a task when its host's stream drops or the
@@ -42,7 +42,7 @@ pub struct Grants {
 }
 
 impl Grants {
-    /// Grants under `key` (from `Ca::derive_key`).
+    /// Grants under `key` (from `secrets::Macs::derive`).
     pub fn new(key: &[u8; 32]) -> Grants {
         Grants {
             key: hmac::Key::new(hmac::HMAC_SHA256, key),

@@ -299,7 +299,7 @@ pub struct RateLimits {
     /// Enrollments per source address.
     pub enroll_per_source: Limiter<std::net::IpAddr>,
     /// Failed authentications per source address (shared with the operator
-    /// token interceptor).
+    /// gate).
     pub auth_failures: std::sync::Arc<Limiter<std::net::IpAddr>>,
     /// Renewals per host.
     pub renewals: RenewalGate,
