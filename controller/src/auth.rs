@@ -1,7 +1,8 @@
 //! Tokens: the text form of join and operator tokens, the one check of an
 //! operator's bearer token, and what a join token lets an enrolling host say
-//! about itself. Used by the `ops::OperatorGate` layer (which refuses
-//! the call), the audit layer (which names the caller) and `enroll`.
+//! about itself. Used by the `ops::OperatorGate` layer (which refuses the
+//! call, and names the caller to the audit layer), a watch that checks its
+//! token still holds (`still_valid`), and `enroll`.
 //!
 //! Depends only on `store`: nothing here knows about services or `Status`;
 //! `error` maps [`AuthError`] and [`HostClaimRefusal`] to gRPC codes.
@@ -93,6 +94,12 @@ pub fn authenticate(
     let Some(tok) = store.operator(id)?.filter(|t| t.secret_sha256 == secret_hash(secret)) else {
         return Err(AuthError::NotValid);
     };
+    holds(store, tok, now_ms)
+}
+
+/// The operator a token authenticates at `now`: not revoked, not expired,
+/// its identity still there (with a role and a selector that parse).
+fn holds(store: &Store, tok: crate::store::OperatorRecord, now_ms: i64) -> Result<Operator, AuthError> {
     if tok.revoked_at_ms != 0 {
         return Err(AuthError::Revoked {
             id: tok.id,
@@ -128,33 +135,17 @@ pub fn authenticate(
 /// (not revoked, not expired, its identity still there): long-lived calls
 /// (a rollout watch) check it while they run.
 pub fn still_valid(store: &Store, op: &Operator, now_ms: i64) -> Result<(), AuthError> {
-    let expired = |at: i64| AuthError::Expired {
-        id: op.token_id.clone(),
-        at: crate::store::utc(at),
-    };
     if op.token_id.starts_with(RECOVERY_ID_PREFIX) {
         return match op.token_expires_at_ms {
-            at if now_ms >= at => Err(expired(at)),
+            at if now_ms >= at => Err(AuthError::Expired {
+                id: op.token_id.clone(),
+                at: crate::store::utc(at),
+            }),
             _ => Ok(()),
         };
     }
     let tok = store.operator(&op.token_id)?.ok_or(AuthError::NotValid)?;
-    if tok.revoked_at_ms != 0 {
-        return Err(AuthError::Revoked {
-            id: tok.id,
-            at: crate::store::utc(tok.revoked_at_ms),
-        });
-    }
-    if tok.expires_at_ms != 0 && now_ms >= tok.expires_at_ms {
-        return Err(expired(tok.expires_at_ms));
-    }
-    if store.identity(&tok.name)?.is_none() {
-        return Err(AuthError::NoIdentity {
-            id: tok.id,
-            name: tok.name,
-        });
-    }
-    Ok(())
+    holds(store, tok, now_ms).map(|_| ())
 }
 
 /// The id prefix of recovery tokens: `fleet_op_recovery-<expiry ms>.<mac>`.

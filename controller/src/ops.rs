@@ -58,6 +58,7 @@ impl OperatorGate {
         path: &str,
         source: Option<IpAddr>,
         authorization: Option<&http::HeaderValue>,
+        note: Option<&audit::Note>,
     ) -> Result<Option<Operator>, Error> {
         let (method, permission) = match access::callee(path) {
             Callee::Agent | Callee::Public => return Ok(None),
@@ -81,6 +82,10 @@ impl OperatorGate {
                 return Err(e.into());
             }
         };
+        // The audit layer outside records who asked, refused or not.
+        if let Some(note) = note {
+            note.set(|d| d.who = Some(op.name.clone()));
+        }
         access::authorize(&op, method, permission)?;
         Ok(Some(op))
     }
@@ -120,9 +125,12 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let source = req.extensions().get::<PeerInfo>().map(|p| p.remote.ip());
-        let admitted = self
-            .gate
-            .admit(req.uri().path(), source, req.headers().get(http::header::AUTHORIZATION));
+        let admitted = self.gate.admit(
+            req.uri().path(),
+            source,
+            req.headers().get(http::header::AUTHORIZATION),
+            req.extensions().get::<audit::Note>(),
+        );
         match admitted {
             Ok(op) => {
                 if let Some(op) = op {

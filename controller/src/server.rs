@@ -144,7 +144,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let grants = crate::grants::Grants::new(&macs.derive("fetch-grant-v1"));
     let recovery = Arc::new(crate::auth::Recovery::new(&macs.derive(crate::auth::RECOVERY_PURPOSE)));
     let audit = Arc::new(
-        crate::audit::AuditLog::open(&store, recovery.clone(), &config.audit).map_err(|e| match e {
+        crate::audit::AuditLog::open(&store, &config.audit).map_err(|e| match e {
             crate::audit::OpenError::Store(e) => ServeError::Store(e),
             e => ServeError::Audit(e.to_string()),
         })?,

@@ -3,8 +3,10 @@
 //!
 //! The layer wraps the whole router, so no handler can forget it: it
 //! recognises the audited methods by path (`AUDITED`), and records a refusal
-//! (authentication or authorization) of any operator call. It names the
-//! operator from the bearer token, takes the peer address from the
+//! (authentication or authorization) of any operator call. The operator is
+//! the one the gate (`ops::OperatorGate`, inside this layer) authenticated
+//! and wrote into the note, so a call is authenticated once; it takes the
+//! peer address from the
 //! connection's [`PeerInfo`], and the outcome from `grpc-status` at the
 //! response head (a trailers-only error carries it there; otherwise the
 //! call was accepted: "ok"). A handler whose call ends later (a deploy)
@@ -27,6 +29,10 @@ use crate::tls::PeerInfo;
 /// What a handler noted about its call: the fields of the record it fills.
 #[derive(Debug, Clone, Default)]
 pub struct Details {
+    /// The operator, once the gate has authenticated the call (the audit
+    /// layer is outside it; without a valid token the record says
+    /// "unauthenticated").
+    pub who: Option<String>,
     /// A token, an operator, a task.
     pub target: String,
     /// The app.
@@ -61,6 +67,9 @@ impl Note {
     /// Copies the details into `r`; returns `ends_later`.
     fn fill(&self, r: &mut Record) -> Option<&'static str> {
         let d = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(who) = d.who {
+            r.who = who;
+        }
         r.target = d.target;
         r.app = d.app;
         r.version = d.version;
@@ -224,7 +233,7 @@ where
             log: self.log.clone(),
             record: Some(Record {
                 at_ms: now_ms(),
-                who: self.log.who(req.headers().get(http::header::AUTHORIZATION)),
+                who: super::UNAUTHENTICATED.into(),
                 what: what.into(),
                 from: req
                     .extensions()
@@ -256,8 +265,8 @@ mod tests {
 
     use crate::audit::{Filter, MAX_LISTED, UNAUTHENTICATED};
 
-    fn log() -> (tempfile::TempDir, Arc<AuditLog>) {
-        crate::audit::tests::log()
+    fn log() -> (tempfile::TempDir, crate::store::Store, Arc<AuditLog>) {
+        crate::audit::tests::log_and_store()
     }
 
     #[test]
@@ -276,7 +285,32 @@ mod tests {
         assert_eq!(percent_decode("100%"), "100%");
     }
 
-    async fn call(log: &Arc<AuditLog>, path: &str, status: Option<&'static str>) {
+    /// The gate as `serve` puts it inside the audit layer.
+    fn gate(store: &crate::store::Store) -> crate::ops::OperatorGate {
+        crate::ops::OperatorGate {
+            store: store.clone(),
+            recovery: Arc::new(crate::auth::Recovery::new(&[1; 32])),
+            failures: Arc::new(crate::ratelimit::Limiter::new(
+                "limits.auth_failures_per_source",
+                crate::ratelimit::Rate {
+                    burst: 100,
+                    per_minute: 100,
+                },
+            )),
+        }
+    }
+
+    async fn call(log: &Arc<AuditLog>, store: &crate::store::Store, path: &str, status: Option<&'static str>) {
+        call_as(log, store, path, status, Some("Bearer fleet_op_abc123.s3cret")).await
+    }
+
+    async fn call_as(
+        log: &Arc<AuditLog>,
+        store: &crate::store::Store,
+        path: &str,
+        status: Option<&'static str>,
+        authorization: Option<&str>,
+    ) {
         let inner = tower::service_fn(move |_req: http::Request<()>| async move {
             let mut resp = http::Response::new(());
             if let Some(code) = status {
@@ -287,12 +321,12 @@ mod tests {
             }
             Ok::<_, Infallible>(resp)
         });
-        let mut svc = AuditLayer(log.clone()).layer(inner);
-        let mut req = http::Request::builder()
-            .uri(format!("https://c{path}"))
-            .header("authorization", "Bearer fleet_op_abc123.s3cret")
-            .body(())
-            .expect("request");
+        let mut svc = AuditLayer(log.clone()).layer(gate(store).layer(inner));
+        let mut req = http::Request::builder().uri(format!("https://c{path}"));
+        if let Some(a) = authorization {
+            req = req.header("authorization", a);
+        }
+        let mut req = req.body(()).expect("request");
         req.extensions_mut().insert(PeerInfo {
             remote: "10.0.0.7:40000".parse().expect("addr"),
             cert_fp: None,
@@ -303,10 +337,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_layer_records_mutating_calls_with_outcome_and_peer() {
-        let (_dir, log) = log();
-        call(&log, "/fleet.v1.TokenService/CreateToken", None).await;
-        call(&log, "/fleet.v1.HostService/ListHosts", None).await;
-        call(&log, "/fleet.v1.HostService/RemoveHost", Some("9")).await;
+        let (_dir, store, log) = log();
+        call(&log, &store, "/fleet.v1.TokenService/CreateToken", None).await;
+        call(&log, &store, "/fleet.v1.HostService/ListHosts", None).await;
+        call(&log, &store, "/fleet.v1.HostService/RemoveHost", Some("9")).await;
         let got = log.since(0, MAX_LISTED, &Filter::default()).expect("entries");
         assert_eq!(got.len(), 2, "{got:?}");
         assert_eq!(
@@ -324,12 +358,12 @@ mod tests {
 
     #[tokio::test]
     async fn refusals_of_any_operator_call_and_the_handlers_note_are_recorded() {
-        let (_dir, log) = log();
+        let (_dir, store, log) = log();
         // A read refused: recorded; a read answered: not.
-        call(&log, "/fleet.v1.HostService/ListHosts", Some("7")).await;
-        call(&log, "/fleet.v1.HostService/ListHosts", None).await;
+        call(&log, &store, "/fleet.v1.HostService/ListHosts", Some("7")).await;
+        call(&log, &store, "/fleet.v1.HostService/ListHosts", None).await;
         // An agent's call: never.
-        call(&log, "/fleet.v1.AgentService/Stream", Some("16")).await;
+        call(&log, &store, "/fleet.v1.AgentService/Stream", Some("16")).await;
         let got = log.since(0, MAX_LISTED, &Filter::default()).expect("entries");
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0].what, "HostService/ListHosts");
@@ -365,8 +399,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn who_is_the_operator_the_gate_authenticated_once() {
+        let (_dir, store, log) = log();
+        let who = |header: Option<&'static str>| {
+            let (log, store) = (log.clone(), store.clone());
+            async move {
+                call_as(&log, &store, "/fleet.v1.TokenService/CreateToken", None, header).await;
+                let got = log.since(0, MAX_LISTED, &Filter::default()).expect("entries");
+                got.last().expect("recorded").who.clone()
+            }
+        };
+        assert_eq!(who(Some("Bearer fleet_op_abc123.s3cret")).await, "alice");
+        assert_eq!(who(Some("Bearer fleet_op_abc123.wrong")).await, UNAUTHENTICATED);
+        assert_eq!(who(Some("Bearer fleet_op_nobody.s3cret")).await, UNAUTHENTICATED);
+        assert_eq!(who(Some("Bearer nonsense")).await, UNAUTHENTICATED);
+        assert_eq!(who(None).await, UNAUTHENTICATED);
+    }
+
+    #[tokio::test]
     async fn a_call_dropped_before_its_answer_is_recorded_as_cancelled() {
-        let (_dir, log) = log();
+        let (_dir, _store, log) = log();
         let inner = tower::service_fn(|_req: http::Request<()>| async {
             std::future::pending::<Result<http::Response<()>, Infallible>>().await
         });

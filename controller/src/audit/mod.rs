@@ -14,10 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use fleet_proto::audit_service_server::AuditService;
-use fleet_proto::{now_ms, AuditEntry, ListAuditRequest, ListAuditResponse};
+use fleet_proto::{AuditEntry, ListAuditRequest, ListAuditResponse};
 use tonic::{Request, Response, Status};
 
-use crate::auth::{authenticate, AuthError, Recovery};
 use crate::config::AuditSettings;
 use crate::error::Error;
 use crate::store::audit::AuditTrail;
@@ -83,10 +82,8 @@ impl From<Record> for AuditEntry {
     }
 }
 
-/// The audit log in the store, and who an operator call comes from.
+/// The audit log in the store.
 pub struct AuditLog {
-    store: Store,
-    recovery: Arc<Recovery>,
     trail: AuditTrail,
     /// The most entries kept.
     max_entries: usize,
@@ -100,13 +97,11 @@ pub struct AuditLog {
 impl AuditLog {
     /// Opens the log; sequence numbers go on from the last entry. Counts
     /// the entries (one read of every key) and trims them to the cap.
-    pub fn open(store: &Store, recovery: Arc<Recovery>, settings: &AuditSettings) -> Result<AuditLog, OpenError> {
+    pub fn open(store: &Store, settings: &AuditSettings) -> Result<AuditLog, OpenError> {
         let trail = store.audit_trail()?;
         let count = trail.count()?;
         let forward = forward::Forward::open(settings.forward_file.as_deref(), settings.syslog_socket.as_deref())?;
         let log = AuditLog {
-            store: store.clone(),
-            recovery,
             trail,
             max_entries: settings.max_entries,
             count: AtomicUsize::new(count),
@@ -151,20 +146,6 @@ impl AuditLog {
     /// the newest `limit` of them when there are more.
     pub fn since(&self, since_ms: i64, limit: usize, filter: &Filter) -> Result<Vec<Record>, StoreError> {
         self.trail.since(since_ms, limit, |r| filter.keeps(r))
-    }
-
-    /// The operator an `authorization` header names, when its token is
-    /// valid; "unauthenticated" otherwise (the call itself is refused by the
-    /// gate then, and recorded with that refusal).
-    pub fn who(&self, authorization: Option<&http::HeaderValue>) -> String {
-        match authenticate(&self.store, &self.recovery, authorization, now_ms()) {
-            Ok(op) => op.name,
-            Err(AuthError::Store(e)) => {
-                tracing::warn!(error = %e, "audit: cannot look up the operator");
-                UNAUTHENTICATED.into()
-            }
-            Err(_) => UNAUTHENTICATED.into(),
-        }
     }
 
     /// Appends an entry; a failure is logged loudly rather than failing the
@@ -230,13 +211,19 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn log() -> (tempfile::TempDir, Arc<AuditLog>) {
+        let (dir, _, log) = log_with(&AuditSettings::default());
+        (dir, log)
+    }
+
+    /// A log on a store holding alice (admin, `fleet_op_abc123.s3cret`).
+    pub(crate) fn log_and_store() -> (tempfile::TempDir, Store, Arc<AuditLog>) {
         log_with(&AuditSettings::default())
     }
 
-    fn log_with(settings: &AuditSettings) -> (tempfile::TempDir, Arc<AuditLog>) {
+    fn log_with(settings: &AuditSettings) -> (tempfile::TempDir, Store, Arc<AuditLog>) {
         let (dir, store) = crate::auth::tests::store_with_alice();
-        let log = Arc::new(AuditLog::open(&store, Arc::new(Recovery::new(&[1; 32])), settings).expect("audit log"));
-        (dir, log)
+        let log = Arc::new(AuditLog::open(&store, settings).expect("audit log"));
+        (dir, store, log)
     }
 
     fn rec(at_ms: i64, what: &str) -> Record {
@@ -256,7 +243,7 @@ pub(crate) mod tests {
             max_entries: 1000,
             ..Default::default()
         };
-        let (_dir, log) = log_with(&settings);
+        let (_dir, store, log) = log_with(&settings);
         for i in 0..1_100 {
             log.record(&rec(i, &format!("w{i}"))).expect("record");
         }
@@ -269,7 +256,7 @@ pub(crate) mod tests {
             max_entries: 500,
             ..Default::default()
         };
-        let again = AuditLog::open(&log.store, log.recovery.clone(), &small).expect("reopen");
+        let again = AuditLog::open(&store, &small).expect("reopen");
         let kept = again.since(0, usize::MAX, &Filter::default()).expect("all");
         assert_eq!(kept.len(), 500);
         assert_eq!(kept.last().map(|r| r.what.as_str()), Some("w1099"));
@@ -316,7 +303,7 @@ pub(crate) mod tests {
 
     #[test]
     fn entries_come_back_oldest_first_from_a_time() {
-        let (_dir, log) = log();
+        let (_dir, store, log) = log_and_store();
         // Same millisecond twice: the sequence keeps both, in order.
         for (at, what) in [(1_000, "a"), (2_000, "b"), (2_000, "c"), (3_000, "d")] {
             log.record(&rec(at, what)).expect("record");
@@ -340,22 +327,11 @@ pub(crate) mod tests {
         );
         // Reopened, the sequence goes on after the last key: a new entry in
         // the same millisecond as the last one comes after it.
-        let again = AuditLog::open(&log.store, log.recovery.clone(), &AuditSettings::default()).expect("reopen");
+        let again = AuditLog::open(&store, &AuditSettings::default()).expect("reopen");
         again.record(&rec(3_000, "e")).expect("record");
         assert_eq!(
             whats(again.since(3_000, MAX_LISTED, &Filter::default()).expect("since")),
             ["d", "e"]
         );
-    }
-
-    #[test]
-    fn who_is_the_operator_of_a_valid_token_only() {
-        let (_dir, log) = log();
-        let header = |s: &str| http::HeaderValue::from_str(s).expect("header");
-        assert_eq!(log.who(Some(&header("Bearer fleet_op_abc123.s3cret"))), "alice");
-        assert_eq!(log.who(Some(&header("Bearer fleet_op_abc123.wrong"))), UNAUTHENTICATED);
-        assert_eq!(log.who(Some(&header("Bearer fleet_op_nobody.s3cret"))), UNAUTHENTICATED);
-        assert_eq!(log.who(Some(&header("Bearer nonsense"))), UNAUTHENTICATED);
-        assert_eq!(log.who(None), UNAUTHENTICATED);
     }
 }
