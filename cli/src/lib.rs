@@ -11,6 +11,7 @@ pub mod bootstrap;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod hosts;
 pub mod keys;
 pub mod operators;
@@ -130,6 +131,7 @@ pub async fn execute(cli: &Cli, env: &Env) -> Result<Report, Error> {
             }
         },
         Command::Audit(args) => audit::list(&connect(cli, env).await?, args, format).await,
+        Command::Events(args) => events::watch(&connect(cli, env).await?, args, format).await,
         Command::Hosts(HostsCommand::Ls { selector }) => {
             hosts::list(&connect(cli, env).await?, selector.as_deref(), format).await
         }

@@ -125,7 +125,7 @@ impl Permission {
 /// The one table: the permission each operator RPC (`Service/Method`)
 /// needs. A call whose method is not here, and is not an agent's, is
 /// refused. README.md's "Permissions" lists the same.
-pub const TABLE: [(&str, Permission); 30] = [
+pub const TABLE: [(&str, Permission); 31] = [
     ("Session/WhoAmI", Permission::Session),
     ("HostService/ListHosts", Permission::Read),
     ("HostService/GetHost", Permission::Read),
@@ -150,6 +150,7 @@ pub const TABLE: [(&str, Permission); 30] = [
     ("RolloutService/ControlRollout", Permission::Deploy),
     ("RolloutService/WatchRollout", Permission::Read),
     ("AuditService/ListAudit", Permission::Read),
+    ("EventService/WatchEvents", Permission::Read),
     ("OperatorService/CreateOperator", Permission::OperatorAdmin),
     ("OperatorService/ListOperators", Permission::OperatorAdmin),
     ("OperatorService/GetOperator", Permission::OperatorAdmin),

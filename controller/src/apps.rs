@@ -10,8 +10,8 @@ use std::time::Duration;
 use fleet_proto::app_service_server::AppService;
 use fleet_proto::limits;
 use fleet_proto::{
-    now_ms, task, AppHost, AppSpec, AppStatus, DeployRequest, DeployTask, FailureCause, GetAppRequest, ListAppsRequest,
-    ListAppsResponse, RollbackTask, TaskProgress, TaskState,
+    now_ms, task, AppHost, AppSpec, AppStatus, DeployRequest, DeployTask, FailureCause, FleetEventKind, GetAppRequest,
+    ListAppsRequest, ListAppsResponse, RollbackTask, TaskProgress, TaskState,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -62,6 +62,7 @@ pub struct AppsService(pub Arc<Fleet>);
 #[tonic::async_trait]
 impl AppService for AppsService {
     async fn create_app(&self, req: Request<AppSpec>) -> Result<Response<AppSpec>, Status> {
+        let who = crate::auth::operator(&req).name;
         let note = audit::note(&req);
         let spec = normalize(req.into_inner())?;
         note.set(|d| {
@@ -77,10 +78,15 @@ impl AppService for AppsService {
         }
         self.0.store.flush().await.map_err(Error::Store)?;
         tracing::info!(app = %spec.name, unit = %spec.unit, "app created");
+        self.0.events.note(FleetEventKind::AppChanged, &who, |e| {
+            e.app = spec.name.clone();
+            e.detail = format!("created (unit {})", spec.unit);
+        });
         Ok(Response::new(spec))
     }
 
     async fn update_app(&self, req: Request<AppSpec>) -> Result<Response<AppSpec>, Status> {
+        let who = crate::auth::operator(&req).name;
         let note = audit::note(&req);
         let spec = normalize(req.into_inner())?;
         note.set(|d| {
@@ -95,6 +101,10 @@ impl AppService for AppsService {
         self.0.store.put_app(&spec, false).map_err(Error::Store)?;
         self.0.store.flush().await.map_err(Error::Store)?;
         tracing::info!(app = %spec.name, "app updated");
+        self.0.events.note(FleetEventKind::AppChanged, &who, |e| {
+            e.app = spec.name.clone();
+            e.detail = "updated".into();
+        });
         Ok(Response::new(spec))
     }
 
@@ -229,6 +239,7 @@ impl AppService for AppsService {
 
         let (tx, rx) = mpsc::channel(64);
         let host_id = host.id.clone();
+        let hostname = host.facts.as_ref().map(|f| f.hostname.clone()).unwrap_or_default();
         let app = spec.name.clone();
         let owner = fleet.clone();
         let ended = Record {
@@ -302,14 +313,23 @@ impl AppService for AppsService {
                     listening = false;
                 }
             };
+            let version = if last.current.is_empty() {
+                ended.version.clone()
+            } else {
+                last.current.clone()
+            };
+            fleet.events.note(FleetEventKind::HostTaskEnded, &ended.who, |e| {
+                e.app = ended.app.clone();
+                e.version = version.clone();
+                e.host_id = host_id.clone();
+                e.hostname = hostname;
+                e.outcome = task_outcome_word(&last).into();
+                e.detail = last.detail.clone();
+            });
             fleet.audit.write(&Record {
                 at_ms: now_ms(),
                 outcome,
-                version: if last.current.is_empty() {
-                    ended.version.clone()
-                } else {
-                    last.current.clone()
-                },
+                version,
                 ..ended
             });
             if listening {
@@ -317,6 +337,18 @@ impl AppService for AppsService {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// How a task ended, in a word: "succeeded", "failed", "reverted" (failed,
+/// and the agent moved back to what it ran before), "unknown" (the
+/// controller saw no end).
+fn task_outcome_word(p: &TaskProgress) -> &'static str {
+    match p.state() {
+        TaskState::Succeeded => "succeeded",
+        _ if p.reverted => "reverted",
+        _ if p.cause() == FailureCause::Unreachable => "unknown",
+        _ => "failed",
     }
 }
 

@@ -280,6 +280,9 @@ pub fn check_host_says(
     Ok(())
 }
 
+/// How often a long-lived watch checks that its caller's token still holds.
+pub const TOKEN_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The operator a request was authenticated as (put there by the gate);
 /// "unknown", a viewer, if none (the gate refuses every operator call it
 /// cannot authenticate, so handlers never see that).

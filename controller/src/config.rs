@@ -71,6 +71,18 @@ pub struct RawConfig {
     /// The audit log's cap and forwarding (`[audit]`); `init` leaves it out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<RawAudit>,
+    /// How much of the event log is kept (`[events]`); `init` leaves it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<RawEvents>,
+}
+
+/// `[events]`: how much of the fleet's event log is kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvents {
+    /// Events kept; the oldest go first.
+    #[serde(default = "defaults::events_max_entries")]
+    pub max_entries: usize,
 }
 
 /// `[audit]`: how much of the audit log is kept, and where each record is
@@ -278,6 +290,10 @@ pub mod defaults {
     pub fn audit_max_entries() -> usize {
         100_000
     }
+    /// Events kept: days of a busy fleet's rollouts and reconnects.
+    pub fn events_max_entries() -> usize {
+        100_000
+    }
     /// Where the local syslog listens.
     pub fn syslog_socket() -> std::path::PathBuf {
         "/dev/log".into()
@@ -367,6 +383,8 @@ pub struct Config {
     pub limits: Limits,
     /// The audit log's cap and forwarding.
     pub audit: AuditSettings,
+    /// Events kept in the event log.
+    pub events_max_entries: usize,
 }
 
 /// Shortest certificate lifetime a join token may ask for (the floor).
@@ -513,9 +531,20 @@ impl Config {
             forward_file: raw_audit.forward_file,
             syslog_socket: raw_audit.forward_syslog.then_some(raw_audit.syslog_socket),
         };
+        let events_max_entries = raw
+            .events
+            .as_ref()
+            .map_or_else(defaults::events_max_entries, |e| e.max_entries);
+        if events_max_entries < 1000 {
+            return Err(invalid(
+                "events.max_entries",
+                format!("{events_max_entries} is too few; keep at least 1000"),
+            ));
+        }
         Ok(Config {
             path: path.into(),
             audit,
+            events_max_entries,
             limits,
             connections,
             max_release_bytes,

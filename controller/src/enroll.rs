@@ -150,6 +150,13 @@ impl Enrollment for EnrollmentService {
         fleet.store.flush().await.map_err(Error::Store)?;
         fleet.metrics.enrollment("ok");
         tracing::info!(host_id, token_id, hostname = %facts.hostname, %remote, "host enrolled");
+        fleet
+            .events
+            .note(fleet_proto::FleetEventKind::HostEnrolled, "controller", |e| {
+                e.host_id = host_id.clone();
+                e.hostname = facts.hostname.clone();
+                e.detail = format!("enrolled from {remote} with join token {token_id}");
+            });
         // A machine enrolling again under its hostname replaces its old entry.
         if let Err(e) = crate::retire::replaced_by(fleet, &host_id, &facts.hostname).await {
             tracing::error!(host_id, error = %e, "cannot retire the entries this enrollment replaces");

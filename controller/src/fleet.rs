@@ -60,6 +60,8 @@ pub struct Fleet {
     /// The audit log (operator calls, and the changes the controller makes
     /// by itself: convergence runs).
     pub audit: Arc<crate::audit::AuditLog>,
+    /// The fleet's event log (`fleetctl events`, the webhooks).
+    pub events: Arc<crate::events::EventLog>,
     /// Owns the background tasks that outlive a request (rollout engines,
     /// the converger, deploy and watch forwarders); waited for on shutdown.
     pub tracker: TaskTracker,

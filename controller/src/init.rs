@@ -197,6 +197,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
         connections: None,
         limits: None,
         audit: None,
+        events: None,
     };
     let config_path = dir.join("controller.toml");
     let toml_text = toml::to_string(&raw).map_err(|e| InitError::Invalid(e.to_string()))?;

@@ -14,6 +14,7 @@ pub mod connections;
 pub mod dispatch;
 pub mod enroll;
 pub mod error;
+pub mod events;
 pub mod fleet;
 pub mod grants;
 pub mod init;

@@ -122,6 +122,11 @@ impl OperatorService for OperatorsService {
         }
         self.0.store.flush().await.map_err(Error::Store)?;
         tracing::info!(operator = %rec.name, role = %rec.role, by = %who, "operator identity created");
+        self.0
+            .events
+            .note(fleet_proto::FleetEventKind::OperatorChanged, &who, |e| {
+                e.detail = format!("identity {} created ({})", rec.name, rec.role);
+            });
         Ok(Response::new(info(rec, &[])))
     }
 
@@ -163,6 +168,11 @@ impl OperatorService for OperatorsService {
         };
         self.0.store.flush().await.map_err(Error::Store)?;
         tracing::info!(operator = %rec.name, tokens = removed, by = %who, "operator identity removed");
+        self.0
+            .events
+            .note(fleet_proto::FleetEventKind::OperatorChanged, &who, |e| {
+                e.detail = format!("identity {} removed with {removed} tokens", rec.name);
+            });
         Ok(Response::new(info(rec, &tokens)))
     }
 
@@ -205,6 +215,11 @@ impl OperatorService for OperatorsService {
         // after a crash.
         self.0.store.flush().await.map_err(Error::Store)?;
         tracing::info!(operator = %rec.name, token_id = %rec.id, by = %who, "operator token created");
+        self.0
+            .events
+            .note(fleet_proto::FleetEventKind::OperatorChanged, &who, |e| {
+                e.detail = format!("token {} of {} created", rec.id, rec.name);
+            });
         Ok(Response::new(CreateOperatorTokenResponse {
             token: Some(token_view(rec)),
             secret: format!("{OPERATOR_TOKEN_PREFIX}{id}.{secret}"),
@@ -227,6 +242,11 @@ impl OperatorService for OperatorsService {
             .ok_or_else(|| Error::UnknownOperatorToken(id.clone()))?;
         self.0.store.flush().await.map_err(Error::Store)?;
         tracing::info!(operator = %rec.name, token_id = %rec.id, by = %who, "operator token revoked");
+        self.0
+            .events
+            .note(fleet_proto::FleetEventKind::OperatorChanged, &who, |e| {
+                e.detail = format!("token {} of {} revoked", rec.id, rec.name);
+            });
         Ok(Response::new(token_view(rec)))
     }
 }

@@ -251,6 +251,13 @@ impl HostService for HostsService {
             )),
         );
         tracing::info!(host_id = %host.id, operator = %op.name, revoked, stream_cut, "host removed");
+        self.0
+            .events
+            .note(fleet_proto::FleetEventKind::HostRemoved, &op.name, |e| {
+                e.host_id = host.id.clone();
+                e.hostname = host.facts.as_ref().map(|f| f.hostname.clone()).unwrap_or_default();
+                e.detail = format!("removed by {}; {revoked} certificates revoked", op.name);
+            });
         Ok(Response::new(RemoveHostResponse {
             host_id: host.id,
             revoked_certificates: revoked,
@@ -413,6 +420,11 @@ impl TokenService for TokensService {
             .ok_or_else(|| Error::UnknownToken(id.clone()))?;
         self.0.store.flush().await.map_err(Error::Store)?;
         tracing::info!(token_id = %id, operator = %op.name, "join token revoked");
+        self.0
+            .events
+            .note(fleet_proto::FleetEventKind::JoinTokenRevoked, &op.name, |e| {
+                e.detail = format!("join token {id} revoked");
+            });
         Ok(Response::new(to_wire(&rec, now_ms())))
     }
 }

@@ -271,6 +271,13 @@ impl ReleaseService for ReleasesService {
         fleet.store.flush().await.map_err(Error::Store)?;
         drop(naming);
         tracing::info!(app = %release.app, version = %header.version, size = header.size, "release stored");
+        fleet
+            .events
+            .note(fleet_proto::FleetEventKind::ReleasePushed, &release.pushed_by, |e| {
+                e.app = release.app.clone();
+                e.version = header.version.clone();
+                e.detail = format!("{} bytes, sha256 {}", header.size, header.sha256);
+            });
         Ok(answer(release, "stored"))
     }
 
@@ -365,6 +372,12 @@ impl ReleaseService for ReleasesService {
             tokio::task::block_in_place(|| artifacts.remove(&sha256)).map_err(Error::from)?;
         }
         tracing::info!(app, version, sha256, artifact_removed, operator = %who, "release deleted");
+        fleet
+            .events
+            .note(fleet_proto::FleetEventKind::ReleaseDeleted, &who, |e| {
+                e.app = app.clone();
+                e.version = version.clone();
+            });
         Ok(Response::new(DeleteReleaseResponse {
             release: Some(release),
             artifact_removed,

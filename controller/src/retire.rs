@@ -21,11 +21,19 @@ fn hostname(h: &Host) -> &str {
     h.facts.as_ref().map(|f| f.hostname.as_str()).unwrap_or_default()
 }
 
-/// Removes one host entry (durable before its stream, if any, is cut).
-async fn remove(fleet: &Fleet, id: &str, why: &str) -> Result<bool, StoreError> {
-    let removed = fleet.store.remove_host(id)?.is_some();
+/// Removes one host entry (durable before its stream, if any, is cut)
+/// because of `who`.
+async fn remove(fleet: &Fleet, h: &Host, why: &str, who: &str) -> Result<bool, StoreError> {
+    let removed = fleet.store.remove_host(&h.id)?.is_some();
     fleet.store.flush().await?;
-    fleet.registry.cut(id, Error::Denied(why.to_string()));
+    fleet.registry.cut(&h.id, Error::Denied(why.to_string()));
+    if removed {
+        fleet.events.note(fleet_proto::FleetEventKind::HostRemoved, who, |e| {
+            e.host_id = h.id.clone();
+            e.hostname = hostname(h).to_string();
+            e.detail = why.to_string();
+        });
+    }
     Ok(removed)
 }
 
@@ -53,7 +61,7 @@ pub async fn replaced_by(fleet: &Fleet, new_id: &str, name: &str) -> Result<Vec<
             }
         }
         let why = format!("host {} was replaced by {new_id}, which enrolled as {name}", h.id);
-        if remove(fleet, &h.id, &why).await? {
+        if remove(fleet, &h, &why, "controller").await? {
             tracing::info!(host_id = %h.id, replaced_by = new_id, hostname = name, "host entry replaced by a new enrollment");
             replaced.push(h.id);
         }
@@ -109,7 +117,7 @@ pub async fn prune(fleet: &Fleet, for_ms: u64, now_ms: i64, operator: &str) -> R
     let mut removed = Vec::new();
     for h in stale(fleet, for_ms, now_ms)? {
         let why = format!("host {} was pruned by operator {operator} (gone too long)", h.id);
-        if remove(fleet, &h.id, &why).await? {
+        if remove(fleet, &h, &why, operator).await? {
             tracing::info!(host_id = %h.id, hostname = hostname(&h), operator, "stale host pruned");
             removed.push(h);
         }

@@ -3,14 +3,16 @@
 //! control, and the converger's signal queue. It sits below `fleet` (and
 //! depends on nothing above `store`), so `fleet` does not import the
 //! engine, and `rollouts` (engine, converger, service) depends on `fleet`
-//! only downward.
+//! only downward. Every rollout event but host phases also goes to the
+//! fleet's event log (`events`).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use fleet_proto::{Event, EventKind, Host, Rollout};
 use tokio::sync::{broadcast, mpsc, watch};
 
+use crate::events::EventLog;
 use crate::store::rollouts::RolloutStore;
 use crate::store::{Store, StoreError};
 
@@ -50,6 +52,8 @@ pub struct Rollouts {
     signals: mpsc::Sender<Signal>,
     /// The converger's end of the queue, taken once when it starts.
     pub(crate) signals_rx: Mutex<Option<mpsc::Receiver<Signal>>>,
+    /// The fleet's event log, which gets every event but host phases.
+    log: Arc<EventLog>,
 }
 
 /// Locks a mutex of this module's maps.
@@ -61,7 +65,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Rollouts {
     /// Opens the records (migrating those of earlier releases).
-    pub fn open(store: &Store, hosts: &[Host]) -> Result<Rollouts, StoreError> {
+    pub fn open(store: &Store, hosts: &[Host], log: Arc<EventLog>) -> Result<Rollouts, StoreError> {
         let (signals, rx) = mpsc::channel(1024);
         Ok(Rollouts {
             records: RolloutStore::open(store, hosts)?,
@@ -70,6 +74,7 @@ impl Rollouts {
             starting: tokio::sync::Mutex::new(()),
             signals,
             signals_rx: Mutex::new(Some(rx)),
+            log,
         })
     }
 
@@ -100,6 +105,9 @@ impl Rollouts {
             ..Default::default()
         };
         e.set_kind(kind);
+        if let Some(fe) = crate::events::of_rollout(r, kind, host_id, &e.hostname, &e.detail) {
+            self.log.publish(fe);
+        }
         // Nobody watching is fine.
         let _ = self.events(&r.id).send(e);
     }

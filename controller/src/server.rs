@@ -13,6 +13,7 @@ use fleet_proto::agent_service_server::AgentServiceServer;
 use fleet_proto::app_service_server::AppServiceServer;
 use fleet_proto::audit_service_server::AuditServiceServer;
 use fleet_proto::enrollment_server::EnrollmentServer;
+use fleet_proto::event_service_server::EventServiceServer;
 use fleet_proto::host_service_server::HostServiceServer;
 use fleet_proto::now_ms;
 use fleet_proto::operator_service_server::OperatorServiceServer;
@@ -149,6 +150,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             e => ServeError::Audit(e.to_string()),
         })?,
     );
+    let events = Arc::new(crate::events::EventLog::open(&store, config.events_max_entries)?);
     let artifacts = crate::artifacts::Artifacts::new(dir);
     sweep_artifacts(&artifacts, &store)?;
     let auth_failures = Arc::new(Limiter::new(
@@ -157,6 +159,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     ));
     let fleet = Arc::new(Fleet {
         audit: audit.clone(),
+        events: events.clone(),
         store: store.clone(),
         artifacts,
         authority,
@@ -179,7 +182,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             renewals: crate::ratelimit::RenewalGate::new(config.limits.renew_min_interval),
         },
         tasks: Default::default(),
-        rollouts: crate::rollouts::Rollouts::open(&store, &store.hosts()?)?,
+        rollouts: crate::rollouts::Rollouts::open(&store, &store.hosts()?, events.clone())?,
         shutdown: shutdown.clone(),
         tracker: tokio_util::task::TaskTracker::new(),
     });
@@ -267,6 +270,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .add_service(TokenServiceServer::new(TokensService(fleet.clone())))
         .add_service(AppServiceServer::new(crate::apps::AppsService(fleet.clone())))
         .add_service(AuditServiceServer::new(crate::audit::AuditLogService(audit)))
+        .add_service(EventServiceServer::new(crate::events::EventsService {
+            log: events,
+            store: store.clone(),
+            shutdown: shutdown.clone(),
+            tracker: fleet.tracker.clone(),
+        }))
         .add_service(ReleaseServiceServer::new(crate::releases::ReleasesService(
             fleet.clone(),
         )))

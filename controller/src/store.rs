@@ -38,6 +38,7 @@ use fleet_proto::{AppSpec, Host, Release};
 pub mod audit;
 pub mod codec;
 mod flusher;
+pub mod journal;
 pub mod kv;
 pub mod operators;
 mod records;
@@ -277,7 +278,7 @@ impl Store {
 
     /// The backend, for the store's own submodules (`rollouts`, `audit`):
     /// nothing outside `store` reaches it.
-    fn kv(&self) -> &Arc<dyn Kv> {
+    pub(crate) fn kv(&self) -> &Arc<dyn Kv> {
         &self.kv
     }
 

@@ -133,6 +133,13 @@ impl AgentService for StreamService {
         let _ = tx.try_send(Ok(welcome));
         let hostname = hello.facts.as_ref().map(|f| f.hostname.clone()).unwrap_or_default();
         tracing::info!(host_id, %hostname, %remote, "agent connected");
+        fleet
+            .events
+            .note(fleet_proto::FleetEventKind::HostConnected, "controller", |e| {
+                e.host_id = host_id.clone();
+                e.hostname = hostname.clone();
+                e.detail = format!("from {remote}");
+            });
         // A CA rotation under way and a certificate from the old CA: renew.
         if let Some(plan) = &fleet.authority.current().rotation {
             if cert.issued_at_ms < plan.started_at_ms {
@@ -292,6 +299,19 @@ async fn run_session(
         {
             tracing::warn!(host_id, error = %e, "could not record last seen");
         }
+        // Only the host's current session: one replaced by a newer stream
+        // of the same host is no disconnection.
+        let hostname = match fleet.store.host(&host_id) {
+            Ok(Some(h)) => h.facts.map(|f| f.hostname).unwrap_or_default(),
+            _ => String::new(),
+        };
+        fleet
+            .events
+            .note(fleet_proto::FleetEventKind::HostDisconnected, "controller", |e| {
+                e.host_id = host_id.clone();
+                e.hostname = hostname;
+                e.detail = ended.clone();
+            });
     }
     tracing::info!(host_id, reason = %ended, "agent disconnected");
 }

@@ -9,6 +9,7 @@ pub mod v1 {
     tonic::include_proto!("fleet.v1");
 }
 
+pub mod events;
 pub mod limits;
 pub mod notify;
 pub mod phase;

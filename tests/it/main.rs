@@ -17,6 +17,7 @@ mod desired;
 mod durability;
 mod edge;
 mod enrollment;
+mod events;
 mod introspection;
 mod labels;
 mod lifecycle;

@@ -21,6 +21,25 @@ pub struct AuditArgs {
     pub operator: Option<String>,
 }
 
+/// `fleetctl events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// From this: a duration back from now (10m, 1d) or an RFC 3339 time
+    /// [default: 1h, or now with --follow]
+    #[arg(long, value_name = "DURATION|TIME", value_parser = parse_since)]
+    pub since: Option<Since>,
+    /// Only events about this app
+    #[arg(long, value_name = "APP")]
+    pub app: Option<String>,
+    /// Only events of this kind (repeatable): rollout_started, rollout_ended,
+    /// host_task_ended, host_connected, host_disconnected, ...
+    #[arg(long = "kind", value_name = "KIND", value_parser = crate::events::parse_kind)]
+    pub kinds: Vec<fleet_proto::FleetEventKind>,
+    /// Keep the stream open and show events as they happen
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
 /// `--since`: how far back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Since {

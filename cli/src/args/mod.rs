@@ -109,6 +109,9 @@ pub enum Command {
     /// The audit log: every change and every refused call, who, from where, on
     /// what, how it ended; oldest first.
     Audit(AuditArgs),
+    /// The fleet's events: rollouts, deploys, hosts connecting, disconnecting,
+    /// enrolling and removed, releases, apps; oldest first, one per line.
+    Events(EventsArgs),
     /// Install and enroll fleet-agent on hosts over SSH.
     Bootstrap(BootstrapArgs),
     /// Print shell completions: `fleetctl completion bash > /etc/bash_completion.d/fleetctl`

@@ -10,7 +10,6 @@
 //! ([`forward`]). The entries are stored by `crate::store::audit` (key
 //! layout there).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use fleet_proto::audit_service_server::AuditService;
@@ -85,12 +84,6 @@ impl From<Record> for AuditEntry {
 /// The audit log in the store.
 pub struct AuditLog {
     trail: AuditTrail,
-    /// The most entries kept.
-    max_entries: usize,
-    /// Entries now (counted at open, then kept).
-    count: AtomicUsize,
-    /// One trim at a time: two would each remove the excess.
-    trimming: std::sync::Mutex<()>,
     forward: forward::Forward,
 }
 
@@ -98,54 +91,23 @@ impl AuditLog {
     /// Opens the log; sequence numbers go on from the last entry. Counts
     /// the entries (one read of every key) and trims them to the cap.
     pub fn open(store: &Store, settings: &AuditSettings) -> Result<AuditLog, OpenError> {
-        let trail = store.audit_trail()?;
-        let count = trail.count()?;
+        let trail = store.audit_trail(settings.max_entries)?;
         let forward = forward::Forward::open(settings.forward_file.as_deref(), settings.syslog_socket.as_deref())?;
-        let log = AuditLog {
-            trail,
-            max_entries: settings.max_entries,
-            count: AtomicUsize::new(count),
-            trimming: std::sync::Mutex::new(()),
-            forward,
-        };
-        log.trim(0)?;
-        Ok(log)
+        Ok(AuditLog { trail, forward })
     }
 
     /// Appends an entry (and forwards it); past the cap, the oldest go.
     pub fn record(&self, r: &Record) -> Result<(), StoreError> {
         self.trail.append(r)?;
         self.forward.send(r);
-        self.count.fetch_add(1, Ordering::Relaxed);
-        // Trimmed in steps of 1 % of the cap, not at every append.
-        self.trim(self.max_entries / 100)
-    }
-
-    /// Removes the oldest entries when there are more than the cap plus `slack`.
-    fn trim(&self, slack: usize) -> Result<(), StoreError> {
-        if self.count.load(Ordering::Relaxed) <= self.max_entries + slack {
-            return Ok(());
-        }
-        // A poisoned lock guards no data: go on.
-        let _one = self.trimming.lock().unwrap_or_else(|p| p.into_inner());
-        let n = self.count.load(Ordering::Relaxed);
-        if n <= self.max_entries + slack {
-            return Ok(());
-        }
-        let gone = self.trail.trim_oldest(n - self.max_entries)?;
-        self.count.fetch_sub(gone.min(n), Ordering::Relaxed);
-        tracing::info!(
-            removed = gone,
-            kept = self.max_entries,
-            "audit log trimmed to [audit] max_entries"
-        );
         Ok(())
     }
 
     /// Entries at or after `since_ms` that `filter` keeps, oldest first;
     /// the newest `limit` of them when there are more.
     pub fn since(&self, since_ms: i64, limit: usize, filter: &Filter) -> Result<Vec<Record>, StoreError> {
-        self.trail.since(since_ms, limit, |r| filter.keeps(r))
+        let found = self.trail.since(since_ms, None, limit, |r| filter.keeps(r))?;
+        Ok(found.into_iter().map(|(_, r)| r).collect())
     }
 
     /// Appends an entry; a failure is logged loudly rather than failing the

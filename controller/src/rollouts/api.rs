@@ -79,9 +79,6 @@ fn planned_hosts<'a>(rollout: &Rollout, all: &'a [Host]) -> Vec<&'a Host> {
     all.iter().filter(|h| ids.contains(h.id.as_str())).collect()
 }
 
-/// How often a long-lived watch checks that its caller's token still holds.
-const TOKEN_RECHECK: Duration = Duration::from_secs(5);
-
 /// How long an operator's rollout waits for a convergence run it preempts.
 const PREEMPT_WAIT: Duration = Duration::from_secs(60);
 
@@ -294,7 +291,7 @@ impl RolloutService for RolloutsService {
                 return;
             }
             // A token revoked or expired while the watch runs ends it.
-            let mut recheck = tokio::time::interval(TOKEN_RECHECK);
+            let mut recheck = tokio::time::interval(crate::auth::TOKEN_RECHECK);
             recheck.tick().await;
             loop {
                 let next = tokio::select! {

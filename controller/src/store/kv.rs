@@ -1,5 +1,5 @@
 //! The seam under the typed store: a narrow key-value trait ([`Kv`]) that
-//! the typed methods (`Store`, `RolloutStore`, `AuditTrail`) and the codec
+//! the typed methods (`Store`, `RolloutStore`, `Journal`) and the codec
 //! sit on, and its sled backend ([`SledKv`]), the only code that touches
 //! sled apart from the flusher's call of [`Kv::flush_sync`].
 //!
@@ -61,11 +61,13 @@ pub enum Space {
     AppRelease,
     /// Operator identities (their tokens are in `Operators`).
     Identities,
+    /// The fleet's event log.
+    Events,
 }
 
 impl Space {
     /// Every space, in the order of their index.
-    pub const ALL: [Space; 12] = [
+    pub const ALL: [Space; 13] = [
         Space::Meta,
         Space::Hosts,
         Space::Certs,
@@ -78,6 +80,7 @@ impl Space {
         Space::Desired,
         Space::AppRelease,
         Space::Identities,
+        Space::Events,
     ];
 
     /// The space's name: the sled tree's name, and in messages.
@@ -95,6 +98,7 @@ impl Space {
             Space::Desired => "desired",
             Space::AppRelease => "app_release",
             Space::Identities => "identities",
+            Space::Events => "events",
         }
     }
 
