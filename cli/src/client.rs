@@ -6,6 +6,7 @@ use fleet_proto::app_service_client::AppServiceClient;
 use fleet_proto::audit_service_client::AuditServiceClient;
 use fleet_proto::event_service_client::EventServiceClient;
 use fleet_proto::host_service_client::HostServiceClient;
+use fleet_proto::notify_service_client::NotifyServiceClient;
 use fleet_proto::operator_service_client::OperatorServiceClient;
 use fleet_proto::release_service_client::ReleaseServiceClient;
 use fleet_proto::rollout_service_client::RolloutServiceClient;
@@ -116,6 +117,11 @@ impl Client {
     /// `EventService`.
     pub fn events(&self) -> EventServiceClient<Authed> {
         EventServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// `NotifyService`.
+    pub fn notify(&self) -> NotifyServiceClient<Authed> {
+        NotifyServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     /// Turns a failed call's status into a fleetctl error.

@@ -14,6 +14,7 @@ pub mod error;
 pub mod events;
 pub mod hosts;
 pub mod keys;
+pub mod notify;
 pub mod operators;
 pub mod output;
 pub mod rollouts;
@@ -25,8 +26,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use args::{
-    AppCommand, Cli, Command, HostsCommand, KeysCommand, OperatorCommand, OperatorTokenCommand, ReleaseCommand,
-    RolloutCommand, TokenCommand,
+    AppCommand, Cli, Command, HostsCommand, KeysCommand, NotifyCommand, OperatorCommand, OperatorTokenCommand,
+    ReleaseCommand, RolloutCommand, TokenCommand,
 };
 use client::Client;
 use config::Env;
@@ -132,6 +133,10 @@ pub async fn execute(cli: &Cli, env: &Env) -> Result<Report, Error> {
         },
         Command::Audit(args) => audit::list(&connect(cli, env).await?, args, format).await,
         Command::Events(args) => events::watch(&connect(cli, env).await?, args, format).await,
+        Command::Notify(NotifyCommand::Add(args)) => notify::add(&connect(cli, env).await?, args, format).await,
+        Command::Notify(NotifyCommand::Ls) => notify::list(&connect(cli, env).await?, format).await,
+        Command::Notify(NotifyCommand::Rm { name }) => notify::remove(&connect(cli, env).await?, name, format).await,
+        Command::Notify(NotifyCommand::Test { name }) => notify::test(&connect(cli, env).await?, name, format).await,
         Command::Hosts(HostsCommand::Ls { selector }) => {
             hosts::list(&connect(cli, env).await?, selector.as_deref(), format).await
         }

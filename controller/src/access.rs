@@ -85,11 +85,13 @@ pub enum Permission {
     TokenWrite,
     /// Manage operator identities and their tokens.
     OperatorAdmin,
+    /// Add, remove and test webhooks.
+    NotifyWrite,
 }
 
 impl Permission {
     /// Every permission.
-    pub const ALL: [Permission; 9] = [
+    pub const ALL: [Permission; 10] = [
         Permission::Session,
         Permission::Read,
         Permission::ReleasePush,
@@ -99,6 +101,7 @@ impl Permission {
         Permission::HostWrite,
         Permission::TokenWrite,
         Permission::OperatorAdmin,
+        Permission::NotifyWrite,
     ];
 
     /// Its name, as refusals, `whoami` and the README say it.
@@ -113,6 +116,7 @@ impl Permission {
             Permission::HostWrite => "host.write",
             Permission::TokenWrite => "token.write",
             Permission::OperatorAdmin => "operator.admin",
+            Permission::NotifyWrite => "notify.write",
         }
     }
 
@@ -125,7 +129,7 @@ impl Permission {
 /// The one table: the permission each operator RPC (`Service/Method`)
 /// needs. A call whose method is not here, and is not an agent's, is
 /// refused. README.md's "Permissions" lists the same.
-pub const TABLE: [(&str, Permission); 31] = [
+pub const TABLE: [(&str, Permission); 35] = [
     ("Session/WhoAmI", Permission::Session),
     ("HostService/ListHosts", Permission::Read),
     ("HostService/GetHost", Permission::Read),
@@ -151,6 +155,10 @@ pub const TABLE: [(&str, Permission); 31] = [
     ("RolloutService/WatchRollout", Permission::Read),
     ("AuditService/ListAudit", Permission::Read),
     ("EventService/WatchEvents", Permission::Read),
+    ("NotifyService/AddNotifier", Permission::NotifyWrite),
+    ("NotifyService/ListNotifiers", Permission::Read),
+    ("NotifyService/RemoveNotifier", Permission::NotifyWrite),
+    ("NotifyService/TestNotifier", Permission::NotifyWrite),
     ("OperatorService/CreateOperator", Permission::OperatorAdmin),
     ("OperatorService/ListOperators", Permission::OperatorAdmin),
     ("OperatorService/GetOperator", Permission::OperatorAdmin),

@@ -86,6 +86,9 @@ pub enum Error {
     /// No such rollout.
     #[error("no rollout '{0}'; list them with 'fleetctl rollout ls'")]
     UnknownRollout(String),
+    /// No such webhook.
+    #[error("no webhook '{0}'; list them with 'fleetctl notify ls'")]
+    UnknownNotifier(String),
     /// What the request would create exists (an app, a release version).
     #[error("{0}")]
     Exists(String),
@@ -266,6 +269,7 @@ impl From<Error> for Status {
             | Error::HostGone(_)
             | Error::UnknownToken(_)
             | Error::UnknownRollout(_)
+            | Error::UnknownNotifier(_)
             | Error::UnknownOperator(_)
             | Error::UnknownOperatorToken(_) => Status::not_found(msg),
             Error::Exists(_) => Status::already_exists(msg),

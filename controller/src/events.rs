@@ -88,6 +88,7 @@ pub fn of_rollout(r: &Rollout, kind: EventKind, host_id: &str, hostname: &str, d
     e.app = r.app.clone();
     e.version = r.version.clone();
     e.rollout_id = r.id.clone();
+    e.rollout_kind = r.kind().word().to_string();
     e.host_id = host_id.to_string();
     e.hostname = hostname.to_string();
     e.detail = detail.to_string();

@@ -22,6 +22,7 @@ pub mod init;
 mod layering;
 pub mod listener;
 pub mod metrics;
+pub mod notify;
 pub mod operators;
 pub mod ops;
 pub mod owner;

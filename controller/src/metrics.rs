@@ -48,6 +48,9 @@ pub struct Metrics {
     /// Deploy and rollback tasks ended on hosts (direct and in rollouts),
     /// by outcome (succeeded, reverted, failed) and failure cause.
     pub host_tasks_ended: Family<Labels, Counter>,
+    /// Webhook deliveries, by webhook and result (delivered, retried,
+    /// failed, dropped).
+    pub notifications: Family<Labels, Counter>,
     /// Connections held on the TLS port (accepted and not yet closed).
     pub connections_open: Gauge,
     /// Connections the controller closed or refused, by reason (see
@@ -109,6 +112,13 @@ impl Metrics {
             "rollouts_ended",
             "Rollouts ended, by kind and final state",
             rollouts_ended.clone(),
+        );
+        let notifications = Family::default();
+        registry.register(
+            "notifications",
+            "Webhook deliveries, by webhook and result: delivered, retried (an attempt failed and another follows), \
+             failed (given up after every retry), dropped (the webhook's queue was full)",
+            notifications.clone(),
         );
         let host_tasks_ended = Family::default();
         registry.register(
@@ -180,6 +190,7 @@ impl Metrics {
         );
         Metrics {
             host_tasks_ended,
+            notifications,
             artifacts_corrupt,
             rollouts_ended,
             hosts_converging,
@@ -239,6 +250,16 @@ impl Metrics {
         };
         self.host_tasks_ended
             .get_or_create(&vec![("outcome".into(), outcome.into()), ("cause".into(), cause)])
+            .inc();
+    }
+
+    /// Counts a webhook delivery's result.
+    pub fn notification(&self, webhook: &str, result: &str) {
+        self.notifications
+            .get_or_create(&vec![
+                ("webhook".into(), webhook.into()),
+                ("result".into(), result.into()),
+            ])
             .inc();
     }
 

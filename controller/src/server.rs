@@ -15,6 +15,7 @@ use fleet_proto::audit_service_server::AuditServiceServer;
 use fleet_proto::enrollment_server::EnrollmentServer;
 use fleet_proto::event_service_server::EventServiceServer;
 use fleet_proto::host_service_server::HostServiceServer;
+use fleet_proto::notify_service_server::NotifyServiceServer;
 use fleet_proto::now_ms;
 use fleet_proto::operator_service_server::OperatorServiceServer;
 use fleet_proto::release_service_server::ReleaseServiceServer;
@@ -220,6 +221,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     ));
     fleet.tracker.spawn(wait_for_signal(shutdown.clone()));
     fleet.tracker.spawn(follow_rotations(fleet.clone()));
+    let notifiers = Arc::new(
+        crate::notify::Notifiers::new(store.clone(), metrics.clone(), fleet.tracker.clone(), shutdown.clone())
+            .map_err(|e| ServeError::Startup(format!("webhooks: {e}")))?,
+    );
+    notifiers.start(events.clone())?;
 
     let (conn_tx, conn_rx) = mpsc::channel::<Result<PeerConn, std::io::Error>>(256);
     let connections = Connections::new(config.connections.clone(), metrics.clone());
@@ -270,6 +276,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .add_service(TokenServiceServer::new(TokensService(fleet.clone())))
         .add_service(AppServiceServer::new(crate::apps::AppsService(fleet.clone())))
         .add_service(AuditServiceServer::new(crate::audit::AuditLogService(audit)))
+        .add_service(NotifyServiceServer::new(crate::notify::NotifyApi(notifiers)))
         .add_service(EventServiceServer::new(crate::events::EventsService {
             log: events,
             store: store.clone(),

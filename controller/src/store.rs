@@ -40,6 +40,7 @@ pub mod codec;
 mod flusher;
 pub mod journal;
 pub mod kv;
+pub mod notifiers;
 pub mod operators;
 mod records;
 pub mod rollouts;

@@ -50,6 +50,7 @@ impl FleetEventKind {
             FleetEventKind::AppChanged => "app_changed",
             FleetEventKind::JoinTokenRevoked => "join_token_revoked",
             FleetEventKind::OperatorChanged => "operator_changed",
+            FleetEventKind::NotifyTest => "notify_test",
         }
     }
 
@@ -73,9 +74,9 @@ mod tests {
             assert!(seen.insert(k.word()), "{} twice", k.word());
             assert_eq!(FleetEventKind::parse(k.word()), Ok(k));
         }
-        // Every value of the enum but "unspecified" is in ALL.
+        // Every value of the enum but "unspecified" and the webhook test is in ALL.
         let values = (1..100).filter(|v| FleetEventKind::try_from(*v).is_ok()).count();
-        assert_eq!(values, FleetEventKind::ALL.len());
+        assert_eq!(values, FleetEventKind::ALL.len() + 1);
         let e = FleetEventKind::parse("nope").expect_err("not a kind");
         assert!(e.contains("rollout_ended"), "{e}");
     }

@@ -249,6 +249,10 @@ fn the_log_answers_who_changed_what_where_and_how_it_ended() {
         .expect("a join token")
         .to_string();
     ok(&["token", "revoke", &join_token]);
+    ok(&["notify", "add", "hook", "--url", "http://127.0.0.1:9/nobody-listens"]);
+    let test = f.fleetctl(&["notify", "test", "hook"]);
+    assert_eq!(test.status.code(), Some(1), "nothing listens: the test fails");
+    ok(&["notify", "rm", "hook"]);
     let all = audit(f, &[]);
     let touched = |e: &Value| {
         ["app", "target", "rollout_id", "selector"]

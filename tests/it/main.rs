@@ -22,6 +22,7 @@ mod introspection;
 mod labels;
 mod lifecycle;
 mod limits;
+mod notify;
 mod quotas;
 mod readme_path;
 mod refusals;

@@ -1,5 +1,5 @@
-//! Flags of `fleetctl login`, `token`, `operator` and `audit`: who may do
-//! what, and what was done.
+//! Flags of `fleetctl login`, `token`, `operator`, `audit`, `events` and
+//! `notify`: who may do what, what was done, and who hears of it.
 
 use std::time::Duration;
 
@@ -38,6 +38,46 @@ pub struct EventsArgs {
     /// Keep the stream open and show events as they happen
     #[arg(short, long)]
     pub follow: bool,
+}
+
+/// `fleetctl notify`.
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// Add a webhook; a json one's signing secret is printed once.
+    Add(NotifyAddArgs),
+    /// List webhooks (URLs without their path) and how their deliveries went.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Remove a webhook.
+    Rm {
+        /// Webhook name
+        name: String,
+    },
+    /// Send a test event to a webhook now; fails unless it answers 2xx.
+    Test {
+        /// Webhook name
+        name: String,
+    },
+}
+
+/// `fleetctl notify add`.
+#[derive(Debug, Args)]
+pub struct NotifyAddArgs {
+    /// Name, e.g. ops-chat (a-z 0-9 . _ -)
+    pub name: String,
+    /// Where events are POSTed (http:// or https://; a Slack incoming-webhook URL for --format slack)
+    #[arg(long, value_name = "URL")]
+    pub url: String,
+    /// slack (a line for a channel: Slack, Mattermost, Rocket.Chat) or json (the event, signed)
+    #[arg(long, value_name = "FORMAT", default_value = "json", value_parser = ["slack", "json"])]
+    pub format: String,
+    /// Only this app's events [default: every app]
+    #[arg(long, value_name = "APP")]
+    pub app: Option<String>,
+    /// Only events of this kind (repeatable) [default: rollout started, canary waiting,
+    /// rolling back, rollout ended, hosts failing, direct deploys' ends]
+    #[arg(long = "kind", value_name = "KIND", value_parser = crate::events::parse_kind)]
+    pub kinds: Vec<fleet_proto::FleetEventKind>,
 }
 
 /// `--since`: how far back.

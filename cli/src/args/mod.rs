@@ -112,6 +112,11 @@ pub enum Command {
     /// The fleet's events: rollouts, deploys, hosts connecting, disconnecting,
     /// enrolling and removed, releases, apps; oldest first, one per line.
     Events(EventsArgs),
+    /// Webhooks: rollouts starting, waiting for a canary's approval, ending,
+    /// rolled back, hosts failing, sent to chat (slack) or any HTTP endpoint
+    /// (json, signed).
+    #[command(subcommand)]
+    Notify(NotifyCommand),
     /// Install and enroll fleet-agent on hosts over SSH.
     Bootstrap(BootstrapArgs),
     /// Print shell completions: `fleetctl completion bash > /etc/bash_completion.d/fleetctl`

@@ -28,7 +28,7 @@ pub use layer::{note, AuditLayer, Details, Note};
 
 /// The operator methods that change something, as `Service/Method`: the
 /// one list of what is audited.
-pub const AUDITED: [&str; 16] = [
+pub const AUDITED: [&str; 19] = [
     "TokenService/CreateToken",
     "TokenService/RevokeToken",
     "HostService/LabelHost",
@@ -45,6 +45,9 @@ pub const AUDITED: [&str; 16] = [
     "OperatorService/RemoveOperator",
     "OperatorService/CreateOperatorToken",
     "OperatorService/RevokeOperatorToken",
+    "NotifyService/AddNotifier",
+    "NotifyService/RemoveNotifier",
+    "NotifyService/TestNotifier",
 ];
 
 /// The package prefix of every gRPC path.

@@ -63,11 +63,13 @@ pub enum Space {
     Identities,
     /// The fleet's event log.
     Events,
+    /// Webhooks.
+    Notifiers,
 }
 
 impl Space {
     /// Every space, in the order of their index.
-    pub const ALL: [Space; 13] = [
+    pub const ALL: [Space; 14] = [
         Space::Meta,
         Space::Hosts,
         Space::Certs,
@@ -81,6 +83,7 @@ impl Space {
         Space::AppRelease,
         Space::Identities,
         Space::Events,
+        Space::Notifiers,
     ];
 
     /// The space's name: the sled tree's name, and in messages.
@@ -99,6 +102,7 @@ impl Space {
             Space::AppRelease => "app_release",
             Space::Identities => "identities",
             Space::Events => "events",
+            Space::Notifiers => "notifiers",
         }
     }
 
