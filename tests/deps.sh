@@ -9,7 +9,7 @@ set -euo pipefail
 # package and bootstrap tests, and (with util-linux's unshare and busctl)
 # the systemd --user sandboxes of the release and rollout tests; cloud-init
 # for `cloud-init schema`; iproute2, python3 and curl for the README-path
-# test.
+# test; chromium and chromium-driver for the dashboard's browser test.
 need=()
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 command -v pkg-config >/dev/null || need+=(pkg-config)
@@ -33,6 +33,9 @@ command -v prlimit >/dev/null || need+=(util-linux)
 command -v ip >/dev/null || need+=(iproute2)
 [ -x /usr/bin/python3 ] || need+=(python3)
 [ -x /usr/bin/curl ] || need+=(curl)
+# The dashboard's browser test: Debian's chromium, driven by chromedriver.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 if ((${#need[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     # No service of these packages may start on this machine while they

@@ -190,16 +190,25 @@ pub enum Callee {
     Agent,
     /// Health and reflection: open to anyone.
     Public,
+    /// The dashboard's pages (under [`WEB_PREFIX`]): it checks its callers
+    /// itself, from a token in a cookie, and needs `read`.
+    Web,
     /// An operator method and what it needs.
     Operator(&'static str, Permission),
     /// Not in any table: refused.
     Unknown,
 }
 
+/// Where the dashboard's pages are, on the controller's port.
+pub const WEB_PREFIX: &str = "/ui/";
+
 /// What a gRPC path is.
 pub fn callee(path: &str) -> Callee {
     if PUBLIC_METHODS.contains(&path) {
         return Callee::Public;
+    }
+    if path.starts_with(WEB_PREFIX) {
+        return Callee::Web;
     }
     let Some(method) = path.strip_prefix(PACKAGE) else {
         return Callee::Unknown;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use fleet_proto::app_service_server::AppService;
 use fleet_proto::limits;
 use fleet_proto::{
-    now_ms, task, AppHost, AppSpec, AppStatus, DeployRequest, DeployTask, FailureCause, FleetEventKind, GetAppRequest,
+    now_ms, task, AppSpec, AppStatus, DeployRequest, DeployTask, FailureCause, FleetEventKind, GetAppRequest,
     ListAppsRequest, ListAppsResponse, RollbackTask, TaskProgress, TaskState,
 };
 use tokio::sync::mpsc;
@@ -114,49 +114,7 @@ impl AppService for AppsService {
     }
 
     async fn get_app(&self, req: Request<GetAppRequest>) -> Result<Response<AppStatus>, Status> {
-        let name = &req.get_ref().name;
-        let spec = self
-            .0
-            .store
-            .app(name)
-            .map_err(Error::Store)?
-            .ok_or_else(|| Error::UnknownApp(name.clone()))?;
-        let records = &self.0.rollouts.records;
-        let app_release = records.app_release(name).map_err(Error::Store)?.unwrap_or_default();
-        let desired = records.desired_of_app(name).map_err(Error::Store)?;
-        let selector =
-            crate::selector::Selector::parse(&spec.selector).map_err(|why| Error::invalid("selector", why))?;
-        let mut status = AppStatus {
-            spec: Some(spec),
-            desired_version: app_release.clone(),
-            ..Default::default()
-        };
-        for host in self.0.store.hosts().map_err(Error::Store)? {
-            let inv = host.inventory.clone().unwrap_or_default();
-            let entry = inv.apps.into_iter().find(|a| &a.app == name);
-            let selected = selector.matches(&host.labels);
-            if !selected && entry.is_none() {
-                continue;
-            }
-            let current = entry.as_ref().map(|a| a.current.clone()).unwrap_or_default();
-            let want = desired.get(&host.id).cloned().unwrap_or_default();
-            let effective = if want.is_empty() { &app_release } else { &want };
-            status.host_states.push(AppHost {
-                host_id: host.id.clone(),
-                hostname: host.facts.as_ref().map(|f| f.hostname.clone()).unwrap_or_default(),
-                drift: selected && !effective.is_empty() && *effective != current,
-                desired: want,
-                current,
-                connected: self.0.registry.sender(&host.id).is_some(),
-            });
-            if let Some(app) = entry {
-                status.hosts.insert(host.id, app);
-            }
-        }
-        status
-            .host_states
-            .sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.host_id.cmp(&b.host_id)));
-        Ok(Response::new(status))
+        Ok(Response::new(self.0.app_status(&req.get_ref().name)?))
     }
 
     type DeployStream = ReceiverStream<Result<TaskProgress, Status>>;

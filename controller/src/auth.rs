@@ -97,6 +97,54 @@ pub fn authenticate(
     holds(store, tok, now_ms)
 }
 
+/// Checks operator tokens the way every caller is checked: a source with
+/// too many failed attempts is refused before its token is looked at, and
+/// a failed attempt counts against its source. The gate (`ops`) and the
+/// dashboard (a token in a cookie) share it.
+#[derive(Clone)]
+pub struct Authenticator {
+    /// Where operator tokens and identities are.
+    pub store: Store,
+    /// The controller host's break-glass tokens.
+    pub recovery: std::sync::Arc<Recovery>,
+    /// Failed attempts per source address.
+    pub failures: std::sync::Arc<crate::ratelimit::Limiter<std::net::IpAddr>>,
+}
+
+/// Why [`Authenticator::check`] refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// Too many failed attempts from the source.
+    #[error(transparent)]
+    Limited(#[from] crate::ratelimit::Limited),
+    /// The token.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+}
+
+impl Authenticator {
+    /// The operator `authorization` authenticates, from `source`, now.
+    pub fn check(
+        &self,
+        source: Option<std::net::IpAddr>,
+        authorization: Option<&http::HeaderValue>,
+    ) -> Result<Operator, Refusal> {
+        let now = std::time::Instant::now();
+        if let Some(ip) = source {
+            self.failures.check(&ip, now).inspect_err(|_| {
+                tracing::warn!(%ip, "operator call refused: too many failed authentications");
+            })?;
+        }
+        authenticate(&self.store, &self.recovery, authorization, fleet_proto::now_ms()).map_err(|e| {
+            // A store failure is the controller's, not a guess.
+            if let (false, Some(ip)) = (matches!(e, AuthError::Store(_)), source) {
+                self.failures.spend(&ip, now);
+            }
+            Refusal::from(e)
+        })
+    }
+}
+
 /// The operator a token authenticates at `now`: not revoked, not expired,
 /// its identity still there (with a role and a selector that parse).
 fn holds(store: &Store, tok: crate::store::OperatorRecord, now_ms: i64) -> Result<Operator, AuthError> {

@@ -206,6 +206,15 @@ pub enum Error {
     Internal(String),
 }
 
+impl From<crate::auth::Refusal> for Error {
+    fn from(r: crate::auth::Refusal) -> Error {
+        match r {
+            crate::auth::Refusal::Limited(l) => Error::RateLimited(l),
+            crate::auth::Refusal::Auth(a) => Error::Auth(a),
+        }
+    }
+}
+
 impl Error {
     /// A malformed or out-of-bounds request field; `why` is the whole sentence.
     pub fn invalid(field: impl Into<String>, why: impl Into<String>) -> Error {

@@ -176,6 +176,12 @@ impl EventLog {
         self.publish(e);
     }
 
+    /// The newest `limit` stored events, oldest first.
+    pub fn newest(&self, limit: usize) -> Result<Vec<FleetEvent>, StoreError> {
+        let found = self.journal.since(0, None, limit, |_| true)?;
+        Ok(found.into_iter().map(|(_, e)| e).collect())
+    }
+
     /// Live events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<FleetEvent> {
         self.live.subscribe()

@@ -68,6 +68,53 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// App `name`: its spec, its release for new hosts, and every host it
+    /// selects or that runs it, with what each should run and runs
+    /// (`app show`, the dashboard's app page).
+    pub fn app_status(&self, name: &str) -> Result<fleet_proto::AppStatus> {
+        let spec = self
+            .store
+            .app(name)
+            .map_err(Error::Store)?
+            .ok_or_else(|| Error::UnknownApp(name.to_string()))?;
+        let records = &self.rollouts.records;
+        let app_release = records.app_release(name).map_err(Error::Store)?.unwrap_or_default();
+        let desired = records.desired_of_app(name).map_err(Error::Store)?;
+        let selector =
+            crate::selector::Selector::parse(&spec.selector).map_err(|why| Error::invalid("selector", why))?;
+        let mut status = fleet_proto::AppStatus {
+            spec: Some(spec),
+            desired_version: app_release.clone(),
+            ..Default::default()
+        };
+        for host in self.store.hosts().map_err(Error::Store)? {
+            let inv = host.inventory.clone().unwrap_or_default();
+            let entry = inv.apps.into_iter().find(|a| a.app == name);
+            let selected = selector.matches(&host.labels);
+            if !selected && entry.is_none() {
+                continue;
+            }
+            let current = entry.as_ref().map(|a| a.current.clone()).unwrap_or_default();
+            let want = desired.get(&host.id).cloned().unwrap_or_default();
+            let effective = if want.is_empty() { &app_release } else { &want };
+            status.host_states.push(fleet_proto::AppHost {
+                host_id: host.id.clone(),
+                hostname: host.facts.as_ref().map(|f| f.hostname.clone()).unwrap_or_default(),
+                drift: selected && !effective.is_empty() && *effective != current,
+                desired: want,
+                current,
+                connected: self.registry.sender(&host.id).is_some(),
+            });
+            if let Some(app) = entry {
+                status.hosts.insert(host.id, app);
+            }
+        }
+        status
+            .host_states
+            .sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.host_id.cmp(&b.host_id)));
+        Ok(status)
+    }
+
     /// What sending a task needs, borrowed from the fleet.
     pub fn dispatch(&self) -> crate::dispatch::Dispatch<'_> {
         crate::dispatch::Dispatch {

@@ -11,6 +11,7 @@ pub mod ca;
 pub mod check;
 pub mod config;
 pub mod connections;
+pub mod dashboard;
 pub mod dispatch;
 pub mod enroll;
 pub mod error;

@@ -317,7 +317,13 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let method = req.uri().path().trim_start_matches("/fleet.v1.").to_string();
+        let path = req.uri().path();
+        // The dashboard's pages are one label, not one per host or rollout.
+        let method = if path.starts_with(crate::access::WEB_PREFIX) {
+            "dashboard".to_string()
+        } else {
+            path.trim_start_matches("/fleet.v1.").to_string()
+        };
         let metrics = self.metrics.clone();
         let start = Instant::now();
         let fut = self.inner.call(req);

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fleet_proto::host_service_server::HostService;
 use fleet_proto::session_server::Session;
@@ -22,13 +22,12 @@ use tonic::{Request, Response, Status};
 
 use crate::access::{self, Callee};
 use crate::audit;
-use crate::auth::{authenticate, operator, AuthError, Operator, Recovery, JOIN_TOKEN_PREFIX};
+use crate::auth::{operator, Authenticator, Operator, JOIN_TOKEN_PREFIX};
 use crate::config::MIN_TOKEN_CERT_TTL;
 use crate::error::Error;
 use crate::fleet::Fleet;
-use crate::ratelimit::Limiter;
 use crate::selector::parse_selector;
-use crate::store::{secret_hash, utc, Store, TokenRecord};
+use crate::store::{secret_hash, utc, TokenRecord};
 use crate::tls::PeerInfo;
 
 /// The gate in front of every call: an agent's method passes (its own
@@ -42,12 +41,8 @@ use crate::tls::PeerInfo;
 /// be guessed at speed.
 #[derive(Clone)]
 pub struct OperatorGate {
-    /// Where operator tokens and identities are.
-    pub store: Store,
-    /// The controller host's break-glass tokens.
-    pub recovery: Arc<Recovery>,
-    /// Failed attempts per source address.
-    pub failures: Arc<Limiter<IpAddr>>,
+    /// How tokens are checked.
+    pub auth: Authenticator,
 }
 
 impl OperatorGate {
@@ -61,27 +56,12 @@ impl OperatorGate {
         note: Option<&audit::Note>,
     ) -> Result<Option<Operator>, Error> {
         let (method, permission) = match access::callee(path) {
-            Callee::Agent | Callee::Public => return Ok(None),
+            // The dashboard checks its own callers (a token in a cookie).
+            Callee::Agent | Callee::Public | Callee::Web => return Ok(None),
             Callee::Unknown => return Err(access::unknown_method(path).into()),
             Callee::Operator(m, p) => (m, p),
         };
-        let now = Instant::now();
-        if let Some(ip) = source {
-            self.failures.check(&ip, now).map_err(|l| {
-                tracing::warn!(%ip, "operator call refused: too many failed authentications");
-                Error::from(l)
-            })?;
-        }
-        let op = match authenticate(&self.store, &self.recovery, authorization, now_ms()) {
-            Ok(op) => op,
-            Err(e) => {
-                // A store failure is the controller's, not a guess.
-                if let (false, Some(ip)) = (matches!(e, AuthError::Store(_)), source) {
-                    self.failures.spend(&ip, now);
-                }
-                return Err(e.into());
-            }
-        };
+        let op = self.auth.check(source, authorization)?;
         // The audit layer outside records who asked, refused or not.
         if let Some(note) = note {
             note.set(|d| d.who = Some(op.name.clone()));

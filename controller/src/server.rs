@@ -256,10 +256,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
         .build_v1alpha()
         .map_err(|e| ServeError::Startup(format!("gRPC reflection: {e}")))?;
-    let gate = OperatorGate {
+    let authenticator = crate::auth::Authenticator {
         store: store.clone(),
         recovery: recovery.clone(),
         failures: fleet.limits.auth_failures.clone(),
+    };
+    let gate = OperatorGate {
+        auth: authenticator.clone(),
     };
     // The audit layer is outside the gate, so refusals are recorded too.
     let router = tonic::transport::Server::builder()
@@ -277,6 +280,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .add_service(AppServiceServer::new(crate::apps::AppsService(fleet.clone())))
         .add_service(AuditServiceServer::new(crate::audit::AuditLogService(audit)))
         .add_service(NotifyServiceServer::new(crate::notify::NotifyApi(notifiers)))
+        .add_service(crate::dashboard::Dashboard::new(fleet.clone(), authenticator.clone()))
         .add_service(EventServiceServer::new(crate::events::EventsService {
             log: events,
             store: store.clone(),

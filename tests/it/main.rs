@@ -13,6 +13,7 @@ mod audit;
 mod bootstrap;
 mod ci_recipe;
 mod connections;
+mod dashboard;
 mod desired;
 mod durability;
 mod edge;

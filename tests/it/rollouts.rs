@@ -134,7 +134,7 @@ impl Cluster {
     }
 
     /// A release whose pre_activate hook takes `secs` seconds.
-    fn push_slow(&self, version: &str, secs: u32) {
+    pub fn push_slow(&self, version: &str, secs: u32) {
         let tar = release(
             version,
             &[

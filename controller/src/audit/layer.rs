@@ -288,15 +288,17 @@ mod tests {
     /// The gate as `serve` puts it inside the audit layer.
     fn gate(store: &crate::store::Store) -> crate::ops::OperatorGate {
         crate::ops::OperatorGate {
-            store: store.clone(),
-            recovery: Arc::new(crate::auth::Recovery::new(&[1; 32])),
-            failures: Arc::new(crate::ratelimit::Limiter::new(
-                "limits.auth_failures_per_source",
-                crate::ratelimit::Rate {
-                    burst: 100,
-                    per_minute: 100,
-                },
-            )),
+            auth: crate::auth::Authenticator {
+                store: store.clone(),
+                recovery: Arc::new(crate::auth::Recovery::new(&[1; 32])),
+                failures: Arc::new(crate::ratelimit::Limiter::new(
+                    "limits.auth_failures_per_source",
+                    crate::ratelimit::Rate {
+                        burst: 100,
+                        per_minute: 100,
+                    },
+                )),
+            },
         }
     }
 
