@@ -80,6 +80,14 @@ build_one() {
         install -m 0644 systemd/fleet-app-example.service "$root/usr/share/doc/$pkg/examples/"
         echo /etc/fleet/agent.toml >"$root/DEBIAN/conffiles"
     fi
+    if [ "$pkg" = fleet-controller ]; then
+        # Monitoring to start from: Prometheus alert rules and a Grafana
+        # dashboard (tests/it/observability.rs checks them against a
+        # running controller).
+        install -d "$root/usr/share/doc/$pkg/examples"
+        install -m 0644 packaging/prometheus/fleet-alerts.yml packaging/grafana/fleet-dashboard.json \
+            "$root/usr/share/doc/$pkg/examples/"
+    fi
 
     # The agent's one privilege is a polkit rule (JavaScript rules: polkit
     # >= 0.106, Debian 12's polkitd, Ubuntu >= 23.10). Recommends, not

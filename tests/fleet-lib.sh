@@ -65,9 +65,29 @@ wait_connected() { # until every started host is connected (30 s at most)
     done
 }
 
+# Each host's systemd --user manager (and its D-Bus) takes inotify
+# instances; the kernel's default of 128 per user runs out near 40 hosts,
+# and systemd then fails with a D-Bus error that does not say why. Raise the
+# limit for this machine (we are root), or say plainly what is missing.
+ensure_inotify() { # hosts
+    local have need
+    have="$(cat /proc/sys/fs/inotify/max_user_instances 2>/dev/null || echo 0)"
+    need=$(($1 * 3 + 64))
+    if [ "$have" -lt "$need" ]; then
+        if sysctl -qw "fs.inotify.max_user_instances=$need" 2>/dev/null; then
+            echo "raised fs.inotify.max_user_instances from $have to $need: each host's systemd --user manager needs its own" >&2
+        else
+            echo "fs.inotify.max_user_instances is $have; $1 hosts need about $need (each runs a systemd --user manager)." >&2
+            echo "raise it: sysctl -w fs.inotify.max_user_instances=$need" >&2
+            exit 2
+        fi
+    fi
+}
+
 start_hosts() { # count
     hosts="$1"
     local token i h app_port
+    ensure_inotify "$hosts"
     token="$("$bin/fleetctl" token create --label role=web --uses "$hosts" --ttl 10m --description "local fleet")"
     for i in $(seq "$hosts"); do
         h="$work/host-$i"
@@ -120,7 +140,7 @@ release() { # version [unhealthy-on-port]
     echo "$1" >"$d/VERSION"
     if [ -n "${2:-}" ]; then echo "$2" >"$d/FAIL_PORTS"; fi
     tar -C "$d" -czf "$work/demo-$1.tar.gz" .
-    "$bin/fleetctl" release push demo "$work/demo-$1.tar.gz" --version "$1" --meta built-by=local-fleet
+    "$bin/fleetctl" release push demo "$work/demo-$1.tar.gz" --release "$1" --meta built-by=local-fleet
 }
 
 version_on() { # port: GET /version with bash's /dev/tcp (no curl needed), three tries

@@ -31,17 +31,17 @@ create_app --health-timeout 5s --settle 2s
 
 step "1. push v1 and roll it out"
 release 1.0.0
-"$bin/fleetctl" rollout demo --version 1.0.0 --batch 100% --wait --watch
+"$bin/fleetctl" rollout demo --release 1.0.0 --batch 100% --wait --watch
 serving
 
 step "2. push v2 and roll it out one host at a time"
 release 2.0.0
-"$bin/fleetctl" rollout demo --version 2.0.0 --batch 1 --wait --watch
+"$bin/fleetctl" rollout demo --release 2.0.0 --batch 1 --wait --watch
 serving
 
 step "3. push a broken v3 (unhealthy on web-3) and watch it roll back by itself"
 release 3.0.0 "$(cat "$work/host-3/app-port")"
-if "$bin/fleetctl" rollout demo --version 3.0.0 --batch 1 --max-failures 0 --wait --watch; then
+if "$bin/fleetctl" rollout demo --release 3.0.0 --batch 1 --max-failures 0 --wait --watch; then
     echo "the broken release was not caught" >&2
     exit 1
 fi

@@ -374,7 +374,7 @@ pub async fn history(client: &Client, name: &str, format: Format) -> Result<Repo
             let mut r = Report::out(crate::rollouts::history_table(&rollouts, fleet_proto::now_ms()));
             if rollouts.is_empty() {
                 r.stderr = format!(
-                    "{name} has no history yet; roll a release out with 'fleetctl rollout {name} --version V'\n"
+                    "{name} has no history yet; roll a release out with 'fleetctl rollout {name} --release V'\n"
                 );
             }
             r
@@ -405,7 +405,7 @@ fn format_of(path: &Path) -> Result<&'static str, Error> {
     }
 }
 
-async fn sha256_of(path: &Path) -> Result<(String, u64), Error> {
+async fn sha256_of(path: &Path, bar: &indicatif::ProgressBar) -> Result<(String, u64), Error> {
     let mut f = tokio::fs::File::open(path)
         .await
         .map_err(|e| Error::Failed(format!("cannot read {}: {e}", path.display())))?;
@@ -422,34 +422,59 @@ async fn sha256_of(path: &Path) -> Result<(String, u64), Error> {
         }
         ctx.update(&buf[..n]);
         size += n as u64;
+        bar.inc(n as u64);
     }
     Ok((fleet_proto::transport::hex(ctx.finish().as_ref()), size))
+}
+
+/// The progress of `release push` on stderr: hashing, then uploading, in
+/// bytes; drawn only on a terminal (scripts and CI logs get none).
+fn push_bar(len: u64) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    let target = if std::io::stderr().is_terminal() {
+        indicatif::ProgressDrawTarget::stderr()
+    } else {
+        indicatif::ProgressDrawTarget::hidden()
+    };
+    let bar = indicatif::ProgressBar::with_draw_target(Some(len), target);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg:>9} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
 }
 
 /// `release push`: hashes the file, then streams it in chunks.
 pub async fn push(client: &Client, args: &PushArgs, format: Format) -> Result<Report, Error> {
     let fmt = format_of(&args.file)?;
-    let (sha256, size) = sha256_of(&args.file).await?;
+    let len = tokio::fs::metadata(&args.file).await.map(|m| m.len()).unwrap_or(0);
+    let bar = push_bar(len);
+    bar.set_message("hashing");
+    let (sha256, size) = sha256_of(&args.file, &bar).await?;
+    bar.set_position(0);
+    bar.set_message("uploading");
+    let version = args.release.get().filter(|v| !v.is_empty()).ok_or_else(|| {
+        Error::Usage(format!(
+            "say which release this is: --release V (e.g. {} FILE --release 1.4.2)",
+            args.app
+        ))
+    })?;
     let header = ReleaseHeader {
         app: args.app.clone(),
-        version: args.version.clone(),
+        version: version.clone(),
         sha256: sha256.clone(),
         size,
         metadata: label_map(&args.meta).map_err(Error::Usage)?,
         format: fmt.into(),
         signature: match &args.sign_key {
-            Some(key) => Some(crate::keys::sign(
-                key,
-                &args.app,
-                &args.version,
-                &sha256,
-                args.sequence,
-            )?),
+            Some(key) => Some(crate::keys::sign(key, &args.app, &version, &sha256, args.sequence)?),
             None => None,
         },
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<PushReleaseChunk>(4);
     let path = args.file.clone();
+    let sent = bar.clone();
     let reader = tokio::spawn(async move {
         let mut f = tokio::fs::File::open(&path)
             .await
@@ -473,6 +498,7 @@ pub async fn push(client: &Client, args: &PushArgs, format: Format) -> Result<Re
                 // The controller answered early (e.g. the same bytes again).
                 return Ok(());
             }
+            sent.inc(n as u64);
         }
     });
     let pushed = client
@@ -480,6 +506,7 @@ pub async fn push(client: &Client, args: &PushArgs, format: Format) -> Result<Re
         .push_release(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await;
     reader.abort();
+    bar.finish_and_clear();
     let pushed = pushed.map_err(|s| client.fail(s))?;
     // The controller says what it did with the bytes (see
     // `fleet_controller::releases::PUSH_OUTCOME`); an older one says nothing.
@@ -562,7 +589,7 @@ pub async fn releases(client: &Client, app: &str, format: Format) -> Result<Repo
             let mut rep = Report::out(t.render());
             if list.is_empty() {
                 rep.stderr =
-                    format!("{app} has no releases; push one with 'fleetctl release push {app} FILE --version V'\n");
+                    format!("{app} has no releases; push one with 'fleetctl release push {app} FILE --release V'\n");
             }
             rep
         }
@@ -680,17 +707,17 @@ fn progress_json(p: &TaskProgress) -> Value {
     })
 }
 
-/// `deploy APP --version V --host ID` and `rollback APP --host ID`: sends
+/// `deploy APP --release V --host ID` and `rollback APP --host ID`: sends
 /// the task and prints each phase as the agent reports it.
 pub async fn deploy(client: &Client, args: &DeployArgs, rollback: bool, format: Format) -> Result<Report, Error> {
     let request = DeployRequest {
         app: args.app.clone(),
-        version: args.version.clone().unwrap_or_default(),
+        version: args.release.get().unwrap_or_default(),
         host: args.host.clone(),
         rollback,
     };
     if !rollback && request.version.is_empty() {
-        return Err(Error::Usage("--version is required: the release to deploy".into()));
+        return Err(Error::Usage("--release is required: the release to deploy".into()));
     }
     let mut stream = client
         .apps()

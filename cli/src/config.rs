@@ -43,13 +43,15 @@ impl Env {
     /// Captures the variables fleetctl cares about from the process. Empty
     /// values count as unset, the way shells usually mean them.
     pub fn from_process() -> Env {
-        const NAMES: [&str; 6] = [
+        const NAMES: [&str; 7] = [
             "FLEET_CONFIG",
             "FLEET_CONTROLLER",
             "FLEET_TOKEN",
             "FLEET_CA",
             "XDG_CONFIG_HOME",
             "HOME",
+            // bootstrap logs in with the ssh-agent's keys, as ssh does.
+            "SSH_AUTH_SOCK",
         ];
         Env(NAMES
             .iter()

@@ -117,7 +117,11 @@ fn print(line: &str) {
 /// One event as a line of the chosen format.
 fn line(e: &FleetEvent, format: Format) -> String {
     match format {
-        Format::Json => event_json(e).to_string(),
+        Format::Json => {
+            let mut v = event_json(e);
+            output::with_times(&mut v);
+            v.to_string()
+        }
         Format::Table => {
             let host = if e.hostname.is_empty() {
                 short(&e.host_id)
@@ -176,7 +180,6 @@ pub fn event_json(e: &FleetEvent) -> Value {
     json!({
         "seq": e.seq,
         "at_ms": e.at_ms,
-        "at": output::timestamp(e.at_ms),
         "kind": e.kind().word(),
         "app": e.app,
         "version": e.version,

@@ -3,7 +3,6 @@
 //! The JSON shape of a host ([`host_json`]) is a contract: end-to-end tests
 //! and operators' scripts parse it, so its field names do not change.
 
-use std::io::IsTerminal;
 use std::time::Duration;
 
 use fleet_proto::{
@@ -92,26 +91,7 @@ pub async fn label(client: &Client, request: LabelHostRequest, format: Format) -
     })
 }
 
-/// Whether `hosts rm` asks before removing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Confirm {
-    /// `--yes` was given.
-    Skip,
-    /// Ask on the terminal.
-    Ask,
-}
-
-impl Confirm {
-    /// Asks only when stdin is a terminal; without one and without `--yes`
-    /// it refuses rather than guess (a script must say `--yes`).
-    pub fn from_flag(yes: bool) -> Result<Confirm, Error> {
-        match (yes, std::io::stdin().is_terminal()) {
-            (true, _) => Ok(Confirm::Skip),
-            (false, true) => Ok(Confirm::Ask),
-            (false, false) => Err(Error::Usage("pass --yes to remove a host non-interactively".into())),
-        }
-    }
-}
+pub use crate::confirm::Confirm;
 
 /// Removes a host, asking first when `confirm` says so.
 pub async fn remove(client: &Client, id: &str, confirm: Confirm, format: Format) -> Result<Report, Error> {
@@ -120,13 +100,7 @@ pub async fn remove(client: &Client, id: &str, confirm: Confirm, format: Format)
     } else {
         let host = get(client, id).await?;
         let question = format!("remove host {} ({})? [y/N] ", host.id, hostname(&host));
-        let confirmed = tokio::task::spawn_blocking(move || ask(&question))
-            .await
-            .map_err(|e| Error::Failed(format!("the confirmation prompt failed: {e}")))?
-            .map_err(|e| Error::Failed(format!("cannot read the answer from stdin: {e}; pass --yes instead")))?;
-        if !confirmed {
-            return Err(Error::Failed(format!("host {} not removed", host.id)));
-        }
+        confirm.check(question, format!("host {} not removed", host.id)).await?;
         // The full id, so the host confirmed is the host removed.
         host.id
     };
@@ -152,8 +126,40 @@ pub async fn prune(
     client: &Client,
     disconnected_for: Duration,
     dry_run: bool,
+    confirm: Confirm,
     format: Format,
 ) -> Result<Report, Error> {
+    if !dry_run && confirm == Confirm::Ask {
+        // Show what would go, then ask.
+        let stale = client
+            .hosts()
+            .prune_hosts(PruneHostsRequest {
+                disconnected_for_ms: disconnected_for.as_millis() as u64,
+                dry_run: true,
+            })
+            .await
+            .map_err(|s| client.fail(s))?
+            .into_inner()
+            .removed;
+        if stale.is_empty() {
+            return Ok(Report::out(format!(
+                "no host has been disconnected for {} or more",
+                humantime::format_duration(disconnected_for)
+            )));
+        }
+        let names: Vec<String> = stale.iter().map(|h| format!("{} ({})", h.id, hostname(h))).collect();
+        confirm
+            .check(
+                format!(
+                    "remove {} host{} and revoke their certificates: {}? [y/N] ",
+                    stale.len(),
+                    if stale.len() == 1 { "" } else { "s" },
+                    names.join(", ")
+                ),
+                "no host removed".into(),
+            )
+            .await?;
+    }
     let removed = client
         .hosts()
         .prune_hosts(PruneHostsRequest {
@@ -207,16 +213,6 @@ fn removed_line(r: &RemoveHostResponse) -> String {
 }
 
 /// Prints `question` on stderr and reads a yes/no answer from stdin (blocking).
-fn ask(question: &str) -> std::io::Result<bool> {
-    use std::io::Write;
-    let mut stderr = std::io::stderr();
-    stderr.write_all(question.as_bytes())?;
-    stderr.flush()?;
-    let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer)?;
-    Ok(matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
-}
-
 async fn get(client: &Client, id: &str) -> Result<Host, Error> {
     let request = GetHostRequest { id: id.to_string() };
     client

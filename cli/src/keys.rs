@@ -31,7 +31,7 @@ pub fn generate(prefix: &Path, format: Format) -> Result<Report, Error> {
         Format::Table => Report::out(format!(
             "wrote {} (private: keep it in CI's secret store, never on the controller) and {}\n\
              public key: {public}\n\
-             sign releases: fleetctl release push APP FILE --version V --sign-key {}\n\
+             sign releases: fleetctl release push APP FILE --release V --sign-key {}\n\
              require them: fleetctl app update APP --require-signature {}; pin it on hosts in \
              /etc/fleet/agent.toml: trusted_keys = [\"{public}\"]",
             key_path.display(),

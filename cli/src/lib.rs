@@ -10,6 +10,7 @@ pub mod audit;
 pub mod bootstrap;
 pub mod client;
 pub mod config;
+pub mod confirm;
 pub mod error;
 pub mod events;
 pub mod hosts;
@@ -73,8 +74,16 @@ pub async fn execute(cli: &Cli, env: &Env) -> Result<Report, Error> {
         Command::Operator(OperatorCommand::Show { name }) => {
             operators::show(&connect(cli, env).await?, name, format).await
         }
-        Command::Operator(OperatorCommand::Rm { name }) => {
-            operators::remove(&connect(cli, env).await?, name, format).await
+        Command::Operator(OperatorCommand::Rm { name, yes }) => {
+            let confirm = confirm::Confirm::from_flag(*yes, "remove an operator")?;
+            let client = connect(cli, env).await?;
+            confirm
+                .check(
+                    format!("remove operator {name} and every token it has? [y/N] "),
+                    format!("operator {name} not removed"),
+                )
+                .await?;
+            operators::remove(&client, name, format).await
         }
         Command::Operator(OperatorCommand::Token(OperatorTokenCommand::Create { name, ttl, description })) => {
             let client = connect(cli, env).await?;
@@ -99,8 +108,16 @@ pub async fn execute(cli: &Cli, env: &Env) -> Result<Report, Error> {
         Command::Release(ReleaseCommand::Show { app, version }) => {
             apps::release(&connect(cli, env).await?, app, version, format).await
         }
-        Command::Release(ReleaseCommand::Rm { app, version }) => {
-            apps::delete_release(&connect(cli, env).await?, app, version, format).await
+        Command::Release(ReleaseCommand::Rm { app, version, yes }) => {
+            let confirm = confirm::Confirm::from_flag(*yes, "delete a release")?;
+            let client = connect(cli, env).await?;
+            confirm
+                .check(
+                    format!("delete release {app} {version}? [y/N] "),
+                    format!("{app} {version} not deleted"),
+                )
+                .await?;
+            apps::delete_release(&client, app, version, format).await
         }
         Command::Deploy(args) => apps::deploy(&connect(cli, env).await?, args, false, format).await,
         Command::Rollback(args) => match args.single_host() {
@@ -127,8 +144,23 @@ pub async fn execute(cli: &Cli, env: &Env) -> Result<Report, Error> {
             Some(RolloutCommand::Resume { id }) => {
                 rollouts::control(&connect(cli, env).await?, id, "resume", false, format).await
             }
-            Some(RolloutCommand::Abort { id, rollback }) => {
-                rollouts::control(&connect(cli, env).await?, id, "abort", *rollback, format).await
+            Some(RolloutCommand::Abort { id, rollback, yes }) => {
+                // Moving hosts back is a change of its own: asked for.
+                let confirm = if *rollback {
+                    confirm::Confirm::from_flag(*yes, "abort a rollout and move its hosts back")?
+                } else {
+                    confirm::Confirm::Skip
+                };
+                let client = connect(cli, env).await?;
+                confirm
+                    .check(
+                        format!(
+                            "abort rollout {id} and move the hosts it changed back to their previous release? [y/N] "
+                        ),
+                        format!("rollout {id} not aborted"),
+                    )
+                    .await?;
+                rollouts::control(&client, id, "abort", *rollback, format).await
             }
         },
         Command::Audit(args) => audit::list(&connect(cli, env).await?, args, format).await,
@@ -148,13 +180,21 @@ pub async fn execute(cli: &Cli, env: &Env) -> Result<Report, Error> {
         Command::Hosts(HostsCommand::Rm { id, yes }) => {
             // Decided before dialling: a script without --yes is told so
             // even when the controller is down.
-            let confirm = hosts::Confirm::from_flag(*yes)?;
+            let confirm = hosts::Confirm::from_flag(*yes, "remove a host")?;
             hosts::remove(&connect(cli, env).await?, id, confirm, format).await
         }
         Command::Hosts(HostsCommand::Prune {
             disconnected_for,
             dry_run,
-        }) => hosts::prune(&connect(cli, env).await?, *disconnected_for, *dry_run, format).await,
+            yes,
+        }) => {
+            let confirm = if *dry_run {
+                confirm::Confirm::Skip
+            } else {
+                confirm::Confirm::from_flag(*yes, "prune hosts")?
+            };
+            hosts::prune(&connect(cli, env).await?, *disconnected_for, *dry_run, confirm, format).await
+        }
         Command::Bootstrap(args) => bootstrap::run(cli, env, args).await,
         Command::Completion { shell } => Ok(Report::out(completion(*shell))),
         Command::Man { dir } => {

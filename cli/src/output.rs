@@ -37,10 +37,52 @@ impl Report {
         }
     }
 
-    /// Pretty JSON of `value` on stdout.
+    /// Pretty JSON of `value` on stdout, with [`with_times`].
     pub fn json(value: &serde_json::Value) -> Report {
+        let mut value = value.clone();
+        with_times(&mut value);
         // Serializing a `Value` cannot fail: its map keys are strings.
-        Report::out(serde_json::to_string_pretty(value).unwrap_or_default())
+        Report::out(serde_json::to_string_pretty(&value).unwrap_or_default())
+    }
+}
+
+/// Whether a JSON key holds a point in time in ms (not a duration):
+/// `at_ms`, `*_at_ms`, `last_seen_ms`, `*_not_after_ms`.
+fn is_time_key(key: &str) -> bool {
+    key == "at_ms" || key.ends_with("_at_ms") || key == "last_seen_ms" || key.ends_with("not_after_ms")
+}
+
+/// Beside every point in time in ms, the same time in RFC 3339 (UTC, ms),
+/// under the key without `_ms` (`created_at_ms` → `created_at`), for
+/// people and for tools that read dates; 0 (never, unset) gets none.
+/// Every depth of objects and arrays; a key already there is kept.
+pub fn with_times(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            let mut add = Vec::new();
+            for (k, val) in map.iter_mut() {
+                match val.as_i64() {
+                    Some(ms) if ms > 0 && is_time_key(k) => {
+                        let name = k.trim_end_matches("_ms").to_string();
+                        add.push((name, serde_json::Value::String(rfc3339_ms(ms))));
+                    }
+                    _ => with_times(val),
+                }
+            }
+            for (k, val) in add {
+                map.entry(k).or_insert(val);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(with_times),
+        _ => {}
+    }
+}
+
+/// `2023-11-14T22:13:20.123Z`.
+pub fn rfc3339_ms(at_ms: i64) -> String {
+    match u64::try_from(at_ms) {
+        Ok(ms) => humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string(),
+        Err(_) => at_ms.to_string(),
     }
 }
 
@@ -301,6 +343,26 @@ mod tests {
         assert_eq!(bytes_of(gib * 12 / 10, gib * 38 / 10), "1.2/3.8 GiB");
         assert_eq!(bytes_of(512 * 1024 * 1024, 16 * gib), "0.5/16.0 GiB");
         assert_eq!(bytes_of(0, 0), "0/0 B");
+    }
+
+    #[test]
+    fn json_times_get_an_rfc3339_twin_and_durations_do_not() {
+        let mut v = serde_json::json!({
+            "created_at_ms": 1_700_000_000_123i64,
+            "expires_at_ms": 0,
+            "duration_ms": 5000,
+            "hosts": [{"last_seen_ms": 1_700_000_000_000i64, "cert_not_after_ms": 1_700_000_000_000i64}],
+            "at_ms": 1_700_000_000_000i64,
+            "at": "kept",
+        });
+        with_times(&mut v);
+        assert_eq!(v["created_at"], "2023-11-14T22:13:20.123Z");
+        assert!(v.get("expires_at").is_none(), "0 means never: no time");
+        assert!(v.get("duration").is_none(), "a duration is no time");
+        assert_eq!(v["hosts"][0]["last_seen"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(v["hosts"][0]["cert_not_after"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(v["at"], "kept");
+        assert_eq!(v["created_at_ms"], 1_700_000_000_123i64, "the ms stay");
     }
 
     #[test]

@@ -63,11 +63,11 @@ pub fn start_request(args: &StartArgs) -> Result<StartRolloutRequest, Error> {
     let app = args
         .app
         .clone()
-        .ok_or_else(|| Error::Usage("name the app to roll out: fleetctl rollout APP --version V".into()))?;
-    let version = args.version.clone().unwrap_or_default();
+        .ok_or_else(|| Error::Usage("name the app to roll out: fleetctl rollout APP --release V".into()))?;
+    let version = args.release.get().unwrap_or_default();
     if version.is_empty() && !args.latest {
         return Err(Error::Usage(format!(
-            "say which release to roll out: --version V, or --latest for the newest ('fleetctl release ls {app}' lists them)"
+            "say which release to roll out: --release V, or --latest for the newest ('fleetctl release ls {app}' lists them)"
         )));
     }
     let mut req = StartRolloutRequest {
@@ -90,7 +90,12 @@ pub fn start_request(args: &StartArgs) -> Result<StartRolloutRequest, Error> {
 pub fn rollback_request(args: &RollbackArgs) -> StartRolloutRequest {
     let mut req = StartRolloutRequest {
         app: args.app.clone(),
-        version: args.to.clone().unwrap_or_default(),
+        version: crate::args::ReleaseFlag {
+            value: args.to.clone(),
+            old: args.old_to.clone(),
+        }
+        .get()
+        .unwrap_or_default(),
         rollback: true,
         ..Default::default()
     };
@@ -163,7 +168,7 @@ pub async fn list(client: &Client, app: Option<&str>, format: Format) -> Result<
         Format::Table => {
             let mut report = Report::out(list_table(&rollouts, fleet_proto::now_ms()));
             if rollouts.is_empty() {
-                report.stderr = "no rollouts yet; start one with 'fleetctl rollout APP --version V'\n".into();
+                report.stderr = "no rollouts yet; start one with 'fleetctl rollout APP --release V'\n".into();
             }
             report
         }

@@ -95,7 +95,7 @@ impl CheckReport {
             ));
             for c in damaged {
                 out.push_str(&format!(
-                    "  fleetctl release push {} FILE --version {}   # FILE with sha256 {}\n",
+                    "  fleetctl release push {} FILE --release {}   # FILE with sha256 {}\n",
                     c.app, c.version, c.sha256
                 ));
             }

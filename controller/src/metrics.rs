@@ -43,6 +43,14 @@ pub struct Metrics {
     pub tls_refused: Family<Vec<(String, String)>, Counter>,
     /// Rollouts ended, by kind (rollout, rollback, converge) and final state.
     pub rollouts_ended: Family<Labels, Counter>,
+    /// Rollouts started, by kind.
+    pub rollouts_started: Family<Labels, Counter>,
+    /// Enrolled hosts by status (connected, disconnected), set on scrape.
+    hosts: Family<Labels, Gauge>,
+    /// How long each phase of a deploy or rollback took on hosts, by phase.
+    pub phase_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    /// The process's own figures (`process_*`), set on scrape.
+    process: Process,
     /// Hosts put into convergence runs.
     pub hosts_converging: Counter<u64, AtomicU64>,
     /// Deploy and rollback tasks ended on hosts (direct and in rollouts),
@@ -71,6 +79,84 @@ pub struct Metrics {
     pub artifacts_corrupt: Counter<u64, AtomicU64>,
 }
 
+/// The standard `process_*` metrics.
+#[derive(Default)]
+struct Process {
+    resident: Gauge,
+    virtual_bytes: Gauge,
+    cpu: Counter<f64, AtomicU64>,
+    threads: Gauge,
+    start: Gauge<f64, AtomicU64>,
+    open_fds: Gauge,
+    max_fds: Gauge,
+}
+
+impl Process {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            self.resident.clone(),
+        );
+        r.register(
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes",
+            self.virtual_bytes.clone(),
+        );
+        r.register(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            self.cpu.clone(),
+        );
+        r.register(
+            "process_threads",
+            "Number of OS threads in the process",
+            self.threads.clone(),
+        );
+        r.register(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds",
+            self.start.clone(),
+        );
+        r.register(
+            "process_open_fds",
+            "Number of open file descriptors",
+            self.open_fds.clone(),
+        );
+        r.register(
+            "process_max_fds",
+            "Maximum number of open file descriptors",
+            self.max_fds.clone(),
+        );
+    }
+
+    fn observe(&self) {
+        let Some(f) = crate::process_stats::read() else {
+            return;
+        };
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.resident.set(clamp(f.resident_bytes));
+        self.virtual_bytes.set(clamp(f.virtual_bytes));
+        // A counter only goes up: add what was used since the last scrape.
+        let before = self.cpu.get();
+        if f.cpu_seconds > before {
+            self.cpu.inc_by(f.cpu_seconds - before);
+        }
+        self.threads.set(clamp(f.threads));
+        self.start.set(f.start_time_seconds);
+        self.open_fds.set(clamp(f.open_fds));
+        self.max_fds.set(clamp(f.max_fds));
+    }
+}
+
+/// Buckets of deploy phases: from a fast swap (10 ms) to a slow hook or
+/// download (10 minutes).
+fn phase_histogram() -> Histogram {
+    Histogram::new([
+        0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    ])
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new([
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -80,7 +166,10 @@ fn latency_histogram() -> Histogram {
 impl Metrics {
     /// Registers every metric.
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("fleet");
+        let mut root = Registry::default();
+        let process = Process::default();
+        process.register(&mut root);
+        let registry = root.sub_registry_with_prefix("fleet");
         let agents_connected = Gauge::default();
         registry.register(
             "agents_connected",
@@ -112,6 +201,24 @@ impl Metrics {
             "rollouts_ended",
             "Rollouts ended, by kind and final state",
             rollouts_ended.clone(),
+        );
+        let rollouts_started = Family::default();
+        registry.register(
+            "rollouts_started",
+            "Rollouts started, by kind (rollout, rollback, converge)",
+            rollouts_started.clone(),
+        );
+        let hosts = Family::default();
+        registry.register(
+            "hosts",
+            "Enrolled hosts by status (connected, disconnected)",
+            hosts.clone(),
+        );
+        let phase_seconds = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(phase_histogram);
+        registry.register(
+            "deploy_phase_duration_seconds",
+            "How long each phase of deploy and rollback tasks took on hosts (fetch, unpack, restart, health, ...)",
+            phase_seconds.clone(),
         );
         let notifications = Family::default();
         registry.register(
@@ -189,12 +296,16 @@ impl Metrics {
             artifacts_corrupt.clone(),
         );
         Metrics {
+            registry: root,
+            rollouts_started,
+            hosts,
+            phase_seconds,
+            process,
             host_tasks_ended,
             notifications,
             artifacts_corrupt,
             rollouts_ended,
             hosts_converging,
-            registry,
             connections_open,
             connections_closed,
             accept_errors,
@@ -227,6 +338,37 @@ impl Metrics {
         // Invariant: writing into a String cannot fail.
         encode(&mut out, &self.registry).expect("String write");
         out
+    }
+
+    /// Counts a rollout that started.
+    pub fn rollout_started(&self, kind: &str) {
+        self.rollouts_started
+            .get_or_create(&vec![("kind".into(), kind.into())])
+            .inc();
+    }
+
+    /// Observes a host's report of a finished phase (not the task's end).
+    pub fn phase_done(&self, p: &fleet_proto::TaskProgress) {
+        if p.state() == fleet_proto::TaskState::Running || crate::tasks::is_final(p) || p.phase.is_empty() {
+            return;
+        }
+        self.phase_seconds
+            .get_or_create(&vec![("phase".into(), p.phase.clone())])
+            .observe(p.duration_ms as f64 / 1000.0);
+    }
+
+    /// Sets what is read on scrape: hosts by status, the process's figures.
+    fn observe_scrape(&self, enrolled: usize) {
+        let connected = self.agents_connected.get().max(0);
+        let enrolled = i64::try_from(enrolled).unwrap_or(i64::MAX);
+        self.hosts_enrolled.set(enrolled);
+        self.hosts
+            .get_or_create(&vec![("status".into(), "connected".into())])
+            .set(connected);
+        self.hosts
+            .get_or_create(&vec![("status".into(), "disconnected".into())])
+            .set((enrolled - connected).max(0));
+        self.process.observe();
     }
 
     /// Counts a rollout that ended.
@@ -389,7 +531,7 @@ pub async fn serve_http(
                 async move {
                     let (status, ctype, body) = match req.uri().path() {
                         "/metrics" => {
-                            metrics.hosts_enrolled.set(hosts() as i64);
+                            metrics.observe_scrape(hosts());
                             metrics.observe_store(&store);
                             (
                                 200,

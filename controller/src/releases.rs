@@ -547,7 +547,7 @@ pub fn damaged(release: &Release, condition: &Condition) -> String {
     format!(
         "the controller's copy of {app} {version} (artifact sha256 {sha}) is damaged: {what}; nothing was \
          sent. Repair it on the controller by pushing the same file again: 'fleetctl release push {app} FILE \
-         --version {version}' ('fleet-controller check' lists every damaged release)",
+         --release {version}' ('fleet-controller check' lists every damaged release)",
         app = release.app,
         version = a.version,
         sha = a.sha256,

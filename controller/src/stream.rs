@@ -187,7 +187,7 @@ fn authorize_fetch(fleet: &Fleet, host_id: &str, req: &FetchArtifactRequest) -> 
         Error::Denied(format!(
             "host {host_id} may not download artifact {}: {why}. A host downloads only releases a deploy or \
              rollout sent it, of apps whose selector matches its labels; deploy the release to it with \
-             'fleetctl deploy APP --version V --host {host_id}' or 'fleetctl rollout APP'",
+             'fleetctl deploy APP --release V --host {host_id}' or 'fleetctl rollout APP'",
             req.sha256
         ))
     };
@@ -276,6 +276,8 @@ async fn run_session(
                 tracing::info!(host_id, task_id = %p.task_id, phase = %p.phase, state = p.state, duration_ms = p.duration_ms, detail = %p.detail, "task progress");
                 if crate::tasks::is_final(&p) {
                     fleet.metrics.host_task_ended(&p);
+                } else {
+                    fleet.metrics.phase_done(&p);
                 }
                 fleet.tasks.progress(&host_id, p);
             }

@@ -35,11 +35,11 @@ command -v fleetctl >/dev/null || {
     exit 2
 }
 
-push=(fleetctl release push "$APP" "$ARTIFACT" --version "$VERSION")
+push=(fleetctl release push "$APP" "$ARTIFACT" --release "$VERSION")
 if [ -n "${META:-}" ]; then push+=(--meta "$META"); fi
 if [ -n "${SIGN_KEY:-}" ]; then push+=(--sign-key "$SIGN_KEY"); fi
 "${push[@]}"
 
 # shellcheck disable=SC2086 # ROLLOUT_FLAGS is a list of flags
-fleetctl rollout "$APP" --version "$VERSION" ${ROLLOUT_FLAGS:---batch 25% --max-failures 0} \
+fleetctl rollout "$APP" --release "$VERSION" ${ROLLOUT_FLAGS:---batch 25% --max-failures 0} \
     --wait --output json | tee rollout.json

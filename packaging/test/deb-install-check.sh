@@ -151,6 +151,7 @@ dpkg -i "$controller" 2>&1 | tee /tmp/install.log
 check "the postinst says how to initialise" grep -q "fleet-controller init" /tmp/install.log
 check "/usr/bin/fleet-controller runs" /usr/bin/fleet-controller --version
 check "fleet-controller's man pages are shipped" test -f /usr/share/man/man1/fleet-controller.1.gz -a -f /usr/share/man/man1/fleet-controller-ca-rotate.1.gz
+check "the alert rules and Grafana dashboard are shipped" test -f /usr/share/doc/fleet-controller/examples/fleet-alerts.yml -a -f /usr/share/doc/fleet-controller/examples/fleet-dashboard.json
 check "system user fleet-controller made" test "$(getent passwd fleet-controller | cut -d: -f3)" -lt 1000
 check "data dir is fleet-controller's, 0700" test "$(mode_owner /var/lib/fleet-controller)" = "700 fleet-controller:fleet-controller"
 cwants=/etc/systemd/system/multi-user.target.wants/fleet-controller.service

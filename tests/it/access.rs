@@ -80,7 +80,7 @@ fn roles_and_scopes_hold_on_every_call() {
         assert_success(&as_op(f, &viewer, read), &format!("viewer {read:?}"));
     }
     denied(
-        &as_op(f, &viewer, &["rollout", APP, "--version", "1.0.0", "--dry-run"]),
+        &as_op(f, &viewer, &["rollout", APP, "--release", "1.0.0", "--dry-run"]),
         "a viewer's rollout",
         &["'vera' is a viewer", "'deploy'"],
     );
@@ -115,17 +115,17 @@ fn roles_and_scopes_hold_on_every_call() {
     let tar = f.root.path().join("1.0.0.tar.gz");
     let tar = tar.to_str().expect("utf-8");
     denied(
-        &as_op(f, &ci, &["release", "push", "other", tar, "--version", "1.0.0"]),
+        &as_op(f, &ci, &["release", "push", "other", tar, "--release", "1.0.0"]),
         "a push to another app",
         &["may not change app 'other'"],
     );
     denied(
-        &as_op(f, &ci, &["rollout", APP, "--version", "1.0.0", "--wait"]),
+        &as_op(f, &ci, &["rollout", APP, "--release", "1.0.0", "--wait"]),
         "a rollout reaching a prod host",
         &["may not change host", "--selector group=staging"],
     );
     denied(
-        &as_op(f, &ci, &["deploy", APP, "--host", &prod_host, "--version", "1.0.0"]),
+        &as_op(f, &ci, &["deploy", APP, "--host", &prod_host, "--release", "1.0.0"]),
         "a deploy to the prod host",
         &["may not change host"],
     );
@@ -147,7 +147,7 @@ fn roles_and_scopes_hold_on_every_call() {
         &[
             "rollout",
             APP,
-            "--version",
+            "--release",
             "1.0.0",
             "--selector",
             "group=staging",
@@ -165,7 +165,7 @@ fn roles_and_scopes_hold_on_every_call() {
     let started = f.fleetctl_json(&[
         "rollout",
         APP,
-        "--version",
+        "--release",
         "2.0.0",
         "--canary",
         "1",
@@ -181,7 +181,7 @@ fn roles_and_scopes_hold_on_every_call() {
         &["may not change host"],
     );
     denied(
-        &as_op(f, &ci, &["release", "rm", "other", "1.0.0"]),
+        &as_op(f, &ci, &["release", "rm", "other", "1.0.0", "--yes"]),
         "deleting another app's release",
         &["may not change app 'other'"],
     );
@@ -191,7 +191,7 @@ fn roles_and_scopes_hold_on_every_call() {
         &["may not change host"],
     );
     denied(
-        &as_op(f, &ci, &["rollout", APP, "--version", "2.0.0", "--dry-run"]),
+        &as_op(f, &ci, &["rollout", APP, "--release", "2.0.0", "--dry-run"]),
         "planning over a prod host",
         &["may not change host"],
     );
@@ -314,14 +314,14 @@ fn tokens_are_revoked_one_by_one_at_once_and_expire() {
     assert!(!audit.contains(pasted_secret), "a token secret reached the audit log");
 
     // Removing the identity removes every token it has.
-    f.fleetctl_json(&["operator", "rm", "ci"]);
+    f.fleetctl_json(&["operator", "rm", "ci", "--yes"]);
     denied(
         &as_op(&f, &second_secret, &["hosts", "ls"]),
         "a removed identity's token",
         &["not valid"],
     );
     // The last admin stays.
-    let last = f.fleetctl(&["operator", "rm", "admin"]);
+    let last = f.fleetctl(&["operator", "rm", "admin", "--yes"]);
     assert_eq!(last.status.code(), Some(1), "{}", stderr(&last));
     assert!(stderr(&last).contains("last admin"), "{}", stderr(&last));
 

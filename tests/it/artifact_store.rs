@@ -62,7 +62,7 @@ fn create_app(fleet: &Fleet) {
     assert_success(&out, "app create");
 }
 
-/// `fleetctl release push APP FILE --version V -o json` of `bytes` saved as `name`.
+/// `fleetctl release push APP FILE --release V -o json` of `bytes` saved as `name`.
 fn push(fleet: &Fleet, app: &str, version: &str, name: &str, bytes: &[u8]) -> Output {
     let path = fleet.root.path().join(name);
     std::fs::write(&path, bytes).expect("write release file");
@@ -71,7 +71,7 @@ fn push(fleet: &Fleet, app: &str, version: &str, name: &str, bytes: &[u8]) -> Ou
         "push",
         app,
         path.to_str().expect("utf-8"),
-        "--version",
+        "--release",
         version,
         "--output",
         "json",
@@ -299,7 +299,7 @@ fn check_finds_damaged_artifacts_and_pushing_the_same_bytes_repairs_them() {
         format!("truncated {WEB} 2.0.0 sha256 {sha2}"),
         format!("missing   {WEB} 3.0.0 sha256 {sha3}"),
         "3 of 3 releases have a missing or damaged artifact".to_string(),
-        format!("fleetctl release push {WEB} FILE --version 2.0.0"),
+        format!("fleetctl release push {WEB} FILE --release 2.0.0"),
     ] {
         assert!(out.contains(&line), "no '{line}' in:\n{out}");
     }
@@ -364,7 +364,7 @@ fn a_damaged_artifact_is_refused_at_download_and_the_agent_gives_up_at_once() {
         let detail = v["detail"].as_str().unwrap_or_default();
         assert!(detail.contains(&sha), "{damage}: {detail}");
         assert!(
-            detail.contains(&format!("fleetctl release push {APP} FILE --version 1.0.0")),
+            detail.contains(&format!("fleetctl release push {APP} FILE --release 1.0.0")),
             "{damage}: {detail}"
         );
         assert!(!host.app_dir().join("releases/1.0.0").exists());
@@ -404,7 +404,7 @@ fn release_rm_is_refused_while_in_use_and_collects_the_artifact_nothing_names() 
     let dir = host.fleet.controller.data_dir.join("artifacts");
     let rm = |version: &str| {
         host.fleet
-            .fleetctl(&["release", "rm", APP, version, "--output", "json"])
+            .fleetctl(&["release", "rm", APP, version, "--yes", "--output", "json"])
     };
 
     assert_success(&host.deploy("1.0.0"), "deploy v1");

@@ -23,7 +23,7 @@ fn push(fleet: &Fleet, app: &str, version: &str, bytes: &[u8]) -> String {
         "push",
         app,
         path.to_str().expect("utf-8"),
-        "--version",
+        "--release",
         version,
     ]);
     assert_success(&out, "release push");

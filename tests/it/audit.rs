@@ -147,12 +147,12 @@ fn the_log_answers_who_changed_what_where_and_how_it_ended() {
         all.extend(args);
         f.fleetctl(&all)
     };
-    assert_success(&as_ci(&["rollout", APP, "--version", "1.0.0", "--dry-run"]), "dry run");
-    assert_success(&as_ci(&["rollout", APP, "--version", "1.0.0", "--wait"]), "rollout");
+    assert_success(&as_ci(&["rollout", APP, "--release", "1.0.0", "--dry-run"]), "dry run");
+    assert_success(&as_ci(&["rollout", APP, "--release", "1.0.0", "--wait"]), "rollout");
     // A deploy that fails its health check on host 1 and is reverted.
     c.push("2.0.0", &[c.ports[1]]);
     let host1 = f.agents[1].host_id().expect("host id");
-    let deploy = as_ci(&["deploy", APP, "--version", "2.0.0", "--host", &host1]);
+    let deploy = as_ci(&["deploy", APP, "--release", "2.0.0", "--host", &host1]);
     assert_eq!(
         deploy.status.code(),
         Some(1),
@@ -222,12 +222,12 @@ fn the_log_answers_who_changed_what_where_and_how_it_ended() {
     let ok = |args: &[&str]| assert_success(&f.fleetctl(args), &format!("{args:?}"));
     ok(&["app", "update", APP, "--settle", "2s"]);
     c.push("9.9.8", &[]);
-    ok(&["release", "rm", APP, "9.9.8"]);
+    ok(&["release", "rm", APP, "9.9.8", "--yes"]);
     c.push("9.9.9", &[]);
     let canary = f.fleetctl_json(&[
         "rollout",
         APP,
-        "--version",
+        "--release",
         "9.9.9",
         "--canary",
         "1",
@@ -242,7 +242,7 @@ fn the_log_answers_who_changed_what_where_and_how_it_ended() {
         .expect("token id")
         .to_string();
     ok(&["operator", "token", "revoke", &ci_token]);
-    ok(&["operator", "rm", "ci"]);
+    ok(&["operator", "rm", "ci", "--yes"]);
     ok(&["hosts", "rm", &f.agents[1].host_id().expect("host id"), "--yes"]);
     let join_token = f.fleetctl_json(&["token", "ls", "--all"])[0]["id"]
         .as_str()

@@ -61,7 +61,7 @@ fn bootstrap_over_ssh_installs_enrolls_and_refuses_untrusted_hosts() {
             "env=bootstrap".into(),
             "--trusted-key".into(),
             PINNED.into(),
-            "--wait".into(),
+            "--connect-timeout".into(),
             "60s".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
@@ -142,6 +142,67 @@ fn bootstrap_over_ssh_installs_enrolls_and_refuses_untrusted_hosts() {
         "0",
         "nothing was uploaded"
     );
+
+    // The same login through an ssh-agent holding the key, as ssh does: no
+    // --identity and no key file in $HOME, so only the agent can have
+    // signed; it gets as far as the sudo check.
+    let agent_sock = root.join("agent.sock");
+    let mut agent = std::process::Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&agent_sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start ssh-agent (openssh-client)");
+    wait_until(Duration::from_secs(10), "the ssh-agent's socket", || {
+        agent_sock.exists().then_some(())
+    });
+    let ssh_add = |args: &[&str]| {
+        let out = std::process::Command::new("ssh-add")
+            .args(args)
+            .env("SSH_AUTH_SOCK", &agent_sock)
+            .output()
+            .expect("run ssh-add");
+        assert!(out.status.success(), "ssh-add {args:?}: {}", stderr(&out));
+    };
+    ssh_add(&[&user_key.display().to_string()]);
+    let keyless_home = root.join("home-without-keys");
+    std::fs::create_dir_all(&keyless_home).expect("home");
+    let via_agent = || {
+        let args = [
+            "bootstrap".to_string(),
+            format!("nosudo@127.0.0.1:{port}"),
+            "--known-hosts".into(),
+            known_hosts.display().to_string(),
+            "--deb".into(),
+            deb.display().to_string(),
+        ];
+        fleet
+            .fleetctl_command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .env("SSH_AUTH_SOCK", &agent_sock)
+            .env("HOME", &keyless_home)
+            .output()
+            .expect("run fleetctl")
+    };
+    let out = via_agent();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("sudo on nosudo@127.0.0.1"),
+        "the agent's key logged in (the failure is sudo's): {err}"
+    );
+    // An agent holding only keys the host refuses: said so, naming the agent.
+    ssh_add(&["-D"]);
+    ssh_add(&[&wrong_key.display().to_string()]);
+    let out = via_agent();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("refused all 1 keys of the ssh-agent") && err.contains("agent.sock"),
+        "{err}"
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
 
     // None of the refused attempts got as far as making a join token.
     let tokens = fleet.fleetctl_json(&["token", "ls", "--all"]);

@@ -123,7 +123,7 @@ fn a_viewer_follows_the_fleet_and_a_rollout_live_in_a_real_browser() {
     let c = Cluster::start(2);
     c.push("1.0.0", &[]);
     assert_success(
-        &c.rollout(&["--version", "1.0.0", "--batch", "100%", "--wait"]),
+        &c.rollout(&["--release", "1.0.0", "--batch", "100%", "--wait"]),
         "rollout 1.0.0",
     );
     let f = &c.fleet;
@@ -141,6 +141,7 @@ fn a_viewer_follows_the_fleet_and_a_rollout_live_in_a_real_browser() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let b = browser(&driver, &dir.join("chromium-profile")).await;
+        b.set_window_size(1280, 720).await.expect("window size");
 
         // Not signed in: the sign-in page. A wrong token says so.
         b.goto(&format!("{base}/hosts")).await.expect("goto");
@@ -189,7 +190,7 @@ fn a_viewer_follows_the_fleet_and_a_rollout_live_in_a_real_browser() {
         // A rollout followed live: the page is loaded once, and shows each
         // batch, the hosts' phases and the end as they happen.
         c.push_slow("2.0.0", 3);
-        let started = c.rollout(&["--version", "2.0.0", "--batch", "1", "--output", "json"]);
+        let started = c.rollout(&["--release", "2.0.0", "--batch", "1", "--output", "json"]);
         assert_success(&started, "rollout 2.0.0");
         let id = rollout_id(&started);
         b.goto(&format!("{base}/rollouts/{id}")).await.expect("goto rollout");
@@ -204,6 +205,12 @@ fn a_viewer_follows_the_fleet_and_a_rollout_live_in_a_real_browser() {
             (text(&b, "#rollout-progress").await? == "1 of 2 hosts done").then_some(())
         })
         .await;
+        // README's picture of the dashboard is this page at this moment:
+        // `FLEET_DASHBOARD_SCREENSHOT=docs/dashboard.png` saves it.
+        if let Ok(to) = std::env::var("FLEET_DASHBOARD_SCREENSHOT") {
+            let png = b.screenshot().await.expect("screenshot");
+            std::fs::write(&to, png).expect("write the screenshot");
+        }
         eventually("the rollout's end", 60, async || {
             (text(&b, "#rollout-state").await? == "succeeded").then_some(())
         })

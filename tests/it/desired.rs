@@ -54,7 +54,7 @@ fn a_fleet_wide_rollback_sticks_across_a_controller_restart() {
     let mut c = Cluster::on_v1(3);
     c.push("2.0.0", &[]);
     assert_success(
-        &c.rollout(&["--version", "2.0.0", "--batch", "100%", "--wait"]),
+        &c.rollout(&["--release", "2.0.0", "--batch", "100%", "--wait"]),
         "rollout 2.0.0",
     );
     c.wait_all_serve("2.0.0");
@@ -103,12 +103,12 @@ fn a_rollout_narrowed_by_a_selector_never_reaches_a_host_outside_it() {
     let mut c = Cluster::start_groups(&["a", "a", "b"]);
     c.push("1.0.0", &[]);
     assert_success(
-        &c.rollout(&["--version", "1.0.0", "--batch", "100%", "--wait"]),
+        &c.rollout(&["--release", "1.0.0", "--batch", "100%", "--wait"]),
         "rollout 1.0.0",
     );
     c.wait_all_serve("1.0.0");
     c.push("3.0.0", &[]);
-    let out = c.rollout(&["--version", "3.0.0", "-l", "group=a", "--wait", "--output", "json"]);
+    let out = c.rollout(&["--release", "3.0.0", "-l", "group=a", "--wait", "--output", "json"]);
     assert_success(&out, "rollout 3.0.0 to group=a");
     assert_eq!(json(&out)["whole_selection"], false);
     assert_eq!(c.served(0).as_deref(), Some("3.0.0"));
@@ -145,7 +145,7 @@ fn a_controller_killed_between_batches_resumes_without_skipping_a_host_that_is_l
     let mut c = Cluster::on_v1(3);
     c.push("2.0.0", &[]);
     let out = c.rollout(&[
-        "--version",
+        "--release",
         "2.0.0",
         "--batch",
         "1",
@@ -186,12 +186,12 @@ fn rollback_to_a_named_release_leaves_every_host_on_one_version() {
     let c = Cluster::on_v1(3);
     c.push("2.0.0", &[]);
     assert_success(
-        &c.rollout(&["--version", "2.0.0", "--batch", "100%", "--wait"]),
+        &c.rollout(&["--release", "2.0.0", "--batch", "100%", "--wait"]),
         "rollout 2.0.0",
     );
     // 3.0.0 fails on app-2: the budget of 0 rolls the changed hosts back.
     c.push("3.0.0", &[c.ports[1]]);
-    let out = c.rollout(&["--version", "3.0.0", "--batch", "1", "--wait", "--output", "json"]);
+    let out = c.rollout(&["--release", "3.0.0", "--batch", "1", "--wait", "--output", "json"]);
     assert!(!out.status.success());
     assert_eq!(json(&out)["state"], "rolled_back");
     c.wait_all_serve("2.0.0");
@@ -248,7 +248,7 @@ fn hosts_coming_back_converge_through_the_engine_within_the_batch_size() {
     for i in 1..4 {
         c.fleet.agents[i].kill9();
     }
-    let out = c.rollout(&["--version", "2.0.0", "--batch", "1", "--wait", "--output", "json"]);
+    let out = c.rollout(&["--release", "2.0.0", "--batch", "1", "--wait", "--output", "json"]);
     assert_success(&out, "rollout 2.0.0 with three hosts away");
     let r = json(&out);
     let states: Vec<String> = host_states(&c, &r).into_iter().map(|(_, s)| s).collect();
@@ -304,7 +304,7 @@ fn app_show_reflects_a_deploy_at_once() {
     let out = c.fleet.fleetctl(&[
         "deploy",
         APP,
-        "--version",
+        "--release",
         "2.0.0",
         "--host",
         "app-1",

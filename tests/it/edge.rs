@@ -24,7 +24,7 @@ fn a_push_cut_by_a_controller_crash_exits_unreachable() {
         .expect("grow the file");
     let path_arg = path.to_str().expect("utf-8 path");
     let push = fleet
-        .fleetctl_command(&["release", "push", "big", path_arg, "--version", "1.0.0"])
+        .fleetctl_command(&["release", "push", "big", path_arg, "--release", "1.0.0"])
         .spawn()
         .expect("spawn fleetctl release push");
     let artifacts = fleet.controller.data_dir.join("artifacts");

@@ -129,7 +129,7 @@ fn the_event_stream_tells_a_rollout_a_rollback_a_canary_a_revert_and_survives_a_
         (Some(APP), Some("1.0.0"))
     );
     assert_eq!(pushed["who"], "admin", "{pushed}");
-    let ok = c.rollout(&["--version", "1.0.0", "--batch", "2", "--wait"]);
+    let ok = c.rollout(&["--release", "1.0.0", "--batch", "2", "--wait"]);
     assert_success(&ok, "rollout 1.0.0");
     let ended = f.wait_for("rollout_ended", is("rollout_ended"));
     assert_eq!(ended["outcome"], "succeeded", "{ended}");
@@ -164,7 +164,7 @@ fn the_event_stream_tells_a_rollout_a_rollback_a_canary_a_revert_and_survives_a_
 
     // A release unhealthy on one host: the rollout is rolled back.
     c.push("2.0.0", &[c.ports[0]]);
-    let bad = c.rollout(&["--version", "2.0.0", "--batch", "100%", "--wait"]);
+    let bad = c.rollout(&["--release", "2.0.0", "--batch", "100%", "--wait"]);
     assert!(!bad.status.success(), "a rolled-back rollout fails --wait");
     let ended = f.wait_for("the second rollout_ended", |e| {
         kind(e) == "rollout_ended" && e["rollout_id"] != first.as_str()
@@ -182,7 +182,7 @@ fn the_event_stream_tells_a_rollout_a_rollback_a_canary_a_revert_and_survives_a_
     let canary = c.fleet.fleetctl_json(&[
         "rollout",
         APP,
-        "--version",
+        "--release",
         "3.0.0",
         "--canary",
         "1",
@@ -208,7 +208,7 @@ fn the_event_stream_tells_a_rollout_a_rollback_a_canary_a_revert_and_survives_a_
         .to_string();
     let deploy = c
         .fleet
-        .fleetctl(&["deploy", APP, "--host", &host0, "--version", "2.0.0"]);
+        .fleetctl(&["deploy", APP, "--host", &host0, "--release", "2.0.0"]);
     assert!(!deploy.status.success(), "the deploy fails on the unhealthy host");
     let reverted = f.wait_for("host_task_ended", is("host_task_ended"));
     assert_eq!(reverted["outcome"], "reverted", "{reverted}");

@@ -180,7 +180,14 @@ fn hosts_gone_longer_than_a_duration_are_pruned() {
         let hosts = fleet.hosts();
         (hosts.iter().filter(|h| h["status"] == "connected").count() == 1).then_some(())
     });
-    let too_short = fleet.fleetctl(&["hosts", "prune", "--disconnected-for", "10s"]);
+    // A script must say --yes; without it nothing is asked or removed.
+    let unasked = fleet.fleetctl(&["hosts", "prune", "--disconnected-for", "1m"]);
+    assert_eq!(unasked.status.code(), Some(2), "{unasked:?}");
+    assert!(
+        String::from_utf8_lossy(&unasked.stderr).contains("pass --yes"),
+        "{unasked:?}"
+    );
+    let too_short = fleet.fleetctl(&["hosts", "prune", "--disconnected-for", "10s", "--yes"]);
     assert_eq!(too_short.status.code(), Some(1), "under a minute is refused");
     let dry = fleet.fleetctl_json(&["hosts", "prune", "--disconnected-for", "1m", "--dry-run"]);
     assert_eq!(
@@ -192,7 +199,7 @@ fn hosts_gone_longer_than_a_duration_are_pruned() {
     let dry = fleet.fleetctl_json(&["hosts", "prune", "--disconnected-for", "1m", "--dry-run"]);
     assert_eq!(dry["removed"][0]["hostname"], "web-2", "{dry}");
     assert_eq!(fleet.hosts().len(), 2, "a dry run removes nothing");
-    let pruned = fleet.fleetctl_json(&["hosts", "prune", "--disconnected-for", "1m"]);
+    let pruned = fleet.fleetctl_json(&["hosts", "prune", "--disconnected-for", "1m", "--yes"]);
     assert_eq!(pruned["removed"].as_array().map(Vec::len), Some(1), "{pruned}");
     let hosts = fleet.hosts();
     assert_eq!(hosts.len(), 1, "{hosts:?}");

@@ -228,7 +228,7 @@ fn webhooks_hear_of_rollouts_retry_refuse_and_never_hold_a_rollout_up() {
     c.push("1.0.0", &[]);
     let started = Instant::now();
     let ok = f.fleetctl_within(
-        &["rollout", APP, "--version", "1.0.0", "--wait"],
+        &["rollout", APP, "--release", "1.0.0", "--wait"],
         Duration::from_secs(120),
     );
     let ok = ok.expect("the rollout is not held up by a webhook that never answers");
@@ -271,7 +271,7 @@ fn webhooks_hear_of_rollouts_retry_refuse_and_never_hold_a_rollout_up() {
     c.push("2.0.0", &[c.ports[0]]);
     let bad = f
         .fleetctl_within(
-            &["rollout", APP, "--version", "2.0.0", "--batch", "100%", "--wait"],
+            &["rollout", APP, "--release", "2.0.0", "--batch", "100%", "--wait"],
             Duration::from_secs(180),
         )
         .expect("the rollout ends");
@@ -337,7 +337,7 @@ fn webhooks_hear_of_rollouts_retry_refuse_and_never_hold_a_rollout_up() {
     let before = chat.got().len();
     c.push("3.0.0", &[]);
     assert_success(
-        &f.fleetctl(&["rollout", APP, "--version", "3.0.0", "--batch", "100%", "--wait"]),
+        &f.fleetctl(&["rollout", APP, "--release", "3.0.0", "--batch", "100%", "--wait"]),
         "rollout 3.0.0",
     );
     signed.wait_for("the third rollout's end", |g| {

@@ -321,6 +321,7 @@ fn the_readme_path_from_packages_to_a_rollout_works_on_real_hosts() {
 
     // An app whose unit the agent's polkit rule does not cover (opted out of
     // the naming rule): the deploy fails naming the rule, not a raw D-Bus error.
+    // (With the old spelling of --release, still accepted with a note.)
     let (out, err, ok) = laptop.run_as_user(
         "fleetctl app create sshd --unit ssh.service --allow-any-unit --no-health\n\
          fleetctl release push sshd ./hello-1.tar.gz --version 1\n\
@@ -329,6 +330,10 @@ fn the_readme_path_from_packages_to_a_rollout_works_on_real_hosts() {
     );
     let said = format!("{out}{err}");
     assert!(!ok, "a deploy that restarts ssh.service must fail: {said}");
+    assert!(
+        err.contains("--version V is now --release V"),
+        "the old spelling is noted: {said}"
+    );
     assert!(
         said.contains("systemd refused to restart ssh.service: access denied")
             && said.contains("fleet-app-<app>.service")

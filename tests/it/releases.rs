@@ -126,7 +126,7 @@ impl Host {
             "push",
             APP,
             path.to_str().expect("utf-8"),
-            "--version",
+            "--release",
             version,
         ])
     }
@@ -135,7 +135,7 @@ impl Host {
         self.fleet.fleetctl(&[
             "deploy",
             APP,
-            "--version",
+            "--release",
             version,
             "--host",
             &self.host_id,
@@ -392,7 +392,7 @@ fn deploy_health_revert_hooks_rollback_and_inventory() {
 
     // The table output follows the deploy phase by phase; a release still
     // on disk is not downloaded again.
-    let out = f.fleetctl(&["deploy", APP, "--version", "2.0.0", "--host", &host.host_id]);
+    let out = f.fleetctl(&["deploy", APP, "--release", "2.0.0", "--host", &host.host_id]);
     assert_success(&out, "deploy v2 again");
     let text = String::from_utf8_lossy(&out.stdout);
     for line in [
@@ -491,7 +491,7 @@ fn deploy_in_background(host: &Host, version: &str) -> std::process::Child {
         .args([
             "deploy",
             APP,
-            "--version",
+            "--release",
             version,
             "--host",
             &host.host_id,

@@ -94,7 +94,7 @@ impl Cluster {
         let c = Cluster::start(n);
         c.push("1.0.0", &[]);
         assert_success(
-            &c.rollout(&["--version", "1.0.0", "--batch", "100%", "--wait"]),
+            &c.rollout(&["--release", "1.0.0", "--batch", "100%", "--wait"]),
             "rollout 1.0.0",
         );
         c
@@ -127,7 +127,7 @@ impl Cluster {
             "push",
             APP,
             path.to_str().expect("utf-8"),
-            "--version",
+            "--release",
             version,
         ]);
         assert_success(&out, "release push");
@@ -149,7 +149,7 @@ impl Cluster {
             "push",
             APP,
             path.to_str().expect("utf-8"),
-            "--version",
+            "--release",
             version,
         ]);
         assert_success(&out, "release push");
@@ -300,14 +300,14 @@ pub fn rollout_id(out: &Output) -> String {
 fn batches_run_in_order_and_the_failure_budget_rolls_back_exactly_the_changed_hosts() {
     let c = Cluster::start(4);
     c.push("1.0.0", &[]);
-    let out = c.rollout(&["--version", "1.0.0", "--batch", "100%", "--wait", "--output", "json"]);
+    let out = c.rollout(&["--release", "1.0.0", "--batch", "100%", "--wait", "--output", "json"]);
     assert_success(&out, "rollout 1.0.0");
     assert_eq!(json(&out)["state"], "succeeded");
     c.wait_all_serve("1.0.0");
 
     // Batches of one: never two hosts changing at once, in hostname order.
     c.push("2.0.0", &[]);
-    let out = c.rollout(&["--version", "2.0.0", "--batch", "1", "--wait", "--output", "json"]);
+    let out = c.rollout(&["--release", "2.0.0", "--batch", "1", "--wait", "--output", "json"]);
     assert_success(&out, "rollout 2.0.0");
     let r = json(&out);
     assert_eq!(r["state"], "succeeded", "{r}");
@@ -328,7 +328,7 @@ fn batches_run_in_order_and_the_failure_budget_rolls_back_exactly_the_changed_ho
     // exceeded, so app-1, app-2 and app-4 are rolled back to 2.0.0.
     c.push("3.0.0", &[c.ports[2]]);
     let out = c.rollout(&[
-        "--version",
+        "--release",
         "3.0.0",
         "--batch",
         "2",
@@ -368,7 +368,7 @@ fn batches_run_in_order_and_the_failure_budget_rolls_back_exactly_the_changed_ho
 fn a_controller_killed_mid_rollout_resumes_without_deploying_a_host_twice() {
     let mut c = Cluster::on_v1(4);
     c.push("2.0.0", &[]);
-    let out = c.rollout(&["--version", "2.0.0", "--batch", "1", "--output", "json"]);
+    let out = c.rollout(&["--release", "2.0.0", "--batch", "1", "--output", "json"]);
     assert_success(&out, "start rollout 2.0.0");
     let id = rollout_id(&out);
     wait_until(Duration::from_secs(60), "the second batch to start", || {
@@ -393,7 +393,7 @@ fn an_offline_host_is_skipped_and_converges_when_it_returns() {
     c.push("2.0.0", &[]);
     // app-4 goes away while the first batch runs.
     let out = c.rollout(&[
-        "--version",
+        "--release",
         "2.0.0",
         "--batch",
         "2",
@@ -440,7 +440,7 @@ fn an_offline_host_is_skipped_and_converges_when_it_returns() {
     c.push("3.0.0", &[]);
     c.fleet.agents[3].kill9();
     let out = c.rollout(&[
-        "--version",
+        "--release",
         "3.0.0",
         "--batch",
         "100%",
@@ -468,7 +468,7 @@ fn canary_approval_pause_resume_abort_and_one_rollout_per_app() {
 
     c.push("2.0.0", &[]);
     let out = c.rollout(&[
-        "--version",
+        "--release",
         "2.0.0",
         "--canary",
         "1",
@@ -486,7 +486,7 @@ fn canary_approval_pause_resume_abort_and_one_rollout_per_app() {
     assert_eq!(c.served(1).as_deref(), Some("1.0.0"), "the rest waits for approval");
 
     // A second rollout of the app is refused, naming the running one.
-    let second = c.rollout(&["--version", "2.0.0"]);
+    let second = c.rollout(&["--release", "2.0.0"]);
     assert!(!second.status.success());
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains(&id), "{stderr}");
@@ -499,7 +499,7 @@ fn canary_approval_pause_resume_abort_and_one_rollout_per_app() {
     // Abort with rollback while waiting for approval: the canary goes back.
     c.push("3.0.0", &[]);
     let out = c.rollout(&[
-        "--version",
+        "--release",
         "3.0.0",
         "--canary",
         "1",
@@ -510,14 +510,17 @@ fn canary_approval_pause_resume_abort_and_one_rollout_per_app() {
     let id = rollout_id(&out);
     c.wait_state(&id, &["paused"]);
     assert_eq!(c.served(0).as_deref(), Some("3.0.0"));
-    assert_success(&c.fleet.fleetctl(&["rollout", "abort", &id, "--rollback"]), "abort");
+    assert_success(
+        &c.fleet.fleetctl(&["rollout", "abort", &id, "--rollback", "--yes"]),
+        "abort",
+    );
     let r = c.wait_state(&id, &["aborted"]);
     assert_eq!(host_states(&c, &r)[0], (0, "rolled_back".to_string()), "{r}");
     c.wait_all_serve("2.0.0");
 
     // Pause between batches, then resume.
     let out = c.rollout(&[
-        "--version",
+        "--release",
         "3.0.0",
         "--batch",
         "1",
@@ -551,7 +554,7 @@ fn a_batch_past_its_deadline_fails_in_the_phase_it_was_in_and_is_rolled_back() {
     let c = Cluster::on_v1(2);
     c.push_slow("2.0.0", 6);
     let out = c.rollout(&[
-        "--version",
+        "--release",
         "2.0.0",
         "--batch",
         "100%",

@@ -28,7 +28,7 @@ fn push(c: &Cluster, version: &str, key: Option<&Path>, sequence: u64) -> Output
         "push",
         APP,
         tar.to_str().expect("utf-8"),
-        "--version",
+        "--release",
         version,
     ];
     if let Some(k) = key {
@@ -40,7 +40,7 @@ fn push(c: &Cluster, version: &str, key: Option<&Path>, sequence: u64) -> Output
 /// Deploys `version` to host 0; asserts it is refused on the host for its
 /// signature with `says` in the message, and that host 0 still serves 1.0.0.
 fn refused_on_host(c: &Cluster, host: &str, version: &str, says: &str) {
-    let out = c.fleet.fleetctl(&["deploy", APP, "--version", version, "--host", host]);
+    let out = c.fleet.fleetctl(&["deploy", APP, "--release", version, "--host", host]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "deploy {version} must fail: {err}");
     assert!(err.contains("signature"), "{version}: the phase is named: {err}");
@@ -85,7 +85,7 @@ fn hosts_run_only_what_their_pinned_key_signed() {
     assert_success(&push(&c, "0.5.0", None, 0), "push unsigned 0.5.0");
     assert_success(
         &c.fleet
-            .fleetctl(&["deploy", APP, "--version", "0.5.0", "--host", &host0]),
+            .fleetctl(&["deploy", APP, "--release", "0.5.0", "--host", &host0]),
         "deploy unsigned 0.5.0 before pinning",
     );
 
@@ -104,7 +104,7 @@ fn hosts_run_only_what_their_pinned_key_signed() {
     // key signed: refused on pinned hosts before anything changes.
     let out = c
         .fleet
-        .fleetctl(&["deploy", APP, "--version", "1.0.0", "--host", &host0]);
+        .fleetctl(&["deploy", APP, "--release", "1.0.0", "--host", &host0]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("health check is a command"), "{}", stderr(&out));
     assert_eq!(c.served(0).as_deref(), Some("0.5.0"), "untouched");
@@ -113,7 +113,7 @@ fn hosts_run_only_what_their_pinned_key_signed() {
         "app update --no-health",
     );
     assert_success(
-        &c.rollout(&["--version", "1.0.0", "--batch", "100%", "--wait"]),
+        &c.rollout(&["--release", "1.0.0", "--batch", "100%", "--wait"]),
         "rollout 1.0.0",
     );
     c.wait_all_serve("1.0.0");
@@ -148,7 +148,7 @@ fn hosts_run_only_what_their_pinned_key_signed() {
     assert_success(&push(&c, "2.1.0", Some(&ci_key), 50), "push 2.1.0 signed");
     let out = c
         .fleet
-        .fleetctl(&["deploy", APP, "--version", "2.1.0", "--host", &host0]);
+        .fleetctl(&["deploy", APP, "--release", "2.1.0", "--host", &host0]);
     assert_success(&out, "deploy signed 2.1.0");
     wait_until(Duration::from_secs(20), "host 0 serving 2.1.0", || {
         (c.served(0).as_deref() == Some("2.1.0")).then_some(())

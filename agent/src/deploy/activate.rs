@@ -49,7 +49,7 @@ impl Worker {
                     Phase::Start,
                     FailureCause::Invalid,
                     format!(
-                        "{} has no previous release on this host (releases on disk: {}); roll back to a version with --version",
+                        "{} has no previous release on this host (releases on disk: {}); roll back to a release with --release",
                         run.app.app,
                         list(&run.app.releases())
                     ),

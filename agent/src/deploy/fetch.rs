@@ -358,7 +358,7 @@ enum FetchError {
 fn controller_fix(app: &str, version: &str) -> String {
     format!(
         "the controller's copy is damaged: repair it on the controller by pushing the same file again \
-         ('fleetctl release push {app} FILE --version {version}'; 'fleet-controller check' lists damaged releases)"
+         ('fleetctl release push {app} FILE --release {version}'; 'fleet-controller check' lists damaged releases)"
     )
 }
 
@@ -442,9 +442,9 @@ mod tests {
         let m = digest_mismatch("web", &rel, &["b".repeat(64), "c".repeat(64)]);
         assert!(m.contains(&"a".repeat(64)) && m.contains(&"c".repeat(64)), "{m}");
         assert!(m.contains("2 fresh downloads"), "{m}");
-        assert!(m.contains("fleetctl release push web FILE --version 1.2.0"), "{m}");
+        assert!(m.contains("fleetctl release push web FILE --release 1.2.0"), "{m}");
         let m = short_artifact("web", &rel, 4, FRESH_ATTEMPTS);
         assert!(m.contains(&"a".repeat(64)) && m.contains("at 4 of 10 bytes"), "{m}");
-        assert!(m.contains("fleetctl release push web FILE --version 1.2.0"), "{m}");
+        assert!(m.contains("fleetctl release push web FILE --release 1.2.0"), "{m}");
     }
 }

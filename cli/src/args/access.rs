@@ -197,6 +197,9 @@ pub enum OperatorCommand {
     Rm {
         /// Operator name
         name: String,
+        /// Do not ask for confirmation
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// An identity's tokens: several at once, each with its own expiry.
     #[command(subcommand)]

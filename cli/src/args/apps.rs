@@ -125,7 +125,46 @@ pub enum ReleaseCommand {
         app: String,
         /// Version
         version: String,
+        /// Do not ask for confirmation
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
+}
+
+/// `--release V` (`-r V`): which release of the app. `--version` was its
+/// name before; it is still accepted, with a note on stderr, until the next
+/// release of fleetctl (`--version` alone means fleetctl's own version).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ReleaseFlag {
+    /// The release's version, e.g. 1.4.2
+    #[arg(long = "release", short = 'r', value_name = "V")]
+    pub value: Option<String>,
+    /// The old spelling of --release
+    #[arg(long = "version", value_name = "V", hide = true, conflicts_with = "value")]
+    pub old: Option<String>,
+}
+
+impl ReleaseFlag {
+    /// The release named, by either spelling; the old one is noted on stderr.
+    pub fn get(&self) -> Option<String> {
+        if let Some(v) = &self.old {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "fleetctl: --version V is now --release V (or -r V); the old spelling goes in the next release"
+            );
+            return Some(v.clone());
+        }
+        self.value.clone()
+    }
+
+    /// A release given as `--release`.
+    pub fn of(v: &str) -> ReleaseFlag {
+        ReleaseFlag {
+            value: Some(v.to_string()),
+            old: None,
+        }
+    }
 }
 
 /// `fleetctl release push`.
@@ -135,9 +174,9 @@ pub struct PushArgs {
     pub app: String,
     /// The tarball
     pub file: std::path::PathBuf,
-    /// Version, e.g. 1.4.2
-    #[arg(long, value_name = "V")]
-    pub version: String,
+    /// The release's version, e.g. 1.4.2
+    #[command(flatten)]
+    pub release: ReleaseFlag,
     /// Metadata, e.g. git=abc123 (repeatable)
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
     pub meta: Vec<Label>,
@@ -156,9 +195,9 @@ pub struct PushArgs {
 pub struct DeployArgs {
     /// App name
     pub app: String,
-    /// Version (deploy: required; rollback: default the previous release)
-    #[arg(long, value_name = "V")]
-    pub version: Option<String>,
+    /// The release (deploy: required; rollback: default the previous release)
+    #[command(flatten)]
+    pub release: ReleaseFlag,
     /// Host id, unique id prefix, or hostname
     #[arg(long, value_name = "ID")]
     pub host: String,

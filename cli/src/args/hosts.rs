@@ -55,9 +55,10 @@ pub struct BootstrapArgs {
     /// How many hosts to work on at once
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub parallel: u16,
-    /// How long to wait for each host to show as connected, e.g. 2m
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2m")]
-    pub wait: Duration,
+    /// How long to wait for each host to show as connected, e.g. 2m (`--wait`
+    /// before; `--wait` is a flag on `rollout`, so it was renamed)
+    #[arg(long = "connect-timeout", alias = "wait", value_name = "DURATION", value_parser = parse_duration, default_value = "2m")]
+    pub connect_timeout: Duration,
 }
 
 /// `fleetctl hosts ...`.
@@ -104,5 +105,8 @@ pub enum HostsCommand {
         /// List the hosts without removing them
         #[arg(long)]
         dry_run: bool,
+        /// Do not ask for confirmation
+        #[arg(long, short = 'y', conflicts_with = "dry_run")]
+        yes: bool,
     },
 }

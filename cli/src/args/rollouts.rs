@@ -27,11 +27,11 @@ pub struct StartArgs {
     /// App name
     #[arg(required = true)]
     pub app: Option<String>,
-    /// Target version
-    #[arg(long, value_name = "V", conflicts_with = "latest")]
-    pub version: Option<String>,
+    /// The release to roll out
+    #[command(flatten)]
+    pub release: super::ReleaseFlag,
     /// Roll out the newest release
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["value", "old"])]
     pub latest: bool,
     /// Canary hosts, changed first and alone
     #[arg(long, value_name = "N")]
@@ -121,6 +121,9 @@ pub enum RolloutCommand {
         /// Roll the hosts it already changed back to their previous release
         #[arg(long)]
         rollback: bool,
+        /// With --rollback: do not ask for confirmation
+        #[arg(long, short = 'y', requires = "rollback")]
+        yes: bool,
     },
 }
 
@@ -137,8 +140,11 @@ pub struct RollbackArgs {
     /// The release to go back to, one for every host [default: the release
     /// before the app's current one in its history; with --host: the host's
     /// previous release]
-    #[arg(long, value_name = "V", visible_alias = "version")]
+    #[arg(long, value_name = "V", visible_alias = "release")]
     pub to: Option<String>,
+    /// The old spelling of --to
+    #[arg(long = "version", value_name = "V", hide = true, conflicts_with = "to")]
+    pub old_to: Option<String>,
     /// Without --host: batch size, pacing, failures and output of the rollback rollout
     #[command(flatten)]
     pub flags: RolloutFlags,
@@ -150,7 +156,10 @@ impl RollbackArgs {
         let host = self.host.clone()?;
         Some(DeployArgs {
             app: self.app.clone(),
-            version: self.to.clone(),
+            release: super::ReleaseFlag {
+                value: self.to.clone(),
+                old: self.old_to.clone(),
+            },
             host,
         })
     }

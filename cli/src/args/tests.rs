@@ -73,7 +73,7 @@ fn rollout(args: &[&str]) -> Result<RolloutArgs, clap::Error> {
 fn rollout_start_takes_every_flag() {
     let r = rollout(&[
         "api",
-        "--version",
+        "--release",
         "2.0",
         "--selector",
         "env=prod",
@@ -99,7 +99,7 @@ fn rollout_start_takes_every_flag() {
     assert!(r.command.is_none());
     let s = r.start;
     assert_eq!(s.app.as_deref(), Some("api"));
-    assert_eq!(s.version.as_deref(), Some("2.0"));
+    assert_eq!(s.release.get().as_deref(), Some("2.0"));
     assert_eq!(s.canary, Some(1));
     assert_eq!(s.canary_wait, Some(Duration::from_secs(60)));
     assert!(s.no_auto_rollback && s.flags.wait && s.flags.watch && !s.flags.dry_run);
@@ -178,7 +178,9 @@ fn rollout_subcommands() {
 #[test]
 fn rollout_flags_are_checked() {
     for bad in [
+        vec!["api", "--latest", "--release", "1"],
         vec!["api", "--latest", "--version", "1"],
+        vec!["api", "--release", "1", "--version", "1"],
         vec!["api", "--latest", "--batch", "0"],
         vec!["api", "--latest", "--batch", "120%"],
         vec!["api", "--latest", "--batch", "half"],
@@ -216,7 +218,7 @@ fn rollback_with_or_without_host() {
     };
     let one = args.single_host().expect("single host");
     assert_eq!(
-        (one.app.as_str(), one.host.as_str(), one.version),
+        (one.app.as_str(), one.host.as_str(), one.release.get()),
         ("api", "web-1", None)
     );
 
@@ -230,8 +232,9 @@ fn rollback_with_or_without_host() {
     assert_eq!((req.batch.as_str(), req.selector.as_str()), ("50%", "env=prod"));
     // Rollout flags belong to the fleet-wide form.
     assert!(Cli::try_parse_from(["fleetctl", "rollback", "api", "--host", "web-1", "--batch", "2"]).is_err());
-    // --to (or --version) names one release for the whole selection.
-    for flag in ["--to", "--version"] {
+    // --to (or --release, or the old --version) names one release for the
+    // whole selection.
+    for flag in ["--to", "--release", "--version"] {
         let cli = Cli::try_parse_from(["fleetctl", "rollback", "api", flag, "1.0"]).expect("parse");
         let Command::Rollback(args) = cli.command else {
             panic!("wrong command");
@@ -265,4 +268,29 @@ fn completions_know_every_command_group() {
             assert!(script.contains(word), "{shell:?} completion lacks {word}");
         }
     }
+}
+
+#[test]
+fn the_release_flag_is_release_or_r_and_the_old_version_spelling_still_works() {
+    for args in [
+        vec!["fleetctl", "deploy", "api", "--host", "h", "--release", "1.2"],
+        vec!["fleetctl", "deploy", "api", "--host", "h", "-r", "1.2"],
+        vec!["fleetctl", "deploy", "api", "--host", "h", "--version", "1.2"],
+    ] {
+        let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        let Command::Deploy(d) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(d.release.get().as_deref(), Some("1.2"), "{args:?}");
+    }
+    let cli = Cli::try_parse_from(["fleetctl", "release", "push", "api", "f.tar.gz", "-r", "3"]).expect("parse");
+    let Command::Release(ReleaseCommand::Push(p)) = cli.command else {
+        panic!("wrong command");
+    };
+    assert_eq!(p.release.get().as_deref(), Some("3"));
+    // Both spellings at once is a usage error.
+    assert!(Cli::try_parse_from(["fleetctl", "deploy", "api", "--host", "h", "-r", "1", "--version", "2"]).is_err());
+    // --version alone is still fleetctl's own version.
+    let e = Cli::try_parse_from(["fleetctl", "--version"]).expect_err("prints the version");
+    assert_eq!(e.kind(), clap::error::ErrorKind::DisplayVersion);
 }

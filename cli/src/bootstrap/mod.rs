@@ -14,7 +14,7 @@
 //! against known_hosts, remote commands with deadlines), `tests`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -85,6 +85,21 @@ pub enum HostError {
          on the host, or pass the right key with --identity"
     )]
     AuthRefused { host: String, user: String, key: String },
+    /// The server refused every key the ssh-agent holds.
+    #[error(
+        "{host} refused all {keys} keys of the ssh-agent at {socket} for user {user}; put the right public key in \
+         ~{user}/.ssh/authorized_keys on the host, add the right key to the agent ('ssh-add FILE'), or pass it \
+         with --identity"
+    )]
+    AgentRefused {
+        host: String,
+        user: String,
+        keys: usize,
+        socket: String,
+    },
+    /// The ssh-agent failed.
+    #[error("the ssh-agent at {socket} failed: {detail}")]
+    Agent { socket: String, detail: String },
     /// sudo wants a password (or is missing).
     #[error(
         "sudo on {host} does not run without a password for {user} ({detail}); bootstrap needs passwordless sudo \
@@ -127,8 +142,7 @@ struct Plan {
     deb_name: String,
     deb: Arc<Vec<u8>>,
     deb_sha256: String,
-    key: Arc<russh::keys::PrivateKey>,
-    key_path: PathBuf,
+    login: Login,
     known_hosts: PathBuf,
     /// Serialises reading and appending known_hosts across parallel hosts.
     known_hosts_lock: Arc<Mutex<()>>,
@@ -138,6 +152,94 @@ struct Plan {
     wait: Duration,
     /// `[releases] trusted_keys` of the agent.toml written.
     trusted_keys: Vec<String>,
+}
+
+/// How bootstrap logs in to hosts.
+pub(crate) enum Login {
+    /// With a private key file (not encrypted).
+    Key {
+        /// The key.
+        key: Arc<russh::keys::PrivateKey>,
+        /// Where it was read from.
+        path: PathBuf,
+    },
+    /// With the keys of a running ssh-agent (`$SSH_AUTH_SOCK`), as ssh does:
+    /// the agent signs, no key is read here (an encrypted key works).
+    Agent {
+        /// The agent's socket.
+        socket: PathBuf,
+        /// The public keys it holds, tried in order.
+        keys: Vec<russh::keys::PublicKey>,
+    },
+}
+
+/// Where the login comes from, decided from the flags and the environment
+/// before anything is read. Pure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LoginSource {
+    /// `--identity FILE`.
+    Identity(PathBuf),
+    /// The agent at this socket; the default key file if it holds no key.
+    Agent { socket: PathBuf, fallback: PathBuf },
+    /// The default key file.
+    DefaultKey(PathBuf),
+}
+
+fn login_source(identity: Option<&Path>, auth_sock: Option<&str>, default_key: PathBuf) -> LoginSource {
+    match (identity, auth_sock.filter(|s| !s.is_empty())) {
+        (Some(p), _) => LoginSource::Identity(p.to_path_buf()),
+        (None, Some(sock)) => LoginSource::Agent {
+            socket: PathBuf::from(sock),
+            fallback: default_key,
+        },
+        (None, None) => LoginSource::DefaultKey(default_key),
+    }
+}
+
+fn load_key(path: &Path, agent_tried: Option<&str>) -> Result<Login, Error> {
+    let key = russh::keys::load_secret_key(path, None).map_err(|e| {
+        let why = match agent_tried {
+            Some(why) => format!("{why}, and "),
+            None => String::new(),
+        };
+        Error::Usage(format!(
+            "{why}cannot use the SSH key {} ({e}); pass an unencrypted private key with --identity, or load the key \
+             into ssh-agent ('ssh-add FILE') and run without --identity",
+            path.display()
+        ))
+    })?;
+    Ok(Login::Key {
+        key: Arc::new(key),
+        path: path.to_path_buf(),
+    })
+}
+
+/// The login `source` says, read: the key file, or the agent's keys.
+async fn login(source: LoginSource) -> Result<Login, Error> {
+    match source {
+        LoginSource::Identity(p) | LoginSource::DefaultKey(p) => load_key(&p, None),
+        LoginSource::Agent { socket, fallback } => {
+            let keys = async {
+                let mut agent = russh::keys::agent::client::AgentClient::connect_uds(&socket)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let ids = agent.request_identities().await.map_err(|e| e.to_string())?;
+                Ok::<_, String>(ids.iter().map(|i| i.public_key().into_owned()).collect::<Vec<_>>())
+            }
+            .await;
+            match keys {
+                Ok(keys) if !keys.is_empty() => Ok(Login::Agent { socket, keys }),
+                Ok(_) => load_key(
+                    &fallback,
+                    Some(&format!("the ssh-agent at {} holds no key", socket.display())),
+                ),
+                Err(e) => load_key(
+                    &fallback,
+                    Some(&format!("the ssh-agent at {} cannot be used ({e})", socket.display())),
+                ),
+            }
+        }
+    }
 }
 
 /// `fleetctl bootstrap`.
@@ -151,7 +253,7 @@ pub async fn run(cli: &Cli, env: &Env, args: &BootstrapArgs) -> Result<Report, E
             .map(|h| h.join(rel))
             .ok_or_else(|| Error::Usage(format!("$HOME is not set; pass the file for ~/{rel} explicitly")))
     };
-    let key_path = match &args.identity {
+    let default_key = match &args.identity {
         Some(p) => p.clone(),
         None => in_home(".ssh/id_ed25519")?,
     };
@@ -159,12 +261,12 @@ pub async fn run(cli: &Cli, env: &Env, args: &BootstrapArgs) -> Result<Report, E
         Some(p) => p.clone(),
         None => in_home(".ssh/known_hosts")?,
     };
-    let key = russh::keys::load_secret_key(&key_path, None).map_err(|e| {
-        Error::Usage(format!(
-            "cannot use the SSH key {} ({e}); pass an unencrypted private key with --identity",
-            key_path.display()
-        ))
-    })?;
+    let login = login(login_source(
+        args.identity.as_deref(),
+        env.get("SSH_AUTH_SOCK"),
+        default_key,
+    ))
+    .await?;
     let deb_path = match &args.deb {
         Some(p) => p.clone(),
         None => PathBuf::from(format!(
@@ -214,14 +316,13 @@ pub async fn run(cli: &Cli, env: &Env, args: &BootstrapArgs) -> Result<Report, E
         deb_name,
         deb_sha256: transport::hex(ring::digest::digest(&ring::digest::SHA256, &deb).as_ref()),
         deb: Arc::new(deb),
-        key: Arc::new(key),
-        key_path,
+        login,
         known_hosts,
         known_hosts_lock: Arc::new(Mutex::new(())),
         accept_new: args.accept_new,
         agent_controller,
         ca_fingerprint,
-        wait: args.wait,
+        wait: args.connect_timeout,
     });
 
     let progress = MultiProgress::new();

@@ -189,20 +189,52 @@ impl Ssh {
         };
 
         let hash = handle.best_supported_rsa_hash().await.ok().flatten().flatten();
-        let key = PrivateKeyWithHashAlg::new(plan.key.clone(), hash);
-        let auth = handle
-            .authenticate_publickey(target.user.clone(), key)
-            .await
-            .map_err(|e| HostError::Connect {
-                host: label.clone(),
-                detail: format!("authentication failed: {e}"),
-            })?;
-        if !auth.success() {
-            return Err(HostError::AuthRefused {
-                host: label,
-                user: target.user.clone(),
-                key: plan.key_path.display().to_string(),
-            });
+        let failed = |e: String| HostError::Connect {
+            host: label.clone(),
+            detail: format!("authentication failed: {e}"),
+        };
+        match &plan.login {
+            Login::Key { key, path } => {
+                let key = PrivateKeyWithHashAlg::new(key.clone(), hash);
+                let auth = handle
+                    .authenticate_publickey(target.user.clone(), key)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                if !auth.success() {
+                    return Err(HostError::AuthRefused {
+                        host: label,
+                        user: target.user.clone(),
+                        key: path.display().to_string(),
+                    });
+                }
+            }
+            Login::Agent { socket, keys } => {
+                let mut agent = russh::keys::agent::client::AgentClient::connect_uds(socket)
+                    .await
+                    .map_err(|e| HostError::Agent {
+                        socket: socket.display().to_string(),
+                        detail: e.to_string(),
+                    })?;
+                let mut accepted = false;
+                for key in keys {
+                    let auth = handle
+                        .authenticate_publickey_with(target.user.clone(), key.clone(), hash, &mut agent)
+                        .await
+                        .map_err(|e| failed(e.to_string()))?;
+                    if auth.success() {
+                        accepted = true;
+                        break;
+                    }
+                }
+                if !accepted {
+                    return Err(HostError::AgentRefused {
+                        host: label,
+                        user: target.user.clone(),
+                        keys: keys.len(),
+                        socket: socket.display().to_string(),
+                    });
+                }
+            }
         }
         Ok(Ssh { handle, host: label })
     }

@@ -66,3 +66,46 @@ fn targets_parse() {
         assert!(err.contains(bad), "{err}");
     }
 }
+
+#[test]
+fn the_login_is_the_identity_given_else_the_agent_else_the_default_key() {
+    let default = std::path::PathBuf::from("/home/u/.ssh/id_ed25519");
+    let given = std::path::Path::new("/keys/ci");
+    assert_eq!(
+        login_source(Some(given), Some("/run/agent.sock"), default.clone()),
+        LoginSource::Identity(given.to_path_buf()),
+        "--identity wins over an agent"
+    );
+    assert_eq!(
+        login_source(None, Some("/run/agent.sock"), default.clone()),
+        LoginSource::Agent {
+            socket: "/run/agent.sock".into(),
+            fallback: default.clone()
+        }
+    );
+    assert_eq!(
+        login_source(None, Some(""), default.clone()),
+        LoginSource::DefaultKey(default.clone())
+    );
+    assert_eq!(
+        login_source(None, None, default.clone()),
+        LoginSource::DefaultKey(default)
+    );
+}
+
+#[tokio::test]
+async fn an_unusable_agent_falls_back_to_the_key_file_and_says_both() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = login(LoginSource::Agent {
+        socket: dir.path().join("no-agent.sock"),
+        fallback: dir.path().join("id_ed25519"),
+    })
+    .await
+    .err()
+    .expect("no agent and no key");
+    let text = e.to_string();
+    assert!(
+        text.contains("no-agent.sock cannot be used") && text.contains("id_ed25519") && text.contains("ssh-add"),
+        "{text}"
+    );
+}

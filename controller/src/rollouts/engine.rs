@@ -98,6 +98,7 @@ enum Wake {
 impl Engine {
     async fn run(mut self) -> Result<(), StoreError> {
         if self.start == Start::Fresh {
+            self.fleet.metrics.rollout_started(self.r.kind().word());
             self.fleet
                 .rollouts
                 .emit(&self.r, fleet_proto::EventKind::RolloutStarted, "", self.r.plan.clone());

@@ -78,7 +78,7 @@ pub fn plan(input: &Input) -> Result<Rollout> {
             .cloned()
             .ok_or_else(|| Error::NoReleases { app: app.clone() })?
     } else if req.version.is_empty() {
-        return Err(Error::invalid("version", "give --version V or --latest"));
+        return Err(Error::invalid("version", "give --release V or --latest"));
     } else {
         req.version.clone()
     };
@@ -376,7 +376,7 @@ mod tests {
             (req(&|r| r.offline = "later".into()), "offline 'later'"),
             (req(&|r| r.selector = "role=db".into()), "no host matches"),
             (req(&|r| r.canary = 1), "leaves no host"),
-            (req(&|r| r.version.clear()), "--version"),
+            (req(&|r| r.version.clear()), "--release"),
         ];
         for (rq, want) in cases {
             let err = plan(&input(&rq, &hosts, &[], &a, &releases)).expect_err(want);
