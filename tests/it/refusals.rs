@@ -57,6 +57,7 @@ fn snapshot(fleet: &Fleet) -> (serde_json::Value, serde_json::Value) {
     for h in hosts.as_array_mut().expect("array") {
         for k in [
             "last_seen_ms",
+            "last_seen",
             "cpu_percent",
             "load1",
             "memory_used_bytes",
