@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use fleet_proto::event_service_server::EventService;
-use fleet_proto::{EventKind, FleetEvent, FleetEventKind, Rollout, RolloutState, WatchEventsRequest};
+use fleet_proto::{EventKind, FleetEvent, FleetEventKind, HostState, Rollout, RolloutState, WatchEventsRequest};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -99,12 +99,19 @@ pub fn of_rollout(r: &Rollout, kind: EventKind, host_id: &str, hostname: &str, d
     };
     e.outcome = match fleet_kind {
         FleetEventKind::RolloutEnded => r.state().word().to_string(),
+        // A host whose agent moved back to what it ran says "reverted".
         FleetEventKind::RolloutHostDone => r
             .batches
             .iter()
             .flat_map(|b| &b.hosts)
             .find(|h| h.host_id == host_id)
-            .map(|h| h.state().word().to_string())
+            .map(|h| {
+                if h.reverted && h.state() == HostState::Failed {
+                    "reverted".to_string()
+                } else {
+                    h.state().word().to_string()
+                }
+            })
             .unwrap_or_default(),
         _ => String::new(),
     };
@@ -401,6 +408,10 @@ mod tests {
             (FleetEventKind::RolloutHostDone, "rolled_back")
         );
         assert_eq!(e.hostname, "web-1");
+        r.batches[0].hosts[0].set_state(fleet_proto::HostState::Failed);
+        r.batches[0].hosts[0].reverted = true;
+        let e = of_rollout(&r, EventKind::HostDone, "h1", "web-1", "failed").expect("an event");
+        assert_eq!(e.outcome, "reverted", "the agent moved back: said so");
         r.set_state(RolloutState::Failed);
         let e = of_rollout(&r, EventKind::RolloutEnded, "", "", "failed").expect("an event");
         assert_eq!((e.kind(), e.outcome.as_str()), (FleetEventKind::RolloutEnded, "failed"));

@@ -230,6 +230,17 @@ pub const RECEIVE_WINDOW: u32 = 512 * 1024;
 /// The name is resolved afresh on every connection attempt (also on the
 /// channel's own reconnects), so a controller that moved is found.
 pub async fn connect(addr: &str, config: Arc<ClientConfig>) -> Result<Channel, TransportError> {
+    connect_from(addr, config, None).await
+}
+
+/// [`connect`], from the local address `source` when one is given (a load
+/// generator spreads its connections over loopback addresses so they fit
+/// in the ephemeral port range).
+pub async fn connect_from(
+    addr: &str,
+    config: Arc<ClientConfig>,
+    source: Option<std::net::IpAddr>,
+) -> Result<Channel, TransportError> {
     let (host, port) = split_host_port(addr)?;
     let server_name = ServerName::try_from(host.clone()).map_err(|_| TransportError::BadAddress(addr.to_string()))?;
     let uri: Uri = format!("https://{}", authority(&host, port))
@@ -239,7 +250,24 @@ pub async fn connect(addr: &str, config: Arc<ClientConfig>) -> Result<Channel, T
         let (host, server_name, config) = (host.clone(), server_name.clone(), config.clone());
         async move {
             // Invariant: lookup happens here, per attempt, never cached.
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            let tcp = match source {
+                None => tokio::net::TcpStream::connect((host.as_str(), port)).await?,
+                Some(ip) => {
+                    let to = tokio::net::lookup_host((host.as_str(), port))
+                        .await?
+                        .find(|a| a.is_ipv4() == ip.is_ipv4())
+                        .ok_or_else(|| {
+                            std::io::Error::new(std::io::ErrorKind::NotFound, "no address of the source's family")
+                        })?;
+                    let socket = if ip.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()?
+                    } else {
+                        tokio::net::TcpSocket::new_v6()?
+                    };
+                    socket.bind(std::net::SocketAddr::new(ip, 0))?;
+                    socket.connect(to).await?
+                }
+            };
             tcp.set_nodelay(true)?;
             let mut tls = tokio_rustls::TlsConnector::from(config)
                 .connect(server_name, tcp)

@@ -31,7 +31,7 @@ parts() { awk '/^RssAnon:/ {a=$2} /^RssFile:/ {f=$2} END {printf "anon %.1f MiB,
 
 # A small release first, so the app exists and runs; then idle.
 release 1 >/dev/null
-"$bin/fleetctl" deploy demo --version 1 --host web-1 >/dev/null
+"$bin/fleetctl" deploy demo --release 1 --host web-1 >/dev/null
 sleep 12
 idle=$(rss)
 idle_parts=$(parts)
@@ -41,7 +41,7 @@ mkdir -p "$d"
 echo big >"$d/VERSION"
 head -c "$((size_mb * 1024 * 1024))" /dev/urandom >"$d/blob"
 tar -C "$d" -czf "$work/demo-big.tar.gz" .
-"$bin/fleetctl" release push demo "$work/demo-big.tar.gz" --version big >/dev/null
+"$bin/fleetctl" release push demo "$work/demo-big.tar.gz" --release big >/dev/null
 
 peak_file="$work/peak"
 echo 0 >"$peak_file"
@@ -55,7 +55,7 @@ echo 0 >"$peak_file"
 ) &
 sampler=$!
 t0=$(date +%s.%N)
-"$bin/fleetctl" deploy demo --version big --host web-1 >/dev/null
+"$bin/fleetctl" deploy demo --release big --host web-1 >/dev/null
 t1=$(date +%s.%N)
 sleep 0.2
 kill "$sampler" 2>/dev/null || true

@@ -17,9 +17,9 @@ start_controller
 start_hosts "${HOSTS:-6}"
 create_app --health-timeout 5s --settle 500ms >/dev/null
 release 1.0.0 >/dev/null
-"$bin/fleetctl" rollout demo --version 1.0.0 --batch 100% --wait >/dev/null
+"$bin/fleetctl" rollout demo --release 1.0.0 --batch 100% --wait >/dev/null
 release 2.0.0 >/dev/null
-"$bin/fleetctl" rollout demo --version 2.0.0 --batch "${BATCH:-2}" --wait --output json >"$work/rollout.json"
+"$bin/fleetctl" rollout demo --release 2.0.0 --batch "${BATCH:-2}" --wait --output json >"$work/rollout.json"
 python3 - "$work/rollout.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))

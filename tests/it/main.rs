@@ -34,5 +34,6 @@ mod rollouts;
 mod rotation;
 mod sandbox;
 mod signing;
+mod sim;
 mod stress;
 mod watchdog;

@@ -286,7 +286,7 @@ fn webhooks_hear_of_rollouts_retry_refuse_and_never_hold_a_rollout_up() {
     chat.wait_for("the failing host", |g| {
         g.json()["text"]
             .as_str()
-            .is_some_and(|t| t.contains("host app-1 failed"))
+            .is_some_and(|t| t.contains("host app-1 reverted"))
     });
 
     // The refusing endpoint is given up on at once (404 is not retried),

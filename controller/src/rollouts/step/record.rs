@@ -191,7 +191,11 @@ pub fn report(r: &mut Rollout, host: &str, p: &TaskProgress) -> Vec<Effect> {
             }
             Outcome::new(failed_state(h), p.cause(), detail)
         };
-        return host_ended(r, b, host, &outcome);
+        let effects = host_ended(r, b, host, &outcome);
+        if let Some(h) = host_mut(r, b, host) {
+            h.reverted = p.reverted && p.state() != TaskState::Succeeded;
+        }
+        return effects;
     }
     // Invariant: (b, host) was found above.
     let Some(h) = host_mut(r, b, host) else {

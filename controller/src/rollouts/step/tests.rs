@@ -514,3 +514,24 @@ fn events_name_what_happened() {
 }
 
 mod worlds;
+
+#[test]
+fn a_host_whose_agent_moved_back_is_recorded_as_reverted() {
+    let mut r = rollout(&[&["a"], &["b"]], 10);
+    let p = params();
+    let mut c = Case::new(online(&["a", "b"], "1"));
+    let task = send_first(&mut c, &mut r, &p, "a");
+    let mut failed = final_report(&task, false);
+    failed.reverted = true;
+    failed.current = "1".into();
+    report(&mut r, "a", &failed);
+    let a = &r.batches[0].hosts[0];
+    assert_eq!((a.state(), a.reverted), (HostState::Failed, true));
+    assert!(a.detail.contains("(the host reverted to 1)"), "{}", a.detail);
+    // A failure the agent could not revert is no revert.
+    let mut r = rollout(&[&["a"]], 10);
+    let mut c = Case::new(online(&["a"], "1"));
+    let task = send_first(&mut c, &mut r, &p, "a");
+    report(&mut r, "a", &final_report(&task, false));
+    assert!(!r.batches[0].hosts[0].reverted);
+}

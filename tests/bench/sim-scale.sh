@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Benchmark (prints figures, asserts nothing): one controller (release
+# build) and N simulated agents (tests/sim, fleet-sim) on loopback, with
+# heartbeats every HEARTBEAT (default 10s):
+#   - enrollment: N hosts with their own keys and CSRs, and the rate;
+#   - the start: all N connected, in seconds;
+#   - steady state: the controller's RSS per host, and its CPU over 60 s of
+#     heartbeats;
+#   - a reconnect storm: the controller killed (-9) and started again, all N
+#     back, in seconds;
+#   - a rollout to all N hosts in 10 % batches (phases take PHASE_MS,
+#     default 0): total time and per batch.
+#   N=1000 bash tests/bench/sim-scale.sh
+# Needs nothing but the repository (and the open-file limit to allow 2N).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+n="${N:-1000}"
+heartbeat="${HEARTBEAT:-10s}"
+phase_ms="${PHASE_MS:-0}"
+
+cargo build --release -q -p fleet-controller -p fleetctl -p fleet-sim
+bin="$PWD/target/release"
+work="$(mktemp -d /tmp/fleet-sim.XXXXXX)"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+ulimit -n "$(ulimit -Hn)"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port="$(free_port)"
+mport="$(free_port)"
+"$bin/fleet-controller" init --data-dir "$work/controller" --san 127.0.0.1 \
+    --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" >"$work/init.txt"
+fingerprint="$(grep -o 'sha256:[0-9a-f]*' "$work/init.txt" | head -n1)"
+conf="$work/controller/controller.toml"
+sed -i "s/^heartbeat_interval = .*/heartbeat_interval = \"$heartbeat\"/" "$conf"
+cat >>"$conf" <<'TOML'
+
+[limits]
+enroll_per_source = { burst = 1000000, per_minute = 10000000 }
+enroll_per_token = { burst = 1000000, per_minute = 10000000 }
+TOML
+export FLEET_CONFIG="$work/controller/fleetctl.toml"
+
+serve() {
+    "$bin/fleet-controller" serve --config "$conf" 2>>"$work/controller.log" &
+    controller=$!
+    pids+=("$controller")
+    for _ in $(seq 100); do "$bin/fleetctl" whoami >/dev/null 2>&1 && break; sleep 0.1; done
+}
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$controller/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$controller/stat"; }
+serve
+base_rss=$(rss_kib)
+
+token="$("$bin/fleetctl" token create --uses "$n" --ttl 1h --label role=sim)"
+FLEET_SIM_TOKEN="$token" "$bin/fleet-sim" --controller "127.0.0.1:$port" --ca-fingerprint "$fingerprint" \
+    --agents "$n" --label role=sim --phase-ms "$phase_ms" --enroll-concurrency 128 --report-every 1s \
+    >"$work/sim.log" 2>&1 &
+sim=$!
+pids+=("$sim")
+wait_line() { # pattern, seconds
+    for _ in $(seq $(($2 * 10))); do grep -q "$1" "$work/sim.log" && return 0; sleep 0.1; done
+    echo "fleet-sim printed no '$1' within $2 s:" >&2
+    tail -5 "$work/sim.log" >&2
+    exit 1
+}
+wait_line "^connected $n hosts" 1200
+enrolled=$(grep "^enrolled" "$work/sim.log")
+connected=$(grep "^connected $n hosts" "$work/sim.log")
+
+# Steady state: 60 s of heartbeats.
+sleep 5
+rss=$(rss_kib)
+t0=$(cpu_ticks)
+sleep 60
+t1=$(cpu_ticks)
+hz=$(getconf CLK_TCK)
+cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$hz" 'BEGIN {printf "%.1f", (b - a) / hz / 60 * 100}')
+per_host=$(awk -v r="$rss" -v b="$base_rss" -v n="$n" 'BEGIN {printf "%.1f", (r - b) / n}')
+
+# The reconnect storm: the restarted controller's own count of open agent
+# streams (it starts at 0) until it is N again.
+connected_now() {
+    python3 -c 'import sys, urllib.request
+text = urllib.request.urlopen("http://127.0.0.1:%s/metrics" % sys.argv[1], timeout=5).read().decode()
+print(next((l.split()[1] for l in text.splitlines() if l.startswith("fleet_agents_connected ")), "0"))' "$mport" 2>/dev/null || echo 0
+}
+kill -9 "$controller"
+wait "$controller" 2>/dev/null || true
+storm_start=$(date +%s.%N)
+serve
+for _ in $(seq 3000); do
+    [ "$(connected_now)" = "$n" ] && break
+    sleep 0.2
+done
+storm=$(awk -v s="$storm_start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.1f", e - s}')
+
+# A rollout to every host in 10 % batches.
+"$bin/fleetctl" app create demo --unit fleet-app-demo.service --selector role=sim --no-health >/dev/null
+head -c 1024 /dev/urandom >"$work/payload"
+tar -czf "$work/demo.tar.gz" -C "$work" payload
+"$bin/fleetctl" release push demo "$work/demo.tar.gz" --release 1.0.0 >/dev/null
+start=$(date +%s.%N)
+"$bin/fleetctl" rollout demo --release 1.0.0 --batch 10% --wait --output json >"$work/rollout.json"
+rollout_s=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.2f", e - s}')
+state=$(grep -o '"state": *"[a-z_]*"' "$work/rollout.json" | head -n1)
+
+echo "hosts:                         $n (heartbeat every $heartbeat)"
+echo "$enrolled" | sed 's/^/enrollment:                    /'
+echo "$connected" | sed 's/^/start:                         /'
+echo "controller RSS:                $((base_rss / 1024)) MiB empty, $((rss / 1024)) MiB with $n hosts: $per_host KiB per host"
+echo "controller CPU, heartbeats:    $cpu % of one core over 60 s"
+echo "reconnect storm (kill -9):     all $n back in about $storm s after the restart began"
+echo "rollout, 10 % batches:         $rollout_s s in all ($state), phases of $phase_ms ms"
+echo "(logs in $work)"
