@@ -12,7 +12,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use fleet_proto::{FleetEvent, FleetEventKind, WatchEventsRequest};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tonic::Code;
 
 use crate::args::EventsArgs;
@@ -177,19 +177,7 @@ fn detail(e: &FleetEvent) -> String {
 
 /// An event for scripts; field names are stable.
 pub fn event_json(e: &FleetEvent) -> Value {
-    json!({
-        "seq": e.seq,
-        "at_ms": e.at_ms,
-        "kind": e.kind().word(),
-        "app": e.app,
-        "version": e.version,
-        "host_id": e.host_id,
-        "hostname": e.hostname,
-        "rollout_id": e.rollout_id,
-        "outcome": e.outcome,
-        "detail": e.detail,
-        "who": e.who,
-    })
+    fleet_proto::events::to_json(e)
 }
 
 /// `--kind`: an event kind's word.

@@ -1,7 +1,28 @@
-//! The words of the fleet's event kinds: what `fleetctl events` prints,
-//! what `--kind` and the webhooks' event filters accept.
+//! The words of the fleet's event kinds (what `fleetctl events` prints,
+//! what `--kind` and the webhooks' event filters accept), and an event's
+//! JSON form.
 
-use crate::v1::FleetEventKind;
+use crate::v1::{FleetEvent, FleetEventKind};
+
+/// An event as JSON: what `fleetctl events -o json` prints and what a
+/// JSON webhook receives (which adds `"type": "fleet.event"`). One place,
+/// so the two cannot drift; the field names are stable.
+pub fn to_json(e: &FleetEvent) -> serde_json::Value {
+    serde_json::json!({
+        "seq": e.seq,
+        "at_ms": e.at_ms,
+        "kind": e.kind().word(),
+        "app": e.app,
+        "version": e.version,
+        "host_id": e.host_id,
+        "hostname": e.hostname,
+        "rollout_id": e.rollout_id,
+        "rollout_kind": e.rollout_kind,
+        "outcome": e.outcome,
+        "detail": e.detail,
+        "who": e.who,
+    })
+}
 
 impl FleetEventKind {
     /// Every kind that is sent.

@@ -111,6 +111,22 @@ async fn path(c: &Client) -> String {
     c.current_url().await.expect("url").path().to_string()
 }
 
+/// Types `token` into the sign-in form and submits it.
+async fn sign_in(c: &Client, token: &str) {
+    c.find(Locator::Css("#token"))
+        .await
+        .expect("token field")
+        .send_keys(token)
+        .await
+        .expect("type");
+    c.find(Locator::Css("#sign-in"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("click");
+}
+
 /// The marker a page keeps until it is loaded again.
 async fn marker(c: &Client) -> serde_json::Value {
     c.execute("return window.fleetTestMarker || null;", vec![])
@@ -146,34 +162,12 @@ fn a_viewer_follows_the_fleet_and_a_rollout_live_in_a_real_browser() {
         // Not signed in: the sign-in page. A wrong token says so.
         b.goto(&format!("{base}/hosts")).await.expect("goto");
         assert_eq!(path(&b).await, "/ui/login");
-        b.find(Locator::Css("#token"))
-            .await
-            .expect("token field")
-            .send_keys("fleet_op_000000000000.nope")
-            .await
-            .expect("type");
-        b.find(Locator::Css("#sign-in"))
-            .await
-            .expect("button")
-            .click()
-            .await
-            .expect("click");
+        sign_in(&b, "fleet_op_000000000000.nope").await;
         let error = eventually("the sign-in error", 10, async || text(&b, "#login-error").await).await;
         assert!(error.contains("not valid"), "{error}");
 
         // Signed in as the viewer: every host, its status and what it runs.
-        b.find(Locator::Css("#token"))
-            .await
-            .expect("token field")
-            .send_keys(&secret)
-            .await
-            .expect("type");
-        b.find(Locator::Css("#sign-in"))
-            .await
-            .expect("button")
-            .click()
-            .await
-            .expect("click");
+        sign_in(&b, &secret).await;
         eventually("the hosts page", 10, async || {
             (path(&b).await == "/ui/hosts").then_some(())
         })

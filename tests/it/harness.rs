@@ -190,7 +190,9 @@ impl Controller {
 
     fn wait_healthy(&self) {
         let metrics = self.metrics;
-        wait_until(Duration::from_secs(20), "controller /healthz", || {
+        // Generous: on CI's two cores a start can wait behind other tests'
+        // enrollments (the fleet-sim test signs 300 certificates).
+        wait_until(Duration::from_secs(60), "controller /healthz", || {
             http_get(metrics, "/healthz").filter(|b| b.contains("ok")).map(|_| ())
         });
     }

@@ -45,6 +45,9 @@ impl Sim {
                 "10",
                 "--report-every",
                 "2s",
+                // Gently: the tests beside this one share two cores.
+                "--enroll-concurrency",
+                "8",
             ])
             .env("FLEET_SIM_TOKEN", token)
             .stdout(Stdio::piped())

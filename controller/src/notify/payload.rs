@@ -80,21 +80,9 @@ pub fn wants(app: &str, kinds: &[FleetEventKind], e: &FleetEvent) -> bool {
 
 /// The JSON form of an event, as `fleetctl events -o json` prints it.
 pub fn event_json(e: &FleetEvent) -> serde_json::Value {
-    json!({
-        "type": "fleet.event",
-        "seq": e.seq,
-        "at_ms": e.at_ms,
-        "kind": e.kind().word(),
-        "app": e.app,
-        "version": e.version,
-        "host_id": e.host_id,
-        "hostname": e.hostname,
-        "rollout_id": e.rollout_id,
-        "rollout_kind": e.rollout_kind,
-        "outcome": e.outcome,
-        "detail": e.detail,
-        "who": e.who,
-    })
+    let mut v = fleet_proto::events::to_json(e);
+    v["type"] = json!("fleet.event");
+    v
 }
 
 /// The body a webhook of `format` receives for `e`.
