@@ -76,10 +76,10 @@ connected=$(grep "^connected $n hosts" "$work/sim.log")
 sleep 5
 rss=$(rss_kib)
 t0=$(cpu_ticks)
-sleep 60
+sleep "${STEADY:-60}"
 t1=$(cpu_ticks)
 hz=$(getconf CLK_TCK)
-cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$hz" 'BEGIN {printf "%.1f", (b - a) / hz / 60 * 100}')
+cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$hz" -v s="${STEADY:-60}" 'BEGIN {printf "%.1f", (b - a) / hz / s * 100}')
 per_host=$(awk -v r="$rss" -v b="$base_rss" -v n="$n" 'BEGIN {printf "%.1f", (r - b) / n}')
 
 # The reconnect storm: the restarted controller's own count of open agent
@@ -105,15 +105,33 @@ head -c 1024 /dev/urandom >"$work/payload"
 tar -czf "$work/demo.tar.gz" -C "$work" payload
 "$bin/fleetctl" release push demo "$work/demo.tar.gz" --release 1.0.0 >/dev/null
 start=$(date +%s.%N)
-"$bin/fleetctl" rollout demo --release 1.0.0 --batch 10% --wait --output json >"$work/rollout.json"
+"$bin/fleetctl" rollout demo --release 1.0.0 --batch 10% --wait --output json >"$work/rollout.json" || true
 rollout_s=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.2f", e - s}')
-state=$(grep -o '"state": *"[a-z_]*"' "$work/rollout.json" | head -n1)
+batches=$(python3 -c 'import json, sys
+r = json.load(open(sys.argv[1]))
+print(r["state"] + "; batches took " + ", ".join("%.1f" % ((b["ended_at_ms"] - b["started_at_ms"]) / 1000) for b in r["batches"]) + " s")' "$work/rollout.json")
+
+# The same again to 2.0.0 with nobody watching the rollout's stream (its
+# end polled once a second): what the watch itself costs.
+"$bin/fleetctl" release push demo "$work/demo.tar.gz" --release 2.0.0 >/dev/null
+start=$(date +%s.%N)
+id=$("$bin/fleetctl" rollout demo --release 2.0.0 --batch 10% --output json | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
+while :; do
+    "$bin/fleetctl" rollout show "$id" --output json >"$work/rollout2.json"
+    python3 -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1]))["ended_at_ms"] else 1)' "$work/rollout2.json" && break
+    sleep 1
+done
+unwatched_s=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.2f", e - s}')
+unwatched=$(python3 -c 'import json, sys
+r = json.load(open(sys.argv[1]))
+print(r["state"] + "; batches took " + ", ".join("%.1f" % ((b["ended_at_ms"] - b["started_at_ms"]) / 1000) for b in r["batches"]) + " s")' "$work/rollout2.json")
 
 echo "hosts:                         $n (heartbeat every $heartbeat)"
 echo "$enrolled" | sed 's/^/enrollment:                    /'
 echo "$connected" | sed 's/^/start:                         /'
 echo "controller RSS:                $((base_rss / 1024)) MiB empty, $((rss / 1024)) MiB with $n hosts: $per_host KiB per host"
-echo "controller CPU, heartbeats:    $cpu % of one core over 60 s"
+echo "controller CPU, heartbeats:    $cpu % of one core over ${STEADY:-60} s"
 echo "reconnect storm (kill -9):     all $n back in about $storm s after the restart began"
-echo "rollout, 10 % batches:         $rollout_s s in all ($state), phases of $phase_ms ms"
+echo "rollout, 10 % batches:         $rollout_s s in all, phases of $phase_ms ms, followed with --wait: $batches"
+echo "the same, nobody watching:     about $unwatched_s s in all (polled every 1 s): $unwatched"
 echo "(logs in $work)"

@@ -56,6 +56,7 @@ pub fn spawn(fleet: &Arc<Fleet>, r: Rollout, start: Start) {
         start,
         dirty: false,
         unflushed: Vec::new(),
+        phases_saved_at: None,
     };
     let f = fleet.clone();
     fleet.tracker.spawn(
@@ -87,7 +88,14 @@ struct Engine {
     dirty: bool,
     /// Events of changes not yet durable.
     unflushed: Vec<(fleet_proto::EventKind, String, String)>,
+    /// When hosts' phases were last written to the record (None: not since
+    /// the last full write).
+    phases_saved_at: Option<std::time::Instant>,
 }
+
+/// How often hosts' phase reports are written to the rollout record at
+/// most; every outcome and every change of the rollout is written at once.
+const PHASE_SAVE_EVERY: Duration = Duration::from_millis(250);
 
 enum Wake {
     Report(String, TaskProgress),
@@ -366,8 +374,16 @@ impl Engine {
             self.record(effects)
         } else {
             // A phase: recorded without waiting for the disk (the outcome is
-            // what must be durable), then shown.
-            self.fleet.rollouts.records.put(&self.r)?;
+            // what must be durable), at most every PHASE_SAVE_EVERY (each
+            // write encodes the whole record: writing it for every phase of
+            // every host made a rollout quadratic in its hosts), then shown.
+            // Readers of the store see phases that late at most; watchers
+            // get every one from the events.
+            let due = self.phases_saved_at.is_none_or(|at| at.elapsed() >= PHASE_SAVE_EVERY);
+            if due {
+                self.fleet.rollouts.records.put(&self.r)?;
+                self.phases_saved_at = Some(std::time::Instant::now());
+            }
             for e in effects {
                 if let Effect::Emit { kind, host, detail } = e {
                     self.fleet.rollouts.emit(&self.r, kind, &host, detail);
