@@ -10,7 +10,7 @@
 #     back, in seconds;
 #   - a rollout to all N hosts in 10 % batches (phases take PHASE_MS,
 #     default 0): total time and per batch.
-#   N=1000 bash tests/bench/sim-scale.sh
+#   N=1000 bash tests/bench/sim-scale.sh     # ROLLOUT=0: stop before the rollouts
 # Needs nothing but the repository (and the open-file limit to allow 2N).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -98,6 +98,17 @@ for _ in $(seq 3000); do
     sleep 0.2
 done
 storm=$(awk -v s="$storm_start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.1f", e - s}')
+
+if [ "${ROLLOUT:-1}" = 0 ]; then
+    echo "hosts:                         $n (heartbeat every $heartbeat)"
+    echo "$enrolled" | sed 's/^/enrollment:                    /'
+    echo "$connected" | sed 's/^/start:                         /'
+    echo "controller RSS:                $((base_rss / 1024)) MiB empty, $((rss / 1024)) MiB with $n hosts: $per_host KiB per host"
+    echo "controller CPU, heartbeats:    $cpu % of one core over ${STEADY:-60} s"
+    echo "reconnect storm (kill -9):     all $n back in about $storm s after the restart began"
+    echo "(no rollout: ROLLOUT=0; logs in $work)"
+    exit 0
+fi
 
 # A rollout to every host in 10 % batches.
 "$bin/fleetctl" app create demo --unit fleet-app-demo.service --selector role=sim --no-health >/dev/null
