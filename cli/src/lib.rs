@@ -11,6 +11,7 @@ pub mod bootstrap;
 pub mod client;
 pub mod config;
 pub mod confirm;
+pub mod deploy;
 pub mod error;
 pub mod events;
 pub mod hosts;
@@ -18,6 +19,7 @@ pub mod keys;
 pub mod notify;
 pub mod operators;
 pub mod output;
+pub mod releases;
 pub mod rollouts;
 pub mod session;
 pub mod tokens;
@@ -103,10 +105,10 @@ pub async fn execute(cli: &Cli, env: &Env) -> Result<Report, Error> {
         Command::App(AppCommand::Ls) => apps::list(&connect(cli, env).await?, format).await,
         Command::App(AppCommand::Show { name }) => apps::show(&connect(cli, env).await?, name, format).await,
         Command::App(AppCommand::History { name }) => apps::history(&connect(cli, env).await?, name, format).await,
-        Command::Release(ReleaseCommand::Push(args)) => apps::push(&connect(cli, env).await?, args, format).await,
-        Command::Release(ReleaseCommand::Ls { app }) => apps::releases(&connect(cli, env).await?, app, format).await,
+        Command::Release(ReleaseCommand::Push(args)) => releases::push(&connect(cli, env).await?, args, format).await,
+        Command::Release(ReleaseCommand::Ls { app }) => releases::list(&connect(cli, env).await?, app, format).await,
         Command::Release(ReleaseCommand::Show { app, version }) => {
-            apps::release(&connect(cli, env).await?, app, version, format).await
+            releases::show(&connect(cli, env).await?, app, version, format).await
         }
         Command::Release(ReleaseCommand::Rm { app, version, yes }) => {
             let confirm = confirm::Confirm::from_flag(*yes, "delete a release")?;
@@ -117,11 +119,11 @@ pub async fn execute(cli: &Cli, env: &Env) -> Result<Report, Error> {
                     format!("{app} {version} not deleted"),
                 )
                 .await?;
-            apps::delete_release(&client, app, version, format).await
+            releases::delete(&client, app, version, format).await
         }
-        Command::Deploy(args) => apps::deploy(&connect(cli, env).await?, args, false, format).await,
+        Command::Deploy(args) => deploy::deploy(&connect(cli, env).await?, args, false, format).await,
         Command::Rollback(args) => match args.single_host() {
-            Some(one) => apps::deploy(&connect(cli, env).await?, &one, true, format).await,
+            Some(one) => deploy::deploy(&connect(cli, env).await?, &one, true, format).await,
             None => {
                 let request = rollouts::rollback_request(args);
                 rollouts::start(&connect(cli, env).await?, request, &args.flags, format).await

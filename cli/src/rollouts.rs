@@ -14,9 +14,10 @@ use fleet_proto::{
 };
 use serde_json::{json, Value};
 
-use crate::apps::{cause_name, or_dash};
+use crate::apps::or_dash;
 use crate::args::{RollbackArgs, RolloutFlags, StartArgs};
 use crate::client::Client;
+use crate::deploy::cause_name;
 use crate::error::Error;
 use crate::output::{self, Block, Format, Report, Table};
 use crate::watch;

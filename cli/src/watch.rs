@@ -215,7 +215,7 @@ pub fn event_line(e: &Event) -> String {
             match host {
                 Some(h) if h.state() == HostState::Succeeded => format!("{} done", who()),
                 Some(h) => {
-                    let cause = crate::apps::cause_name(h.cause());
+                    let cause = crate::deploy::cause_name(h.cause());
                     let why = if h.detail.is_empty() {
                         e.detail.as_str()
                     } else {

@@ -99,13 +99,18 @@ for _ in $(seq 3000); do
 done
 storm=$(awk -v s="$storm_start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.1f", e - s}')
 
-if [ "${ROLLOUT:-1}" = 0 ]; then
+# What every run prints first.
+summary() {
     echo "hosts:                         $n (heartbeat every $heartbeat)"
     echo "$enrolled" | sed 's/^/enrollment:                    /'
     echo "$connected" | sed 's/^/start:                         /'
     echo "controller RSS:                $((base_rss / 1024)) MiB empty, $((rss / 1024)) MiB with $n hosts: $per_host KiB per host"
     echo "controller CPU, heartbeats:    $cpu % of one core over ${STEADY:-60} s"
     echo "reconnect storm (kill -9):     all $n back in about $storm s after the restart began"
+}
+
+if [ "${ROLLOUT:-1}" = 0 ]; then
+    summary
     echo "(no rollout: ROLLOUT=0; logs in $work)"
     exit 0
 fi
@@ -137,12 +142,7 @@ unwatched=$(python3 -c 'import json, sys
 r = json.load(open(sys.argv[1]))
 print(r["state"] + "; batches took " + ", ".join("%.1f" % ((b["ended_at_ms"] - b["started_at_ms"]) / 1000) for b in r["batches"]) + " s")' "$work/rollout2.json")
 
-echo "hosts:                         $n (heartbeat every $heartbeat)"
-echo "$enrolled" | sed 's/^/enrollment:                    /'
-echo "$connected" | sed 's/^/start:                         /'
-echo "controller RSS:                $((base_rss / 1024)) MiB empty, $((rss / 1024)) MiB with $n hosts: $per_host KiB per host"
-echo "controller CPU, heartbeats:    $cpu % of one core over ${STEADY:-60} s"
-echo "reconnect storm (kill -9):     all $n back in about $storm s after the restart began"
+summary
 echo "rollout, 10 % batches:         $rollout_s s in all, phases of $phase_ms ms, followed with --wait: $batches"
 echo "the same, nobody watching:     about $unwatched_s s in all (polled every 1 s): $unwatched"
 echo "(logs in $work)"
