@@ -78,6 +78,7 @@ build_one() {
         install -m 0644 packaging/deb/fleet-agent/agent.toml "$root/etc/fleet/agent.toml"
         install -m 0644 packaging/polkit/50-fleet-agent.rules "$root/usr/share/polkit-1/rules.d/"
         install -m 0644 systemd/fleet-app-example.service "$root/usr/share/doc/$pkg/examples/"
+        install -m 0644 "systemd/fleet-hook@.service" "$root/lib/systemd/system/fleet-hook@.service"
         echo /etc/fleet/agent.toml >"$root/DEBIAN/conffiles"
     fi
     if [ "$pkg" = fleet-controller ]; then

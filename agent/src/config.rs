@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::hooks::HookMode;
+
 /// Where the agent keeps its identity when the config names no `state_dir`.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/fleet-agent";
 
@@ -106,6 +108,15 @@ struct RawConfig {
     systemd: SystemdSection,
     #[serde(default)]
     releases: ReleasesSection,
+    #[serde(default)]
+    hooks: HooksSection,
+}
+
+/// `[hooks]`: how a release's hooks run.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct HooksSection {
+    run: Option<HookMode>,
 }
 
 /// `[releases]`: limits on what one release may unpack to.
@@ -164,6 +175,9 @@ pub struct Config {
     /// Keys one of which must have signed every release
     /// (`[releases] trusted_keys`); empty: releases need no signature.
     pub trusted_keys: Vec<fleet_proto::signing::PublicKey>,
+    /// How hooks run (`[hooks] run`): as `fleet-hook@<app>.service` by
+    /// default on the system bus, as the agent's children on a session bus.
+    pub hook_mode: HookMode,
 }
 
 impl Config {
@@ -287,6 +301,10 @@ impl Config {
             log_format: raw.log_format,
             labels: raw.labels,
             bus: raw.systemd.bus,
+            hook_mode: raw.hooks.run.unwrap_or(match raw.systemd.bus {
+                Bus::System => HookMode::Unit,
+                Bus::Session => HookMode::Process,
+            }),
         })
     }
 
@@ -354,6 +372,21 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("no join_token in /etc/fleet/agent.toml"), "{msg}");
         assert!(msg.contains("fleetctl token create"), "{msg}");
+    }
+
+    #[test]
+    fn hooks_run_as_units_on_the_system_bus_and_as_children_on_a_session_bus() {
+        let base = format!("controller = \"10.0.0.1:7443\"\nca_fingerprint = \"{FP}\"\n");
+        assert_eq!(parse(&base).expect("system").hook_mode, HookMode::Unit);
+        let session = format!("{base}[systemd]\nbus = \"session\"\n");
+        assert_eq!(parse(&session).expect("session").hook_mode, HookMode::Process);
+        let chosen = format!("{base}[hooks]\nrun = \"process\"\n");
+        assert_eq!(parse(&chosen).expect("chosen").hook_mode, HookMode::Process);
+        let err = parse(&format!("{base}[hooks]\nrun = \"root\"\n")).expect_err("unknown");
+        assert!(
+            err.to_string().contains("unit") && err.to_string().contains("process"),
+            "{err}"
+        );
     }
 
     #[test]

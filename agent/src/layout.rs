@@ -58,7 +58,7 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     crate::offload::blocking_step("an atomic file write");
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(

@@ -127,13 +127,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
 pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<(), AgentError> {
     let state = StateDir::new(&config.state_dir);
     state.ensure()?;
-    let worker = deploy::start(
-        state.path(),
-        config.bus,
-        config.limits.clone(),
-        config.trusted_keys.clone(),
-        cancel.clone(),
-    );
+    let worker = deploy::start(&config, cancel.clone());
     let mut agent = Agent {
         sampler: Sampler::new(state.path(), config.hostname.clone()),
         config,

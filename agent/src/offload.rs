@@ -31,3 +31,12 @@ pub fn blocking_step(what: &str) {
     #[cfg(not(test))]
     let _ = what;
 }
+
+/// Runs a file-system step on the blocking pool, so the runtime thread
+/// keeps serving heartbeats.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}

@@ -19,6 +19,10 @@ use crate::config::Bus;
 trait Manager {
     /// Restarts a unit (starts it when stopped); returns the job.
     fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    /// Starts a unit; returns the job (for a oneshot, it ends with the run).
+    fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    /// Stops a unit, killing what it runs; returns the job.
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     /// The object of a unit, loading it when needed.
     fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     /// Asks the manager to send its signals to us.
@@ -55,6 +59,37 @@ trait Service {
     /// The main process, 0 when none.
     #[zbus(property, name = "MainPID")]
     fn main_pid(&self) -> zbus::Result<u32>;
+    /// How the last run ended: "success", "exit-code", "signal", "timeout", ...
+    #[zbus(property)]
+    fn result(&self) -> zbus::Result<String>;
+    /// The main process's exit status (or signal number) of the last run.
+    #[zbus(property)]
+    fn exec_main_status(&self) -> zbus::Result<i32>;
+    /// `User=` of the unit ("" when none is set).
+    #[zbus(property)]
+    fn user(&self) -> zbus::Result<String>;
+    /// `DynamicUser=` of the unit.
+    #[zbus(property)]
+    fn dynamic_user(&self) -> zbus::Result<bool>;
+}
+
+/// How a oneshot unit's run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OneshotEnd {
+    /// It ran to its end: systemd's `Result` ("success", "exit-code",
+    /// "signal", ...) and `ExecMainStatus`.
+    Finished { result: String, status: i32 },
+    /// It still ran at the deadline and was stopped (every process of it killed).
+    Stopped,
+}
+
+/// Whose a service runs as, as systemd will start it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceUser {
+    /// `User=` ("" when none is set: root, or a name made up for a dynamic user).
+    pub user: String,
+    /// `DynamicUser=`.
+    pub dynamic: bool,
 }
 
 /// Why talking to systemd failed.
@@ -73,18 +108,31 @@ pub enum SystemdError {
         unit: String,
         detail: String,
     },
-    /// The restart job did not finish in time.
-    #[error("the restart job of {unit} did not finish within {secs}s")]
-    JobTimeout { unit: String, secs: u64 },
+    /// A job did not finish in time.
+    #[error("the {what} job of {unit} did not finish within {secs}s")]
+    JobTimeout {
+        what: &'static str,
+        unit: String,
+        secs: f64,
+    },
     /// systemd (polkit) refused the agent.
-    #[error(
-        "systemd refused to {what} {unit}: access denied. The packaged agent may only start, stop, restart \
-         and reload units named fleet-app-<app>.service (polkit rule \
-         /usr/share/polkit-1/rules.d/50-fleet-agent.rules): name the app's unit fleet-app-<app>.service \
-         ('fleetctl app update APP --unit fleet-app-APP.service'), or widen the rule for this unit; see \
-         /usr/share/doc/fleet-agent/README.Debian"
-    )]
+    #[error("systemd refused to {what} {unit}: access denied. {}", denied_hint(unit))]
     Denied { what: &'static str, unit: String },
+}
+
+/// What to do about a refusal by polkit, for this unit.
+fn denied_hint(unit: &str) -> &'static str {
+    if unit.starts_with(crate::hooks::unit::TEMPLATE_PREFIX) {
+        "The packaged agent may start and stop the hook units fleet-hook@<app>.service (polkit rule \
+         /usr/share/polkit-1/rules.d/50-fleet-agent.rules, shipped with the unit \
+         /lib/systemd/system/fleet-hook@.service): reinstall or upgrade the fleet-agent package so both are \
+         present; see /usr/share/doc/fleet-agent/README.Debian"
+    } else {
+        "The packaged agent may only start, stop, restart and reload units named fleet-app-<app>.service \
+         (polkit rule /usr/share/polkit-1/rules.d/50-fleet-agent.rules): name the app's unit \
+         fleet-app-<app>.service ('fleetctl app update APP --unit fleet-app-APP.service'), or widen the rule \
+         for this unit; see /usr/share/doc/fleet-agent/README.Debian"
+    }
 }
 
 /// Whether systemd refused the call for want of privilege (polkit said no).
@@ -100,6 +148,27 @@ fn is_denied(e: &zbus::Error) -> bool {
             zbus::fdo::Error::AccessDenied(_) | zbus::fdo::Error::InteractiveAuthorizationRequired(_)
         ),
         _ => false,
+    }
+}
+
+/// How long stopping a unit may take.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The jobs the agent asks systemd for.
+#[derive(Debug, Clone, Copy)]
+enum Verb {
+    Restart,
+    Start,
+    Stop,
+}
+
+impl Verb {
+    fn word(self) -> &'static str {
+        match self {
+            Verb::Restart => "restart",
+            Verb::Start => "start",
+            Verb::Stop => "stop",
+        }
     }
 }
 
@@ -183,6 +252,47 @@ impl Systemd {
     /// Restarts `unit` and waits for its job to end; returns the job result
     /// ("done" on success; "failed", "timeout", "dependency", ... otherwise).
     pub async fn restart(&self, unit: &str, timeout: Duration) -> Result<String, SystemdError> {
+        self.loaded(unit).await?;
+        self.job(Verb::Restart, unit, timeout).await
+    }
+
+    /// Runs the oneshot `unit` once to its end, or stops it at `timeout`.
+    /// A run left over from a killed agent is stopped first.
+    pub async fn run_oneshot(&self, unit: &str, timeout: Duration) -> Result<OneshotEnd, SystemdError> {
+        let state = self.loaded(unit).await?;
+        if matches!(
+            state.unit.active_state.as_str(),
+            "active" | "activating" | "deactivating" | "reloading"
+        ) {
+            self.job(Verb::Stop, unit, STOP_TIMEOUT).await?;
+        }
+        match self.job(Verb::Start, unit, timeout).await {
+            Ok(_) => {}
+            Err(SystemdError::JobTimeout { .. }) => {
+                self.job(Verb::Stop, unit, STOP_TIMEOUT).await?;
+                return Ok(OneshotEnd::Stopped);
+            }
+            Err(e) => return Err(e),
+        }
+        let s = self.service(unit).await?;
+        Ok(OneshotEnd::Finished {
+            result: s.result().await.map_err(|e| call("read", unit, e))?,
+            status: s.exec_main_status().await.map_err(|e| call("read", unit, e))?,
+        })
+    }
+
+    /// Whom `unit` runs as (`User=`, `DynamicUser=`).
+    pub async fn service_user(&self, unit: &str) -> Result<ServiceUser, SystemdError> {
+        self.loaded(unit).await?;
+        let s = self.service(unit).await?;
+        Ok(ServiceUser {
+            user: s.user().await.map_err(|e| call("read", unit, e))?,
+            dynamic: s.dynamic_user().await.map_err(|e| call("read", unit, e))?,
+        })
+    }
+
+    /// The unit's state, or [`SystemdError::NotFound`] when it has no unit file.
+    async fn loaded(&self, unit: &str) -> Result<FullState, SystemdError> {
         let state = self.state(unit).await?;
         if state.load_state != "loaded" {
             return Err(SystemdError::NotFound {
@@ -190,20 +300,44 @@ impl Systemd {
                 load_state: state.load_state,
             });
         }
+        Ok(state)
+    }
+
+    async fn service(&self, unit: &str) -> Result<ServiceProxy<'static>, SystemdError> {
+        let path = self.unit_path(unit).await?;
+        ServiceProxy::builder(&self.conn)
+            .path(path)
+            .map_err(|e| call("read", unit, e))?
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(|e| call("read", unit, e))
+    }
+
+    /// Asks for a job on `unit` and waits for it to end; returns its result.
+    async fn job(&self, verb: Verb, unit: &str, timeout: Duration) -> Result<String, SystemdError> {
+        let what = verb.word();
         let manager = self.manager().await?;
         // Listen before asking, so the signal cannot slip by in between.
         let mut removed = manager
             .receive_job_removed()
             .await
             .map_err(|e| call("watch jobs of", unit, e))?;
-        let job = tokio::time::timeout(Duration::from_secs(30), manager.restart_unit(unit, "replace"))
+        let ask = async {
+            match verb {
+                Verb::Restart => manager.restart_unit(unit, "replace").await,
+                Verb::Start => manager.start_unit(unit, "replace").await,
+                Verb::Stop => manager.stop_unit(unit, "replace").await,
+            }
+        };
+        let job = tokio::time::timeout(Duration::from_secs(30), ask)
             .await
             .map_err(|_| SystemdError::Call {
-                what: "restart",
+                what,
                 unit: unit.into(),
-                detail: "systemd did not take the restart within 30s".into(),
+                detail: format!("systemd did not take the {what} within 30s"),
             })?
-            .map_err(|e| call("restart", unit, e))?;
+            .map_err(|e| call(what, unit, e))?;
         let wait = async {
             while let Some(signal) = removed.next().await {
                 let Ok(args) = signal.args() else { continue };
@@ -212,7 +346,7 @@ impl Systemd {
                 }
             }
             Err(SystemdError::Call {
-                what: "wait for the restart job of",
+                what: "wait for a job of",
                 unit: unit.into(),
                 detail: "the bus connection closed".into(),
             })
@@ -220,8 +354,9 @@ impl Systemd {
         tokio::time::timeout(timeout, wait)
             .await
             .map_err(|_| SystemdError::JobTimeout {
+                what,
                 unit: unit.into(),
-                secs: timeout.as_secs(),
+                secs: timeout.as_secs_f64(),
             })?
     }
 

@@ -1,5 +1,6 @@
 //! The unit manager as the deploy path sees it: a narrow trait (restart,
-//! state, journal tail), implemented by systemd over D-Bus ([`Dbus`]) and,
+//! state, journal tail, a oneshot run of a hook unit and whom it runs as),
+//! implemented by systemd over D-Bus ([`Dbus`]) and,
 //! in the deploy path's unit tests, by an in-memory fake.
 
 use std::future::Future;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 
 use crate::config::Bus;
-use crate::systemd::{FullState, Systemd, SystemdError};
+use crate::systemd::{FullState, OneshotEnd, ServiceUser, Systemd, SystemdError};
 
 /// A boxed future, so the trait can be used as `dyn Units`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -23,6 +24,10 @@ pub trait Units: Send + Sync {
     fn state<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<FullState, SystemdError>>;
     /// The last `lines` lines of the unit's journal ("" when unavailable).
     fn journal_tail<'a>(&'a self, unit: &'a str, lines: u32) -> BoxFuture<'a, String>;
+    /// Runs the oneshot `unit` to its end, or stops it at `timeout`.
+    fn run_oneshot<'a>(&'a self, unit: &'a str, timeout: Duration) -> BoxFuture<'a, Result<OneshotEnd, SystemdError>>;
+    /// Whom `unit` runs as.
+    fn service_user<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<ServiceUser, SystemdError>>;
 }
 
 /// systemd over D-Bus: connected on first use, and again when the bus went
@@ -76,5 +81,13 @@ impl Units for Dbus {
                 Err(_) => String::new(),
             }
         })
+    }
+
+    fn run_oneshot<'a>(&'a self, unit: &'a str, timeout: Duration) -> BoxFuture<'a, Result<OneshotEnd, SystemdError>> {
+        Box::pin(async move { self.systemd().await?.run_oneshot(unit, timeout).await })
+    }
+
+    fn service_user<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<ServiceUser, SystemdError>> {
+        Box::pin(async move { self.systemd().await?.service_user(unit).await })
     }
 }

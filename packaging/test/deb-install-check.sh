@@ -41,6 +41,7 @@ check "/usr/bin/fleet-agent runs" /usr/bin/fleet-agent --version
 check "fleet-agent's man pages are shipped" test -f /usr/share/man/man1/fleet-agent.1.gz -a -f /usr/share/man/man1/fleet-agent-run.1.gz
 check "unit file installed" test -f /lib/systemd/system/fleet-agent.service
 check "polkit rule installed" test -f /usr/share/polkit-1/rules.d/50-fleet-agent.rules
+check "hook template unit installed" test -f "/lib/systemd/system/fleet-hook@.service"
 check "example app unit shipped" test -f /usr/share/doc/fleet-agent/examples/fleet-app-example.service
 check "agent.toml is a conffile" sh -c "dpkg-query -W -f='\${Conffiles}' fleet-agent | grep -q '$conf'"
 uid=$(getent passwd fleet-agent | cut -d: -f3)
@@ -124,6 +125,19 @@ check "fleet-agent may not kill fleet-app-web.service" test "$(pk $as_agent $m f
 check "fleet-agent may not set properties of fleet-app-web.service" test "$(pk $as_agent $m fleet-app-web.service set-property)" = 1
 check "fleet-agent may not enable unit files" test "$(pk $as_agent org.freedesktop.systemd1.manage-unit-files fleet-app-web.service enable)" = 1
 check "fleet-agent may not reload systemd" test "$(pk $as_agent org.freedesktop.systemd1.reload-daemon x x)" = 1
+for unit in fleet-hook@web.service fleet-hook@api-v2.service fleet-hook@my_app.v2.service; do
+    check "fleet-agent may start $unit" test "$(pk $as_agent $m $unit start)" = 0
+    check "fleet-agent may stop $unit" test "$(pk $as_agent $m $unit stop)" = 0
+done
+check "fleet-agent may not restart fleet-hook@web.service" test "$(pk $as_agent $m fleet-hook@web.service restart)" = 1
+check "fleet-agent may not set properties of fleet-hook@web.service" test "$(pk $as_agent $m fleet-hook@web.service set-property)" = 1
+check "fleet-agent may not start fleet-hook@.service" test "$(pk $as_agent $m fleet-hook@.service start)" = 1
+check "fleet-agent may not start fleet-hook@-x.service" test "$(pk $as_agent $m fleet-hook@-x.service start)" = 1
+check "fleet-agent may not start fleet-hook@a/b.service" test "$(pk $as_agent $m fleet-hook@a/b.service start)" = 1
+check "fleet-agent may not start fleet-hook@Web.service" test "$(pk $as_agent $m fleet-hook@Web.service start)" = 1
+check "fleet-agent may not start fleet-hook-web.service" test "$(pk $as_agent $m fleet-hook-web.service start)" = 1
+check "fleet-agent may not manage units without a unit named (transient units)" \
+    test "$(pkcheck --process $as_agent --action-id $m >/dev/null 2>&1; echo $?)" = 1
 check "another user is not let in by the rule" test "$(pk $as_nobody $m fleet-app-web.service restart)" != 0
 kill $as_agent $as_nobody $polkitd
 
@@ -131,6 +145,7 @@ echo "== fleet-agent: purge"
 dpkg --purge fleet-agent
 check "binary removed" test ! -e /usr/bin/fleet-agent
 check "unit removed" test ! -e /lib/systemd/system/fleet-agent.service
+check "hook template unit removed" test ! -e "/lib/systemd/system/fleet-hook@.service"
 check "identity and state removed" test ! -e /var/lib/fleet-agent
 check "config removed" test ! -e $conf -a ! -e $conf.dpkg-dist
 check "enablement removed" test ! -e "$wants"

@@ -19,6 +19,7 @@ mod durability;
 mod edge;
 mod enrollment;
 mod events;
+mod hook_units;
 mod install_deps;
 mod introspection;
 mod labels;

@@ -13,7 +13,7 @@ use super::report::Run;
 use super::worker::Worker;
 use super::{blocking, fail, io_cause, list, After, Failed, Failure, Outcome};
 use super::{JOURNAL_LINES, RESTART_TIMEOUT, SETTLE_POLL};
-use crate::hooks::{self, Hook, Manifest};
+use crate::hooks::{self, Hook, HookMode, Manifest};
 use crate::layout::{self, Intent};
 use crate::systemd::{FullState, SystemdError};
 
@@ -82,7 +82,22 @@ impl Worker {
         let Some(path) = manifest.hook(h) else { return Ok(()) };
         let phase = hook_phase(h);
         let t = run.started(phase);
-        let r = hooks::run(path, &ctx.release, &ctx.env, ctx.user, manifest.timeout).await;
+        let r = match self.hook_mode {
+            HookMode::Process => hooks::process::run(path, &ctx.release, &ctx.env, ctx.user, manifest.timeout).await,
+            HookMode::Unit => {
+                let req = hooks::unit::Request {
+                    state_dir: &self.state_dir,
+                    template_state_dir: &self.hook_template_state_dir,
+                    app: &run.app,
+                    hook: path,
+                    release: &ctx.release,
+                    env: &ctx.env,
+                    run_as: &ctx.run_as,
+                    timeout: manifest.timeout,
+                };
+                hooks::unit::run(&*self.units, &req).await
+            }
+        };
         if r.ok {
             run.succeeded(phase, t, r.detail);
             Ok(())
@@ -97,7 +112,7 @@ impl Worker {
     /// the swap fails.
     async fn activate(&self, run: &Run<'_>, spec: &AppSpec, version: &str, manifest: &Manifest) -> Outcome {
         let from = run.app.current();
-        let ctx = HookContext::new(run, spec, version, from.as_deref(), manifest)
+        let ctx = HookContext::new(run, spec, version, from.as_deref(), manifest, self.hook_mode)
             .map_err(|e| fail(Phase::PreActivate, FailureCause::Hook, e).unchanged())?;
         self.hook(run, manifest, Hook::PreActivate, &ctx)
             .await
@@ -272,7 +287,10 @@ fn hook_phase(h: Hook) -> Phase {
 struct HookContext {
     release: std::path::PathBuf,
     env: Vec<(&'static str, String)>,
+    /// The user a child process switches to ([`HookMode::Process`]).
     user: Option<(u32, u32)>,
+    /// The app's `run_as`, which a hook unit must run as ([`HookMode::Unit`]).
+    run_as: String,
 }
 
 impl HookContext {
@@ -282,13 +300,14 @@ impl HookContext {
         version: &str,
         from: Option<&str>,
         manifest: &Manifest,
+        mode: HookMode,
     ) -> Result<HookContext, String> {
         let release = run.app.release(version);
         let any_hook = [Hook::PreActivate, Hook::PostActivate, Hook::Validate]
             .iter()
             .any(|h| manifest.hook(*h).is_some());
-        let user = if any_hook {
-            hooks::resolve_user(&spec.run_as)?
+        let user = if any_hook && mode == HookMode::Process {
+            hooks::process::resolve_user(&spec.run_as)?
         } else {
             None
         };
@@ -299,6 +318,11 @@ impl HookContext {
             ("FLEET_RELEASE_DIR", release.display().to_string()),
             ("FLEET_UNIT", spec.unit.clone()),
         ];
-        Ok(HookContext { release, env, user })
+        Ok(HookContext {
+            release,
+            env,
+            user,
+            run_as: spec.run_as.clone(),
+        })
     }
 }

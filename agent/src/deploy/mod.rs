@@ -30,6 +30,8 @@ use std::time::Duration;
 use fleet_proto::phase::Phase;
 use fleet_proto::FailureCause;
 
+use crate::offload::blocking;
+
 mod activate;
 mod fetch;
 mod report;
@@ -114,14 +116,5 @@ fn list(v: &[String]) -> String {
         "none".into()
     } else {
         v.join(", ")
-    }
-}
-
-/// Runs a file-system step (fsync, rename, removal, hashing) on the
-/// blocking pool, so the runtime thread keeps serving heartbeats.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(v) => v,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }

@@ -6,8 +6,9 @@
 
 use std::collections::VecDeque;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use fleet_proto::agent_message::Body as Out;
 use fleet_proto::phase::Phase;
@@ -21,8 +22,9 @@ use super::fetch::Fetch;
 use super::worker::Worker;
 use super::{fail, Failed};
 use crate::health::Checker;
+use crate::hooks::HookMode;
 use crate::layout::{AppDir, Intent};
-use crate::systemd::{FullState, SystemdError};
+use crate::systemd::{FullState, OneshotEnd, ServiceUser, SystemdError};
 use crate::testkit::Tar;
 use crate::units::{BoxFuture, Units};
 use crate::unpack::Limits;
@@ -39,6 +41,10 @@ struct FakeUnits {
     states: Mutex<VecDeque<Result<UnitState, SystemdError>>>,
     journal: String,
     log: Mutex<Vec<String>>,
+    /// Whom the hook unit runs as (default: a dynamic user).
+    hook_user: Option<ServiceUser>,
+    /// The state dir, where the hook unit finds what the agent prepared.
+    state_dir: Mutex<Option<PathBuf>>,
 }
 
 fn unit(active: &str, n_restarts: u32) -> UnitState {
@@ -70,6 +76,66 @@ impl Units for FakeUnits {
 
     fn journal_tail<'a>(&'a self, _: &'a str, _: u32) -> BoxFuture<'a, String> {
         Box::pin(async move { self.journal.clone() })
+    }
+
+    /// Does what `fleet-hook@.service` does with what the agent prepared
+    /// under `apps/<app>/hook/`: runs `run` in `release` with `env`,
+    /// its output into `output`; stops it at the timeout.
+    fn run_oneshot<'a>(&'a self, unit: &'a str, timeout: Duration) -> BoxFuture<'a, Result<OneshotEnd, SystemdError>> {
+        self.log.lock().unwrap().push(format!("oneshot {unit}"));
+        let app = unit.trim_start_matches("fleet-hook@").trim_end_matches(".service");
+        let dir = self
+            .state_dir
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap()
+            .join("apps")
+            .join(app)
+            .join("hook");
+        Box::pin(async move {
+            let env: Vec<(String, String)> = std::fs::read_to_string(dir.join("env"))
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let (k, v) = l.split_once('=').unwrap();
+                    (k.to_string(), v.trim_matches('"').to_string())
+                })
+                .collect();
+            let out = std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.join("output"))
+                .unwrap();
+            let mut child = tokio::process::Command::new(dir.join("run"))
+                .current_dir(dir.join("release"))
+                .env_clear()
+                .envs(env)
+                .env("PATH", "/usr/bin:/bin")
+                .stdout(out.try_clone().unwrap())
+                .stderr(out)
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            match tokio::time::timeout(timeout, child.wait()).await {
+                Ok(status) => {
+                    let code = status.unwrap().code().unwrap_or(-1);
+                    let result = if code == 0 { "success" } else { "exit-code" };
+                    Ok(OneshotEnd::Finished {
+                        result: result.into(),
+                        status: code,
+                    })
+                }
+                Err(_) => Ok(OneshotEnd::Stopped),
+            }
+        })
+    }
+
+    fn service_user<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<ServiceUser, SystemdError>> {
+        let user = self.hook_user.clone().unwrap_or(ServiceUser {
+            user: String::new(),
+            dynamic: true,
+        });
+        Box::pin(async move { Ok(user) })
     }
 }
 
@@ -149,6 +215,7 @@ struct World {
 fn world_with(units: FakeUnits) -> World {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().to_path_buf();
+    *units.state_dir.lock().unwrap() = Some(state.clone());
     let units = Arc::new(units);
     let health = Arc::new(FakeHealth::default());
     let fetch = Arc::new(FakeFetch::default());
@@ -636,6 +703,133 @@ async fn a_hook_that_prints_the_agents_key_is_redacted() {
             p.detail
         );
     }
+}
+
+/// A world whose hooks run as the (fake) `fleet-hook@web.service`.
+fn with_hook_units(units: FakeUnits) -> World {
+    let mut w = world_with(units);
+    w.worker.hook_mode = HookMode::Unit;
+    w.worker.hook_template_state_dir = w.state.clone();
+    w.running("1");
+    w
+}
+
+#[tokio::test]
+async fn a_hook_unit_runs_in_its_release_with_its_environment_and_its_output_is_reported() {
+    let mut w = with_hook_units(FakeUnits::default());
+    w.with_hook(
+        "2",
+        "pre_activate",
+        "#!/bin/sh\necho \"$FLEET_APP $FLEET_VERSION was $FLEET_PREVIOUS_VERSION in $(pwd)\"\necho warn >&2\n",
+    );
+    let reports = w.run(deploy_task("2", b"x", 0)).await;
+    assert_eq!(end(&reports).state(), TaskState::Succeeded, "{:#?}", reports);
+    let hook = reports
+        .iter()
+        .find(|p| Phase::PreActivate.is(&p.phase) && p.state() == TaskState::Succeeded)
+        .unwrap();
+    let release = w.app().release("2").canonicalize().unwrap();
+    for want in [
+        "(fleet-hook@web.service, as a dynamic user) exited with status 0",
+        &format!("web 2 was 1 in {}", release.display()),
+        "warn",
+    ] {
+        assert!(hook.detail.contains(want), "{want:?} not in {}", hook.detail);
+    }
+    assert!(w
+        .units
+        .log
+        .lock()
+        .unwrap()
+        .contains(&"oneshot fleet-hook@web.service".to_string()));
+}
+
+#[tokio::test]
+async fn a_hook_unit_that_fails_or_outlives_its_timeout_changes_nothing() {
+    let mut w = with_hook_units(FakeUnits::default());
+    w.with_hook("2", "pre_activate", "#!/bin/sh\necho no migration >&2\nexit 3\n");
+    let reports = w.run(deploy_task("2", b"x", 0)).await;
+    let done = end(&reports);
+    assert_eq!((done.state(), done.cause()), (TaskState::Failed, FailureCause::Hook));
+    assert!(
+        done.detail.contains("exited with status 3") && done.detail.contains("no migration"),
+        "{}",
+        done.detail
+    );
+    assert_eq!(w.app().current().as_deref(), Some("1"));
+
+    w.on_disk(
+        "3",
+        &[
+            (
+                "fleet.toml",
+                "[hooks]\npre_activate = \"hooks/slow.sh\"\ntimeout = \"300ms\"\n",
+            ),
+            ("hooks/slow.sh", "#!/bin/sh\necho started\nexec sleep 30\n"),
+        ],
+    );
+    let started = std::time::Instant::now();
+    let reports = w.run(deploy_task("3", b"x", 0)).await;
+    let done = end(&reports);
+    assert_eq!((done.state(), done.cause()), (TaskState::Failed, FailureCause::Hook));
+    assert!(
+        done.detail.contains("did not finish within 300ms and was stopped") && done.detail.contains("started"),
+        "{}",
+        done.detail
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(w.app().current().as_deref(), Some("1"));
+    assert_eq!(w.units.restarted(), 0);
+}
+
+#[tokio::test]
+async fn a_run_as_the_hook_unit_does_not_run_as_is_refused_before_anything_runs() {
+    let mut w = with_hook_units(FakeUnits::default());
+    w.with_hook("2", "pre_activate", "#!/bin/sh\nexit 0\n");
+    let mut task = deploy_task("2", b"x", 0);
+    if let Some(task::Kind::Deploy(d)) = task.kind.as_mut() {
+        d.spec.as_mut().unwrap().run_as = "web".into();
+    }
+    let reports = w.run(task.clone()).await;
+    let done = end(&reports);
+    assert_eq!((done.state(), done.cause()), (TaskState::Failed, FailureCause::Hook));
+    assert!(
+        done.detail.contains("must run as web")
+            && done
+                .detail
+                .contains("/etc/systemd/system/fleet-hook@web.service.d/run-as.conf"),
+        "{}",
+        done.detail
+    );
+    assert!(!w.units.log.lock().unwrap().iter().any(|l| l.starts_with("oneshot")));
+    assert_eq!(w.app().current().as_deref(), Some("1"));
+
+    // Once the operator's drop-in names the user, the hook runs as it.
+    let mut w = with_hook_units(FakeUnits {
+        hook_user: Some(ServiceUser {
+            user: "web".into(),
+            dynamic: true,
+        }),
+        ..Default::default()
+    });
+    w.with_hook("2", "pre_activate", "#!/bin/sh\nexit 0\n");
+    let reports = w.run(task).await;
+    assert_eq!(end(&reports).state(), TaskState::Succeeded, "{:#?}", reports);
+}
+
+#[tokio::test]
+async fn hook_units_need_the_state_dir_their_unit_file_reads() {
+    let mut w = with_hook_units(FakeUnits::default());
+    w.worker.hook_template_state_dir = PathBuf::from("/var/lib/fleet-agent");
+    w.with_hook("2", "pre_activate", "#!/bin/sh\nexit 0\n");
+    let reports = w.run(deploy_task("2", b"x", 0)).await;
+    let done = end(&reports);
+    assert_eq!(done.state(), TaskState::Failed);
+    assert!(
+        done.detail.contains("reads /var/lib/fleet-agent") && done.detail.contains("[hooks] run = \"process\""),
+        "{}",
+        done.detail
+    );
 }
 
 #[tokio::test]

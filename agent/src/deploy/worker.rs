@@ -15,8 +15,9 @@ use tonic::transport::Channel;
 use super::fetch::{Fetch, Grpc};
 use super::report::Run;
 use super::{blocking, fail, io_cause, Outcome, OUTBOX, QUEUE};
-use crate::config::Bus;
+use crate::config::{Config, DEFAULT_STATE_DIR};
 use crate::health::{Checker, Probe};
+use crate::hooks::HookMode;
 use crate::inventory::Host;
 use crate::layout::{self, AppDir};
 use crate::units::{Dbus, Units};
@@ -37,23 +38,18 @@ pub struct WorkerHandle {
 
 /// Starts the worker on the real systemd, health checks and downloads; it
 /// first finishes or undoes what a killed agent left.
-pub fn start(
-    state_dir: &Path,
-    bus: Bus,
-    limits: Limits,
-    trusted_keys: Vec<PublicKey>,
-    cancel: CancellationToken,
-) -> WorkerHandle {
+pub fn start(config: &Config, cancel: CancellationToken) -> WorkerHandle {
     let (tasks_tx, tasks_rx) = mpsc::channel(QUEUE);
     let (chan_tx, chan_rx) = watch::channel(None);
     let (mut worker, outbox) = Worker::new(
-        state_dir,
-        limits,
-        Arc::new(Dbus::new(bus)),
+        &config.state_dir,
+        config.limits.clone(),
+        Arc::new(Dbus::new(config.bus)),
         Arc::new(Grpc::new(chan_rx)),
         Arc::new(Probe),
     );
-    worker.trusted_keys = trusted_keys;
+    worker.trusted_keys = config.trusted_keys.clone();
+    worker.hook_mode = config.hook_mode;
     let state = worker.host.clone();
     tokio::spawn(worker.run(tasks_rx, cancel));
     WorkerHandle {
@@ -81,6 +77,10 @@ pub(super) struct Worker {
     pub health: Arc<dyn Checker>,
     /// The keys releases must be signed by (`[releases] trusted_keys`).
     pub trusted_keys: Vec<PublicKey>,
+    /// How hooks run (`[hooks] run`).
+    pub hook_mode: HookMode,
+    /// The state directory the hook unit's file reads.
+    pub hook_template_state_dir: PathBuf,
 }
 
 impl Worker {
@@ -102,6 +102,8 @@ impl Worker {
             fetch,
             health,
             trusted_keys: Vec::new(),
+            hook_mode: HookMode::Process,
+            hook_template_state_dir: PathBuf::from(DEFAULT_STATE_DIR),
         };
         (worker, out_rx)
     }

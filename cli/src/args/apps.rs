@@ -67,7 +67,8 @@ pub struct AppArgs {
     /// Hosts it runs on, e.g. role=api,env=prod [default: all]
     #[arg(long, value_name = "K=V,...")]
     pub selector: Option<String>,
-    /// User the release's hooks run as (needs a root agent)
+    /// User the release's hooks run as; the packaged agent runs hooks as
+    /// fleet-hook@APP.service, whose drop-in on each host must set User=USER
     #[arg(long, value_name = "USER")]
     pub run_as: Option<String>,
     /// Let --unit be any service, not only fleet-app-NAME.service (the agent's
