@@ -12,7 +12,7 @@ use std::time::Duration;
 use fleet_proto::{now_ms, task, DeployTask, HostState, RollbackTask, Rollout, TaskProgress};
 use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{StreamExt, StreamMap};
+use tokio_stream::{Stream, StreamExt, StreamMap};
 use tracing::Instrument;
 
 use super::step::{self, Change, Control, Effect, HostView, Next, Outcome, Params, View};
@@ -97,6 +97,9 @@ struct Engine {
 /// most; every outcome and every change of the rollout is written at once.
 const PHASE_SAVE_EVERY: Duration = Duration::from_millis(250);
 
+/// Reports taken at one wake-up at most, before the engine decides again.
+const DRAIN_AT_ONCE: usize = 1024;
+
 enum Wake {
     Report(String, TaskProgress),
     Looked,
@@ -160,7 +163,16 @@ impl Engine {
                     self.make_durable().await?;
                     match self.wait(until_ms).await {
                         Wake::Shutdown => return Ok(()),
-                        Wake::Report(task_id, p) => self.on_report(&task_id, p).await?,
+                        Wake::Report(task_id, p) => {
+                            self.on_report(&task_id, p).await?;
+                            // Reports already here are taken too, before the
+                            // next decision: one write of the record covers
+                            // them all (a batch's hosts end close together).
+                            for _ in 1..DRAIN_AT_ONCE {
+                                let Some((task_id, p)) = self.ready_report() else { break };
+                                self.on_report(&task_id, p).await?;
+                            }
+                        }
                         Wake::Looked => self.look()?,
                     }
                 }
@@ -208,6 +220,7 @@ impl Engine {
     /// host and before the engine waits, so nothing is acted on or shown
     /// that a crash could take back (several changes share one flush).
     fn record(&mut self, effects: Vec<Effect>) -> Result<(), StoreError> {
+        self.dirty = true;
         for e in effects {
             match e {
                 Effect::Emit { kind, host, detail } => self.unflushed.push((kind, host, detail)),
@@ -228,14 +241,15 @@ impl Engine {
                 }
             }
         }
-        self.fleet.rollouts.records.put(&self.r)?;
-        self.dirty = true;
         Ok(())
     }
 
-    /// Makes what [`Engine::record`] wrote durable, then emits its events.
+    /// Writes the record once for every change since the last time (each
+    /// write encodes all of it: once per outcome made a rollout quadratic in
+    /// its hosts), makes it durable, then emits the changes' events.
     async fn make_durable(&mut self) -> Result<(), StoreError> {
         if self.dirty {
+            self.fleet.rollouts.records.put(&self.r)?;
             self.fleet.store.flush().await?;
             self.dirty = false;
         }
@@ -390,6 +404,16 @@ impl Engine {
                 }
             }
             Ok(())
+        }
+    }
+
+    /// A report of a followed task that has already arrived, if any.
+    fn ready_report(&mut self) -> Option<(String, TaskProgress)> {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        match std::pin::Pin::new(&mut self.following).poll_next(&mut cx) {
+            std::task::Poll::Ready(next) => next,
+            std::task::Poll::Pending => None,
         }
     }
 
