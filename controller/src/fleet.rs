@@ -154,12 +154,10 @@ impl Fleet {
         if let Some(h) = self.store.host(key)? {
             return Ok(h);
         }
-        let hosts = self.store.hosts()?;
-        let by_prefix: Vec<_> = hosts.iter().filter(|h| h.id.starts_with(key)).collect();
-        let by_name: Vec<_> = hosts
-            .iter()
-            .filter(|h| h.facts.as_ref().is_some_and(|f| f.hostname == key))
-            .collect();
+        let prefixed = self.store.hosts_with_id_prefix(key)?;
+        let named = self.store.hosts_named(key)?;
+        let by_prefix: Vec<_> = prefixed.iter().collect();
+        let by_name: Vec<_> = named.iter().collect();
         match (by_prefix.as_slice(), by_name.as_slice()) {
             ([one], _) | ([], [one]) => Ok((*one).clone()),
             ([], []) => Err(Error::UnknownHost(key.to_string())),

@@ -172,9 +172,15 @@ impl HostService for HostsService {
 
     async fn get_host(&self, req: Request<GetHostRequest>) -> Result<Response<Host>, Status> {
         let host = self.0.resolve_host(&req.get_ref().id)?;
-        let mut shared = crate::retire::same_hostname(&self.0.store.hosts().map_err(Error::Store)?);
+        let name = host.facts.as_ref().map(|f| f.hostname.clone()).unwrap_or_default();
+        let mut shared: Vec<String> = (self.0.store.hosts_named(&name).map_err(Error::Store)?)
+            .into_iter()
+            .map(|h| h.id)
+            .filter(|id| *id != host.id)
+            .collect();
+        shared.sort();
         let mut host = self.0.view(host);
-        host.same_hostname = shared.remove(&host.id).unwrap_or_default();
+        host.same_hostname = shared;
         Ok(Response::new(host))
     }
 

@@ -47,9 +47,9 @@ pub async fn replaced_by(fleet: &Fleet, new_id: &str, name: &str) -> Result<Vec<
     }
     let old: Vec<Host> = fleet
         .store
-        .hosts()?
+        .hosts_named(name)?
         .into_iter()
-        .filter(|h| h.id != new_id && hostname(h) == name && fleet.registry.sender(&h.id).is_none())
+        .filter(|h| h.id != new_id && fleet.registry.sender(&h.id).is_none())
         .collect();
     let apps = fleet.store.apps()?;
     let mut replaced = Vec::new();
@@ -68,8 +68,14 @@ pub async fn replaced_by(fleet: &Fleet, new_id: &str, name: &str) -> Result<Vec<
     }
     // What is left under this name is another live machine: both entries
     // stay, `hosts ls` marks them, and `--host NAME` lists both ids.
-    let hosts = fleet.store.hosts()?;
-    if let Some(others) = same_hostname(&hosts).remove(new_id) {
+    let others: Vec<String> = fleet
+        .store
+        .hosts_named(name)?
+        .into_iter()
+        .map(|h| h.id)
+        .filter(|id| id != new_id)
+        .collect();
+    if !others.is_empty() {
         tracing::warn!(
             host_id = new_id,
             hostname = name,

@@ -40,6 +40,7 @@ pub mod codec;
 mod flusher;
 pub mod journal;
 pub mod kv;
+mod names;
 pub mod notifiers;
 pub mod operators;
 mod records;
@@ -156,6 +157,8 @@ pub struct Store {
     flusher: Arc<flusher::Flusher>,
     /// Read-modify-writes of one key queue in its lane (by hash).
     lanes: Arc<[std::sync::Mutex<()>]>,
+    /// Host ids by hostname, kept beside the hosts; see `names`.
+    names: Arc<names::HostNames>,
 }
 
 fn enc_proto<M: Message>(m: &M) -> Vec<u8> {
@@ -250,6 +253,7 @@ impl Store {
             flusher: Arc::new(flusher::Flusher::start(kv.clone(), dir)?),
             kv,
             lanes: (0..LANES).map(|_| std::sync::Mutex::new(())).collect(),
+            names: Arc::default(),
         };
         store.upgrade_operators()?;
         Ok(store)
@@ -398,7 +402,9 @@ impl Store {
                 .put(Space::Hosts, &host.id, enc_host(host))
                 .put(Space::Certs, cert_fp, enc_json(cert));
             Ok(Attempt::Commit(txn, ()))
-        })
+        })?;
+        self.names.note(host);
+        Ok(())
     }
 
     /// Allows a renewed certificate for an existing host; false when the host is gone.
@@ -489,6 +495,11 @@ impl Store {
         decode_all(self.kv.as_ref(), Space::Hosts, b"", dec_host)
     }
 
+    /// The hosts whose id starts with `prefix` (a range read, not a scan).
+    pub fn hosts_with_id_prefix(&self, prefix: &str) -> Result<Vec<Host>, StoreError> {
+        decode_all(self.kv.as_ref(), Space::Hosts, prefix.as_bytes(), dec_host)
+    }
+
     /// How many hosts are enrolled (0 when the store cannot say).
     pub fn host_count(&self) -> usize {
         self.kv.count(Space::Hosts).unwrap_or(0)
@@ -497,7 +508,7 @@ impl Store {
     /// Changes a host in place; returns the new record, or None when unknown.
     /// `f` may run more than once (again after a concurrent change).
     pub fn update_host(&self, id: &str, f: impl Fn(&mut Host)) -> Result<Option<Host>, StoreError> {
-        self.rmw(id.as_bytes(), "updating a host", |kv| {
+        let updated: Option<Host> = self.rmw::<_, StoreError>(id.as_bytes(), "updating a host", |kv| {
             let Some(v) = kv.get(Space::Hosts, id.as_bytes())? else {
                 return Ok(Attempt::Done(None));
             };
@@ -507,13 +518,32 @@ impl Store {
                 .when_equals(Space::Hosts, id, &v)
                 .put(Space::Hosts, id, enc_host(&host));
             Ok(Attempt::Commit(txn, Some(host)))
-        })
+        })?;
+        if let Some(h) = &updated {
+            self.names.note(h);
+        }
+        Ok(updated)
+    }
+
+    /// The hosts that go by `name` (the hostname they report), from the
+    /// hostname index: no scan of every host.
+    pub fn hosts_named(&self, name: &str) -> Result<Vec<Host>, StoreError> {
+        if name.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut found = Vec::new();
+        for id in self.names.ids(name, || self.hosts())? {
+            if let Some(h) = self.host(&id)?.filter(|h| names::hostname(h) == name) {
+                found.push(h);
+            }
+        }
+        Ok(found)
     }
 
     /// Removes a host and every certificate issued to it. Returns the removed
     /// host and how many certificates were dropped, or None when unknown.
     pub fn remove_host(&self, id: &str) -> Result<Option<(Host, u32)>, StoreError> {
-        self.rmw(id.as_bytes(), "removing a host", |kv| {
+        let removed: Option<(Host, u32)> = self.rmw::<_, StoreError>(id.as_bytes(), "removing a host", |kv| {
             let Some(v) = kv.get(Space::Hosts, id.as_bytes())? else {
                 return Ok(Attempt::Done(None));
             };
@@ -528,7 +558,11 @@ impl Store {
                 }
             }
             Ok(Attempt::Commit(txn, Some((host, n))))
-        })
+        })?;
+        if let Some((h, _)) = &removed {
+            self.names.forget(h);
+        }
+        Ok(removed)
     }
 
     // --- apps and releases -----------------------------------------------

@@ -122,6 +122,66 @@ fn removing_a_host_revokes_all_its_certs() {
     assert!(store.cert_host("fp1c").expect("get").is_none());
 }
 
+fn named(id: &str, hostname: &str) -> Host {
+    Host {
+        id: id.into(),
+        facts: Some(fleet_proto::HostFacts {
+            hostname: hostname.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn ids_named(store: &Store, name: &str) -> Vec<String> {
+    let mut ids: Vec<String> = store
+        .hosts_named(name)
+        .expect("named")
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The hostname index answers what a scan of every host would, whether it
+/// was built before or after the writes: enrollments, a host renamed, a
+/// host removed, and a store opened again.
+#[test]
+fn hosts_by_hostname_follow_enrollments_renames_and_removals() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(dir.path()).expect("open");
+    store.put_token(&token(0)).expect("put");
+    let enroll = |h: Host| {
+        let fp = format!("fp-{}", h.id);
+        store
+            .enroll("t1", &secret_hash("s"), 10, &h, &fp, &cert(&h.id))
+            .expect("enroll");
+    };
+    enroll(named("a1", "web-1"));
+    // The index is built here, at its first use.
+    assert_eq!(ids_named(&store, "web-1"), ["a1"]);
+    enroll(named("a2", "web-1"));
+    enroll(named("b1", "web-2"));
+    enroll(host("c1"));
+    assert_eq!(ids_named(&store, "web-1"), ["a1", "a2"]);
+    assert_eq!(ids_named(&store, "web-2"), ["b1"]);
+    assert!(ids_named(&store, "").is_empty());
+    store
+        .update_host("a2", |h| h.facts.as_mut().expect("facts").hostname = "web-2".into())
+        .expect("update")
+        .expect("known");
+    assert_eq!(ids_named(&store, "web-1"), ["a1"], "renamed away");
+    assert_eq!(ids_named(&store, "web-2"), ["a2", "b1"], "renamed to");
+    store.remove_host("b1").expect("rm").expect("existed");
+    assert_eq!(ids_named(&store, "web-2"), ["a2"]);
+    assert!(ids_named(&store, "db-1").is_empty());
+    drop(store);
+    let store = Store::open(dir.path()).expect("open again");
+    assert_eq!(ids_named(&store, "web-1"), ["a1"]);
+    assert_eq!(ids_named(&store, "web-2"), ["a2"]);
+}
+
 /// N threads enrolling with one token of K uses: exactly K enroll, the
 /// token records K uses, and every enrolled host has its certificate.
 #[test]
