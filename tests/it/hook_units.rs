@@ -56,16 +56,7 @@ struct Deploys<'a> {
 impl Deploys<'_> {
     /// Pushes and deploys `bytes` as `version`; the deploy's JSON and whether it succeeded.
     fn deploy(&self, version: &str, bytes: &[u8]) -> (Value, bool) {
-        let path = self.fleet.root.path().join(format!("{APP}-{version}.tar.gz"));
-        std::fs::write(&path, bytes).expect("write release");
-        let pushed = self.fleet.fleetctl(&[
-            "release",
-            "push",
-            APP,
-            path.to_str().expect("utf-8"),
-            "--release",
-            version,
-        ]);
+        let pushed = self.fleet.push_release(APP, version, bytes);
         assert!(pushed.status.success(), "push {version}: {}", text(&pushed));
         let out = self
             .fleet

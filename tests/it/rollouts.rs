@@ -120,17 +120,7 @@ impl Cluster {
                 ("FAIL_PORTS", &fail, 0o644),
             ],
         );
-        let path = self.fleet.root.path().join(format!("{version}.tar.gz"));
-        std::fs::write(&path, tar.gz()).expect("write release");
-        let out = self.fleet.fleetctl(&[
-            "release",
-            "push",
-            APP,
-            path.to_str().expect("utf-8"),
-            "--release",
-            version,
-        ]);
-        assert_success(&out, "release push");
+        assert_success(&self.fleet.push_release(APP, version, &tar.gz()), "release push");
     }
 
     /// A release whose pre_activate hook takes `secs` seconds.
@@ -142,17 +132,7 @@ impl Cluster {
                 ("slow.sh", &format!("#!/bin/sh\nsleep {secs}\n"), 0o755),
             ],
         );
-        let path = self.fleet.root.path().join(format!("{version}.tar.gz"));
-        std::fs::write(&path, tar.gz()).expect("write release");
-        let out = self.fleet.fleetctl(&[
-            "release",
-            "push",
-            APP,
-            path.to_str().expect("utf-8"),
-            "--release",
-            version,
-        ]);
-        assert_success(&out, "release push");
+        assert_success(&self.fleet.push_release(APP, version, &tar.gz()), "release push");
     }
 
     pub fn rollout(&self, args: &[&str]) -> Output {

@@ -89,17 +89,8 @@ impl Drop for Sim {
 }
 
 fn push(fleet: &Fleet, version: &str) {
-    let path = fleet.root.path().join(format!("{version}.tar.gz"));
-    std::fs::write(&path, release(version, &[]).gz()).expect("write release");
     assert_success(
-        &fleet.fleetctl(&[
-            "release",
-            "push",
-            APP,
-            path.to_str().expect("utf-8"),
-            "--release",
-            version,
-        ]),
+        &fleet.push_release(APP, version, &release(version, &[]).gz()),
         "release push",
     );
 }
