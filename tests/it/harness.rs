@@ -422,10 +422,11 @@ impl Fleet {
         self.agents.len() - 1
     }
 
-    /// Writes `bytes` to a file of this fleet and pushes it as release
-    /// `version` of `app`; fleetctl's output.
+    /// Writes `bytes` to `<root>/<version>.tar.gz` (tests read it back
+    /// from there, e.g. access.rs) and pushes it as release `version` of
+    /// `app`; fleetctl's output.
     pub fn push_release(&self, app: &str, version: &str, bytes: &[u8]) -> Output {
-        let path = self.root.path().join(format!("{app}-{version}.tar.gz"));
+        let path = self.root.path().join(format!("{version}.tar.gz"));
         std::fs::write(&path, bytes).expect("write release");
         let path = path.to_str().expect("utf-8");
         self.fleetctl(&["release", "push", app, path, "--release", version])
