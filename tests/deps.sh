@@ -9,7 +9,8 @@ set -euo pipefail
 # package and bootstrap tests, and (with util-linux's unshare and busctl)
 # the systemd --user sandboxes of the release and rollout tests; cloud-init
 # for `cloud-init schema`; iproute2, python3 and curl for the README-path
-# test; chromium and chromium-driver for the dashboard's browser test.
+# test; chromium and chromium-driver for the dashboard's browser test;
+# etcd-server for the etcd store backend's tests.
 need=()
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 command -v pkg-config >/dev/null || need+=(pkg-config)
@@ -36,6 +37,9 @@ command -v ip >/dev/null || need+=(iproute2)
 # The dashboard's browser test: Debian's chromium, driven by chromedriver.
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+# The controller's etcd store backend: its tests start etcd members of
+# their own on loopback (policy-rc.d keeps the packaged one from starting).
+command -v etcd >/dev/null || need+=(etcd-server)
 if ((${#need[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     # No service of these packages may start on this machine while they

@@ -37,6 +37,7 @@ use fleet_proto::{AppSpec, Host, Release};
 
 pub mod audit;
 pub mod codec;
+pub mod etcd;
 mod flusher;
 pub mod journal;
 pub mod kv;
@@ -110,6 +111,10 @@ pub enum StoreError {
          try again"
     )]
     Contended { what: &'static str, tries: u32 },
+    /// The etcd backend could not do what was asked (`detail` says what
+    /// happened and what to do).
+    #[error("store on {name}: {detail}")]
+    Etcd { name: String, detail: String },
 }
 
 /// The store `serve` runs on, for messages that sled's errors cannot carry.

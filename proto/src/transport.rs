@@ -241,12 +241,57 @@ pub async fn connect_from(
     config: Arc<ClientConfig>,
     source: Option<std::net::IpAddr>,
 ) -> Result<Channel, TransportError> {
+    let (endpoint, host, port, server_name) = endpoint(addr)?;
+    endpoint
+        .connect_with_connector(tls_connector(host, port, server_name, config, source))
+        .await
+        .map_err(|e| TransportError::Connect {
+            message: explain(&e, addr),
+            cause: cause_of(&e),
+        })
+}
+
+/// A channel to `addr` over TLS with `config` that dials on first use (and
+/// again after a connection is lost), for a client that must not wait for
+/// the server when it starts (the controller's etcd backend).
+pub fn connect_lazy(addr: &str, config: Arc<ClientConfig>) -> Result<Channel, TransportError> {
+    let (endpoint, host, port, server_name) = endpoint(addr)?;
+    Ok(endpoint.connect_with_connector_lazy(tls_connector(host, port, server_name, config, None)))
+}
+
+/// The endpoint for `addr` with the HTTP/2 settings every client uses.
+fn endpoint(addr: &str) -> Result<(Endpoint, String, u16, ServerName<'static>), TransportError> {
     let (host, port) = split_host_port(addr)?;
     let server_name = ServerName::try_from(host.clone()).map_err(|_| TransportError::BadAddress(addr.to_string()))?;
     let uri: Uri = format!("https://{}", authority(&host, port))
         .parse()
         .map_err(|_| TransportError::BadAddress(addr.to_string()))?;
-    let connector = tower::service_fn(move |_: Uri| {
+    let endpoint = Endpoint::from(uri)
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        // What the controller may send ahead of our reading: two artifact
+        // chunks per stream. Larger windows only grew the agent's heap
+        // during a download (tests/bench/agent-deploy-memory.sh); 512 KiB
+        // in flight still fills 50 MB/s at 10 ms round trips.
+        .initial_stream_window_size(Some(RECEIVE_WINDOW))
+        .initial_connection_window_size(Some(2 * RECEIVE_WINDOW))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    Ok((endpoint, host, port, server_name))
+}
+
+/// Dials `host:port` (from `source` when given) and runs the TLS handshake.
+fn tls_connector(
+    host: String,
+    port: u16,
+    server_name: ServerName<'static>,
+    config: Arc<ClientConfig>,
+    source: Option<std::net::IpAddr>,
+) -> impl tower::Service<Uri, Response = TokioIo<Replayed>, Error = std::io::Error, Future = impl Send>
+       + Clone
+       + Send
+       + 'static {
+    tower::service_fn(move |_: Uri| {
         let (host, server_name, config) = (host.clone(), server_name.clone(), config.clone());
         async move {
             // Invariant: lookup happens here, per attempt, never cached.
@@ -295,24 +340,7 @@ pub async fn connect_from(
                 pos: 0,
             }))
         }
-    });
-    Endpoint::from(uri)
-        .connect_timeout(Duration::from_secs(10))
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        // What the controller may send ahead of our reading: two artifact
-        // chunks per stream. Larger windows only grew the agent's heap
-        // during a download (tests/bench/agent-deploy-memory.sh); 512 KiB
-        // in flight still fills 50 MB/s at 10 ms round trips.
-        .initial_stream_window_size(Some(RECEIVE_WINDOW))
-        .initial_connection_window_size(Some(2 * RECEIVE_WINDOW))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true)
-        .connect_with_connector(connector)
-        .await
-        .map_err(|e| TransportError::Connect {
-            message: explain(&e, addr),
-            cause: cause_of(&e),
-        })
+    })
 }
 
 fn authority(host: &str, port: u16) -> String {

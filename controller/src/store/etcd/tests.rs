@@ -1,0 +1,264 @@
+//! The backend against a real etcd (Debian's `etcd-server`, which
+//! `tests/deps.sh` installs): the same contract as sled's, then what only a
+//! networked store has (pages, prefixes, members that do not answer).
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::store::kv::contract;
+
+/// One etcd member on loopback, with its own data dir; killed on drop.
+pub(crate) struct EtcdServer {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+impl EtcdServer {
+    /// Starts etcd with `extra` flags and waits until it answers.
+    pub(crate) fn start(extra: &[&str]) -> EtcdServer {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (client, peer) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("t={peer_url}")])
+            .args(["--logger", "zap", "--log-level", "error"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run etcd ({e}): the etcd tests need Debian's etcd-server; run `bash tests/deps.sh`")
+            });
+        let server = EtcdServer { child, url, _dir: dir };
+        let kv = EtcdKv::connect(&server.settings("probe/")).expect("client");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match kv.check() {
+                Ok(_) => break,
+                Err(e) if Instant::now() > deadline => panic!("etcd at {} did not come up: {e}", server.url),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+        server
+    }
+
+    pub(crate) fn settings(&self, prefix: &str) -> EtcdSettings {
+        EtcdSettings {
+            endpoints: vec![self.url.clone()],
+            prefix: prefix.into(),
+            tls: None,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn kv(&self, prefix: &str) -> Arc<dyn Kv> {
+        Arc::new(EtcdKv::connect(&self.settings(prefix)).expect("client"))
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn etcd_compare_and_commit() {
+    let etcd = EtcdServer::start(&[]);
+    contract::compare_and_commit(etcd.kv("fleet/").as_ref());
+}
+
+#[test]
+fn etcd_scans() {
+    let etcd = EtcdServer::start(&[]);
+    contract::scans(etcd.kv("fleet/").as_ref());
+}
+
+#[test]
+fn etcd_concurrent_committers() {
+    let etcd = EtcdServer::start(&[]);
+    contract::concurrent_committers(etcd.kv("fleet/"));
+}
+
+#[test]
+fn etcd_optimistic_retries_then_gives_up() {
+    let etcd = EtcdServer::start(&[]);
+    contract::optimistic_retries_then_gives_up(etcd.kv("fleet/").as_ref());
+}
+
+#[test]
+fn the_end_of_a_prefix_is_the_key_after_all_of_its_keys() {
+    assert_eq!(prefix_end(b"fleet/hosts/"), b"fleet/hosts0");
+    assert_eq!(prefix_end(b"a\xff"), b"b");
+    assert_eq!(prefix_end(b"a\xff\xff"), b"b");
+    assert_eq!(prefix_end(b"\xff"), b"\0", "no successor: to the end");
+    assert_eq!(prefix_end(b""), b"\0");
+}
+
+#[test]
+fn a_txn_compares_values_and_absence_under_the_spaces_keys() {
+    let bases: Vec<Vec<u8>> = Space::ALL
+        .iter()
+        .map(|s| format!("p/{}/", s.name()).into_bytes())
+        .collect();
+    let txn = Txn::new()
+        .when_equals(Space::Hosts, b"h", b"v")
+        .when_absent(Space::Tokens, b"t")
+        .put(Space::Hosts, b"h", b"w".to_vec())
+        .delete(Space::Tokens, b"t");
+    let req = txn_request(&bases, &txn);
+    assert_eq!(req.compare.len(), 2);
+    assert_eq!(req.compare[0].key, b"p/hosts/h");
+    assert_eq!(req.compare[0].target, CompareTarget::Value as i32);
+    assert_eq!(req.compare[0].target_union, Some(TargetUnion::Value(b"v".to_vec())));
+    assert_eq!(req.compare[1].key, b"p/tokens/t");
+    assert_eq!(req.compare[1].target, CompareTarget::Version as i32);
+    assert_eq!(req.compare[1].target_union, Some(TargetUnion::Version(0)));
+    assert!(req.failure.is_empty(), "a failed compare writes nothing");
+    let keys: Vec<Vec<u8>> = req
+        .success
+        .iter()
+        .map(|op| match &op.request {
+            Some(Request::RequestPut(p)) => p.key.clone(),
+            Some(Request::RequestDeleteRange(d)) => {
+                assert!(d.range_end.is_empty(), "a delete removes one key, never a range");
+                d.key.clone()
+            }
+            other => panic!("unexpected op {other:?}"),
+        })
+        .collect();
+    assert_eq!(keys, [b"p/hosts/h".to_vec(), b"p/tokens/t".to_vec()]);
+}
+
+#[test]
+fn scans_longer_than_a_page_are_whole_and_in_order() {
+    let etcd = EtcdServer::start(&[]);
+    let kv = etcd.kv("fleet/");
+    let n = 2 * PAGE as usize + 345;
+    let key = |i: usize| format!("h{i:06}");
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let txn = chunk
+            .iter()
+            .fold(Txn::new(), |t, i| t.put(Space::Hosts, key(*i), key(*i).into_bytes()));
+        assert_eq!(kv.commit(txn).expect("commit"), Committed::Applied);
+    }
+    let all = kv.scan_prefix(Space::Hosts, b"").expect("scan");
+    assert_eq!(all.len(), n);
+    assert!(all
+        .iter()
+        .enumerate()
+        .all(|(i, (k, v))| *k == key(i).as_bytes() && k == v));
+    assert_eq!(kv.count(Space::Hosts).expect("count"), n);
+    let up = kv
+        .scan_from(Space::Hosts, key(500).as_bytes(), 1500, Order::Ascending)
+        .expect("scan");
+    assert_eq!(up.len(), 1500);
+    assert_eq!(up[0].0, key(500).as_bytes());
+    assert_eq!(up[1499].0, key(1999).as_bytes());
+    let down = kv
+        .scan_from(Space::Hosts, key(100).as_bytes(), 1500, Order::Descending)
+        .expect("scan");
+    assert_eq!(down.len(), 1500);
+    assert_eq!(down[0].0, key(n - 1).as_bytes(), "the last key first");
+    assert_eq!(down[1499].0, key(n - 1500).as_bytes());
+    assert!(
+        down.windows(2).all(|w| w[0].0 > w[1].0),
+        "strictly descending across pages"
+    );
+    let floor = kv
+        .scan_from(Space::Hosts, key(n - 10).as_bytes(), 1500, Order::Descending)
+        .expect("scan");
+    assert_eq!(floor.len(), 10, "a descending scan stops at its start key");
+}
+
+#[test]
+fn fleets_under_other_prefixes_share_a_cluster_without_seeing_each_other() {
+    let etcd = EtcdServer::start(&[]);
+    let (a, b) = (etcd.kv("fleet/a/"), etcd.kv("fleet/ab/"));
+    assert_eq!(
+        a.commit(Txn::new().put(Space::Hosts, b"h", b"a".to_vec()))
+            .expect("commit"),
+        Committed::Applied
+    );
+    assert_eq!(b.get(Space::Hosts, b"h").expect("get"), None);
+    assert!(b.scan_prefix(Space::Hosts, b"").expect("scan").is_empty());
+    assert_eq!(b.count(Space::Hosts).expect("count"), 0);
+    assert_eq!(
+        b.commit(
+            Txn::new()
+                .when_absent(Space::Hosts, b"h")
+                .put(Space::Hosts, b"h", b"b".to_vec())
+        )
+        .expect("commit"),
+        Committed::Applied
+    );
+    assert_eq!(a.get(Space::Hosts, b"h").expect("get").as_deref(), Some(&b"a"[..]));
+}
+
+#[test]
+fn a_member_that_does_not_answer_costs_reads_nothing_and_a_write_is_never_sent_twice() {
+    let etcd = EtcdServer::start(&[]);
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let mut settings = etcd.settings("fleet/");
+    settings.endpoints = vec![dead.clone(), etcd.url.clone()];
+    let kv = EtcdKv::connect(&settings).expect("client");
+    assert_eq!(kv.get(Space::Hosts, b"h").expect("read from the live member"), None);
+    // Reads moved to the live member; writes go there too now.
+    assert_eq!(
+        kv.commit(Txn::new().put(Space::Hosts, b"h", b"v".to_vec()))
+            .expect("commit"),
+        Committed::Applied
+    );
+    // Only the dead member: a write fails, says its outcome is unknown, and
+    // names the member and what to check.
+    settings.endpoints = vec![dead.clone()];
+    let lone = EtcdKv::connect(&settings).expect("client");
+    let err = lone
+        .commit(Txn::new().put(Space::Hosts, b"h", b"w".to_vec()))
+        .expect_err("nobody answers")
+        .to_string();
+    assert!(
+        err.contains(&dead) && err.contains("may or may not have been applied"),
+        "{err}"
+    );
+    assert!(err.contains("etcdctl endpoint health"), "{err}");
+    let err = lone.get(Space::Hosts, b"h").expect_err("nobody answers").to_string();
+    assert!(err.contains(&dead) && err.contains("no member answered"), "{err}");
+    assert_eq!(kv.get(Space::Hosts, b"h").expect("get").as_deref(), Some(&b"v"[..]));
+}
+
+#[test]
+fn a_value_over_etcds_request_limit_is_refused_with_the_flag_to_raise() {
+    let etcd = EtcdServer::start(&["--max-request-bytes", "65536"]);
+    let kv = etcd.kv("fleet/");
+    let err = kv
+        .commit(Txn::new().put(Space::Rollouts, b"r", vec![7; 100_000]))
+        .expect_err("too large")
+        .to_string();
+    assert!(err.contains("--max-request-bytes"), "{err}");
+    assert_eq!(kv.get(Space::Rollouts, b"r").expect("get"), None, "nothing was written");
+}
