@@ -111,7 +111,7 @@ pub fn check(config: &Config) -> Result<CheckReport, CheckError> {
     if !dir.join(MARKER).is_file() {
         return Err(CheckError::NotADataDir(dir.display().to_string()));
     }
-    let store = Store::open_existing(&dir.join("store"))?;
+    let store = Store::open_existing_on(&config.store, &dir)?;
     let artifacts = Artifacts::new(&dir);
     let mut report = CheckReport::default();
     for rel in store.all_releases()? {

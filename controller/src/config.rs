@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::store::etcd::{EtcdSettings, EtcdTls};
+use crate::store::Backend;
+
 /// Errors loading `controller.toml`; each names the file and the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -74,6 +77,38 @@ pub struct RawConfig {
     /// How much of the event log is kept (`[events]`); `init` leaves it out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<RawEvents>,
+    /// Where the fleet's state is kept (`[store]`); without it, sled in the
+    /// data dir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<RawStore>,
+}
+
+/// `[store]`: the fleet's state in the data dir (sled, the default) or in
+/// an etcd cluster.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// "sled" or "etcd".
+    #[serde(default = "defaults::store_backend")]
+    pub backend: String,
+    /// etcd: `http://host:port` or `https://host:port`, one per member.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// etcd: the key prefix of this fleet (ends with `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// etcd over TLS: the CA certificate of etcd's members (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// etcd over TLS: this controller's client certificate (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// etcd over TLS: the client certificate's key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// etcd: how long one call may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
 }
 
 /// `[events]`: how much of the fleet's event log is kept.
@@ -218,6 +253,19 @@ impl Default for RawConnections {
 /// Every default of the controller, in one place.
 pub mod defaults {
     use super::RawRate;
+
+    /// The embedded store: one controller needs nothing else.
+    pub fn store_backend() -> String {
+        "sled".into()
+    }
+    /// The key prefix of a fleet in etcd.
+    pub fn etcd_prefix() -> String {
+        "fleet/".into()
+    }
+    /// One etcd call: a majority's disks fsync well within it.
+    pub fn etcd_timeout() -> String {
+        "5s".into()
+    }
 
     /// Enrollments per join token: an autoscaling group of 100 comes up at
     /// once, then 10 a second; agents refused back off and retry.
@@ -385,6 +433,8 @@ pub struct Config {
     pub audit: AuditSettings,
     /// Events kept in the event log.
     pub events_max_entries: usize,
+    /// Where the fleet's state is kept.
+    pub store: Backend,
 }
 
 /// Shortest certificate lifetime a join token may ask for (the issue's floor).
@@ -541,8 +591,14 @@ impl Config {
                 format!("{events_max_entries} is too few; keep at least 1000"),
             ));
         }
+        let store = match &raw.store {
+            None => Backend::Sled,
+            Some(raw_store) => store_backend(raw_store, path.parent().unwrap_or(Path::new(".")))
+                .map_err(|(key, detail)| invalid(key, detail))?,
+        };
         Ok(Config {
             path: path.into(),
+            store,
             audit,
             events_max_entries,
             limits,
@@ -557,6 +613,85 @@ impl Config {
             json_logs,
             reconnect_grace,
         })
+    }
+}
+
+/// The backend `[store]` names, checked; an error is the key and what is
+/// wrong with it. Relative paths are relative to `base` (the config's dir).
+pub fn store_backend(raw: &RawStore, base: &Path) -> Result<Backend, (&'static str, String)> {
+    match raw.backend.as_str() {
+        "sled" => {
+            if !raw.endpoints.is_empty() || raw.prefix.is_some() || raw.ca.is_some() || raw.timeout.is_some() {
+                return Err((
+                    "store.backend",
+                    "endpoints, prefix, ca, cert, key and timeout are etcd's; set backend = \"etcd\" or remove them"
+                        .into(),
+                ));
+            }
+            Ok(Backend::Sled)
+        }
+        "etcd" => {
+            if raw.endpoints.is_empty() {
+                return Err((
+                    "store.endpoints",
+                    "etcd needs its members' client URLs, e.g. [\"https://10.0.0.5:2379\"]".into(),
+                ));
+            }
+            for e in &raw.endpoints {
+                let rest = e.strip_prefix("https://").or_else(|| e.strip_prefix("http://"));
+                if rest.is_none_or(|r| fleet_proto::transport::split_host_port(r).is_err()) {
+                    return Err((
+                        "store.endpoints",
+                        format!("'{e}' is not http://host:port or https://host:port"),
+                    ));
+                }
+            }
+            let prefix = raw.prefix.clone().unwrap_or_else(defaults::etcd_prefix);
+            if prefix.is_empty() || !prefix.ends_with('/') {
+                return Err((
+                    "store.prefix",
+                    format!("'{prefix}' must end with '/' (e.g. \"fleet/prod/\"), so one fleet's keys never start another's"),
+                ));
+            }
+            let abs = |p: &PathBuf| if p.is_absolute() { p.clone() } else { base.join(p) };
+            let tls = match (&raw.ca, &raw.cert, &raw.key) {
+                (None, None, None) => None,
+                (Some(ca), Some(cert), Some(key)) => Some(EtcdTls {
+                    ca: abs(ca),
+                    cert: abs(cert),
+                    key: abs(key),
+                }),
+                _ => {
+                    return Err((
+                        "store.ca",
+                        "TLS to etcd needs all three of ca, cert and key (the controller's client certificate)".into(),
+                    ))
+                }
+            };
+            if tls.is_none() && raw.endpoints.iter().any(|e| e.starts_with("https://")) {
+                return Err(("store.ca", "https:// endpoints need ca, cert and key".into()));
+            }
+            let timeout_text = raw.timeout.clone().unwrap_or_else(defaults::etcd_timeout);
+            let timeout = humantime::parse_duration(&timeout_text).map_err(|e| {
+                (
+                    "store.timeout",
+                    format!("'{timeout_text}' is not a duration such as 5s ({e})"),
+                )
+            })?;
+            if timeout < Duration::from_millis(100) {
+                return Err(("store.timeout", "must be at least 100ms".into()));
+            }
+            Ok(Backend::Etcd(EtcdSettings {
+                endpoints: raw.endpoints.clone(),
+                prefix,
+                tls,
+                timeout,
+            }))
+        }
+        other => Err((
+            "store.backend",
+            format!("'{other}' is not a backend: \"sled\" or \"etcd\""),
+        )),
     }
 }
 
@@ -626,5 +761,60 @@ mod tests {
         let e = load("data_dir = \"d\"\n[limits.auth_failures_per_source]\nburst = 0\nper_minute = 1")
             .expect_err("zero burst");
         assert!(e.to_string().contains("'limits.auth_failures_per_source'"), "{e}");
+    }
+
+    #[test]
+    fn the_store_is_sled_unless_etcd_is_named_and_etcd_settings_are_checked() {
+        assert_eq!(load("data_dir = \"d\"").expect("valid").store, Backend::Sled);
+        let c = load("data_dir = \"d\"\n[store]\nbackend = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]")
+            .expect("valid");
+        let Backend::Etcd(e) = c.store else {
+            panic!("etcd: {:?}", c.store)
+        };
+        assert_eq!(e.prefix, "fleet/");
+        assert_eq!(e.timeout, Duration::from_secs(5));
+        assert_eq!(e.tls, None);
+        let c = load(
+            "data_dir = \"d\"\n[store]\nbackend = \"etcd\"\nendpoints = [\"https://e1:2379\", \"https://e2:2379\"]\n\
+             prefix = \"fleet/prod/\"\nca = \"etcd/ca.pem\"\ncert = \"/etc/fleet/etcd.pem\"\nkey = \"etcd.key\"\ntimeout = \"2s\"",
+        )
+        .expect("valid");
+        let Backend::Etcd(e) = c.store else {
+            panic!("etcd: {:?}", c.store)
+        };
+        let tls = e.tls.expect("tls");
+        assert_eq!(
+            tls.ca,
+            PathBuf::from("/etc/fleet/etcd/ca.pem"),
+            "relative to the config's dir"
+        );
+        assert_eq!(tls.cert, PathBuf::from("/etc/fleet/etcd.pem"));
+        assert_eq!((e.prefix.as_str(), e.timeout), ("fleet/prod/", Duration::from_secs(2)));
+        for (text, key) in [
+            ("backend = \"etcd\"", "'store.endpoints'"),
+            (
+                "backend = \"etcd\"\nendpoints = [\"127.0.0.1:2379\"]",
+                "'store.endpoints'",
+            ),
+            ("backend = \"etcd\"\nendpoints = [\"https://e:2379\"]", "'store.ca'"),
+            (
+                "backend = \"etcd\"\nendpoints = [\"http://e:2379\"]\nca = \"ca.pem\"",
+                "'store.ca'",
+            ),
+            (
+                "backend = \"etcd\"\nendpoints = [\"http://e:2379\"]\nprefix = \"fleet\"",
+                "'store.prefix'",
+            ),
+            (
+                "backend = \"etcd\"\nendpoints = [\"http://e:2379\"]\ntimeout = \"1ms\"",
+                "'store.timeout'",
+            ),
+            ("backend = \"sled\"\nendpoints = [\"http://e:2379\"]", "'store.backend'"),
+            ("backend = \"postgres\"", "'store.backend'"),
+        ] {
+            let e = load(&format!("data_dir = \"d\"\n[store]\n{text}")).expect_err(text);
+            assert!(e.to_string().contains(key), "{text}: {e}");
+        }
+        assert!(load("data_dir = \"d\"\n[store]\nbogus = 1").is_err(), "unknown key");
     }
 }

@@ -9,7 +9,7 @@ use fleet_proto::transport::{certs_from_pem, fingerprint};
 
 use crate::auth::OPERATOR_TOKEN_PREFIX;
 use crate::ca::{generate_ca, Ca};
-use crate::config::RawConfig;
+use crate::config::{RawConfig, RawStore};
 use crate::owner::{self, OwnerPlan};
 use crate::store::{secret_hash, IdentityRecord, OperatorRecord, Store};
 
@@ -56,6 +56,8 @@ pub struct InitOptions {
     pub sans: Vec<String>,
     /// gRPC listen address to write into controller.toml.
     pub listen: String,
+    /// `[store]` to write into controller.toml (None: sled in the data dir).
+    pub store: Option<RawStore>,
     /// Metrics listen address to write into controller.toml.
     pub metrics_listen: String,
 }
@@ -114,6 +116,14 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
         OwnerPlan::Give(account) => Some(account),
         OwnerPlan::Caller => None,
     };
+    // The store first: a wrong etcd endpoint or a prefix that holds a fleet
+    // is refused before anything is written.
+    let backend = match &opts.store {
+        None => crate::store::Backend::Sled,
+        Some(raw) => crate::config::store_backend(raw, Path::new("."))
+            .map_err(|(key, detail)| InitError::Invalid(format!("{key}: {detail}")))?,
+    };
+    Store::check_new(&backend)?;
     if dir.exists() {
         let mut entries = std::fs::read_dir(dir).map_err(io(dir))?;
         if entries.next().is_some() {
@@ -161,7 +171,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
     )?;
     crate::secrets::Macs::make(&dir).map_err(io(&dir.join(crate::secrets::FILE)))?;
 
-    let store = Store::open(&dir.join("store"))?;
+    let store = Store::create_on(&backend, &dir)?;
     let (op_id, op_secret) = (crate::random_hex(6), crate::random_hex(24));
     let now = fleet_proto::now_ms();
     store.create_identity(&IdentityRecord {
@@ -198,6 +208,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
         limits: None,
         audit: None,
         events: None,
+        store: opts.store.clone(),
     };
     let config_path = dir.join("controller.toml");
     let toml_text = toml::to_string(&raw).map_err(|e| InitError::Invalid(e.to_string()))?;

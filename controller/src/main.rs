@@ -34,6 +34,23 @@ enum Command {
         /// Metrics listen address written into controller.toml.
         #[arg(long, default_value = "127.0.0.1:9090")]
         metrics_listen: String,
+        /// Keep the fleet's state in etcd instead of the data dir: a member's
+        /// client URL, http://host:port or https://host:port (repeatable, one
+        /// per member). Written into controller.toml's [store].
+        #[arg(long = "etcd", value_name = "URL")]
+        etcd: Vec<String>,
+        /// With --etcd: the key prefix of this fleet, ending with '/'.
+        #[arg(long, requires = "etcd", default_value = "fleet/")]
+        etcd_prefix: String,
+        /// With https:// --etcd: the CA certificate of etcd's members (PEM).
+        #[arg(long, requires = "etcd", requires_all = ["etcd_cert", "etcd_key"])]
+        etcd_ca: Option<PathBuf>,
+        /// With https:// --etcd: this controller's client certificate (PEM).
+        #[arg(long, requires = "etcd_ca")]
+        etcd_cert: Option<PathBuf>,
+        /// With https:// --etcd: the client certificate's key (PEM).
+        #[arg(long, requires = "etcd_ca")]
+        etcd_key: Option<PathBuf>,
     },
     /// Run the controller.
     Serve {
@@ -101,12 +118,28 @@ fn main() -> ExitCode {
             sans,
             listen,
             metrics_listen,
+            etcd,
+            etcd_prefix,
+            etcd_ca,
+            etcd_cert,
+            etcd_key,
         } => {
+            let abs = |p: Option<PathBuf>| p.map(|p| std::path::absolute(&p).unwrap_or(p));
+            let store = (!etcd.is_empty()).then(|| fleet_controller::config::RawStore {
+                backend: "etcd".into(),
+                endpoints: etcd,
+                prefix: Some(etcd_prefix),
+                ca: abs(etcd_ca),
+                cert: abs(etcd_cert),
+                key: abs(etcd_key),
+                timeout: None,
+            });
             let opts = fleet_controller::InitOptions {
                 data_dir,
                 sans,
                 listen,
                 metrics_listen,
+                store,
             };
             match fleet_controller::init(&opts) {
                 Ok(r) => {

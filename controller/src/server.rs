@@ -133,9 +133,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     })?);
     let macs = crate::secrets::Macs::load_or_migrate(dir, &authority.current().signing)
         .map_err(|e| ServeError::Startup(format!("{}: {e}", dir.join(crate::secrets::FILE).display())))?;
-    let store_path = dir.join("store");
+    let (backend, data_dir) = (config.store.clone(), dir.clone());
     // sled's recovery reads the whole log: off the runtime.
-    let store = tokio::task::spawn_blocking(move || Store::open_existing(&store_path))
+    let store = tokio::task::spawn_blocking(move || Store::open_existing_on(&backend, &data_dir))
         .await
         .map_err(|e| ServeError::Startup(format!("the task opening the store failed: {e}")))??;
 

@@ -141,6 +141,27 @@ fn io_advice(e: &sled::Error) -> String {
     )
 }
 
+/// The etcd client for `settings`, after one status call proves the
+/// endpoints, the TLS and a leader.
+fn etcd_kv(settings: &etcd::EtcdSettings) -> Result<Arc<dyn Kv>, StoreError> {
+    let kv = etcd::EtcdKv::connect(settings)?;
+    let version = kv.check()?;
+    tracing::info!(etcd = %settings.describe(), version, "store on etcd");
+    Ok(Arc::new(kv))
+}
+
+/// The etcd client for a new fleet: refuses a prefix that holds one.
+fn new_fleet_in_etcd(settings: &etcd::EtcdSettings) -> Result<Arc<dyn Kv>, StoreError> {
+    let kv = etcd_kv(settings)?;
+    if kv.get(Space::Meta, b"schema")?.is_some() {
+        return Err(StoreError::Etcd {
+            name: settings.describe(),
+            detail: "the prefix already holds a fleet; choose another prefix for a new fleet".into(),
+        });
+    }
+    Ok(kv)
+}
+
 /// Whether opening may create the store's schema record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Schema {
@@ -208,7 +229,59 @@ fn decode_all<T>(
     kv.scan_prefix(space, prefix)?.iter().map(|(k, v)| dec(k, v)).collect()
 }
 
+/// Where the fleet's state is kept (`[store]` in controller.toml).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// sled, in the data dir's `store/` (the default).
+    Sled,
+    /// An etcd cluster, under a key prefix.
+    Etcd(etcd::EtcdSettings),
+}
+
 impl Store {
+    /// Creates the fleet's store on `backend` (`init`): sled in
+    /// `<data_dir>/store`; in etcd, refuses a prefix that already holds a
+    /// fleet.
+    pub fn create_on(backend: &Backend, data_dir: &Path) -> Result<Store, StoreError> {
+        match backend {
+            Backend::Sled => Store::open(&data_dir.join("store")),
+            Backend::Etcd(settings) => {
+                let kv = new_fleet_in_etcd(settings)?;
+                Store::on(kv, Path::new(&settings.describe()), Schema::CreateIfMissing)
+            }
+        }
+    }
+
+    /// Checks that a new fleet's store can be made on `backend`: for etcd,
+    /// the cluster answers and the prefix holds no fleet (`init` asks before
+    /// it writes anything).
+    pub fn check_new(backend: &Backend) -> Result<(), StoreError> {
+        match backend {
+            Backend::Sled => Ok(()),
+            Backend::Etcd(settings) => new_fleet_in_etcd(settings).map(drop),
+        }
+    }
+
+    /// Opens the store `serve` (and `check`) run on, which must exist (see
+    /// [`Store::open_existing`]; in etcd, the prefix must hold a fleet).
+    pub fn open_existing_on(backend: &Backend, data_dir: &Path) -> Result<Store, StoreError> {
+        match backend {
+            Backend::Sled => Store::open_existing(&data_dir.join("store")),
+            Backend::Etcd(settings) => {
+                let kv = etcd_kv(settings)?;
+                if kv.get(Space::Meta, b"schema")?.is_none() {
+                    return Err(StoreError::Etcd {
+                        name: settings.describe(),
+                        detail: "no fleet is stored under this prefix: check [store] endpoints and prefix in \
+                                 controller.toml (a new fleet is made by 'fleet-controller init --etcd ...')"
+                            .into(),
+                    });
+                }
+                Store::on(kv, Path::new(&settings.describe()), Schema::MustExist)
+            }
+        }
+    }
+
     /// Opens the store in `dir`, creating it when missing (`init`, tests).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         Store::open_sled(dir, Schema::CreateIfMissing)
@@ -319,6 +392,7 @@ impl Store {
             // The backend's own words, as a failed flush reports them.
             let detail = match &e {
                 StoreError::Sled(inner) => inner.to_string(),
+                StoreError::Etcd { detail, .. } => detail.clone(),
                 other => other.to_string(),
             };
             self.flusher.health().record_write_error(detail);

@@ -103,6 +103,11 @@ impl Controller {
     /// `fleet-controller init` in `root/controller`, then tunes controller.toml
     /// for tests (1 s heartbeats, plus `extra` lines replacing keys).
     pub fn init(root: &Path, extra: &[(&str, &str)]) -> Controller {
+        Controller::init_with(root, &[], extra)
+    }
+
+    /// [`Controller::init`] with more arguments for `init` (`--etcd URL`).
+    pub fn init_with(root: &Path, init_args: &[&str], extra: &[(&str, &str)]) -> Controller {
         let data_dir = root.join("controller");
         let (addr, metrics) = (free_addr(), free_addr());
         let out = Command::new(bin("fleet-controller"))
@@ -110,6 +115,7 @@ impl Controller {
             .arg(&data_dir)
             .args(["--san", "127.0.0.1", "--san", "localhost"])
             .args(["--listen", &addr.to_string(), "--metrics-listen", &metrics.to_string()])
+            .args(init_args)
             .output()
             .expect("run fleet-controller init");
         assert!(
@@ -127,15 +133,22 @@ impl Controller {
         let mut text = std::fs::read_to_string(&config).expect("read controller.toml");
         let mut overrides = vec![("heartbeat_interval", "\"1s\"")];
         overrides.extend(extra.iter().copied());
+        // Top-level keys go before the first table (`[store]`, which init
+        // writes for --etcd).
+        let (mut top, tables) = match text.find("\n[") {
+            Some(at) => (text[..=at].to_string(), text[at + 1..].to_string()),
+            None => (text.clone(), String::new()),
+        };
         for (key, value) in overrides {
-            text = text
+            top = top
                 .lines()
                 .filter(|l| !l.starts_with(&format!("{key} =")))
                 .chain(std::iter::once(format!("{key} = {value}").as_str()))
                 .collect::<Vec<_>>()
                 .join("\n");
-            text.push('\n');
+            top.push('\n');
         }
+        text = top + &tables;
         std::fs::write(&config, text).expect("write controller.toml");
         Controller {
             fleetctl_config: data_dir.join("fleetctl.toml"),
@@ -363,8 +376,13 @@ impl Fleet {
 
     /// A running controller logging at `rust_log`, with no agents yet.
     pub fn controller_only_logging(extra: &[(&str, &str)], rust_log: &str) -> Fleet {
+        Fleet::controller_only_with(&[], extra, rust_log)
+    }
+
+    /// [`Fleet::controller_only_logging`] with more arguments for `init`.
+    pub fn controller_only_with(init_args: &[&str], extra: &[(&str, &str)], rust_log: &str) -> Fleet {
         let root = tempfile::Builder::new().prefix("fleet-it-").tempdir().expect("tempdir");
-        let mut controller = Controller::init(root.path(), extra);
+        let mut controller = Controller::init_with(root.path(), init_args, extra);
         controller.rust_log = rust_log.into();
         controller.start();
         Fleet {

@@ -18,6 +18,7 @@ mod desired;
 mod durability;
 mod edge;
 mod enrollment;
+mod etcd_store;
 mod events;
 mod hook_units;
 mod install_deps;

@@ -47,8 +47,13 @@ impl Cluster {
     /// `start_groups` with controller.toml `extra` keys, the controller
     /// and the agents logging at `rust_log`.
     pub fn start_with(groups: &[&str], extra: &[(&str, &str)], rust_log: &str) -> Cluster {
+        Cluster::start_full(groups, &[], extra, rust_log)
+    }
+
+    /// `start_with`, with more arguments for the controller's `init`.
+    pub fn start_full(groups: &[&str], init_args: &[&str], extra: &[(&str, &str)], rust_log: &str) -> Cluster {
         let n = groups.len();
-        let mut fleet = Fleet::controller_only_logging(extra, rust_log);
+        let mut fleet = Fleet::controller_only_with(init_args, extra, rust_log);
         let mut sandboxes = Vec::new();
         let mut ports = Vec::new();
         for (i, group) in groups.iter().enumerate() {

@@ -236,29 +236,55 @@ impl Members {
         )))
     }
 
-    /// Sends a write once, to the current member.
-    async fn write<T, Fut>(&self, call: impl FnOnce(Channel) -> Fut) -> Result<T, StoreError>
+    /// Sends a write to the current member, and to the next ones only while
+    /// a member cannot be reached at all (the write never left): a write
+    /// that was sent is never sent again.
+    async fn write<T, F, Fut>(&self, call: F) -> Result<T, StoreError>
     where
+        F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
-        let at = self.current.load(Ordering::Relaxed) % self.list.len();
-        let m = &self.list[at];
-        let failed = |detail: String| {
-            // The next call tries the next member.
-            self.current.store((at + 1) % self.list.len(), Ordering::Relaxed);
-            self.error(format!(
-                "the write to {} failed and may or may not have been applied ({detail}); check that a \
-                 majority of etcd's members is up (etcdctl endpoint health), then try again",
-                m.addr
-            ))
-        };
-        match tokio::time::timeout(self.timeout, call(m.channel.clone())).await {
-            Ok(Ok(t)) => Ok(t),
-            Ok(Err(s)) if try_another(&s) => Err(failed(s.message().to_string())),
-            Ok(Err(s)) => Err(self.error(format!("{} refused the write: {}{}", m.addr, s.message(), advice(&s)))),
-            Err(_) => Err(failed(format!("no answer within {:?}", self.timeout))),
+        let n = self.list.len();
+        let first = self.current.load(Ordering::Relaxed);
+        let mut unreachable = Vec::new();
+        for i in 0..n {
+            let at = (first + i) % n;
+            let m = &self.list[at];
+            let failed = |detail: String| {
+                // The next call starts at the next member.
+                self.current.store((at + 1) % n, Ordering::Relaxed);
+                self.error(format!(
+                    "the write to {} failed and may or may not have been applied ({detail}); check that a \
+                     majority of etcd's members is up (etcdctl endpoint health), then try again",
+                    m.addr
+                ))
+            };
+            match tokio::time::timeout(self.timeout, call(m.channel.clone())).await {
+                Ok(Ok(t)) => {
+                    self.current.store(at, Ordering::Relaxed);
+                    return Ok(t);
+                }
+                Ok(Err(s)) if never_sent(&s) => unreachable.push(format!("{}: {}", m.addr, s.message())),
+                Ok(Err(s)) if try_another(&s) => return Err(failed(s.message().to_string())),
+                Ok(Err(s)) => {
+                    return Err(self.error(format!("{} refused the write: {}{}", m.addr, s.message(), advice(&s))))
+                }
+                Err(_) => return Err(failed(format!("no answer within {:?}", self.timeout))),
+            }
         }
+        Err(self.error(format!(
+            "no member could be reached, so nothing was written ({}); check that etcd's members are up \
+             and reachable (etcdctl endpoint health)",
+            unreachable.join("; ")
+        )))
     }
+}
+
+/// Whether the call failed before anything was sent: the connection to the
+/// member could not be made (tonic's words for a failed dial).
+fn never_sent(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::Unavailable
+        && (s.message().contains("tcp connect error") || s.message().contains("error trying to connect"))
 }
 
 fn client(channel: Channel) -> KvClient<Channel> {
@@ -494,7 +520,10 @@ impl Kv for EtcdKv {
         let members = self.members.clone();
         self.run(async move {
             let resp = members
-                .write(|c| async move { client(c).txn(req).await.map(tonic::Response::into_inner) })
+                .write(|c| {
+                    let req = req.clone();
+                    async move { client(c).txn(req).await.map(tonic::Response::into_inner) }
+                })
                 .await?;
             Ok(if resp.succeeded {
                 Committed::Applied
@@ -522,6 +551,10 @@ impl Kv for EtcdKv {
     fn flush_sync(&self) -> Result<(), String> {
         // A txn returns once a majority of members has it in their logs.
         Ok(())
+    }
+
+    fn remote(&self) -> Option<String> {
+        Some(self.members.name.clone())
     }
 }
 

@@ -44,6 +44,8 @@ type Reply = oneshot::Sender<Result<(), String>>;
 #[derive(Debug)]
 pub struct Health {
     dir: PathBuf,
+    /// A backend across the network: its name (see `Kv::remote`).
+    remote: Option<String>,
     state: Mutex<HealthState>,
     flushes: AtomicU64,
     requests: AtomicU64,
@@ -70,9 +72,10 @@ pub struct FlushCounts {
 }
 
 impl Health {
-    fn new(dir: &Path) -> Health {
+    fn new(dir: &Path, remote: Option<String>) -> Health {
         Health {
             dir: dir.to_path_buf(),
+            remote,
             state: Mutex::new(HealthState::default()),
             flushes: AtomicU64::new(0),
             requests: AtomicU64::new(0),
@@ -123,6 +126,13 @@ impl Health {
     }
 
     fn flush_error(&self, detail: String) -> StoreError {
+        if let Some(name) = &self.remote {
+            // The backend's error says what happened and what to do.
+            return StoreError::Etcd {
+                name: name.clone(),
+                detail,
+            };
+        }
         StoreError::Flush {
             dir: self.dir.display().to_string(),
             detail,
@@ -148,7 +158,7 @@ pub(super) struct Flusher {
 impl Flusher {
     /// Starts the flusher thread of `kv`, whose files are in `dir`.
     pub(super) fn start(kv: Arc<dyn Kv>, dir: &Path) -> Result<Flusher, StoreError> {
-        let health = Arc::new(Health::new(dir));
+        let health = Arc::new(Health::new(dir, kv.remote()));
         let (tx, rx) = mpsc::channel(QUEUE);
         let thread = std::thread::Builder::new()
             .name("store-flusher".into())
@@ -284,7 +294,7 @@ mod tests {
 
     #[test]
     fn a_failed_flush_names_the_dir_and_the_fix_until_one_succeeds() {
-        let health = Health::new(Path::new("/var/lib/fleet-controller/store"));
+        let health = Health::new(Path::new("/var/lib/fleet-controller/store"), None);
         health.state().failing = Some("No space left on device (os error 28)".into());
         let problem = health.problem().expect("unhealthy");
         assert!(problem.contains("/var/lib/fleet-controller/store"), "{problem}");

@@ -266,6 +266,12 @@ pub trait Kv: Send + Sync + 'static {
     /// Only the store's flusher thread calls it (group commit); `Err` holds
     /// the backend's error text.
     fn flush_sync(&self) -> Result<(), String>;
+
+    /// A backend across the network (etcd) gives its name for messages: its
+    /// errors carry their own advice, where sled's need the disk's.
+    fn remote(&self) -> Option<String> {
+        None
+    }
 }
 
 /// How many times a read-modify-write is attempted before it gives up with

@@ -220,35 +220,64 @@ fn fleets_under_other_prefixes_share_a_cluster_without_seeing_each_other() {
 }
 
 #[test]
-fn a_member_that_does_not_answer_costs_reads_nothing_and_a_write_is_never_sent_twice() {
+fn a_member_that_cannot_be_reached_is_passed_over_and_a_write_that_was_sent_is_never_sent_twice() {
     let etcd = EtcdServer::start(&[]);
     let dead = format!("http://127.0.0.1:{}", free_port());
     let mut settings = etcd.settings("fleet/");
     settings.endpoints = vec![dead.clone(), etcd.url.clone()];
     let kv = EtcdKv::connect(&settings).expect("client");
-    assert_eq!(kv.get(Space::Hosts, b"h").expect("read from the live member"), None);
-    // Reads moved to the live member; writes go there too now.
+    // Nothing listens on the first member's port: the write never left, so
+    // it goes to the next member.
     assert_eq!(
         kv.commit(Txn::new().put(Space::Hosts, b"h", b"v".to_vec()))
             .expect("commit"),
         Committed::Applied
     );
-    // Only the dead member: a write fails, says its outcome is unknown, and
-    // names the member and what to check.
+    assert_eq!(kv.get(Space::Hosts, b"h").expect("read").as_deref(), Some(&b"v"[..]));
+
     settings.endpoints = vec![dead.clone()];
     let lone = EtcdKv::connect(&settings).expect("client");
     let err = lone
         .commit(Txn::new().put(Space::Hosts, b"h", b"w".to_vec()))
         .expect_err("nobody answers")
         .to_string();
-    assert!(
-        err.contains(&dead) && err.contains("may or may not have been applied"),
-        "{err}"
-    );
+    assert!(err.contains(&dead) && err.contains("nothing was written"), "{err}");
     assert!(err.contains("etcdctl endpoint health"), "{err}");
     let err = lone.get(Space::Hosts, b"h").expect_err("nobody answers").to_string();
     assert!(err.contains(&dead) && err.contains("no member answered"), "{err}");
-    assert_eq!(kv.get(Space::Hosts, b"h").expect("get").as_deref(), Some(&b"v"[..]));
+
+    // A member that takes the connection and never answers: the write was
+    // sent, so it is not sent again elsewhere, and the error says its
+    // outcome is unknown; the next write goes to the next member.
+    let hole = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hole_url = format!("http://{}", hole.local_addr().expect("addr"));
+    let held = std::thread::spawn(move || {
+        let conns: Vec<_> = hole.incoming().take(1).collect();
+        std::thread::sleep(Duration::from_secs(3));
+        drop(conns);
+    });
+    settings.endpoints = vec![hole_url.clone(), etcd.url.clone()];
+    settings.timeout = Duration::from_millis(500);
+    let kv = EtcdKv::connect(&settings).expect("client");
+    let err = kv
+        .commit(Txn::new().put(Space::Hosts, b"h", b"x".to_vec()))
+        .expect_err("no answer")
+        .to_string();
+    assert!(
+        err.contains(&hole_url) && err.contains("may or may not have been applied"),
+        "{err}"
+    );
+    assert_eq!(
+        kv.get(Space::Hosts, b"h").expect("read").as_deref(),
+        Some(&b"v"[..]),
+        "not sent to another member"
+    );
+    assert_eq!(
+        kv.commit(Txn::new().put(Space::Hosts, b"h", b"y".to_vec()))
+            .expect("commit"),
+        Committed::Applied
+    );
+    held.join().expect("hole");
 }
 
 #[test]

@@ -1,0 +1,218 @@
+//! The controller's store on a real etcd (Debian's `etcd-server`, installed
+//! by tests/deps.sh): a rollout whose controller is killed mid-way resumes
+//! from what etcd holds; an etcd that goes away refuses writes with an error
+//! naming it and loses nothing; `init` checks etcd before it writes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::{bin, free_addr, http_get, http_get_status, wait_exit, wait_until, Fleet};
+use crate::rollouts::{rollout_id, Cluster};
+
+/// One etcd member on loopback; `stop` and `start` keep its data and ports.
+pub struct Etcd {
+    dir: tempfile::TempDir,
+    client: std::net::SocketAddr,
+    peer: std::net::SocketAddr,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let mut etcd = Etcd {
+            dir: tempfile::Builder::new().prefix("fleet-etcd-").tempdir().expect("tmp"),
+            client: free_addr(),
+            peer: free_addr(),
+            child: None,
+        };
+        etcd.run();
+        etcd
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.client)
+    }
+
+    fn run(&mut self) {
+        assert!(self.child.is_none(), "etcd already runs");
+        let (url, peer) = (self.url(), format!("http://{}", self.peer));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .expect("log");
+        let child = Command::new("etcd")
+            .args(["--name", "m1", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("m1={peer}")])
+            .args(["--logger", "zap", "--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run etcd ({e}): install etcd-server with `bash tests/deps.sh`"));
+        self.child = Some(child);
+        let client = self.client;
+        wait_until(Duration::from_secs(30), "etcd /health", || {
+            http_get(client, "/health").filter(|b| b.contains("true")).map(drop)
+        });
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("SIGKILL etcd");
+            c.wait().expect("reap etcd");
+        }
+    }
+
+    /// Starts it again on its data and ports.
+    pub fn restart(&mut self) {
+        self.run();
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn init_args(etcd: &Etcd, prefix: &str) -> Vec<String> {
+    vec!["--etcd".into(), etcd.url(), "--etcd-prefix".into(), prefix.into()]
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_controller_on_etcd_killed_mid_rollout_resumes_from_etcd_without_deploying_a_host_twice() {
+    let etcd = Etcd::start();
+    let args = init_args(&etcd, "fleet/it/");
+    let mut c = Cluster::start_full(&[""; 3], &strs(&args), &[], "info");
+    let data_dir = c.fleet.controller.data_dir.clone();
+    assert!(
+        !data_dir.join("store").exists(),
+        "the state is in etcd, not in the data dir"
+    );
+    let config = std::fs::read_to_string(&c.fleet.controller.config).expect("controller.toml");
+    assert!(
+        config.contains("backend = \"etcd\"") && config.contains(&etcd.url()),
+        "{config}"
+    );
+    c.push("1.0.0", &[]);
+    let out = c.rollout(&["--release", "1.0.0", "--batch", "100%", "--wait"]);
+    assert!(out.status.success(), "rollout 1.0.0: {}", stderr(&out));
+
+    c.push("2.0.0", &[]);
+    let out = c.rollout(&["--release", "2.0.0", "--batch", "1", "--output", "json"]);
+    assert!(out.status.success(), "rollout 2.0.0: {}", stderr(&out));
+    let id = rollout_id(&out);
+    wait_until(Duration::from_secs(60), "the second batch to start", || {
+        (c.spans("2.0.0").len() >= 2).then_some(())
+    });
+    c.fleet.controller.kill9();
+    c.fleet.controller.start();
+    let r = c.wait_state(&id, &["succeeded", "failed", "rolled_back", "aborted"]);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let mut ports: Vec<u16> = c.spans("2.0.0").iter().map(|s| s.port).collect();
+    ports.sort();
+    let mut want = c.ports.clone();
+    want.sort();
+    assert_eq!(ports, want, "every host activated 2.0.0 exactly once");
+    c.wait_all_serve("2.0.0");
+    assert!(!data_dir.join("store").exists());
+}
+
+#[test]
+fn while_etcd_is_down_writes_are_refused_naming_it_and_everything_is_there_when_it_returns() {
+    let mut etcd = Etcd::start();
+    let args = init_args(&etcd, "fleet/down/");
+    let mut fleet = Fleet::controller_only_with(&strs(&args), &[], "info");
+    let before = fleet.token(&["--label", "env=test", "--uses", "1"]);
+
+    etcd.kill9();
+    let out = fleet.fleetctl(&["token", "create", "--label", "env=test", "--output", "json"]);
+    assert!(!out.status.success(), "a write with etcd down must fail");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&etcd.url()) && err.contains("etcd"),
+        "the error names etcd: {err}"
+    );
+
+    // The watchdog's probe (a write every 5 s) finds it: /healthz says so.
+    let metrics = fleet.controller.metrics;
+    let unhealthy = wait_until(Duration::from_secs(30), "/healthz to report etcd", || {
+        http_get_status(metrics, "/healthz").filter(|(code, _)| *code == 503)
+    });
+    assert!(unhealthy.1.contains(&etcd.url()), "{unhealthy:?}");
+
+    // A controller started while etcd is down says so and exits.
+    fleet.controller.kill9();
+    let mut serve = Command::new(bin("fleet-controller"))
+        .args(["serve", "--config"])
+        .arg(&fleet.controller.config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let status = wait_exit(&mut serve, Duration::from_secs(60), "serve with etcd down");
+    assert!(!status.success());
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut serve.stderr.take().expect("stderr"), &mut text).expect("read");
+    assert!(
+        text.contains(&etcd.url()) && text.contains("no member answered"),
+        "serve names etcd and what happened: {text}"
+    );
+
+    etcd.restart();
+    fleet.controller.start();
+    // The token made before the outage still enrolls, beside a new one.
+    let after = fleet.token(&["--label", "env=test", "--uses", "1"]);
+    let i = fleet.add_agent("web-1", &after, &[]);
+    let j = fleet.add_agent("web-2", &before, &[]);
+    assert_eq!((i, j), (0, 1));
+    fleet.wait_connected(2, Duration::from_secs(60));
+}
+
+#[test]
+fn init_checks_etcd_before_it_writes_and_never_takes_a_prefix_that_holds_a_fleet() {
+    let etcd = Etcd::start();
+    let root = tempfile::Builder::new().prefix("fleet-it-").tempdir().expect("tmp");
+    let init = |dir: &Path, args: &[String]| {
+        Command::new(bin("fleet-controller"))
+            .args(["init", "--data-dir"])
+            .arg(dir)
+            .args(args)
+            .output()
+            .expect("run init")
+    };
+    let first: PathBuf = root.path().join("first");
+    let out = init(&first, &init_args(&etcd, "fleet/taken/"));
+    assert!(out.status.success(), "first init: {}", stderr(&out));
+
+    let second = root.path().join("second");
+    let out = init(&second, &init_args(&etcd, "fleet/taken/"));
+    assert!(!out.status.success(), "a prefix holding a fleet is refused");
+    assert!(stderr(&out).contains("already holds a fleet"), "{}", stderr(&out));
+    assert!(!second.exists(), "nothing was written");
+
+    let dead = format!("http://{}", free_addr());
+    let third = root.path().join("third");
+    let out = init(&third, &["--etcd".into(), dead.clone()]);
+    assert!(!out.status.success(), "an etcd that does not answer is refused");
+    assert!(stderr(&out).contains(&dead), "{}", stderr(&out));
+    assert!(!third.exists(), "nothing was written");
+
+    let out = init(&third, &init_args(&etcd, "fleet/no-slash"));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("store.prefix"), "{}", stderr(&out));
+}
