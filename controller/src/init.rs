@@ -102,7 +102,7 @@ fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), InitError> {
 }
 
 /// The kernel's hostname, for the default SANs.
-fn hostname() -> Option<String> {
+pub(crate) fn hostname() -> Option<String> {
     let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
     let h = h.trim();
     (!h.is_empty()).then(|| h.to_string())

@@ -134,8 +134,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let macs = crate::secrets::Macs::load_or_migrate(dir, &authority.current().signing)
         .map_err(|e| ServeError::Startup(format!("{}: {e}", dir.join(crate::secrets::FILE).display())))?;
     let (backend, data_dir) = (config.store.clone(), dir.clone());
+    let host = crate::init::hostname().unwrap_or_else(|| "unknown".into());
     // sled's recovery reads the whole log: off the runtime.
-    let store = tokio::task::spawn_blocking(move || Store::open_existing_on(&backend, &data_dir))
+    let store = tokio::task::spawn_blocking(move || Store::open_to_serve(&backend, &data_dir, &host))
         .await
         .map_err(|e| ServeError::Startup(format!("the task opening the store failed: {e}")))??;
 
@@ -313,7 +314,16 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         shutdown.clone(),
     ));
 
-    shutdown.cancelled().await;
+    // Losing etcd's serving lock (see store::etcd::lock) stops the
+    // controller: its writes are refused from then on.
+    let lost = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        why = store.lock_lost() => {
+            tracing::error!(reason = %why, "stopping");
+            shutdown.cancel();
+            Some(why)
+        }
+    };
     tracing::info!("shutting down: closing agent streams");
     match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
         Ok(Ok(Ok(()))) => {}
@@ -338,6 +348,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         Err(_) => tracing::error!(timeout = ?FINAL_FLUSH_TIMEOUT, "final store flush did not finish; exiting anyway"),
     }
     let _ = watchdog.await;
+    if let Some(why) = lost {
+        return Err(ServeError::Store(StoreError::Etcd {
+            name: "etcd".into(),
+            detail: why,
+        }));
+    }
+    store.release_lock().await;
     tracing::info!("fleet-controller stopped");
     Ok(())
 }

@@ -150,6 +150,41 @@ fn etcd_kv(settings: &etcd::EtcdSettings) -> Result<Arc<dyn Kv>, StoreError> {
     Ok(Arc::new(kv))
 }
 
+/// The error for a prefix without a fleet.
+fn no_fleet(settings: &etcd::EtcdSettings) -> StoreError {
+    StoreError::Etcd {
+        name: settings.describe(),
+        detail: "no fleet is stored under this prefix: check [store] endpoints and prefix in controller.toml \
+                 (a new fleet is made by 'fleet-controller init --etcd ...')"
+            .into(),
+    }
+}
+
+/// Takes `serve.lock` in the data dir (an exclusive flock, held while the
+/// file is open): one process per host serves a data dir.
+fn local_lock(data_dir: &Path) -> Result<std::fs::File, StoreError> {
+    use rustix::fs::{flock, FlockOperation};
+    let path = data_dir.join("serve.lock");
+    let open_err = |detail: String| StoreError::Open {
+        path: path.display().to_string(),
+        detail,
+    };
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| open_err(e.to_string()))?;
+    match flock(&f, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(f),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(StoreError::Locked {
+            path: path.display().to_string(),
+            detail: "another fleet-controller on this host serves this data dir".into(),
+        }),
+        Err(e) => Err(open_err(e.to_string())),
+    }
+}
+
 /// The etcd client for a new fleet: refuses a prefix that holds one.
 fn new_fleet_in_etcd(settings: &etcd::EtcdSettings) -> Result<Arc<dyn Kv>, StoreError> {
     let kv = etcd_kv(settings)?;
@@ -185,6 +220,14 @@ pub struct Store {
     lanes: Arc<[std::sync::Mutex<()>]>,
     /// Host ids by hostname, kept beside the hosts; see `names`.
     names: Arc<names::HostNames>,
+    /// On etcd, under `serve`: the fleet's serving lock (see `etcd::lock`).
+    serving: Option<Arc<Serving>>,
+}
+
+/// The serving lock in etcd, and the data dir's local lock held with it.
+struct Serving {
+    lock: etcd::ServingLock,
+    _local: std::fs::File,
 }
 
 fn enc_proto<M: Message>(m: &M) -> Vec<u8> {
@@ -262,6 +305,51 @@ impl Store {
         }
     }
 
+    /// Opens the store `serve` runs on (see [`Store::open_existing_on`]). On
+    /// etcd it first takes the fleet's serving lock (waiting up to twice its
+    /// lease for a dead holder's to expire), holding the data dir's local
+    /// lock `serve.lock` meanwhile; from then on a write is refused once the
+    /// lock is lost ([`Store::lock_lost`]).
+    /// `host` names this controller in the lock.
+    pub fn open_to_serve(backend: &Backend, data_dir: &Path, host: &str) -> Result<Store, StoreError> {
+        let Backend::Etcd(settings) = backend else {
+            return Store::open_existing_on(backend, data_dir);
+        };
+        let local = local_lock(data_dir)?;
+        let kv = Arc::new(etcd::EtcdKv::connect(settings)?);
+        let version = kv.check()?;
+        tracing::info!(etcd = %settings.describe(), version, "store on etcd");
+        let holder = etcd::Holder {
+            host: host.to_string(),
+            dir: data_dir.display().to_string(),
+            pid: std::process::id(),
+        };
+        let lock = kv.take_lock(&holder, 2 * etcd::LOCK_TTL)?;
+        tracing::info!(holder = %holder.value(), "holding the fleet's serving lock in etcd");
+        if kv.get(Space::Meta, b"schema")?.is_none() {
+            return Err(no_fleet(settings));
+        }
+        let mut store = Store::on(kv, Path::new(&settings.describe()), Schema::MustExist)?;
+        store.serving = Some(Arc::new(Serving { lock, _local: local }));
+        Ok(store)
+    }
+
+    /// Resolves with the reason when this controller loses the serving lock
+    /// (never on sled).
+    pub async fn lock_lost(&self) -> String {
+        match &self.serving {
+            Some(s) => s.lock.lost().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Gives the serving lock up at a clean stop (nothing on sled).
+    pub async fn release_lock(&self) {
+        if let Some(s) = &self.serving {
+            s.lock.release().await;
+        }
+    }
+
     /// Opens the store `serve` (and `check`) run on, which must exist (see
     /// [`Store::open_existing`]; in etcd, the prefix must hold a fleet).
     pub fn open_existing_on(backend: &Backend, data_dir: &Path) -> Result<Store, StoreError> {
@@ -270,12 +358,7 @@ impl Store {
             Backend::Etcd(settings) => {
                 let kv = etcd_kv(settings)?;
                 if kv.get(Space::Meta, b"schema")?.is_none() {
-                    return Err(StoreError::Etcd {
-                        name: settings.describe(),
-                        detail: "no fleet is stored under this prefix: check [store] endpoints and prefix in \
-                                 controller.toml (a new fleet is made by 'fleet-controller init --etcd ...')"
-                            .into(),
-                    });
+                    return Err(no_fleet(settings));
                 }
                 Store::on(kv, Path::new(&settings.describe()), Schema::MustExist)
             }
@@ -332,6 +415,7 @@ impl Store {
             kv,
             lanes: (0..LANES).map(|_| std::sync::Mutex::new(())).collect(),
             names: Arc::default(),
+            serving: None,
         };
         store.upgrade_operators()?;
         Ok(store)

@@ -216,3 +216,65 @@ fn init_checks_etcd_before_it_writes_and_never_takes_a_prefix_that_holds_a_fleet
     assert!(!out.status.success());
     assert!(stderr(&out).contains("store.prefix"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_second_controller_on_the_same_fleet_is_refused_until_the_first_is_gone() {
+    let etcd = Etcd::start();
+    let args = init_args(&etcd, "fleet/pair/");
+    let mut fleet = Fleet::controller_only_with(&strs(&args), &[], "info");
+    let token = fleet.token(&["--label", "env=test", "--uses", "2"]);
+    fleet.add_agent("web-1", &token, &[]);
+    fleet.wait_connected(1, Duration::from_secs(60));
+
+    // A copy of the data dir (the same CA and keys) on other ports: a
+    // second controller of the same fleet.
+    let first = &fleet.controller;
+    let second_dir = fleet.root.path().join("second");
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&first.data_dir)
+        .arg(&second_dir)
+        .status()
+        .expect("cp");
+    assert!(cp.success());
+    let _ = std::fs::remove_file(second_dir.join("serve.lock"));
+    let config = std::fs::read_to_string(&first.config)
+        .expect("config")
+        .replace(&first.data_dir.display().to_string(), &second_dir.display().to_string())
+        .replace(&first.addr.to_string(), &free_addr().to_string())
+        .replace(&first.metrics.to_string(), &free_addr().to_string());
+    let second_config = second_dir.join("controller.toml");
+    std::fs::write(&second_config, config).expect("write");
+    let serve = |log: &str| {
+        Command::new(bin("fleet-controller"))
+            .args(["serve", "--config"])
+            .arg(&second_config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(fleet.root.path().join(log)).expect("log"))
+            .spawn()
+            .expect("spawn the second controller")
+    };
+    let mut refused = serve("second-1.log");
+    let status = wait_exit(
+        &mut refused,
+        Duration::from_secs(60),
+        "the second controller to give up",
+    );
+    assert!(!status.success());
+    let log = std::fs::read_to_string(fleet.root.path().join("second-1.log")).expect("log");
+    assert!(
+        log.contains("another controller serves this fleet")
+            && log.contains(&format!("dir={}", first.data_dir.display())),
+        "the refusal names the first controller: {log}"
+    );
+
+    // The first dies; the second takes the fleet once its lock expires.
+    fleet.controller.kill9();
+    let mut second = serve("second-2.log");
+    wait_until(Duration::from_secs(60), "the second controller to serve", || {
+        let log = std::fs::read_to_string(fleet.root.path().join("second-2.log")).unwrap_or_default();
+        log.contains("fleet-controller serving").then_some(())
+    });
+    second.kill().expect("kill");
+    second.wait().expect("reap");
+}

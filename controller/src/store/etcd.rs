@@ -103,6 +103,12 @@ struct Members {
 /// The etcd backend.
 pub struct EtcdKv {
     members: Arc<Members>,
+    /// `[store] prefix`.
+    prefix: String,
+    /// Set once the serving lock is taken (see `lock`): every commit then
+    /// compares the lock's value too.
+    fence: std::sync::Mutex<Option<lock::Fence>>,
+    fenced: std::sync::atomic::AtomicBool,
     /// `<prefix><space>/` for each space, by `Space` index.
     bases: Vec<Vec<u8>>,
     /// The client's runtime; taken (and shut down without waiting) on drop.
@@ -134,15 +140,30 @@ fn join(base: &[u8], key: &[u8]) -> Vec<u8> {
 
 /// etcd's compare for one of ours.
 fn compare(base: &[u8], c: &Compare) -> wire::Compare {
-    let (target, union) = match &c.value {
-        Some(v) => (CompareTarget::Value, TargetUnion::Value(v.clone())),
-        None => (CompareTarget::Version, TargetUnion::Version(0)),
-    };
+    let key = join(base, &c.key);
+    match &c.value {
+        Some(v) => compare_value(&key, v),
+        None => compare_absent(&key),
+    }
+}
+
+/// `key` holds `value` (never true of an absent key).
+fn compare_value(key: &[u8], value: &[u8]) -> wire::Compare {
     wire::Compare {
         result: CompareResult::Equal as i32,
-        target: target as i32,
-        key: join(base, &c.key),
-        target_union: Some(union),
+        target: CompareTarget::Value as i32,
+        key: key.to_vec(),
+        target_union: Some(TargetUnion::Value(value.to_vec())),
+    }
+}
+
+/// `key` is absent (its version is 0).
+fn compare_absent(key: &[u8]) -> wire::Compare {
+    wire::Compare {
+        result: CompareResult::Equal as i32,
+        target: CompareTarget::Version as i32,
+        key: key.to_vec(),
+        target_union: Some(TargetUnion::Version(0)),
     }
 }
 
@@ -410,6 +431,9 @@ impl EtcdKv {
                 timeout: settings.timeout,
             }),
             bases,
+            prefix: settings.prefix.clone(),
+            fence: std::sync::Mutex::new(None),
+            fenced: std::sync::atomic::AtomicBool::new(false),
             rt: Some(rt),
             handle,
         })
@@ -516,7 +540,17 @@ impl Kv for EtcdKv {
         if txn.compares.is_empty() && txn.ops.is_empty() {
             return Ok(Committed::Applied);
         }
-        let req = txn_request(&self.bases, &txn);
+        let mut req = txn_request(&self.bases, &txn);
+        let fence = self.fence();
+        if let Some(f) = &fence {
+            req.compare.push(compare_value(&f.key, &f.holder));
+            req.failure.push(wire::RequestOp {
+                request: Some(Request::RequestRange(wire::RangeRequest {
+                    key: f.key.clone(),
+                    ..Default::default()
+                })),
+            });
+        }
         let members = self.members.clone();
         self.run(async move {
             let resp = members
@@ -525,11 +559,13 @@ impl Kv for EtcdKv {
                     async move { client(c).txn(req).await.map(tonic::Response::into_inner) }
                 })
                 .await?;
-            Ok(if resp.succeeded {
-                Committed::Applied
-            } else {
-                Committed::Conflict
-            })
+            if resp.succeeded {
+                return Ok(Committed::Applied);
+            }
+            match fence.and_then(|f| lock::fenced_out(&f, &resp, &members.name)) {
+                Some(e) => Err(e),
+                None => Ok(Committed::Conflict),
+            }
         })
     }
 
@@ -557,6 +593,9 @@ impl Kv for EtcdKv {
         Some(self.members.name.clone())
     }
 }
+
+mod lock;
+pub use lock::{Holder, ServingLock, LOCK_TTL};
 
 #[cfg(test)]
 mod tests;

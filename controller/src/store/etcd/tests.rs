@@ -291,3 +291,108 @@ fn a_value_over_etcds_request_limit_is_refused_with_the_flag_to_raise() {
     assert!(err.contains("--max-request-bytes"), "{err}");
     assert_eq!(kv.get(Space::Rollouts, b"r").expect("get"), None, "nothing was written");
 }
+
+fn holder(host: &str, pid: u32) -> Holder {
+    Holder {
+        host: host.into(),
+        dir: "/var/lib/fleet-controller".into(),
+        pid,
+    }
+}
+
+#[test]
+fn one_controller_holds_a_fleets_lock_and_the_next_gets_it_once_it_is_given_up() {
+    let etcd = EtcdServer::start(&[]);
+    let a = EtcdKv::connect(&etcd.settings("fleet/")).expect("client");
+    let b = EtcdKv::connect(&etcd.settings("fleet/")).expect("client");
+    let lock_a = a.take_lock(&holder("ctl-a", 10), Duration::ZERO).expect("free lock");
+    let t0 = Instant::now();
+    let err = b
+        .take_lock(&holder("ctl-b", 20), Duration::from_millis(1200))
+        .err()
+        .expect("held by a")
+        .to_string();
+    assert!(t0.elapsed() >= Duration::from_millis(1200), "it waited for the lock");
+    assert!(
+        err.contains("another controller serves this fleet") && err.contains("host=ctl-a"),
+        "{err}"
+    );
+    // Another fleet's prefix has a lock of its own.
+    let other = EtcdKv::connect(&etcd.settings("fleet/other/")).expect("client");
+    other
+        .take_lock(&holder("ctl-b", 20), Duration::ZERO)
+        .expect("another prefix");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(lock_a.release());
+    b.take_lock(&holder("ctl-b", 20), Duration::from_secs(5))
+        .expect("free once given up");
+    // a wrote nothing after b took the lock.
+    let err = a
+        .commit(Txn::new().put(Space::Hosts, b"h", b"from a".to_vec()))
+        .expect_err("fenced")
+        .to_string();
+    assert!(err.contains("no longer holds") && err.contains("host=ctl-b"), "{err}");
+    assert_eq!(b.get(Space::Hosts, b"h").expect("get"), None);
+    let lost = rt.block_on(async { tokio::time::timeout(Duration::from_secs(1), lock_a.lost()).await });
+    assert!(lost.expect("told at once").contains("no longer holds"));
+}
+
+#[test]
+fn a_restart_on_the_same_host_and_data_dir_takes_over_at_once_and_fences_the_old_run() {
+    let etcd = EtcdServer::start(&[]);
+    let old = EtcdKv::connect(&etcd.settings("fleet/")).expect("client");
+    let new = EtcdKv::connect(&etcd.settings("fleet/")).expect("client");
+    let _old_lock = old.take_lock(&holder("ctl", 10), Duration::ZERO).expect("free");
+    assert_eq!(
+        old.commit(Txn::new().put(Space::Hosts, b"h", b"old".to_vec()))
+            .expect("commit"),
+        Committed::Applied
+    );
+    let t0 = Instant::now();
+    let new_lock = new.take_lock(&holder("ctl", 11), Duration::ZERO).expect("same place");
+    assert!(t0.elapsed() < LOCK_TTL / 2, "no wait for the lease");
+    // The new run's own conflicts are conflicts, not a lost lock.
+    assert_eq!(
+        new.commit(
+            Txn::new()
+                .when_absent(Space::Hosts, b"h")
+                .put(Space::Hosts, b"h", b"new".to_vec())
+        )
+        .expect("commit"),
+        Committed::Conflict
+    );
+    let err = old
+        .commit(
+            Txn::new()
+                .when_equals(Space::Hosts, b"h", b"old")
+                .put(Space::Hosts, b"h", b"stale".to_vec()),
+        )
+        .expect_err("fenced")
+        .to_string();
+    assert!(err.contains("no longer holds") && err.contains("pid=11"), "{err}");
+    assert_eq!(new.get(Space::Hosts, b"h").expect("get").as_deref(), Some(&b"old"[..]));
+    drop(new_lock);
+}
+
+#[test]
+fn a_holder_whose_keep_alives_stop_loses_its_lock_to_the_next_within_the_lease() {
+    let etcd = EtcdServer::start(&[]);
+    let a = EtcdKv::connect(&etcd.settings("fleet/")).expect("client");
+    let lock_a = a.take_lock(&holder("ctl-a", 10), Duration::ZERO).expect("free");
+    // a's keep-alives stop reaching etcd: its runtime is gone, as in a
+    // controller frozen or cut off for longer than the lease.
+    drop(a);
+    let b = EtcdKv::connect(&etcd.settings("fleet/")).expect("client");
+    let t0 = Instant::now();
+    b.take_lock(&holder("ctl-b", 20), 2 * LOCK_TTL).expect("expired");
+    let waited = t0.elapsed();
+    assert!(
+        waited > Duration::from_secs(2) && waited <= LOCK_TTL + Duration::from_secs(3),
+        "{waited:?}"
+    );
+    drop(lock_a);
+}
