@@ -10,68 +10,118 @@ use std::time::Duration;
 use crate::harness::{bin, free_addr, http_get, http_get_status, wait_exit, wait_until, Fleet};
 use crate::rollouts::{rollout_id, Cluster};
 
-/// One etcd member on loopback; `stop` and `start` keep its data and ports.
+/// An etcd cluster of one or more members on loopback; a member killed and
+/// started again keeps its data and ports.
 pub struct Etcd {
     dir: tempfile::TempDir,
+    members: Vec<Member>,
+}
+
+struct Member {
     client: std::net::SocketAddr,
     peer: std::net::SocketAddr,
     child: Option<Child>,
 }
 
 impl Etcd {
+    /// One member.
     pub fn start() -> Etcd {
+        Etcd::cluster(1)
+    }
+
+    /// `n` members, all up and with a leader.
+    pub fn cluster(n: usize) -> Etcd {
         let mut etcd = Etcd {
             dir: tempfile::Builder::new().prefix("fleet-etcd-").tempdir().expect("tmp"),
-            client: free_addr(),
-            peer: free_addr(),
-            child: None,
+            members: (0..n)
+                .map(|_| Member {
+                    client: free_addr(),
+                    peer: free_addr(),
+                    child: None,
+                })
+                .collect(),
         };
-        etcd.run();
+        for i in 0..n {
+            etcd.spawn(i);
+        }
+        for i in 0..n {
+            etcd.wait_healthy(i);
+        }
         etcd
     }
 
-    /// `http://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.client)
+    /// Member `i`'s client URL, `http://127.0.0.1:PORT`.
+    pub fn member_url(&self, i: usize) -> String {
+        format!("http://{}", self.members[i].client)
     }
 
-    fn run(&mut self) {
-        assert!(self.child.is_none(), "etcd already runs");
-        let (url, peer) = (self.url(), format!("http://{}", self.peer));
+    /// The first member's client URL.
+    pub fn url(&self) -> String {
+        self.member_url(0)
+    }
+
+    fn spawn(&mut self, i: usize) {
+        assert!(self.members[i].child.is_none(), "etcd member {i} already runs");
+        let cluster = self
+            .members
+            .iter()
+            .enumerate()
+            .map(|(j, m)| format!("m{j}=http://{}", m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let (url, peer) = (self.member_url(i), format!("http://{}", self.members[i].peer));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join("etcd.log"))
+            .open(self.dir.path().join(format!("etcd-{i}.log")))
             .expect("log");
         let child = Command::new("etcd")
-            .args(["--name", "m1", "--data-dir"])
-            .arg(self.dir.path().join("data"))
+            .args(["--name", &format!("m{i}"), "--data-dir"])
+            .arg(self.dir.path().join(format!("data-{i}")))
             .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("m1={peer}")])
+            .args(["--initial-cluster", &cluster, "--initial-cluster-token", "fleet-it"])
             .args(["--logger", "zap", "--log-level", "warn"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run etcd ({e}): install etcd-server with `bash tests/deps.sh`"));
-        self.child = Some(child);
-        let client = self.client;
+        self.members[i].child = Some(child);
+    }
+
+    fn wait_healthy(&self, i: usize) {
+        let client = self.members[i].client;
         wait_until(Duration::from_secs(30), "etcd /health", || {
             http_get(client, "/health").filter(|b| b.contains("true")).map(drop)
         });
     }
 
-    /// kill -9.
+    /// kill -9 of every member.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        for i in 0..self.members.len() {
+            self.kill9_member(i);
+        }
+    }
+
+    /// kill -9 of member `i`.
+    pub fn kill9_member(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
             c.kill().expect("SIGKILL etcd");
             c.wait().expect("reap etcd");
         }
     }
 
-    /// Starts it again on its data and ports.
+    /// Starts every member that is down again, on its data and ports.
     pub fn restart(&mut self) {
-        self.run();
+        let down: Vec<usize> = (0..self.members.len())
+            .filter(|i| self.members[*i].child.is_none())
+            .collect();
+        for i in &down {
+            self.spawn(*i);
+        }
+        for i in down {
+            self.wait_healthy(i);
+        }
     }
 }
 
@@ -82,7 +132,12 @@ impl Drop for Etcd {
 }
 
 fn init_args(etcd: &Etcd, prefix: &str) -> Vec<String> {
-    vec!["--etcd".into(), etcd.url(), "--etcd-prefix".into(), prefix.into()]
+    let mut args = Vec::new();
+    for i in 0..etcd.members.len() {
+        args.extend(["--etcd".to_string(), etcd.member_url(i)]);
+    }
+    args.extend(["--etcd-prefix".to_string(), prefix.to_string()]);
+    args
 }
 
 fn strs(v: &[String]) -> Vec<&str> {
@@ -277,4 +332,55 @@ fn a_second_controller_on_the_same_fleet_is_refused_until_the_first_is_gone() {
     });
     second.kill().expect("kill");
     second.wait().expect("reap");
+}
+
+#[test]
+fn a_rollout_on_a_three_member_etcd_rides_out_a_lost_member_and_two_lost_refuse_writes_until_they_return() {
+    let mut etcd = Etcd::cluster(3);
+    let args = init_args(&etcd, "fleet/ha/");
+    let c = Cluster::start_full(&[""; 3], &strs(&args), &[], "info");
+    c.push("1.0.0", &[]);
+    let out = c.rollout(&["--release", "1.0.0", "--batch", "100%", "--wait"]);
+    assert!(out.status.success(), "rollout 1.0.0: {}", stderr(&out));
+
+    // The member the controller talks to first dies mid-rollout.
+    c.push("2.0.0", &[]);
+    let out = c.rollout(&["--release", "2.0.0", "--batch", "1", "--output", "json"]);
+    assert!(out.status.success(), "rollout 2.0.0: {}", stderr(&out));
+    let id = rollout_id(&out);
+    wait_until(Duration::from_secs(60), "the first batch to start", || {
+        (!c.spans("2.0.0").is_empty()).then_some(())
+    });
+    etcd.kill9_member(0);
+    let r = c.wait_state(&id, &["succeeded", "failed", "rolled_back", "aborted"]);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let mut ports: Vec<u16> = c.spans("2.0.0").iter().map(|s| s.port).collect();
+    ports.sort();
+    let mut want = c.ports.clone();
+    want.sort();
+    assert_eq!(ports, want, "every host activated 2.0.0 exactly once");
+
+    // A second member dies: no majority. Writes are refused, naming etcd,
+    // and /healthz says so; nothing half-done is left.
+    etcd.kill9_member(1);
+    let out = c
+        .fleet
+        .fleetctl(&["token", "create", "--label", "env=test", "--output", "json"]);
+    assert!(!out.status.success(), "no majority, no write");
+    assert!(stderr(&out).contains("etcd"), "{}", stderr(&out));
+    let metrics = c.fleet.controller.metrics;
+    wait_until(Duration::from_secs(60), "/healthz to report etcd", || {
+        http_get_status(metrics, "/healthz").filter(|(code, body)| *code == 503 && body.contains("etcd"))
+    });
+
+    // Both return: the fleet goes on where it was.
+    etcd.restart();
+    wait_until(Duration::from_secs(60), "/healthz to recover", || {
+        http_get_status(metrics, "/healthz").filter(|(code, _)| *code == 200)
+    });
+    let token = c.fleet.token(&["--label", "env=test", "--uses", "1"]);
+    assert!(token.starts_with("fleet_jt_"), "{token}");
+    let shown = c.fleet.fleetctl_json(&["rollout", "show", &id]);
+    assert_eq!(shown["state"], "succeeded", "{shown}");
+    c.wait_all_serve("2.0.0");
 }

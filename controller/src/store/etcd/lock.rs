@@ -6,8 +6,10 @@
 //!   that dies (kill -9, a lost instance) loses it when the lease expires.
 //! - Fencing: once the lock is taken, every commit of the backend also
 //!   compares the lock's value with the holder's. A controller whose lease
-//!   expired (etcd unreachable for longer than the TTL, a long pause) has
-//!   every write refused, whoever holds the lock now, and is told it lost it.
+//!   expired (cut off from etcd for longer than the TTL while etcd kept a
+//!   majority, a long pause) has every write refused, whoever holds the
+//!   lock now, and is told it lost it. While etcd has no majority no lease
+//!   expires and nobody can take the lock; the holder keeps trying.
 //! - The holder's value names its host, its data dir and its pid. A
 //!   controller restarted on the same host and data dir (it holds the data
 //!   dir's local lock, so no other process there serves it) takes over the
@@ -224,34 +226,37 @@ async fn keep_alive_once(members: &Members, lease: i64) -> Result<i64, StoreErro
         .await
 }
 
-/// Keeps `lease` alive until it is lost; then says why on `lost`.
+/// Keeps `lease` alive until etcd says it has expired; then says why on
+/// `lost`. While etcd does not answer (no majority, cut off) it keeps
+/// trying and does not give the lock up by itself: a lease only expires
+/// while etcd has a leader, and then another controller can take the lock,
+/// after which every write of this one is fenced out (which stops it too).
 async fn keep(members: Arc<Members>, lease: i64, lost: Arc<watch::Sender<Option<String>>>) {
-    let mut last_ok = Instant::now();
+    let mut failing_since: Option<Instant> = None;
     loop {
         tokio::time::sleep(LOCK_TTL / 3).await;
-        let why = match keep_alive_once(&members, lease).await {
+        match keep_alive_once(&members, lease).await {
             Ok(ttl) if ttl > 0 => {
-                last_ok = Instant::now();
-                continue;
+                if let Some(t) = failing_since.take() {
+                    tracing::info!(after = ?t.elapsed(), "the serving lock's lease is kept alive again");
+                }
             }
-            Ok(_) => "etcd says its lease has expired".to_string(),
-            Err(e) if last_ok.elapsed() >= LOCK_TTL => {
-                format!(
-                    "no keep-alive reached etcd for {:?}, so its lease has expired ({e})",
-                    LOCK_TTL
-                )
+            Ok(_) => {
+                lost.send_replace(Some(format!(
+                    "this controller lost the fleet's serving lock in {}: etcd says its lease has expired. Every \
+                     write it makes is refused from now on; it stops, and a restart takes the lock again once it \
+                     is free",
+                    members.name
+                )));
+                return;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot keep the serving lock's lease alive; trying again");
-                continue;
+                if failing_since.is_none() {
+                    failing_since = Some(Instant::now());
+                    tracing::warn!(error = %e, "cannot keep the serving lock's lease alive; trying again (writes are refused meanwhile)");
+                }
             }
-        };
-        lost.send_replace(Some(format!(
-            "this controller lost the fleet's serving lock in {}: {why}. Every write it makes is refused from now \
-             on; it stops, and a restart takes the lock again once it is free",
-            members.name
-        )));
-        return;
+        }
     }
 }
 
