@@ -11,7 +11,10 @@
 #   - a rollout to all N hosts in 10 % batches (phases take PHASE_MS,
 #     default 0): total time and per batch.
 #   N=1000 bash tests/bench/sim-scale.sh     # ROLLOUT=0: stop before the rollouts
-# Needs nothing but the repository (and the open-file limit to allow 2N).
+#   STORE=etcd N=1000 bash tests/bench/sim-scale.sh   # the store on a local
+#                                             # one-member etcd (etcd-server)
+# Needs nothing but the repository (and the open-file limit to allow 2N);
+# STORE=etcd needs Debian's etcd-server (tests/deps.sh installs it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 n="${N:-1000}"
@@ -32,8 +35,23 @@ ulimit -n "$(ulimit -Hn)"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port="$(free_port)"
 mport="$(free_port)"
+store_args=()
+store="${STORE:-sled}"
+if [ "$store" = etcd ]; then
+    command -v etcd >/dev/null || { echo "STORE=etcd needs etcd: bash tests/deps.sh" >&2; exit 1; }
+    eport="$(free_port)"
+    epeer="$(free_port)"
+    etcd --name bench --data-dir "$work/etcd" \
+        --listen-client-urls "http://127.0.0.1:$eport" --advertise-client-urls "http://127.0.0.1:$eport" \
+        --listen-peer-urls "http://127.0.0.1:$epeer" --initial-advertise-peer-urls "http://127.0.0.1:$epeer" \
+        --initial-cluster "bench=http://127.0.0.1:$epeer" --max-request-bytes 33554432 \
+        --logger zap --log-level warn 2>"$work/etcd.log" &
+    pids+=($!)
+    for _ in $(seq 100); do curl -fs "http://127.0.0.1:$eport/health" >/dev/null 2>&1 && break; sleep 0.1; done
+    store_args=(--etcd "http://127.0.0.1:$eport")
+fi
 "$bin/fleet-controller" init --data-dir "$work/controller" --san 127.0.0.1 \
-    --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" >"$work/init.txt"
+    --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" "${store_args[@]}" >"$work/init.txt"
 fingerprint="$(grep -o 'sha256:[0-9a-f]*' "$work/init.txt" | head -n1)"
 conf="$work/controller/controller.toml"
 sed -i "s/^heartbeat_interval = .*/heartbeat_interval = \"$heartbeat\"/" "$conf"
@@ -101,7 +119,7 @@ storm=$(awk -v s="$storm_start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.1f", e -
 
 # What every run prints first.
 summary() {
-    echo "hosts:                         $n (heartbeat every $heartbeat)"
+    echo "hosts:                         $n (heartbeat every $heartbeat), store: $store"
     echo "$enrolled" | sed 's/^/enrollment:                    /'
     echo "$connected" | sed 's/^/start:                         /'
     echo "controller RSS:                $((base_rss / 1024)) MiB empty, $((rss / 1024)) MiB with $n hosts: $per_host KiB per host"

@@ -594,7 +594,9 @@ impl Kv for EtcdKv {
     }
 }
 
+mod compact;
 mod lock;
+pub use compact::COMPACT_EVERY;
 pub use lock::{Holder, ServingLock, LOCK_TTL};
 
 #[cfg(test)]

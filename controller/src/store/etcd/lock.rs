@@ -314,6 +314,13 @@ impl EtcdKv {
         });
         self.fenced.store(true, Ordering::Release);
         self.handle.spawn(keep(self.members.clone(), lease, tx));
+        // The holder keeps etcd's history short (see `compact`).
+        let probe = format!("{}meta/schema", self.prefix).into_bytes();
+        self.handle.spawn(super::compact::keep_compacting(
+            self.members.clone(),
+            probe,
+            super::COMPACT_EVERY,
+        ));
         Ok(ServingLock {
             members: self.members.clone(),
             handle: self.handle.clone(),

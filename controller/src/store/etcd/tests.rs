@@ -396,3 +396,58 @@ fn a_holder_whose_keep_alives_stop_loses_its_lock_to_the_next_within_the_lease()
     );
     drop(lock_a);
 }
+
+#[test]
+fn history_older_than_the_last_round_is_compacted_and_values_stay() {
+    let etcd = EtcdServer::start(&[]);
+    let kv = EtcdKv::connect(&etcd.settings("fleet/")).expect("client");
+    let members = kv.members.clone();
+    let probe = b"fleet/meta/schema".to_vec();
+    let put = |v: &str| {
+        assert_eq!(
+            kv.commit(Txn::new().put(Space::Rollouts, b"r", v.as_bytes().to_vec()))
+                .expect("commit"),
+            Committed::Applied
+        );
+    };
+    put("v1");
+    let first = kv.run({
+        let (m, p) = (members.clone(), probe.clone());
+        async move { m.revision(&p).await }
+    });
+    let first = first.expect("revision");
+    put("v2");
+    let old_read = |revision: i64| {
+        let m = members.clone();
+        kv.run(async move {
+            m.read(|c| {
+                range_on(
+                    c,
+                    wire::RangeRequest {
+                        key: b"fleet/rollouts/r".to_vec(),
+                        revision,
+                        ..Default::default()
+                    },
+                )
+            })
+            .await
+        })
+    };
+    assert_eq!(old_read(first).expect("history is there").kvs[0].value, b"v1");
+    // Two rounds: the first notes the revision, the second compacts to it.
+    let task = kv.handle.spawn(compact::keep_compacting(
+        members.clone(),
+        probe,
+        Duration::from_millis(300),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match old_read(first) {
+            Err(e) if e.to_string().contains("compacted") => break,
+            _ if Instant::now() > deadline => panic!("history at {first} was never compacted"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    task.abort();
+    assert_eq!(kv.get(Space::Rollouts, b"r").expect("get").as_deref(), Some(&b"v2"[..]));
+}
