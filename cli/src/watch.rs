@@ -81,16 +81,54 @@ async fn watch_once(
         .watch_rollout(GetRolloutRequest { id: id.to_string() })
         .await?
         .into_inner();
-    while let Some(event) = stream.message().await? {
-        sink.event(&event);
-        if let Some(r) = &event.rollout {
-            *last = Some(r.clone());
+    let mut places = Places::default();
+    while let Some(mut event) = stream.message().await? {
+        // The record comes with some events only; a host's events carry
+        // that host's entry, applied to the last record.
+        match (event.rollout.take(), &event.host) {
+            (Some(r), _) => {
+                places.index(&r);
+                *last = Some(r);
+            }
+            (None, Some(h)) => {
+                if let Some(r) = last.as_mut() {
+                    places.apply(r, h);
+                }
+            }
+            (None, None) => {}
+        }
+        let empty = Rollout::default();
+        sink.event(&event, last.as_ref().unwrap_or(&empty));
+        if let Some(r) = last.as_ref() {
             if event.kind() == EventKind::RolloutEnded || (event.kind() == EventKind::Snapshot && has_ended(r)) {
                 return Ok(Some(r.clone()));
             }
         }
     }
     Ok(last.clone().filter(has_ended))
+}
+
+/// Where each host's latest entry is in the last record (its last in batch
+/// order), so a host's event is applied without a walk through every host.
+#[derive(Default)]
+struct Places(std::collections::HashMap<String, (usize, usize)>);
+
+impl Places {
+    fn index(&mut self, r: &Rollout) {
+        self.0.clear();
+        for (b, batch) in r.batches.iter().enumerate() {
+            for (i, h) in batch.hosts.iter().enumerate() {
+                self.0.insert(h.host_id.clone(), (b, i));
+            }
+        }
+    }
+
+    fn apply(&mut self, r: &mut Rollout, h: &fleet_proto::RolloutHost) {
+        let at = self.0.get(&h.host_id).copied();
+        if let Some(slot) = at.and_then(|(b, i)| r.batches.get_mut(b)?.hosts.get_mut(i)) {
+            *slot = h.clone();
+        }
+    }
 }
 
 /// Where progress goes.
@@ -104,11 +142,12 @@ enum Sink {
 }
 
 impl Sink {
-    fn event(&mut self, event: &Event) {
+    /// `r`: the record as of the event.
+    fn event(&mut self, event: &Event, r: &Rollout) {
         match self {
             Sink::Quiet => {}
-            Sink::Lines { to_stdout } => write_line(*to_stdout, &event_line(event)),
-            Sink::Bars(bars) => bars.event(event),
+            Sink::Lines { to_stdout } => write_line(*to_stdout, &event_line_of(event, r)),
+            Sink::Bars(bars) => bars.event(event, r),
         }
     }
 
@@ -171,7 +210,12 @@ fn with_detail(text: String, detail: &str) -> String {
 /// counts and states come from the snapshot the event carries.
 pub fn event_line(e: &Event) -> String {
     let empty = Rollout::default();
-    let r = e.rollout.as_ref().unwrap_or(&empty);
+    event_line_of(e, e.rollout.as_ref().unwrap_or(&empty))
+}
+
+/// [`event_line`] with the record as of the event (the last one the stream
+/// sent, with the hosts' entries applied since).
+fn event_line_of(e: &Event, r: &Rollout) -> String {
     let counts = Counts::of(r.batches.iter());
     let who = || {
         if e.hostname.is_empty() {
@@ -211,7 +255,12 @@ pub fn event_line(e: &Event) -> String {
         }
         EventKind::HostPhase => format!("{} {}", who(), e.detail.trim()),
         EventKind::HostDone => {
-            let host = r.batches.iter().flat_map(|b| &b.hosts).find(|h| h.host_id == e.host_id);
+            let host = e.host.as_ref().or_else(|| {
+                r.batches
+                    .iter()
+                    .flat_map(|b| &b.hosts)
+                    .rfind(|h| h.host_id == e.host_id)
+            });
             match host {
                 Some(h) if h.state() == HostState::Succeeded => format!("{} done", who()),
                 Some(h) => {
@@ -297,6 +346,8 @@ struct Bars {
     multi: MultiProgress,
     overall: ProgressBar,
     batches: Vec<ProgressBar>,
+    /// When the bars were last redrawn from a record.
+    drawn_at: Option<std::time::Instant>,
 }
 
 impl Bars {
@@ -312,15 +363,25 @@ impl Bars {
             multi,
             overall,
             batches: Vec::new(),
+            drawn_at: None,
         }
     }
 
-    fn event(&mut self, e: &Event) {
+    fn event(&mut self, e: &Event, r: &Rollout) {
         // Host phases show on the bars; everything else is also worth a line.
+        let of_host = matches!(e.kind(), EventKind::HostPhase | EventKind::HostDone);
         if e.kind() != EventKind::HostPhase {
-            let _ = self.multi.println(event_line(e));
+            let _ = self.multi.println(event_line_of(e, r));
         }
-        let Some(r) = &e.rollout else { return };
+        // Redrawing walks every host: for a host's event, ten times a second at most.
+        if of_host
+            && self
+                .drawn_at
+                .is_some_and(|at| at.elapsed() < Duration::from_millis(100))
+        {
+            return;
+        }
+        self.drawn_at = Some(std::time::Instant::now());
         let c = Counts::of(r.batches.iter());
         self.overall.set_length(c.total() as u64);
         self.overall.set_position(c.finished() as u64);
@@ -374,6 +435,33 @@ mod tests {
         };
         e.set_kind(EventKind::from_str_name(&format!("EVENT_KIND_{}", kind.to_uppercase())).unwrap_or_default());
         e
+    }
+
+    #[test]
+    fn a_hosts_event_without_the_record_is_told_from_its_entry_and_counted() {
+        let mut r = sample();
+        let mut places = Places::default();
+        places.index(&r);
+        let before = Counts::of(r.batches.iter()).summary();
+        assert_eq!(before, "1 done, 1 failed, 2 pending");
+        // web-2 (pending in the record) ends failed: only its entry comes.
+        let mut entry = r.batches[1].hosts[0].clone();
+        assert_eq!(entry.host_id, "web-2");
+        entry.set_state(HostState::Failed);
+        entry.detail = "unit failed to start".into();
+        let mut e = event("host_done", "web-2", "", Rollout::default());
+        e.rollout = None;
+        e.host = Some(entry.clone());
+        places.apply(&mut r, &entry);
+        assert_eq!(event_line_of(&e, &r), "22:13:20 web-2 failed: unit failed to start");
+        assert_eq!(Counts::of(r.batches.iter()).summary(), "1 done, 2 failed, 1 pending");
+        // An entry of a host the record does not have changes nothing.
+        let stranger = fleet_proto::RolloutHost {
+            host_id: "web-9".into(),
+            ..Default::default()
+        };
+        places.apply(&mut r, &stranger);
+        assert_eq!(Counts::of(r.batches.iter()).summary(), "1 done, 2 failed, 1 pending");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use fleet_proto::{Event, EventKind, Host, Rollout};
+use fleet_proto::{Event, EventKind, Host, Rollout, RolloutHost};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::events::EventLog;
@@ -54,15 +54,16 @@ pub struct Rollouts {
     pub(crate) signals_rx: Mutex<Option<mpsc::Receiver<Signal>>>,
     /// The fleet's event log, which gets every event but host phases.
     log: Arc<EventLog>,
-    /// When each rollout's last host-phase event carried the record.
+    /// When each rollout's last host event carried the record.
     phase_records: Mutex<HashMap<String, std::time::Instant>>,
 }
 
-/// How often a host-phase event carries the whole rollout record at most;
-/// every other event always does. A record per phase of every host made a
-/// watched rollout quadratic in its hosts (tests/bench/sim-scale.sh: 40 s
-/// against 5 s unwatched, at 1,000 hosts); four a second keep a watcher's
-/// bars current.
+/// How often a host's event (a phase, an end) carries the whole rollout
+/// record at most; every other event always does, and a host's event always
+/// carries that host's entry. A record per host event made a watched
+/// rollout quadratic in its hosts (tests/bench/sim-scale.sh: 40 s against
+/// 5 s unwatched at 1,000 hosts with a record per phase; 120 s against 60 s
+/// at 5,000 with one per end); four a second keep a watcher's bars current.
 pub const PHASE_RECORD_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Locks a mutex of this module's maps.
@@ -96,24 +97,31 @@ impl Rollouts {
             .clone()
     }
 
-    /// Sends an event of `r` to whoever watches it.
-    pub(crate) fn emit(&self, r: &Rollout, kind: EventKind, host_id: &str, detail: String) {
-        let hostname = r
-            .batches
-            .iter()
-            .flat_map(|b| &b.hosts)
-            .find(|h| h.host_id == host_id)
-            .map(|h| h.hostname.clone())
-            .unwrap_or_default();
+    /// Sends an event of `r` to whoever watches it. `host` is `host_id`'s
+    /// latest entry in `r` when the caller knows it (the engine does);
+    /// otherwise it is looked up.
+    pub(crate) fn emit(&self, r: &Rollout, kind: EventKind, host: Option<&RolloutHost>, host_id: &str, detail: String) {
+        let found;
+        let host = match host {
+            Some(h) => Some(h),
+            None if host_id.is_empty() => None,
+            None => {
+                found = r.batches.iter().flat_map(|b| &b.hosts).rfind(|h| h.host_id == host_id);
+                found
+            }
+        };
+        let hostname = host.map(|h| h.hostname.clone()).unwrap_or_default();
         if let Some(fe) = crate::events::of_rollout(r, kind, host_id, &hostname, &detail) {
             self.log.publish(fe);
         }
         let channel = self.events(&r.id);
-        // Nobody watching: no event to build (it copies the record).
         if channel.receiver_count() == 0 {
             return;
         }
-        let with_record = kind != EventKind::HostPhase || {
+        // A host's events carry its entry; the whole record goes with them
+        // at most every PHASE_RECORD_EVERY, and with every other event.
+        let of_host = matches!(kind, EventKind::HostPhase | EventKind::HostDone);
+        let with_record = !of_host || {
             let mut last = lock(&self.phase_records);
             let now = std::time::Instant::now();
             let due = last
@@ -131,14 +139,13 @@ impl Rollouts {
             hostname,
             detail,
             rollout: with_record.then(|| r.clone()),
+            host: host.filter(|_| of_host).cloned(),
             ..Default::default()
         };
         e.set_kind(kind);
         let _ = channel.send(e);
     }
 
-    /// Asks the converger for a sweep (dropped when its queue is full: a
-    /// sweep already queued covers it).
     pub fn signal(&self, s: Signal) {
         let _ = self.signals.try_send(s);
     }
@@ -160,25 +167,64 @@ mod tests {
     use super::*;
 
     #[test]
-    fn host_phases_carry_the_record_at_most_four_times_a_second_and_other_events_always() {
+    fn host_events_carry_their_host_and_the_record_at_most_four_times_a_second() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("store");
         let log = Arc::new(EventLog::open(&store, 1000).expect("log"));
         let hub = Rollouts::open(&store, &[], log).expect("rollouts");
+        let host = |id: &str, state| RolloutHost {
+            host_id: id.into(),
+            hostname: format!("name-{id}"),
+            state: state as i32,
+            ..Default::default()
+        };
         let r = Rollout {
             id: "r-1".into(),
+            batches: vec![
+                fleet_proto::RolloutBatch {
+                    hosts: vec![host("h1", fleet_proto::HostState::Failed)],
+                    ..Default::default()
+                },
+                // A rollback batch: h1's latest entry.
+                fleet_proto::RolloutBatch {
+                    hosts: vec![host("h1", fleet_proto::HostState::Succeeded)],
+                    ..Default::default()
+                },
+            ],
             ..Default::default()
         };
         let mut rx = hub.events("r-1").subscribe();
         let mut got = |kind| {
-            hub.emit(&r, kind, "h1", String::new());
-            rx.try_recv().expect("an event").rollout.is_some()
+            hub.emit(
+                &r,
+                kind,
+                None,
+                if kind == EventKind::BatchDone { "" } else { "h1" },
+                String::new(),
+            );
+            rx.try_recv().expect("an event")
         };
-        assert!(got(EventKind::HostPhase), "the first phase carries it");
-        assert!(!got(EventKind::HostPhase), "the next one within 250 ms does not");
-        assert!(got(EventKind::HostDone), "an end always does");
-        assert!(got(EventKind::BatchDone));
+        let first = got(EventKind::HostPhase);
+        assert!(first.rollout.is_some(), "the first host event carries it");
+        assert_eq!(first.hostname, "name-h1");
+        assert_eq!(
+            first.host.as_ref().map(|h| h.state()),
+            Some(fleet_proto::HostState::Succeeded),
+            "the host's latest entry"
+        );
+        let next = got(EventKind::HostPhase);
+        assert!(
+            next.rollout.is_none() && next.host.is_some(),
+            "the next one within 250 ms only its host"
+        );
+        let done = got(EventKind::HostDone);
+        assert!(done.rollout.is_none() && done.host.is_some(), "an end too");
+        let batch = got(EventKind::BatchDone);
+        assert!(
+            batch.rollout.is_some() && batch.host.is_none(),
+            "a batch's end always carries it"
+        );
         std::thread::sleep(PHASE_RECORD_EVERY);
-        assert!(got(EventKind::HostPhase), "250 ms later it does again");
+        assert!(got(EventKind::HostDone).rollout.is_some(), "250 ms later it does again");
     }
 }

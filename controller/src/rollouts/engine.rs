@@ -57,6 +57,7 @@ pub fn spawn(fleet: &Arc<Fleet>, r: Rollout, start: Start) {
         dirty: false,
         unflushed: Vec::new(),
         phases_saved_at: None,
+        places: Places::default(),
     };
     let f = fleet.clone();
     fleet.tracker.spawn(
@@ -91,6 +92,37 @@ struct Engine {
     /// When hosts' phases were last written to the record (None: not since
     /// the last full write).
     phases_saved_at: Option<std::time::Instant>,
+    /// Where each host's latest entry is in the record, for events.
+    places: Places,
+}
+
+/// Each host's latest entry in a record (its last in batch order: a
+/// rollback batch's once there is one), by host id: an event finds its host
+/// without a walk through every host (that walk per event made a rollout
+/// quadratic in its hosts). Rebuilt when the batches change.
+#[derive(Default)]
+struct Places {
+    batches: usize,
+    at: HashMap<String, (usize, usize)>,
+}
+
+impl Places {
+    fn entry<'r>(&mut self, r: &'r Rollout, host_id: &str) -> Option<&'r fleet_proto::RolloutHost> {
+        if host_id.is_empty() {
+            return None;
+        }
+        if self.batches != r.batches.len() || self.at.is_empty() {
+            self.at.clear();
+            for (b, batch) in r.batches.iter().enumerate() {
+                for (i, h) in batch.hosts.iter().enumerate() {
+                    self.at.insert(h.host_id.clone(), (b, i));
+                }
+            }
+            self.batches = r.batches.len();
+        }
+        let (b, i) = *self.at.get(host_id)?;
+        r.batches.get(b)?.hosts.get(i).filter(|h| h.host_id == host_id)
+    }
 }
 
 /// How often hosts' phase reports are written to the rollout record at
@@ -110,9 +142,13 @@ impl Engine {
     async fn run(mut self) -> Result<(), StoreError> {
         if self.start == Start::Fresh {
             self.fleet.metrics.rollout_started(self.r.kind().word());
-            self.fleet
-                .rollouts
-                .emit(&self.r, fleet_proto::EventKind::RolloutStarted, "", self.r.plan.clone());
+            self.fleet.rollouts.emit(
+                &self.r,
+                fleet_proto::EventKind::RolloutStarted,
+                None,
+                "",
+                self.r.plan.clone(),
+            );
         }
         self.look()?;
         loop {
@@ -257,7 +293,8 @@ impl Engine {
             if kind == fleet_proto::EventKind::HostDone {
                 tracing::info!(host_id = %host, detail = %detail, "rollout host done");
             }
-            self.fleet.rollouts.emit(&self.r, kind, &host, detail);
+            let entry = self.places.entry(&self.r, &host);
+            self.fleet.rollouts.emit(&self.r, kind, entry, &host, detail);
         }
         Ok(())
     }
@@ -400,7 +437,8 @@ impl Engine {
             }
             for e in effects {
                 if let Effect::Emit { kind, host, detail } = e {
-                    self.fleet.rollouts.emit(&self.r, kind, &host, detail);
+                    let entry = self.places.entry(&self.r, &host);
+                    self.fleet.rollouts.emit(&self.r, kind, entry, &host, detail);
                 }
             }
             Ok(())
