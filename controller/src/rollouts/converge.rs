@@ -70,11 +70,16 @@ pub async fn run(fleet: Arc<Fleet>, mut rx: mpsc::Receiver<Signal>) {
 /// Hosts of the app's latest convergence run that failed are given up on
 /// (for that release) until they connect again.
 fn remember_failures(fleet: &Fleet, app: &str, given_up: &mut HashSet<(String, String, String)>) {
-    let Ok(all) = fleet.rollouts.records.all() else { return };
-    let Some(last) = all
+    let Ok(heads) = fleet.rollouts.records.heads() else {
+        return;
+    };
+    let Some(head) = heads
         .into_iter()
         .find(|r| r.app == app && r.kind() == RolloutKind::Converge && r.state().ended())
     else {
+        return;
+    };
+    let Ok(Some(last)) = fleet.rollouts.records.get(&head.id) else {
         return;
     };
     for h in last.batches.iter().flat_map(|b| &b.hosts) {
@@ -88,7 +93,7 @@ async fn sweep(fleet: &Arc<Fleet>, given_up: &HashSet<(String, String, String)>)
     let hosts = fleet.store.hosts()?;
     for spec in fleet.store.apps()? {
         let app = spec.name.clone();
-        if fleet.rollouts.records.active(&app)?.is_some() {
+        if fleet.rollouts.records.has_active(&app)? {
             continue;
         }
         let Ok(selector) = Selector::parse(&spec.selector) else {

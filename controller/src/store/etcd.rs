@@ -589,6 +589,12 @@ impl Kv for EtcdKv {
         Ok(())
     }
 
+    fn max_ops(&self) -> usize {
+        // etcd's default --max-txn-ops is 128; a fenced commit adds one op
+        // to the failure branch and one compare.
+        100
+    }
+
     fn remote(&self) -> Option<String> {
         Some(self.members.name.clone())
     }

@@ -65,11 +65,13 @@ pub enum Space {
     Events,
     /// Webhooks.
     Notifiers,
+    /// The hosts of rollout records, one key per host (see `rollouts`).
+    RolloutHosts,
 }
 
 impl Space {
     /// Every space, in the order of their index.
-    pub const ALL: [Space; 14] = [
+    pub const ALL: [Space; 15] = [
         Space::Meta,
         Space::Hosts,
         Space::Certs,
@@ -84,6 +86,7 @@ impl Space {
         Space::Identities,
         Space::Events,
         Space::Notifiers,
+        Space::RolloutHosts,
     ];
 
     /// The space's name: the sled tree's name, and in messages.
@@ -103,6 +106,7 @@ impl Space {
             Space::Identities => "identities",
             Space::Events => "events",
             Space::Notifiers => "notifiers",
+            Space::RolloutHosts => "rollout_hosts",
         }
     }
 
@@ -266,6 +270,13 @@ pub trait Kv: Send + Sync + 'static {
     /// Only the store's flusher thread calls it (group commit); `Err` holds
     /// the backend's error text.
     fn flush_sync(&self) -> Result<(), String>;
+
+    /// The most writes one [`Txn`] may hold (etcd's `--max-txn-ops`, 128 by
+    /// default). A writer of many keys that need not change together (a
+    /// rollout's hosts) splits its writes into txns of at most this many.
+    fn max_ops(&self) -> usize {
+        usize::MAX
+    }
 
     /// A backend across the network (etcd) gives its name for messages: its
     /// errors carry their own advice, where sled's need the disk's.

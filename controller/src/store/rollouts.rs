@@ -3,9 +3,20 @@
 //!
 //! | tree | key | value |
 //! |---|---|---|
-//! | `rollouts` | rollout id | `2` + protobuf `fleet.v1.Rollout` (typed states); `1` + the string-state record of earlier releases, migrated at open |
+//! | `rollouts` | rollout id | `3` + protobuf `fleet.v1.Rollout` without its hosts (the head: each batch's `hosts` empty); `2` + the whole record (written by earlier releases, read as it is, rewritten as `3` by the next write); `1` + the string-state record of earlier releases, migrated at open |
+//! | `rollout_hosts` | rollout id, `\0`, batch (u32 big-endian), host's index in it (u32 big-endian) | `1` + protobuf `fleet.v1.RolloutHost` |
 //! | `desired` | `<app>\0<host id>` | `1` + the version that host should run |
 //! | `app_release` | app name | `1` + the app's release for new hosts |
+//!
+//! A rollout's hosts are keys of their own, and a write of the record
+//! ([`RolloutStore::put`]) writes only the hosts that changed since this
+//! process last wrote them, then the head: writing the whole record at
+//! every save made a rollout quadratic in its hosts, and a record of
+//! thousands of hosts is larger than etcd takes in one value. The hosts'
+//! writes go in txns of at most `Kv::max_ops` (etcd: 100), before the head;
+//! a crash between them leaves some hosts newer than the head, as if the
+//! controller had died a moment later (the engine's restart rules hold:
+//! nothing was sent before the flush that follows the whole write).
 //!
 //! Releases before per-host desired state kept one version per app in
 //! `desired` under the bare app name; [`RolloutStore::open`] migrates it:
@@ -14,7 +25,7 @@
 //! changes no host.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use fleet_proto::{
     BatchState, FailureCause, Host, HostState, Rollout, RolloutBatch, RolloutHost, RolloutKind, RolloutState,
@@ -27,15 +38,71 @@ use super::{Store, StoreError};
 
 const RECORD_V1: u8 = 1;
 const RECORD_V2: u8 = 2;
+/// The head of a record whose hosts are in `rollout_hosts`.
+const RECORD_V3: u8 = 3;
 const VALUE_V1: u8 = 1;
 
 fn corrupt(tree: &'static str, key: &[u8], detail: impl Into<String>) -> StoreError {
     codec::corrupt(tree, key, detail)
 }
 
-/// The rollouts' key spaces (`rollouts`, `desired`, `app_release`).
+/// The rollouts' key spaces (`rollouts`, `rollout_hosts`, `desired`,
+/// `app_release`).
 pub struct RolloutStore {
     kv: Arc<dyn Kv>,
+    /// What this process last wrote of each running rollout's hosts, by
+    /// rollout id, batch and index: a write skips the hosts that are equal.
+    written: Mutex<HashMap<String, Vec<Vec<RolloutHost>>>>,
+}
+
+/// The key of a rollout's host.
+fn host_key(id: &str, batch: usize, index: usize) -> Vec<u8> {
+    let mut k = host_prefix(id);
+    k.extend_from_slice(&(batch as u32).to_be_bytes());
+    k.extend_from_slice(&(index as u32).to_be_bytes());
+    k
+}
+
+/// `<id>\0`: every host key of a rollout starts with it.
+fn host_prefix(id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(id.len() + 9);
+    k.extend_from_slice(id.as_bytes());
+    k.push(0);
+    k
+}
+
+/// The rollout id, batch and index of a host key.
+fn parse_host_key(key: &[u8]) -> Option<(&[u8], usize, usize)> {
+    let nul = key.iter().position(|b| *b == 0)?;
+    let rest = &key[nul + 1..];
+    if rest.len() != 8 {
+        return None;
+    }
+    let batch = u32::from_be_bytes(rest[..4].try_into().ok()?) as usize;
+    let index = u32::from_be_bytes(rest[4..].try_into().ok()?) as usize;
+    Some((&key[..nul], batch, index))
+}
+
+/// Puts the decoded hosts into their batches of `r`, in key order.
+fn fill(r: &mut Rollout, hosts: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
+    for (k, v) in hosts {
+        let (_, batch, index) =
+            parse_host_key(&k).ok_or_else(|| corrupt("rollout_hosts", &k, "not <id>\\0<batch><index>"))?;
+        let h: RolloutHost = codec::from_proto("rollout_hosts", &k, &v, VALUE_V1)?;
+        let b = r
+            .batches
+            .get_mut(batch)
+            .ok_or_else(|| corrupt("rollout_hosts", &k, format!("batch {batch} is not in the record")))?;
+        if b.hosts.len() != index {
+            return Err(corrupt(
+                "rollout_hosts",
+                &k,
+                format!("host {index} of batch {batch} follows {} hosts", b.hosts.len()),
+            ));
+        }
+        b.hosts.push(h);
+    }
+    Ok(())
 }
 
 fn desired_key(app: &str, host: &str) -> Vec<u8> {
@@ -54,8 +121,10 @@ fn dec_version(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<String, S
     codec::from_text(tree, key, bytes, VALUE_V1)
 }
 
+/// A record or a head (a `3` record: its hosts are elsewhere).
 fn decode_rollout(key: &[u8], bytes: &[u8]) -> Result<Rollout, StoreError> {
     match codec::split("rollouts", key, bytes)? {
+        (RECORD_V3, _) => codec::from_proto("rollouts", key, bytes, RECORD_V3),
         (RECORD_V2, _) => codec::from_proto("rollouts", key, bytes, RECORD_V2),
         (RECORD_V1, _) => {
             codec::from_proto::<legacy::RolloutV1>("rollouts", key, bytes, RECORD_V1).map(legacy::upgrade)
@@ -66,6 +135,71 @@ fn decode_rollout(key: &[u8], bytes: &[u8]) -> Result<Rollout, StoreError> {
 
 fn encode_rollout(r: &Rollout) -> Vec<u8> {
     codec::proto(RECORD_V2, r)
+}
+
+/// The head of `r`: the record with every batch's hosts left out.
+fn encode_head(r: &Rollout) -> Vec<u8> {
+    // Every field named, none with `..`: a field added to Rollout stops the
+    // build here instead of being left out of the head.
+    let Rollout {
+        id,
+        app,
+        version,
+        params,
+        batches,
+        reason,
+        created_at_ms,
+        ended_at_ms,
+        created_by,
+        failure_budget,
+        current_batch,
+        plan,
+        state,
+        kind,
+        whole_selection,
+        canary_approved,
+        stop,
+        batch_size,
+    } = r;
+    let head = Rollout {
+        id: id.clone(),
+        app: app.clone(),
+        version: version.clone(),
+        params: params.clone(),
+        batches: batches
+            .iter()
+            .map(|b| {
+                let RolloutBatch {
+                    hosts: _,
+                    canary,
+                    started_at_ms,
+                    ended_at_ms,
+                    state,
+                } = b;
+                RolloutBatch {
+                    hosts: Vec::new(),
+                    canary: *canary,
+                    started_at_ms: *started_at_ms,
+                    ended_at_ms: *ended_at_ms,
+                    state: *state,
+                }
+            })
+            .collect(),
+        reason: reason.clone(),
+        created_at_ms: *created_at_ms,
+        ended_at_ms: *ended_at_ms,
+        created_by: created_by.clone(),
+        failure_budget: *failure_budget,
+        current_batch: *current_batch,
+        plan: plan.clone(),
+        state: *state,
+        kind: *kind,
+        whole_selection: *whole_selection,
+        canary_approved: *canary_approved,
+        stop: *stop,
+        batch_size: *batch_size,
+    };
+    codec::proto(RECORD_V3, &head)
 }
 
 /// A host's current release of an app, from its last inventory.
@@ -81,7 +215,10 @@ impl RolloutStore {
     /// Opens the key spaces and migrates records of earlier releases (see
     /// the module's doc); `hosts` are the enrolled hosts, for the migration.
     pub fn open(store: &Store, hosts: &[Host]) -> Result<RolloutStore, StoreError> {
-        let s = RolloutStore { kv: store.kv().clone() };
+        let s = RolloutStore {
+            kv: store.kv().clone(),
+            written: Mutex::new(HashMap::new()),
+        };
         s.migrate(hosts)?;
         Ok(s)
     }
@@ -139,9 +276,56 @@ impl RolloutStore {
         Ok(())
     }
 
-    /// Writes a rollout record (the caller makes it durable).
+    /// Writes a rollout record (the caller makes it durable): the hosts
+    /// that changed since this process last wrote them, then the head.
     pub fn put(&self, r: &Rollout) -> Result<(), StoreError> {
-        self.write(Space::Rollouts, r.id.as_bytes(), encode_rollout(r))
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let before = written.remove(&r.id).unwrap_or_default();
+        let mut ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        for (b, batch) in r.batches.iter().enumerate() {
+            let had = before.get(b).map_or(&[][..], Vec::as_slice);
+            for (i, h) in batch.hosts.iter().enumerate() {
+                if had.get(i) != Some(h) {
+                    ops.push((host_key(&r.id, b, i), Some(codec::proto(VALUE_V1, h))));
+                }
+            }
+            // Hosts a batch no longer has (never, today): gone too.
+            for i in batch.hosts.len()..had.len() {
+                ops.push((host_key(&r.id, b, i), None));
+            }
+        }
+        for (b, had) in before.iter().enumerate().skip(r.batches.len()) {
+            for i in 0..had.len() {
+                ops.push((host_key(&r.id, b, i), None));
+            }
+        }
+        // Txns of at most max_ops writes; the head goes with the last hosts
+        // (or alone after them), after every other one.
+        let max = self.kv.max_ops().max(1);
+        let mut ops = ops.into_iter().peekable();
+        loop {
+            let mut txn = Txn::new();
+            while txn.ops.len() < max {
+                let Some((key, value)) = ops.next() else { break };
+                txn = match value {
+                    Some(v) => txn.put(Space::RolloutHosts, key, v),
+                    None => txn.delete(Space::RolloutHosts, key),
+                };
+            }
+            let last = ops.peek().is_none() && txn.ops.len() < max;
+            if last {
+                txn = txn.put(Space::Rollouts, r.id.as_bytes(), encode_head(r));
+            }
+            // On an error the cache entry stays gone: the next write is whole.
+            let _ = self.kv.commit(txn)?;
+            if last {
+                break;
+            }
+        }
+        if !r.state().ended() {
+            written.insert(r.id.clone(), r.batches.iter().map(|b| b.hosts.clone()).collect());
+        }
+        Ok(())
     }
 
     fn write(&self, space: Space, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
@@ -151,14 +335,19 @@ impl RolloutStore {
 
     /// One rollout.
     pub fn get(&self, id: &str) -> Result<Option<Rollout>, StoreError> {
-        self.kv
-            .get(Space::Rollouts, id.as_bytes())?
-            .map(|v| decode_rollout(id.as_bytes(), &v))
-            .transpose()
+        let Some(bytes) = self.kv.get(Space::Rollouts, id.as_bytes())? else {
+            return Ok(None);
+        };
+        let mut r = decode_rollout(id.as_bytes(), &bytes)?;
+        if bytes.first() == Some(&RECORD_V3) {
+            fill(&mut r, self.kv.scan_prefix(Space::RolloutHosts, &host_prefix(id))?)?;
+        }
+        Ok(Some(r))
     }
 
-    /// Every rollout, newest first.
-    pub fn all(&self) -> Result<Vec<Rollout>, StoreError> {
+    /// Every rollout without its hosts (heads; a record of an earlier
+    /// release has them), newest first: what lists need.
+    pub fn heads(&self) -> Result<Vec<Rollout>, StoreError> {
         let mut out = Vec::new();
         for (k, v) in self.kv.scan_prefix(Space::Rollouts, b"")? {
             out.push(decode_rollout(&k, &v)?);
@@ -167,9 +356,44 @@ impl RolloutStore {
         Ok(out)
     }
 
-    /// The rollout of `app` that has not ended, if any.
+    /// Every rollout, whole, newest first.
+    pub fn all(&self) -> Result<Vec<Rollout>, StoreError> {
+        let mut heads = Vec::new();
+        for (k, v) in self.kv.scan_prefix(Space::Rollouts, b"")? {
+            let split = v.first() == Some(&RECORD_V3);
+            heads.push((decode_rollout(&k, &v)?, split));
+        }
+        let mut hosts: HashMap<Vec<u8>, Vec<super::kv::Entry>> = HashMap::new();
+        for (k, v) in self.kv.scan_prefix(Space::RolloutHosts, b"")? {
+            let id = parse_host_key(&k)
+                .ok_or_else(|| corrupt("rollout_hosts", &k, "not <id>\\0<batch><index>"))?
+                .0
+                .to_vec();
+            hosts.entry(id).or_default().push((k, v));
+        }
+        let mut out = Vec::with_capacity(heads.len());
+        for (mut r, split) in heads {
+            if split {
+                let found = hosts.remove(r.id.as_bytes()).unwrap_or_default();
+                fill(&mut r, found)?;
+            }
+            out.push(r);
+        }
+        out.sort_by_key(|r| std::cmp::Reverse((r.created_at_ms, r.id.clone())));
+        Ok(out)
+    }
+
+    /// Whether a rollout of `app` has not ended (heads only).
+    pub fn has_active(&self, app: &str) -> Result<bool, StoreError> {
+        Ok(self.heads()?.iter().any(|r| r.app == app && !r.state().ended()))
+    }
+
+    /// The rollout of `app` that has not ended, if any, whole.
     pub fn active(&self, app: &str) -> Result<Option<Rollout>, StoreError> {
-        Ok(self.all()?.into_iter().find(|r| r.app == app && !r.state().ended()))
+        match self.heads()?.into_iter().find(|r| r.app == app && !r.state().ended()) {
+            Some(head) => self.get(&head.id),
+            None => Ok(None),
+        }
     }
 
     /// The release `host` should run of `app`, when one was decided for it.
@@ -512,5 +736,177 @@ mod tests {
         // Opening again finds nothing more to migrate.
         let again = RolloutStore::open(&store, &hosts).expect("open again");
         assert_eq!(again.desired_of_app("demo").expect("all").len(), 2);
+    }
+
+    /// The space and key of each write of one commit.
+    type Txned = Vec<(Space, Vec<u8>)>;
+
+    /// A backend that keeps every commit's writes, and allows `max` in one.
+    struct Counting {
+        inner: Arc<dyn Kv>,
+        max: usize,
+        commits: Mutex<Vec<Txned>>,
+    }
+
+    impl Kv for Counting {
+        fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(space, key)
+        }
+        fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Vec<super::super::kv::Entry>, StoreError> {
+            self.inner.scan_prefix(space, prefix)
+        }
+        fn scan_from(
+            &self,
+            space: Space,
+            from: &[u8],
+            limit: usize,
+            order: super::super::kv::Order,
+        ) -> Result<Vec<super::super::kv::Entry>, StoreError> {
+            self.inner.scan_from(space, from, limit, order)
+        }
+        fn commit(&self, txn: Txn) -> Result<super::super::kv::Committed, StoreError> {
+            assert!(
+                txn.ops.len() <= self.max,
+                "a txn of {} ops over the backend's {}",
+                txn.ops.len(),
+                self.max
+            );
+            let keys = txn
+                .ops
+                .iter()
+                .map(|op| match op {
+                    super::super::kv::Op::Put { space, key, .. } | super::super::kv::Op::Delete { space, key } => {
+                        (*space, key.clone())
+                    }
+                })
+                .collect();
+            self.commits.lock().expect("lock").push(keys);
+            self.inner.commit(txn)
+        }
+        fn flush_sync(&self) -> Result<(), String> {
+            self.inner.flush_sync()
+        }
+        fn max_ops(&self) -> usize {
+            self.max
+        }
+    }
+
+    fn rollout(id: &str, batches: usize, each: usize) -> Rollout {
+        Rollout {
+            id: id.into(),
+            app: "demo".into(),
+            version: "2.0.0".into(),
+            plan: "in batches".into(),
+            state: RolloutState::Running as i32,
+            batches: (0..batches)
+                .map(|b| RolloutBatch {
+                    canary: b == 0,
+                    hosts: (0..each)
+                        .map(|i| RolloutHost {
+                            host_id: format!("h{b}-{i}"),
+                            hostname: format!("web-{b}-{i}"),
+                            to_version: "2.0.0".into(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_record_is_its_head_and_its_hosts_and_a_write_touches_only_what_changed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let sled: Arc<dyn Kv> = Arc::new(super::super::kv::SledKv::open(dir.path()).expect("sled"));
+        let counting = Arc::new(Counting {
+            inner: sled,
+            max: 10,
+            commits: Mutex::new(Vec::new()),
+        });
+        let store = Store::on(counting.clone(), dir.path(), super::super::Schema::CreateIfMissing).expect("store");
+        let rs = RolloutStore::open(&store, &[]).expect("open");
+        let commits = || std::mem::take(&mut *counting.commits.lock().expect("lock"));
+        commits();
+
+        let mut r = rollout("r-1", 3, 40);
+        rs.put(&r).expect("put");
+        let first = commits();
+        assert_eq!(
+            first.len(),
+            13,
+            "120 hosts and the head in txns of at most 10: {}",
+            first.len()
+        );
+        let last = first.last().expect("a txn");
+        assert_eq!(last.last(), Some(&(Space::Rollouts, b"r-1".to_vec())), "the head last");
+        assert_eq!(rs.get("r-1").expect("get"), Some(r.clone()), "read back whole");
+        let head = store.kv().get(Space::Rollouts, b"r-1").expect("get").expect("head");
+        assert_eq!(head[0], RECORD_V3);
+        assert!(head.len() < 200, "the head holds no host: {} bytes", head.len());
+
+        // One host's phase and the batch's state change: one host is written.
+        r.batches[1].hosts[7].phase = "unpack".into();
+        r.batches[1].state = BatchState::Running as i32;
+        r.current_batch = 1;
+        rs.put(&r).expect("put");
+        let second = commits();
+        assert_eq!(
+            second,
+            vec![vec![
+                (Space::RolloutHosts, host_key("r-1", 1, 7)),
+                (Space::Rollouts, b"r-1".to_vec())
+            ]]
+        );
+        assert_eq!(rs.get("r-1").expect("get"), Some(r.clone()));
+        // Nothing changed: the head alone.
+        rs.put(&r).expect("put");
+        assert_eq!(commits(), vec![vec![(Space::Rollouts, b"r-1".to_vec())]]);
+
+        // A rollback batch is appended: only its hosts.
+        let mut rollback = r.batches[0].clone();
+        rollback.canary = false;
+        rollback.hosts.truncate(3);
+        r.batches.push(rollback);
+        rs.put(&r).expect("put");
+        assert_eq!(commits().concat().len(), 4, "3 new hosts and the head");
+
+        // Another process (a restart) knows nothing it wrote: it writes all.
+        let again = RolloutStore::open(&store, &[]).expect("open again");
+        assert_eq!(again.get("r-1").expect("get"), Some(r.clone()));
+        again.put(&r).expect("put");
+        assert_eq!(commits().concat().len(), 124);
+
+        // Lists: heads without hosts; all() whole, newest first.
+        let mut r2 = rollout("r-2", 1, 2);
+        r2.created_at_ms = 5;
+        again.put(&r2).expect("put");
+        let heads = again.heads().expect("heads");
+        assert_eq!(heads.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["r-2", "r-1"]);
+        assert!(heads.iter().all(|h| h.batches.iter().all(|b| b.hosts.is_empty())));
+        assert_eq!(heads[1].batches.len(), 4);
+        assert_eq!(again.all().expect("all"), vec![r2.clone(), r.clone()]);
+        assert_eq!(again.active("demo").expect("active"), Some(r2.clone()));
+        assert!(again.has_active("demo").expect("has"));
+    }
+
+    #[test]
+    fn a_whole_record_of_an_earlier_release_is_read_and_rewritten_as_head_and_hosts() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(dir.path()).expect("open");
+        let r = rollout("r-9", 2, 3);
+        let raw = Txn::new().put(Space::Rollouts, "r-9", encode_rollout(&r));
+        let _ = store.kv().commit(raw).expect("insert");
+        let rs = RolloutStore::open(&store, &[]).expect("open");
+        assert_eq!(rs.get("r-9").expect("get"), Some(r.clone()));
+        assert_eq!(rs.all().expect("all"), vec![r.clone()]);
+        rs.put(&r).expect("put");
+        assert_eq!(
+            store.kv().get(Space::Rollouts, b"r-9").expect("get").expect("head")[0],
+            RECORD_V3
+        );
+        assert_eq!(store.kv().count(Space::RolloutHosts).expect("count"), 6);
+        assert_eq!(rs.get("r-9").expect("get"), Some(r));
     }
 }
