@@ -171,12 +171,8 @@ fn a_controller_killed_between_batches_resumes_without_skipping_a_host_that_is_l
     assert_eq!(r["state"], "succeeded", "{r}");
     let states: Vec<String> = host_states(&c, &r).into_iter().map(|(_, s)| s).collect();
     assert_eq!(states, ["succeeded", "succeeded", "succeeded"], "nobody skipped: {r}");
+    c.assert_each_host_activated_once("2.0.0");
     let spans = c.spans("2.0.0");
-    let mut ports: Vec<u16> = spans.iter().map(|s| s.port).collect();
-    ports.sort();
-    let mut want = c.ports.clone();
-    want.sort();
-    assert_eq!(ports, want, "every host activated 2.0.0 exactly once: {spans:?}");
     assert_eq!(max_overlap(&spans), 1, "never more than the batch at once: {spans:?}");
     c.wait_all_serve("2.0.0");
 }

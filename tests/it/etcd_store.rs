@@ -148,6 +148,18 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Rolls 1.0.0 out to every host, then starts 2.0.0 one host at a time;
+/// the second rollout's id.
+fn v1_everywhere_then_v2_one_host_at_a_time(c: &Cluster) -> String {
+    c.push("1.0.0", &[]);
+    let out = c.rollout(&["--release", "1.0.0", "--batch", "100%", "--wait"]);
+    assert!(out.status.success(), "rollout 1.0.0: {}", stderr(&out));
+    c.push("2.0.0", &[]);
+    let out = c.rollout(&["--release", "2.0.0", "--batch", "1", "--output", "json"]);
+    assert!(out.status.success(), "rollout 2.0.0: {}", stderr(&out));
+    rollout_id(&out)
+}
+
 #[test]
 fn a_controller_on_etcd_killed_mid_rollout_resumes_from_etcd_without_deploying_a_host_twice() {
     let etcd = Etcd::start();
@@ -163,14 +175,7 @@ fn a_controller_on_etcd_killed_mid_rollout_resumes_from_etcd_without_deploying_a
         config.contains("backend = \"etcd\"") && config.contains(&etcd.url()),
         "{config}"
     );
-    c.push("1.0.0", &[]);
-    let out = c.rollout(&["--release", "1.0.0", "--batch", "100%", "--wait"]);
-    assert!(out.status.success(), "rollout 1.0.0: {}", stderr(&out));
-
-    c.push("2.0.0", &[]);
-    let out = c.rollout(&["--release", "2.0.0", "--batch", "1", "--output", "json"]);
-    assert!(out.status.success(), "rollout 2.0.0: {}", stderr(&out));
-    let id = rollout_id(&out);
+    let id = v1_everywhere_then_v2_one_host_at_a_time(&c);
     wait_until(Duration::from_secs(60), "the second batch to start", || {
         (c.spans("2.0.0").len() >= 2).then_some(())
     });
@@ -178,11 +183,7 @@ fn a_controller_on_etcd_killed_mid_rollout_resumes_from_etcd_without_deploying_a
     c.fleet.controller.start();
     let r = c.wait_state(&id, &["succeeded", "failed", "rolled_back", "aborted"]);
     assert_eq!(r["state"], "succeeded", "{r}");
-    let mut ports: Vec<u16> = c.spans("2.0.0").iter().map(|s| s.port).collect();
-    ports.sort();
-    let mut want = c.ports.clone();
-    want.sort();
-    assert_eq!(ports, want, "every host activated 2.0.0 exactly once");
+    c.assert_each_host_activated_once("2.0.0");
     c.wait_all_serve("2.0.0");
     assert!(!data_dir.join("store").exists());
 }
@@ -339,26 +340,15 @@ fn a_rollout_on_a_three_member_etcd_rides_out_a_lost_member_and_two_lost_refuse_
     let mut etcd = Etcd::cluster(3);
     let args = init_args(&etcd, "fleet/ha/");
     let c = Cluster::start_full(&[""; 3], &strs(&args), &[], "info");
-    c.push("1.0.0", &[]);
-    let out = c.rollout(&["--release", "1.0.0", "--batch", "100%", "--wait"]);
-    assert!(out.status.success(), "rollout 1.0.0: {}", stderr(&out));
-
     // The member the controller talks to first dies mid-rollout.
-    c.push("2.0.0", &[]);
-    let out = c.rollout(&["--release", "2.0.0", "--batch", "1", "--output", "json"]);
-    assert!(out.status.success(), "rollout 2.0.0: {}", stderr(&out));
-    let id = rollout_id(&out);
+    let id = v1_everywhere_then_v2_one_host_at_a_time(&c);
     wait_until(Duration::from_secs(60), "the first batch to start", || {
         (!c.spans("2.0.0").is_empty()).then_some(())
     });
     etcd.kill9_member(0);
     let r = c.wait_state(&id, &["succeeded", "failed", "rolled_back", "aborted"]);
     assert_eq!(r["state"], "succeeded", "{r}");
-    let mut ports: Vec<u16> = c.spans("2.0.0").iter().map(|s| s.port).collect();
-    ports.sort();
-    let mut want = c.ports.clone();
-    want.sort();
-    assert_eq!(ports, want, "every host activated 2.0.0 exactly once");
+    c.assert_each_host_activated_once("2.0.0");
 
     // A second member dies: no majority. Writes are refused, naming etcd,
     // and /healthz says so; nothing half-done is left.

@@ -140,6 +140,17 @@ impl Cluster {
         assert_success(&self.fleet.push_release(APP, version, &tar.gz()), "release push");
     }
 
+    /// Asserts that every host activated `version` exactly once (the
+    /// activation hooks' log).
+    pub fn assert_each_host_activated_once(&self, version: &str) {
+        let spans = self.spans(version);
+        let mut ports: Vec<u16> = spans.iter().map(|s| s.port).collect();
+        ports.sort();
+        let mut want = self.ports.clone();
+        want.sort();
+        assert_eq!(ports, want, "every host activated {version} exactly once: {spans:?}");
+    }
+
     pub fn rollout(&self, args: &[&str]) -> Output {
         let mut all = vec!["rollout", APP];
         all.extend(args);
@@ -363,12 +374,7 @@ fn a_controller_killed_mid_rollout_resumes_without_deploying_a_host_twice() {
     c.fleet.controller.start();
     let r = c.wait_state(&id, &["succeeded", "failed", "rolled_back", "aborted"]);
     assert_eq!(r["state"], "succeeded", "{r}");
-    let spans = c.spans("2.0.0");
-    let mut ports: Vec<u16> = spans.iter().map(|s| s.port).collect();
-    ports.sort();
-    let mut want = c.ports.clone();
-    want.sort();
-    assert_eq!(ports, want, "every host activated 2.0.0 exactly once: {spans:?}");
+    c.assert_each_host_activated_once("2.0.0");
     c.wait_all_serve("2.0.0");
 }
 

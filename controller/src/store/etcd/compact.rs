@@ -1,11 +1,11 @@
 //! etcd keeps every earlier value of every key (its MVCC history) until the
 //! history is compacted, and refuses all writes once its database reaches
 //! its quota (2 GiB by default). The controller rewrites values often (a
-//! rollout's head and changed hosts at every phase save), so it compacts, as Kubernetes'
-//! API server does: every [`COMPACT_EVERY`], the history older than the
-//! revision it saw one round earlier is dropped. Only the holder of the
-//! serving lock does it. Giving the freed space back to the filesystem
-//! (`etcdctl defrag`) is the operator's, as for any etcd.
+//! rollout's head and changed hosts at every phase save), so it compacts,
+//! as Kubernetes' API server does: every [`COMPACT_EVERY`], the history
+//! older than the revision it saw one round earlier is dropped. Only the
+//! holder of the serving lock does it. Giving the freed space back to the
+//! filesystem (`etcdctl defrag`) is the operator's, as for any etcd.
 
 use std::sync::Arc;
 use std::time::Duration;
