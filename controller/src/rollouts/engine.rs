@@ -18,7 +18,7 @@ use tracing::Instrument;
 use super::step::{self, Change, Control, Effect, HostView, Next, Outcome, Params, View};
 use crate::fleet::Fleet;
 use crate::rollout_hub::{lock, Signal};
-use crate::store::rollouts::current_of;
+use crate::store::rollouts::{current_of, Touched};
 use crate::store::StoreError;
 
 /// How an engine starts.
@@ -53,11 +53,14 @@ pub fn spawn(fleet: &Arc<Fleet>, r: Rollout, start: Start) {
         control: rx,
         hosts: HashMap::new(),
         following: StreamMap::new(),
+        followed: HashMap::new(),
+        followed_ids: HashSet::new(),
         start,
         dirty: false,
         unflushed: Vec::new(),
         phases_saved_at: None,
         places: Places::default(),
+        touched: Touched::all(),
     };
     let f = fleet.clone();
     fleet.tracker.spawn(
@@ -84,6 +87,11 @@ struct Engine {
     hosts: HashMap<String, HostView>,
     /// Reports of the tasks being followed, by task id.
     following: StreamMap<String, ReceiverStream<TaskProgress>>,
+    /// The followed tasks' ids, and the batch and host each is of (kept
+    /// with `following`, so neither a report nor a decision walks every
+    /// host or copies every id).
+    followed: HashMap<String, (usize, String)>,
+    followed_ids: HashSet<String>,
     start: Start,
     /// The record was written since the last flush.
     dirty: bool,
@@ -94,6 +102,8 @@ struct Engine {
     phases_saved_at: Option<std::time::Instant>,
     /// Where each host's latest entry is in the record, for events.
     places: Places,
+    /// The batches whose hosts changed since the record was last written.
+    touched: Touched,
 }
 
 /// Each host's latest entry in a record (its last in batch order: a
@@ -154,12 +164,11 @@ impl Engine {
         loop {
             let now = now_ms();
             let control = *self.control.borrow_and_update();
-            let following: HashSet<String> = self.following.keys().cloned().collect();
             let view = View {
                 now_ms: now,
                 control,
                 hosts: &self.hosts,
-                following: &following,
+                following: &self.followed_ids,
             };
             let mut new_task_id = || format!("t-{}", crate::random_hex(8));
             let next = step::next(&self.r, &self.params, &view, &mut new_task_id);
@@ -169,7 +178,7 @@ impl Engine {
                     break;
                 }
                 Next::Change(change) => {
-                    let effects = step::apply(&mut self.r, &change, now);
+                    let effects = self.change(&change, now);
                     self.record(effects)?;
                     match change {
                         Change::End { .. } => {
@@ -193,7 +202,14 @@ impl Engine {
                 Next::Follow { host, task_id } => {
                     tracing::info!(host_id = %host, task_id, "re-attached to a task in flight");
                     let rx = self.fleet.tasks.register(&task_id, &host);
-                    self.following.insert(task_id, ReceiverStream::new(rx));
+                    // Once per task re-attached after a restart: a walk is fine.
+                    let batch = self
+                        .r
+                        .batches
+                        .iter()
+                        .position(|b| b.hosts.iter().any(|h| h.task_id == task_id))
+                        .unwrap_or(self.r.current_batch as usize);
+                    self.follow(task_id, batch, host, rx);
                 }
                 Next::Wait { until_ms } => {
                     self.make_durable().await?;
@@ -268,7 +284,7 @@ impl Engine {
                 }
                 Effect::Forget { task_id } => {
                     self.fleet.tasks.forget(&task_id);
-                    self.following.remove(&task_id);
+                    self.unfollow(&task_id);
                 }
                 Effect::HoldPaused => {
                     self.fleet.rollouts.control(&self.r.id, Control::Pause);
@@ -285,7 +301,8 @@ impl Engine {
     /// its hosts), makes it durable, then emits the changes' events.
     async fn make_durable(&mut self) -> Result<(), StoreError> {
         if self.dirty {
-            self.fleet.rollouts.records.put(&self.r)?;
+            self.fleet.rollouts.records.put_touched(&self.r, &self.touched)?;
+            self.touched.clear();
             self.fleet.store.flush().await?;
             self.dirty = false;
         }
@@ -359,7 +376,7 @@ impl Engine {
         };
         let Some(spec) = self.fleet.store.app(&self.r.app)? else {
             let c = fail(format!("app {} was deleted", self.r.app));
-            let effects = step::apply(&mut self.r, &c, now_ms());
+            let effects = self.change(&c, now_ms());
             return self.record(effects);
         };
         let kind = if h.state() == HostState::RollingBack {
@@ -371,7 +388,7 @@ impl Engine {
         } else {
             let Some(release) = self.fleet.store.release(&self.r.app, &h.to_version)? else {
                 let c = fail(format!("release {} of {} is gone", h.to_version, self.r.app));
-                let effects = step::apply(&mut self.r, &c, now_ms());
+                let effects = self.change(&c, now_ms());
                 return self.record(effects);
             };
             task::Kind::Deploy(DeployTask {
@@ -382,9 +399,8 @@ impl Engine {
         };
         match self.fleet.dispatch().send_as(host, &self.r.id, &h.task_id, kind).await {
             Ok(rx) => {
-                self.following.insert(h.task_id.clone(), ReceiverStream::new(rx));
-                let effects = step::apply(
-                    &mut self.r,
+                self.follow(h.task_id.clone(), batch, host.to_string(), rx);
+                let effects = self.change(
                     &Change::Sent {
                         batch,
                         host: host.to_string(),
@@ -403,25 +419,51 @@ impl Engine {
         }
     }
 
+    /// Makes `change` to the record, noting which batch's hosts it may
+    /// have changed (for the next write of the record).
+    fn change(&mut self, change: &Change, now_ms: i64) -> Vec<Effect> {
+        match change {
+            Change::Assign { batch, .. }
+            | Change::AssignRollback { batch, .. }
+            | Change::Sent { batch, .. }
+            | Change::HostEnded { batch, .. } => self.touched.batch(*batch),
+            // The head alone.
+            Change::Pause { .. }
+            | Change::Resume
+            | Change::StartBatch { .. }
+            | Change::EndBatch { .. }
+            | Change::NextBatch
+            | Change::End { .. } => {}
+            Change::BeginRollback { .. } => self.touched.everything(),
+        }
+        step::apply(&mut self.r, change, now_ms)
+    }
+
+    fn follow(&mut self, task_id: String, batch: usize, host: String, rx: tokio::sync::mpsc::Receiver<TaskProgress>) {
+        self.followed_ids.insert(task_id.clone());
+        self.followed.insert(task_id.clone(), (batch, host));
+        self.following.insert(task_id, ReceiverStream::new(rx));
+    }
+
+    fn unfollow(&mut self, task_id: &str) {
+        self.following.remove(task_id);
+        self.followed.remove(task_id);
+        self.followed_ids.remove(task_id);
+    }
+
     async fn on_report(&mut self, task_id: &str, p: TaskProgress) -> Result<(), StoreError> {
-        let Some(host) = self
-            .r
-            .batches
-            .iter()
-            .flat_map(|b| &b.hosts)
-            .find(|h| h.task_id == task_id)
-            .map(|h| h.host_id.clone())
-        else {
-            self.following.remove(task_id);
+        let Some((batch, host)) = self.followed.get(task_id).cloned() else {
+            self.unfollow(task_id);
             return Ok(());
         };
         let fin = crate::tasks::is_final(&p);
-        let effects = step::report(&mut self.r, &host, &p);
+        self.touched.batch(batch);
+        let effects = step::report(&mut self.r, batch, &host, &p);
         if fin && !p.current.is_empty() {
             crate::store::rollouts::note_current(&self.fleet.store, &host, &self.r.app, &p.current)?;
         }
         if fin {
-            self.following.remove(task_id);
+            self.unfollow(task_id);
             self.record(effects)
         } else {
             // A phase: recorded without waiting for the disk (the outcome is
@@ -432,7 +474,8 @@ impl Engine {
             // get every one from the events.
             let due = self.phases_saved_at.is_none_or(|at| at.elapsed() >= PHASE_SAVE_EVERY);
             if due {
-                self.fleet.rollouts.records.put(&self.r)?;
+                self.fleet.rollouts.records.put_touched(&self.r, &self.touched)?;
+                self.touched.clear();
                 self.phases_saved_at = Some(std::time::Instant::now());
             }
             for e in effects {

@@ -55,6 +55,45 @@ pub struct RolloutStore {
     written: Mutex<HashMap<String, Vec<Vec<RolloutHost>>>>,
 }
 
+/// Which batches' hosts may have changed since a record was last written:
+/// [`RolloutStore::put_touched`] compares only those with what it wrote
+/// (comparing every host at every write made a rollout quadratic in its
+/// hosts). A batch it has not written yet is always compared.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    all: bool,
+    batches: std::collections::BTreeSet<usize>,
+}
+
+impl Touched {
+    /// Every batch.
+    pub fn all() -> Touched {
+        Touched {
+            all: true,
+            batches: Default::default(),
+        }
+    }
+
+    /// Batch `b`'s hosts may have changed.
+    pub fn batch(&mut self, b: usize) {
+        self.batches.insert(b);
+    }
+
+    /// Any host may have changed.
+    pub fn everything(&mut self) {
+        self.all = true;
+    }
+
+    /// Written: nothing has changed since.
+    pub fn clear(&mut self) {
+        *self = Touched::default();
+    }
+
+    fn covers(&self, b: usize) -> bool {
+        self.all || self.batches.contains(&b)
+    }
+}
+
 /// The key of a rollout's host.
 fn host_key(id: &str, batch: usize, index: usize) -> Vec<u8> {
     let mut k = host_prefix(id);
@@ -279,26 +318,46 @@ impl RolloutStore {
     /// Writes a rollout record (the caller makes it durable): the hosts
     /// that changed since this process last wrote them, then the head.
     pub fn put(&self, r: &Rollout) -> Result<(), StoreError> {
+        self.put_touched(r, &Touched::all())
+    }
+
+    /// [`RolloutStore::put`], comparing only the hosts of the batches in
+    /// `touched` (and of batches not written yet): the caller vouches that
+    /// no other host changed since its last write.
+    pub fn put_touched(&self, r: &Rollout, touched: &Touched) -> Result<(), StoreError> {
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        let before = written.remove(&r.id).unwrap_or_default();
+        // Taken out while writing: on an error it stays gone, so the next
+        // write is whole.
+        let mut cache = written.remove(&r.id).unwrap_or_default();
         let mut ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let known = cache.len();
+        cache.resize_with(cache.len().max(r.batches.len()), Vec::new);
         for (b, batch) in r.batches.iter().enumerate() {
-            let had = before.get(b).map_or(&[][..], Vec::as_slice);
+            if b < known && !touched.covers(b) {
+                continue;
+            }
+            let had = &mut cache[b];
             for (i, h) in batch.hosts.iter().enumerate() {
                 if had.get(i) != Some(h) {
                     ops.push((host_key(&r.id, b, i), Some(codec::proto(VALUE_V1, h))));
+                    match had.get_mut(i) {
+                        Some(slot) => *slot = h.clone(),
+                        None => had.push(h.clone()),
+                    }
                 }
             }
             // Hosts a batch no longer has (never, today): gone too.
             for i in batch.hosts.len()..had.len() {
                 ops.push((host_key(&r.id, b, i), None));
             }
+            had.truncate(batch.hosts.len());
         }
-        for (b, had) in before.iter().enumerate().skip(r.batches.len()) {
+        for (b, had) in cache.iter().enumerate().skip(r.batches.len()) {
             for i in 0..had.len() {
                 ops.push((host_key(&r.id, b, i), None));
             }
         }
+        cache.truncate(r.batches.len());
         // Txns of at most max_ops writes; the head goes with the last hosts
         // (or alone after them), after every other one.
         let max = self.kv.max_ops().max(1);
@@ -323,7 +382,7 @@ impl RolloutStore {
             }
         }
         if !r.state().ended() {
-            written.insert(r.id.clone(), r.batches.iter().map(|b| b.hosts.clone()).collect());
+            written.insert(r.id.clone(), cache);
         }
         Ok(())
     }
@@ -871,6 +930,25 @@ mod tests {
         r.batches.push(rollback);
         rs.put(&r).expect("put");
         assert_eq!(commits().concat().len(), 4, "3 new hosts and the head");
+
+        // Told which batches changed, a write compares only those.
+        r.batches[2].hosts[0].phase = "fetch".into();
+        r.batches[0].hosts[0].phase = "fetch".into();
+        let mut touched = Touched::default();
+        touched.batch(2);
+        rs.put_touched(&r, &touched).expect("put");
+        assert_eq!(
+            commits(),
+            vec![vec![
+                (Space::RolloutHosts, host_key("r-1", 2, 0)),
+                (Space::Rollouts, b"r-1".to_vec())
+            ]],
+            "batch 0 was not compared: its caller vouched it unchanged"
+        );
+        touched.clear();
+        touched.batch(0);
+        rs.put_touched(&r, &touched).expect("put");
+        assert_eq!(commits().concat().len(), 2, "batch 0's host and the head");
 
         // Another process (a restart) knows nothing it wrote: it writes all.
         let again = RolloutStore::open(&store, &[]).expect("open again");

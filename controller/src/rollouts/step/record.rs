@@ -161,14 +161,14 @@ fn host_ended(r: &mut Rollout, b: usize, host: &str, o: &Outcome) -> Vec<Effect>
     out
 }
 
-/// Takes a progress report of a host's task into the record: a phase, or
-/// (when final) the host's outcome. Reports of other tasks are ignored.
-pub fn report(r: &mut Rollout, host: &str, p: &TaskProgress) -> Vec<Effect> {
-    let Some((b, h)) = r
+/// Takes a progress report of `host`'s task in batch `b` into the record:
+/// a phase, or (when final) the host's outcome. Reports of other tasks are
+/// ignored.
+pub fn report(r: &mut Rollout, b: usize, host: &str, p: &TaskProgress) -> Vec<Effect> {
+    let Some(h) = r
         .batches
-        .iter()
-        .enumerate()
-        .find_map(|(b, bt)| bt.hosts.iter().find(|h| h.host_id == host).map(|h| (b, h)))
+        .get(b)
+        .and_then(|bt| bt.hosts.iter().find(|h| h.host_id == host))
     else {
         return Vec::new();
     };

@@ -187,7 +187,7 @@ fn a_batch_runs_its_hosts_and_a_success_records_the_desired_release() {
         Next::Wait { until_ms: Some(1_100) },
         "waits for the report, up to the deadline"
     );
-    let effects = report(&mut r, "a", &final_report(&task, true));
+    let effects = report(&mut r, 0, "a", &final_report(&task, true));
     assert_eq!(state_of(&r, "a"), HostState::Succeeded);
     assert!(effects.contains(&Effect::SetDesired {
         host: "a".into(),
@@ -370,7 +370,7 @@ fn over_the_budget_the_changed_hosts_are_rolled_back_in_batches() {
     );
     c2.following.insert(task.clone());
     assert!(matches!(c2.next(&r, &p), Next::Wait { .. }), "batch size 1 in flight");
-    let effects = report(&mut r, "a", &final_report(&task, true));
+    let effects = report(&mut r, 0, "a", &final_report(&task, true));
     assert_eq!(state_of(&r, "a"), HostState::RolledBack);
     assert!(effects.contains(&Effect::SetDesired {
         host: "a".into(),
@@ -524,7 +524,7 @@ fn a_host_whose_agent_moved_back_is_recorded_as_reverted() {
     let mut failed = final_report(&task, false);
     failed.reverted = true;
     failed.current = "1".into();
-    report(&mut r, "a", &failed);
+    report(&mut r, 0, "a", &failed);
     let a = &r.batches[0].hosts[0];
     assert_eq!((a.state(), a.reverted), (HostState::Failed, true));
     assert!(a.detail.contains("(the host reverted to 1)"), "{}", a.detail);
@@ -532,6 +532,6 @@ fn a_host_whose_agent_moved_back_is_recorded_as_reverted() {
     let mut r = rollout(&[&["a"]], 10);
     let mut c = Case::new(online(&["a"], "1"));
     let task = send_first(&mut c, &mut r, &p, "a");
-    report(&mut r, "a", &final_report(&task, false));
+    report(&mut r, 0, "a", &final_report(&task, false));
     assert!(!r.batches[0].hosts[0].reverted);
 }

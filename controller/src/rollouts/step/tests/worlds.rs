@@ -217,7 +217,8 @@ impl Sim {
         }
         // A failed change reverts itself on the host: current stays.
         if self.agents[i].connected && self.following.contains(&task) {
-            let e = report(&mut self.r, &id(i), &final_report(&task, ok));
+            let b = batch_of(&self.r, &task);
+            let e = report(&mut self.r, b, &id(i), &final_report(&task, ok));
             self.following.remove(&task);
             self.effects(e);
         }
@@ -237,7 +238,8 @@ impl Sim {
             for t in tasks {
                 let mut p = final_report(&t, false);
                 p.set_cause(FailureCause::Unreachable);
-                let e = report(&mut self.r, &id(i), &p);
+                let b = batch_of(&self.r, &t);
+                let e = report(&mut self.r, b, &id(i), &p);
                 self.following.remove(&t);
                 self.effects(e);
             }
@@ -360,4 +362,13 @@ proptest! {
     ) {
         run_world(n, batch, budget, auto, acts)?;
     }
+}
+
+/// The batch whose host holds `task` (the engine keeps it beside the task
+/// when it sends it); past the batches when none does.
+fn batch_of(r: &Rollout, task: &str) -> usize {
+    r.batches
+        .iter()
+        .position(|b| b.hosts.iter().any(|h| h.task_id == task))
+        .unwrap_or(r.batches.len())
 }
