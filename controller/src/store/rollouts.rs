@@ -52,7 +52,7 @@ pub struct RolloutStore {
     kv: Arc<dyn Kv>,
     /// What this process last wrote of each running rollout's hosts, by
     /// rollout id, batch and index: a write skips the hosts that are equal.
-    written: Mutex<HashMap<String, Vec<Vec<RolloutHost>>>>,
+    written: Mutex<HashMap<String, Written>>,
 }
 
 /// Which batches' hosts may have changed since a record was last written:
@@ -92,6 +92,15 @@ impl Touched {
     fn covers(&self, b: usize) -> bool {
         self.all || self.batches.contains(&b)
     }
+}
+
+/// What this process last wrote of a running rollout.
+#[derive(Default)]
+struct Written {
+    /// Its hosts, by batch and index.
+    hosts: Vec<Vec<RolloutHost>>,
+    /// Its head without the plan (see `head_of`), and the plan.
+    head: Option<(Rollout, String)>,
 }
 
 /// The key of a rollout's host.
@@ -176,8 +185,11 @@ fn encode_rollout(r: &Rollout) -> Vec<u8> {
     codec::proto(RECORD_V2, r)
 }
 
-/// The head of `r`: the record with every batch's hosts left out.
-fn encode_head(r: &Rollout) -> Vec<u8> {
+/// The head of `r`: the record with every batch's hosts left out, and
+/// without the plan unless `with_plan` (the plan names every host: at
+/// 5,000 hosts it is 220 KB, and writing it with every write of the head
+/// filled etcd's 2 GiB quota within one rollout).
+fn head_of(r: &Rollout, with_plan: bool) -> Rollout {
     // Every field named, none with `..`: a field added to Rollout stops the
     // build here instead of being left out of the head.
     let Rollout {
@@ -230,7 +242,7 @@ fn encode_head(r: &Rollout) -> Vec<u8> {
         created_by: created_by.clone(),
         failure_budget: *failure_budget,
         current_batch: *current_batch,
-        plan: plan.clone(),
+        plan: if with_plan { plan.clone() } else { String::new() },
         state: *state,
         kind: *kind,
         whole_selection: *whole_selection,
@@ -238,7 +250,7 @@ fn encode_head(r: &Rollout) -> Vec<u8> {
         stop: *stop,
         batch_size: *batch_size,
     };
-    codec::proto(RECORD_V3, &head)
+    head
 }
 
 /// A host's current release of an app, from its last inventory.
@@ -328,7 +340,10 @@ impl RolloutStore {
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
         // Taken out while writing: on an error it stays gone, so the next
         // write is whole.
-        let mut cache = written.remove(&r.id).unwrap_or_default();
+        let Written {
+            hosts: mut cache,
+            head: last_head,
+        } = written.remove(&r.id).unwrap_or_default();
         let mut ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         let known = cache.len();
         cache.resize_with(cache.len().max(r.batches.len()), Vec::new);
@@ -358,6 +373,19 @@ impl RolloutStore {
             }
         }
         cache.truncate(r.batches.len());
+        // The head is written when it changed (most writes change hosts only).
+        let head = head_of(r, false);
+        let head_changed = last_head.as_ref().is_none_or(|(h, plan)| *h != head || *plan != r.plan);
+        if ops.is_empty() && !head_changed {
+            written.insert(
+                r.id.clone(),
+                Written {
+                    hosts: cache,
+                    head: last_head,
+                },
+            );
+            return Ok(());
+        }
         // Txns of at most max_ops writes; the head goes with the last hosts
         // (or alone after them), after every other one.
         let max = self.kv.max_ops().max(1);
@@ -371,9 +399,13 @@ impl RolloutStore {
                     None => txn.delete(Space::RolloutHosts, key),
                 };
             }
-            let last = ops.peek().is_none() && txn.ops.len() < max;
-            if last {
-                txn = txn.put(Space::Rollouts, r.id.as_bytes(), encode_head(r));
+            let last = ops.peek().is_none() && (txn.ops.len() < max || !head_changed);
+            if last && head_changed {
+                txn = txn.put(
+                    Space::Rollouts,
+                    r.id.as_bytes(),
+                    codec::proto(RECORD_V3, &head_of(r, true)),
+                );
             }
             // On an error the cache entry stays gone: the next write is whole.
             let _ = self.kv.commit(txn)?;
@@ -382,7 +414,17 @@ impl RolloutStore {
             }
         }
         if !r.state().ended() {
-            written.insert(r.id.clone(), cache);
+            let plan = match last_head {
+                Some((_, plan)) if !head_changed => plan,
+                _ => r.plan.clone(),
+            };
+            written.insert(
+                r.id.clone(),
+                Written {
+                    hosts: cache,
+                    head: Some((head, plan)),
+                },
+            );
         }
         Ok(())
     }
@@ -919,9 +961,14 @@ mod tests {
             ]]
         );
         assert_eq!(rs.get("r-1").expect("get"), Some(r.clone()));
-        // Nothing changed: the head alone.
+        // Nothing changed: nothing is written.
         rs.put(&r).expect("put");
-        assert_eq!(commits(), vec![vec![(Space::Rollouts, b"r-1".to_vec())]]);
+        assert_eq!(commits(), Vec::<Txned>::new());
+        // A host alone changed: the host alone (the head, with its plan
+        // naming every host, is not rewritten).
+        r.batches[1].hosts[8].phase = "fetch".into();
+        rs.put(&r).expect("put");
+        assert_eq!(commits(), vec![vec![(Space::RolloutHosts, host_key("r-1", 1, 8))]]);
 
         // A rollback batch is appended: only its hosts.
         let mut rollback = r.batches[0].clone();
@@ -939,16 +986,13 @@ mod tests {
         rs.put_touched(&r, &touched).expect("put");
         assert_eq!(
             commits(),
-            vec![vec![
-                (Space::RolloutHosts, host_key("r-1", 2, 0)),
-                (Space::Rollouts, b"r-1".to_vec())
-            ]],
+            vec![vec![(Space::RolloutHosts, host_key("r-1", 2, 0))]],
             "batch 0 was not compared: its caller vouched it unchanged"
         );
         touched.clear();
         touched.batch(0);
         rs.put_touched(&r, &touched).expect("put");
-        assert_eq!(commits().concat().len(), 2, "batch 0's host and the head");
+        assert_eq!(commits().concat().len(), 1, "batch 0's host");
 
         // Another process (a restart) knows nothing it wrote: it writes all.
         let again = RolloutStore::open(&store, &[]).expect("open again");
