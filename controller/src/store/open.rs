@@ -1,0 +1,228 @@
+//! Opening the store on its backend: sled in the data dir, or etcd (the
+//! checks `init` makes before a new fleet, the serving lock `serve` takes),
+//! and the schema record that tells a fleet's store from an empty one.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::kv::{Kv, SledKv, Space, Txn, SLED_DB_FILE};
+use super::{etcd, flusher, Store, StoreError, LANES, SERVED_DIR, V1};
+
+/// The etcd client for `settings`, after one status call proves the
+/// endpoints, the TLS and a leader.
+fn etcd_kv(settings: &etcd::EtcdSettings) -> Result<Arc<etcd::EtcdKv>, StoreError> {
+    let kv = etcd::EtcdKv::connect(settings)?;
+    let version = kv.check()?;
+    tracing::info!(etcd = %settings.describe(), version, "store on etcd");
+    Ok(Arc::new(kv))
+}
+
+/// The error for a prefix without a fleet.
+fn no_fleet(settings: &etcd::EtcdSettings) -> StoreError {
+    StoreError::Etcd {
+        name: settings.describe(),
+        detail: "no fleet is stored under this prefix: check [store] endpoints and prefix in controller.toml \
+                 (a new fleet is made by 'fleet-controller init --etcd ...')"
+            .into(),
+    }
+}
+
+/// Takes `serve.lock` in the data dir (an exclusive flock, held while the
+/// file is open): one process per host serves a data dir.
+fn local_lock(data_dir: &Path) -> Result<std::fs::File, StoreError> {
+    use rustix::fs::{flock, FlockOperation};
+    let path = data_dir.join("serve.lock");
+    let open_err = |detail: String| StoreError::Open {
+        path: path.display().to_string(),
+        detail,
+    };
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| open_err(e.to_string()))?;
+    match flock(&f, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(f),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(StoreError::Locked {
+            path: path.display().to_string(),
+            detail: "another fleet-controller on this host serves this data dir".into(),
+        }),
+        Err(e) => Err(open_err(e.to_string())),
+    }
+}
+
+/// The etcd client for a new fleet: refuses a prefix that holds one.
+fn new_fleet_in_etcd(settings: &etcd::EtcdSettings) -> Result<Arc<dyn Kv>, StoreError> {
+    let kv = etcd_kv(settings)?;
+    if kv.get(Space::Meta, b"schema")?.is_some() {
+        return Err(StoreError::Etcd {
+            name: settings.describe(),
+            detail: "the prefix already holds a fleet; choose another prefix for a new fleet".into(),
+        });
+    }
+    Ok(kv)
+}
+
+/// Whether opening may create the store's schema record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Schema {
+    /// `init` and tests: a new store.
+    CreateIfMissing,
+    /// `serve`: a store without it is empty or damaged.
+    MustExist,
+}
+
+/// Where the fleet's state is kept (`[store]` in controller.toml).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// sled, in the data dir's `store/` (the default).
+    Sled,
+    /// An etcd cluster, under a key prefix.
+    Etcd(etcd::EtcdSettings),
+}
+
+impl Store {
+    /// Creates the fleet's store on `backend` (`init`): sled in
+    /// `<data_dir>/store`; in etcd, refuses a prefix that already holds a
+    /// fleet.
+    pub fn create_on(backend: &Backend, data_dir: &Path) -> Result<Store, StoreError> {
+        match backend {
+            Backend::Sled => Store::open(&data_dir.join("store")),
+            Backend::Etcd(settings) => {
+                let kv = new_fleet_in_etcd(settings)?;
+                Store::on(kv, Path::new(&settings.describe()), Schema::CreateIfMissing)
+            }
+        }
+    }
+
+    /// Checks that a new fleet's store can be made on `backend`: for etcd,
+    /// the cluster answers and the prefix holds no fleet (`init` asks before
+    /// it writes anything).
+    pub fn check_new(backend: &Backend) -> Result<(), StoreError> {
+        match backend {
+            Backend::Sled => Ok(()),
+            Backend::Etcd(settings) => new_fleet_in_etcd(settings).map(drop),
+        }
+    }
+
+    /// Opens the store `serve` runs on (see [`Store::open_existing_on`]). On
+    /// etcd it first takes the fleet's serving lock (waiting up to twice its
+    /// lease for a dead holder's to expire), holding the data dir's local
+    /// lock `serve.lock` meanwhile; from then on a write is refused once the
+    /// lock is lost ([`Store::lock_lost`]).
+    /// `host` names this controller in the lock.
+    pub fn open_to_serve(backend: &Backend, data_dir: &Path, host: &str) -> Result<Store, StoreError> {
+        let Backend::Etcd(settings) = backend else {
+            return Store::open_existing_on(backend, data_dir);
+        };
+        let local = local_lock(data_dir)?;
+        let kv = etcd_kv(settings)?;
+        let holder = etcd::Holder {
+            host: host.to_string(),
+            dir: data_dir.display().to_string(),
+            pid: std::process::id(),
+        };
+        let lock = kv.take_lock(&holder, 2 * etcd::LOCK_TTL)?;
+        tracing::info!(holder = %holder.value(), "holding the fleet's serving lock in etcd");
+        if kv.get(Space::Meta, b"schema")?.is_none() {
+            return Err(no_fleet(settings));
+        }
+        let mut store = Store::on(kv, Path::new(&settings.describe()), Schema::MustExist)?;
+        store.serving = Some(Arc::new(Serving { lock, _local: local }));
+        Ok(store)
+    }
+
+    /// Resolves with the reason when this controller loses the serving lock
+    /// (never on sled).
+    pub async fn lock_lost(&self) -> String {
+        match &self.serving {
+            Some(s) => s.lock.lost().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Gives the serving lock up at a clean stop (nothing on sled).
+    pub async fn release_lock(&self) {
+        if let Some(s) = &self.serving {
+            s.lock.release().await;
+        }
+    }
+
+    /// Opens the store `serve` (and `check`) run on, which must exist (see
+    /// [`Store::open_existing`]; in etcd, the prefix must hold a fleet).
+    pub fn open_existing_on(backend: &Backend, data_dir: &Path) -> Result<Store, StoreError> {
+        match backend {
+            Backend::Sled => Store::open_existing(&data_dir.join("store")),
+            Backend::Etcd(settings) => {
+                let kv = etcd_kv(settings)?;
+                if kv.get(Space::Meta, b"schema")?.is_none() {
+                    return Err(no_fleet(settings));
+                }
+                Store::on(kv, Path::new(&settings.describe()), Schema::MustExist)
+            }
+        }
+    }
+
+    /// Opens the store in `dir`, creating it when missing (`init`, tests).
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_sled(dir, Schema::CreateIfMissing)
+    }
+
+    /// Opens the store `serve` runs on, which must exist: a data dir whose
+    /// store is missing or unreadable is most likely an unmounted volume, and
+    /// an empty store in its place would tell every agent it was revoked.
+    pub fn open_existing(dir: &Path) -> Result<Store, StoreError> {
+        let missing = |detail: String| StoreError::Missing {
+            path: dir.display().to_string(),
+            detail,
+        };
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(missing("it is not a directory".into())),
+            Err(e) => return Err(missing(e.to_string())),
+        }
+        // Reading the directory and sled's file proves the mount and the permissions.
+        std::fs::read_dir(dir).map_err(|e| missing(format!("cannot list it: {e}")))?;
+        let db_file = dir.join(SLED_DB_FILE);
+        std::fs::File::open(&db_file).map_err(|e| missing(format!("cannot open {}: {e}", db_file.display())))?;
+        let store = Store::open_sled(dir, Schema::MustExist)?;
+        let _ = SERVED_DIR.set(dir.to_path_buf());
+        Ok(store)
+    }
+
+    fn open_sled(dir: &Path, schema: Schema) -> Result<Store, StoreError> {
+        Store::on(Arc::new(SledKv::open(dir)?), dir, schema)
+    }
+
+    /// The store on a backend (`dir`: where its files are, for messages).
+    pub(super) fn on(kv: Arc<dyn Kv>, dir: &Path, schema: Schema) -> Result<Store, StoreError> {
+        if kv.get(Space::Meta, b"schema")?.is_none() {
+            // sled recovers a log it cannot parse as an empty database, so a
+            // damaged store opens "fine": the schema record init wrote is
+            // what tells an empty store from ours.
+            if schema == Schema::MustExist {
+                return Err(StoreError::Damaged {
+                    path: dir.display().to_string(),
+                    detail: "it holds no fleet data (no schema record), so sled found nothing it could read".into(),
+                });
+            }
+            let _ = kv.commit(Txn::new().put(Space::Meta, b"schema", vec![V1]))?;
+        }
+        let store = Store {
+            flusher: Arc::new(flusher::Flusher::start(kv.clone(), dir)?),
+            kv,
+            lanes: (0..LANES).map(|_| std::sync::Mutex::new(())).collect(),
+            names: Arc::default(),
+            serving: None,
+        };
+        store.upgrade_operators()?;
+        Ok(store)
+    }
+}
+
+/// The serving lock in etcd, and the data dir's local lock held with it.
+pub(super) struct Serving {
+    lock: etcd::ServingLock,
+    _local: std::fs::File,
+}
