@@ -115,6 +115,25 @@ impl Fleet {
         Ok(status)
     }
 
+    /// The hosts matching `selector` as operators see them (`hosts ls`, the
+    /// dashboard), sorted by [`host_list_key`], each with the other entries
+    /// under its hostname.
+    pub fn hosts_listed(&self, selector: &[(String, String)]) -> Result<Vec<Host>> {
+        let all = self.store.hosts().map_err(Error::Store)?;
+        let mut shared = crate::store::names::same_hostname(&all);
+        let mut hosts: Vec<(String, Host)> = all
+            .into_iter()
+            .filter(|h| selector.iter().all(|(k, v)| h.labels.get(k) == Some(v)))
+            .map(|h| {
+                let mut h = self.view(h);
+                h.same_hostname = shared.remove(&h.id).unwrap_or_default();
+                (host_list_key(&h), h)
+            })
+            .collect();
+        hosts.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(hosts.into_iter().map(|(_, h)| h).collect())
+    }
+
     /// What sending a task needs, borrowed from the fleet.
     pub fn dispatch(&self) -> crate::dispatch::Dispatch<'_> {
         crate::dispatch::Dispatch {
@@ -167,4 +186,11 @@ impl Fleet {
             }),
         }
     }
+}
+
+/// Where a host sorts in lists, and its page token: its hostname, then its
+/// id (a NUL between them, which no hostname holds, keeps "web" before
+/// "web-1" as comparing the two fields would).
+pub fn host_list_key(h: &Host) -> String {
+    format!("{}\0{}", crate::store::names::hostname(h), h.id)
 }

@@ -27,6 +27,7 @@ pub mod notify;
 pub mod operators;
 pub mod ops;
 pub mod owner;
+pub mod paging;
 pub mod process_stats;
 pub mod ratelimit;
 pub mod recover;

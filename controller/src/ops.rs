@@ -18,6 +18,7 @@ use fleet_proto::{
     ListHostsRequest, ListHostsResponse, ListTokensRequest, ListTokensResponse, PruneHostsRequest, PruneHostsResponse,
     RemoveHostRequest, RemoveHostResponse, RevokeTokenRequest, WhoAmIRequest, WhoAmIResponse,
 };
+use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::access::{self, Callee};
@@ -151,23 +152,27 @@ pub struct HostsService(pub Arc<Fleet>);
 #[tonic::async_trait]
 impl HostService for HostsService {
     async fn list_hosts(&self, req: Request<ListHostsRequest>) -> Result<Response<ListHostsResponse>, Status> {
-        let selector = parse_selector(&req.get_ref().selector).map_err(Error::from)?;
-        let all = self.0.store.hosts().map_err(Error::Store)?;
-        let mut shared = crate::retire::same_hostname(&all);
-        let mut hosts: Vec<Host> = all
-            .into_iter()
-            .filter(|h| selector.iter().all(|(k, v)| h.labels.get(k) == Some(v)))
-            .map(|h| {
-                let mut h = self.0.view(h);
-                h.same_hostname = shared.remove(&h.id).unwrap_or_default();
-                h
-            })
-            .collect();
-        hosts.sort_by(|a, b| {
-            let name = |h: &Host| h.facts.as_ref().map(|f| f.hostname.clone()).unwrap_or_default();
-            name(a).cmp(&name(b)).then_with(|| a.id.cmp(&b.id))
-        });
-        Ok(Response::new(ListHostsResponse { hosts }))
+        let r = req.get_ref();
+        fleet_proto::limits::check_list_hosts(r).map_err(Error::from)?;
+        let selector = parse_selector(&r.selector).map_err(Error::from)?;
+        let hosts = self.0.hosts_listed(&selector)?;
+        let total = hosts.len() as u32;
+        let limits = crate::paging::Limits {
+            items: r.page_size as usize,
+            bytes: fleet_proto::limits::MAX_PAGE_BYTES,
+        };
+        let page = crate::paging::page(
+            hosts,
+            crate::fleet::host_list_key,
+            Message::encoded_len,
+            &r.page_token,
+            limits,
+        );
+        Ok(Response::new(ListHostsResponse {
+            hosts: page.items,
+            next_page_token: page.next,
+            total,
+        }))
     }
 
     async fn get_host(&self, req: Request<GetHostRequest>) -> Result<Response<Host>, Status> {

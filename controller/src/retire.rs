@@ -5,8 +5,6 @@
 //! removed with its certificates, so it no longer counts in `--batch 25%`
 //! or shows in `hosts ls`.
 
-use std::collections::HashMap;
-
 use fleet_proto::{Host, HostStatus};
 
 use crate::error::Error;
@@ -86,26 +84,6 @@ pub async fn replaced_by(fleet: &Fleet, new_id: &str, name: &str) -> Result<Vec<
     Ok(replaced)
 }
 
-/// For every host whose hostname another entry shares: the ids of those
-/// others, sorted. Hosts without a hostname share nothing.
-pub fn same_hostname(hosts: &[Host]) -> HashMap<String, Vec<String>> {
-    let mut by_name: HashMap<&str, Vec<&str>> = HashMap::new();
-    for h in hosts {
-        if !hostname(h).is_empty() {
-            by_name.entry(hostname(h)).or_default().push(&h.id);
-        }
-    }
-    let mut out = HashMap::new();
-    for ids in by_name.values().filter(|ids| ids.len() > 1) {
-        for id in ids {
-            let mut others: Vec<String> = ids.iter().filter(|o| *o != id).map(|o| o.to_string()).collect();
-            others.sort();
-            out.insert(id.to_string(), others);
-        }
-    }
-    out
-}
-
 /// Hosts not connected and last seen at least `for_ms` before `now_ms`.
 pub fn stale(fleet: &Fleet, for_ms: u64, now_ms: i64) -> Result<Vec<Host>, StoreError> {
     let cutoff = now_ms.saturating_sub(i64::try_from(for_ms).unwrap_or(i64::MAX));
@@ -129,51 +107,4 @@ pub async fn prune(fleet: &Fleet, for_ms: u64, now_ms: i64, operator: &str) -> R
         }
     }
     Ok(removed)
-}
-
-#[cfg(test)]
-mod tests {
-    use fleet_proto::HostFacts;
-
-    use super::*;
-
-    fn host(id: &str, name: &str) -> Host {
-        Host {
-            id: id.into(),
-            facts: Some(HostFacts {
-                hostname: name.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn shared_hostnames_name_the_other_entries() {
-        let hosts = [
-            host("a1", "web-1"),
-            host("b2", "web-2"),
-            host("c3", "web-1"),
-            host("d4", "web-1"),
-        ];
-        let shared = same_hostname(&hosts);
-        assert_eq!(shared.get("a1"), Some(&vec!["c3".to_string(), "d4".to_string()]));
-        assert_eq!(shared.get("c3"), Some(&vec!["a1".to_string(), "d4".to_string()]));
-        assert_eq!(shared.get("d4"), Some(&vec!["a1".to_string(), "c3".to_string()]));
-        assert_eq!(shared.get("b2"), None, "a unique hostname is not marked");
-        assert_eq!(shared.len(), 3);
-    }
-
-    #[test]
-    fn hosts_without_a_hostname_share_nothing() {
-        let hosts = [
-            host("a1", ""),
-            host("b2", ""),
-            Host {
-                id: "c3".into(),
-                ..Default::default()
-            },
-        ];
-        assert!(same_hostname(&hosts).is_empty());
-    }
 }

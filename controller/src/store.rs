@@ -40,7 +40,7 @@ pub mod etcd;
 mod flusher;
 pub mod journal;
 pub mod kv;
-mod names;
+pub mod names;
 pub mod notifiers;
 mod open;
 pub mod operators;

@@ -458,6 +458,28 @@ pub fn check_create_token(r: &CreateTokenRequest) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// The most hosts one `ListHosts` answer holds when a page is asked for.
+pub const MAX_PAGE_SIZE: u32 = 5000;
+/// A page also ends before its hosts pass this many bytes, so that any
+/// page fits a client's usual 4 MiB answer limit, however large its hosts.
+pub const MAX_PAGE_BYTES: usize = 2 << 20;
+/// The longest page token (a hostname and a host id).
+pub const MAX_PAGE_TOKEN: usize = crate::MAX_HOSTNAME + 1 + 128;
+
+/// A `ListHosts` request's page (its selector is parsed where it is used).
+pub fn check_list_hosts(r: &crate::ListHostsRequest) -> Result<(), FieldError> {
+    if r.page_size > MAX_PAGE_SIZE {
+        return Err(FieldError::new(
+            "page_size",
+            format!("{} is more than the maximum of {MAX_PAGE_SIZE}", r.page_size),
+        ));
+    }
+    if r.page_token.len() > MAX_PAGE_TOKEN {
+        return Err(too_long("page_token", r.page_token.len(), MAX_PAGE_TOKEN));
+    }
+    Ok(())
+}
+
 /// A `hosts label` request.
 pub fn check_label_host(r: &LabelHostRequest) -> Result<(), FieldError> {
     check_host_ref("id", &r.id)?;

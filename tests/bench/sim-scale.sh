@@ -141,9 +141,13 @@ tar -czf "$work/demo.tar.gz" -C "$work" payload
 start=$(date +%s.%N)
 "$bin/fleetctl" rollout demo --release 1.0.0 --batch 10% --wait --output json >"$work/rollout.json" || true
 rollout_s=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.2f", e - s}')
-batches=$(python3 -c 'import json, sys
+batches_of() {
+    python3 -c 'import json, sys
 r = json.load(open(sys.argv[1]))
-print(r["state"] + "; batches took " + ", ".join("%.1f" % ((b["ended_at_ms"] - b["started_at_ms"]) / 1000) for b in r["batches"]) + " s")' "$work/rollout.json")
+print(r["state"] + "; batches took " + ", ".join("%.1f" % ((b["ended_at_ms"] - b["started_at_ms"]) / 1000) for b in r["batches"]) + " s")' "$1" 2>/dev/null ||
+        echo "no record printed (fleetctl failed; see $work)"
+}
+batches=$(batches_of "$work/rollout.json")
 
 # The same again to 2.0.0 with nobody watching the rollout's stream (its
 # end polled once a second): what the watch itself costs.
@@ -151,16 +155,44 @@ print(r["state"] + "; batches took " + ", ".join("%.1f" % ((b["ended_at_ms"] - b
 start=$(date +%s.%N)
 id=$("$bin/fleetctl" rollout demo --release 2.0.0 --batch 10% --output json | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
 while :; do
-    "$bin/fleetctl" rollout show "$id" --output json >"$work/rollout2.json"
+    "$bin/fleetctl" rollout show "$id" --output json >"$work/rollout2.json" 2>"$work/show.err" || {
+        echo "rollout show failed: $(head -c 300 "$work/show.err")" >&2
+        break
+    }
     python3 -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1]))["ended_at_ms"] else 1)' "$work/rollout2.json" && break
     sleep 1
 done
 unwatched_s=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.2f", e - s}')
-unwatched=$(python3 -c 'import json, sys
-r = json.load(open(sys.argv[1]))
-print(r["state"] + "; batches took " + ", ".join("%.1f" % ((b["ended_at_ms"] - b["started_at_ms"]) / 1000) for b in r["batches"]) + " s")' "$work/rollout2.json")
+unwatched=$(batches_of "$work/rollout2.json")
+
+# Reads at this size: each command once, its time, the size of what it
+# printed, and its error when it failed.
+token_admin=$(sed -n 's/^token = "\(.*\)"$/\1/p' "$FLEET_CONFIG")
+ca=$(sed -n 's/^ca = "\(.*\)"$/\1/p' "$FLEET_CONFIG")
+read_line() { # label, command...
+    local label="$1" t0 t1 rc=0
+    shift
+    t0=$(date +%s.%N)
+    "$@" >"$work/read.out" 2>"$work/read.err" || rc=$?
+    t1=$(date +%s.%N)
+    printf '%-31s%s\n' "$label" "$(awk -v s="$t0" -v e="$t1" -v b="$(stat -c %s "$work/read.out")" -v rc="$rc" \
+        'BEGIN {printf "%.2f s, %.0f KB printed%s", e - s, b / 1000, rc ? ", FAILED (exit " rc "):" : ""}') \
+        $( [ "$rc" = 0 ] || head -c 300 "$work/read.err" | tr '\n' ' ')"
+}
+page() { curl -sS --fail-with-body --cacert "$ca" -b "fleet_ui=$token_admin" "https://127.0.0.1:$port$1"; }
+reads() {
+    read_line "hosts ls:" "$bin/fleetctl" hosts ls
+    read_line "hosts ls --output json:" "$bin/fleetctl" hosts ls --output json
+    read_line "app show demo:" "$bin/fleetctl" app show demo
+    read_line "rollout ls:" "$bin/fleetctl" rollout ls
+    read_line "rollout show (the last):" "$bin/fleetctl" rollout show "$id"
+    read_line "dashboard /ui/hosts:" page /ui/hosts
+    read_line "dashboard /ui/apps/demo:" page /ui/apps/demo
+    read_line "dashboard /ui/rollouts/ID:" page "/ui/rollouts/$id"
+}
 
 summary
 echo "rollout, 10 % batches:         $rollout_s s in all, phases of $phase_ms ms, followed with --wait: $batches"
 echo "the same, nobody watching:     about $unwatched_s s in all (polled every 1 s): $unwatched"
+reads
 echo "(logs in $work)"

@@ -296,7 +296,10 @@ fn oversized_and_malformed_fields_are_refused_with_the_field_named() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     assert!(status.message().starts_with("labels: "), "{}", status.message());
     let status = rt
-        .block_on(hosts.list_hosts(ListHostsRequest { selector: "=x".into() }))
+        .block_on(hosts.list_hosts(ListHostsRequest {
+            selector: "=x".into(),
+            ..Default::default()
+        }))
         .expect_err("selector =x");
     assert!(status.message().starts_with("selector: "), "{}", status.message());
     let status = rt

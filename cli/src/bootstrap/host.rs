@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use fleet_proto::{CreateTokenRequest, HostStatus, ListHostsRequest};
+use fleet_proto::{CreateTokenRequest, HostStatus};
 use indicatif::ProgressBar;
 
 use super::ssh::Ssh;
@@ -122,10 +122,9 @@ pub(super) async fn bootstrap_host(plan: &Plan, target: &Target, bar: &ProgressB
 /// enrolled with `token_id`, or (a host bootstrapped again, which keeps its
 /// identity) the host id the agent stored on the host.
 async fn connected_host(plan: &Plan, ssh: &mut Ssh, token_id: &str) -> Result<Option<String>, HostError> {
-    let Ok(listed) = plan.client.hosts().list_hosts(ListHostsRequest::default()).await else {
+    let Ok(hosts) = crate::hosts::all(&plan.client, "").await else {
         return Ok(None);
     };
-    let hosts = listed.into_inner().hosts;
     let connected = |h: &&fleet_proto::Host| h.status == HostStatus::Connected as i32;
     if let Some(h) = hosts.iter().filter(connected).find(|h| h.token_id == token_id) {
         return Ok(Some(h.id.clone()));

@@ -1,8 +1,8 @@
 // The fleet dashboard's one script: keeps <main> current without a reload.
 // A page says where its updates come from (data-live, a server-sent event
 // stream) and what to do with them (data-mode): "refresh" fetches the
-// page's <main> again (?part=main) when a matching event arrives, at most
-// every 250 ms; "append" puts each event's row, rendered and escaped by
+// page's <main> again (its own query and part=main) when a matching event
+// arrives, at most every 250 ms; "append" puts each event's row, rendered and escaped by
 // the controller, at the top of the events table.
 (function () {
   "use strict";
@@ -18,7 +18,7 @@
     }
     pending = setTimeout(function () {
       pending = null;
-      fetch(location.pathname + "?part=main", { credentials: "same-origin", cache: "no-store" })
+      fetch(location.pathname + (location.search ? location.search + "&" : "?") + "part=main", { credentials: "same-origin", cache: "no-store" })
         .then(function (resp) {
           if (resp.redirected || resp.status === 401) {
             location.href = "/ui/login";

@@ -141,25 +141,9 @@ fn cookie_token(req: &Request<tonic::body::Body>) -> Option<HeaderValue> {
 
 /// `name`'s value in a form body (`a=1&b=2`), %-decoded.
 fn form_value(body: &[u8], name: &str) -> Option<String> {
-    let text = std::str::from_utf8(body).ok()?;
-    let raw = text
-        .split('&')
-        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))?;
-    let raw = raw.replace('+', " ");
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    form_urlencoded::parse(body)
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 fn source(req: &Request<tonic::body::Body>) -> Option<std::net::IpAddr> {
@@ -250,13 +234,14 @@ impl Inner {
             }
         };
         let result: Result<Response<Body>, Error> = match segments.as_slice() {
-            [] | ["hosts"] => self.hosts().map(|hosts| {
+            [] | ["hosts"] => f.hosts_listed(&[]).map(|hosts| {
+                let after = req.uri().query().and_then(|q| form_value(q.as_bytes(), "after"));
                 page(
                     "Hosts",
                     Live::Refresh(
                         "host_connected,host_disconnected,host_enrolled,host_removed,rollout_host_done,host_task_ended",
                     ),
-                    pages::hosts(&hosts, now),
+                    pages::hosts(hosts, after.as_deref().unwrap_or_default(), now),
                 )
             }),
             ["hosts", id] => f
@@ -327,22 +312,6 @@ impl Inner {
                 html(StatusCode::UNAUTHORIZED, pages::login(Some(&why)))
             }
         }
-    }
-
-    fn hosts(&self) -> Result<Vec<fleet_proto::Host>, Error> {
-        let f = &self.fleet;
-        let mut hosts: Vec<_> = f
-            .store
-            .hosts()
-            .map_err(Error::Store)?
-            .into_iter()
-            .map(|h| f.view(h))
-            .collect();
-        hosts.sort_by(|a, b| {
-            let name = |h: &fleet_proto::Host| h.facts.as_ref().map(|f| f.hostname.clone()).unwrap_or_default();
-            name(a).cmp(&name(b)).then(a.id.cmp(&b.id))
-        });
-        Ok(hosts)
     }
 
     fn apps(&self) -> Result<Vec<(fleet_proto::AppSpec, String)>, Error> {
@@ -512,6 +481,8 @@ mod tests {
             Some("fleet_op_ab12.c+d e")
         );
         assert_eq!(form_value(b"tokenx=1", "token"), None);
-        assert_eq!(form_value(b"token=%zz", "token"), None);
+        // As browsers do (WHATWG): a broken escape stays as it is.
+        assert_eq!(form_value(b"token=%zz", "token").as_deref(), Some("%zz"));
+        assert_eq!(form_value(b"after=web%00id1", "after").as_deref(), Some("web\0id1"));
     }
 }

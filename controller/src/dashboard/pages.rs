@@ -11,6 +11,13 @@ use fleet_proto::{
 };
 use maud::{html, Markup, DOCTYPE};
 
+use crate::fleet::host_list_key;
+use crate::paging;
+
+/// Hosts on one page of the host list (20,000 rows took a browser seconds
+/// to draw, again at every live refresh).
+pub const HOSTS_PER_PAGE: usize = 500;
+
 /// Who is looking: shown in the header.
 #[derive(Debug, Clone)]
 pub struct Viewer {
@@ -156,15 +163,30 @@ fn labels(l: &HashMap<String, String>) -> Markup {
 }
 
 /// Every host: status, address, labels, what it runs, when it was seen.
-pub fn hosts(list: &[Host], now_ms: i64) -> Markup {
+pub fn hosts(list: Vec<Host>, after: &str, now_ms: i64) -> Markup {
+    let total = list.len();
     let connected = list.iter().filter(|h| h.status() == HostStatus::Connected).count();
+    let limits = paging::Limits {
+        items: HOSTS_PER_PAGE,
+        bytes: usize::MAX,
+    };
+    let skipped = if after.is_empty() {
+        0
+    } else {
+        list.iter().take_while(|h| host_list_key(h).as_str() <= after).count()
+    };
+    let page = paging::page(list, host_list_key, |_| 0, after, limits);
+    let shown = (skipped + 1, skipped + page.items.len());
     html! {
         h1 { "Hosts" }
-        p.summary id="hosts-summary" { (list.len()) " hosts, " (connected) " connected" }
+        p.summary id="hosts-summary" {
+            (total) " hosts, " (connected) " connected"
+            @if total > page.items.len() { " · showing " (shown.0) "–" (shown.1) }
+        }
         table id="hosts" {
             thead { tr { th { "Host" } th { "Status" } th { "Address" } th { "Labels" } th { "Runs" } th { "Last seen" } } }
             tbody {
-                @for h in list {
+                @for h in &page.items {
                     tr data-host=(h.id) {
                         td { a href={ "/ui/hosts/" (h.id) } { (hostname(h)) } }
                         td { span class={ "status " (status_word(h)) } { (status_word(h)) } }
@@ -176,6 +198,17 @@ pub fn hosts(list: &[Host], now_ms: i64) -> Markup {
                             }
                         }
                         td { @if h.status() == HostStatus::Connected { "now" } @else { (ago(h.last_seen_ms, now_ms)) } }
+                    }
+                }
+            }
+        }
+        @if !after.is_empty() || !page.next.is_empty() {
+            p.pages {
+                @if !after.is_empty() { a href="/ui/hosts" { "first page" } }
+                @if !after.is_empty() && !page.next.is_empty() { " · " }
+                @if !page.next.is_empty() {
+                    a href={ "/ui/hosts?after=" (form_urlencoded::byte_serialize(page.next.as_bytes()).collect::<String>()) } {
+                        "next " (HOSTS_PER_PAGE) " →"
                     }
                 }
             }
@@ -447,6 +480,60 @@ mod tests {
     use fleet_proto::{HostFacts, RolloutHost};
 
     #[test]
+    fn the_host_list_comes_in_pages_that_link_to_the_next() {
+        let list: Vec<Host> = (0..1200)
+            .map(|i| Host {
+                id: format!("id{i:04}"),
+                facts: Some(HostFacts {
+                    hostname: format!("web-{i:04}"),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let next_of = |out: &str| {
+            let at = out.find("/ui/hosts?after=")? + "/ui/hosts?after=".len();
+            let token = &out[at..at + out[at..].find('"')?];
+            let decoded = form_urlencoded::parse(format!("t={token}").as_bytes())
+                .next()?
+                .1
+                .into_owned();
+            Some(decoded)
+        };
+        let mut after = String::new();
+        let mut rows = 0;
+        let mut summaries = Vec::new();
+        for _ in 0..3 {
+            let out = hosts(list.clone(), &after, 0).into_string();
+            rows += out.matches("<tr data-host=").count();
+            summaries.push(
+                out[out.find("1200 hosts").expect("the summary counts all")..]
+                    .split('<')
+                    .next()
+                    .map(String::from),
+            );
+            match next_of(&out) {
+                Some(t) => after = t,
+                None => {
+                    assert!(out.contains("first page"), "the last page links back: {out}");
+                    break;
+                }
+            }
+        }
+        assert_eq!(rows, 1200, "every host on exactly one page");
+        assert_eq!(
+            summaries,
+            [
+                Some("1200 hosts, 0 connected · showing 1–500".to_string()),
+                Some("1200 hosts, 0 connected · showing 501–1000".to_string()),
+                Some("1200 hosts, 0 connected · showing 1001–1200".to_string()),
+            ]
+        );
+        let small = hosts(list[..3].to_vec(), "", 0).into_string();
+        assert!(!small.contains("showing") && !small.contains("next "), "{small}");
+    }
+
+    #[test]
     fn hostile_names_and_details_are_text() {
         let mut h = Host {
             id: "abc".into(),
@@ -457,7 +544,7 @@ mod tests {
             ..Default::default()
         };
         h.labels.insert("team".into(), "\"><img src=x onerror=alert(1)>".into());
-        let out = hosts(&[h], 0).into_string();
+        let out = hosts(vec![h], "", 0).into_string();
         assert!(!out.contains("<script>") && !out.contains("<img"), "{out}");
         assert!(out.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{out}");
         let mut e = FleetEvent {

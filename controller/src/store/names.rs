@@ -78,3 +78,70 @@ impl HostNames {
             .unwrap_or_default())
     }
 }
+
+/// For every host whose hostname another entry shares: the ids of those
+/// others, sorted. Hosts without a hostname share nothing.
+pub fn same_hostname(hosts: &[Host]) -> HashMap<String, Vec<String>> {
+    let mut by_name: HashMap<&str, Vec<&str>> = HashMap::new();
+    for h in hosts {
+        if !hostname(h).is_empty() {
+            by_name.entry(hostname(h)).or_default().push(&h.id);
+        }
+    }
+    let mut out = HashMap::new();
+    for ids in by_name.values().filter(|ids| ids.len() > 1) {
+        for id in ids {
+            let mut others: Vec<String> = ids.iter().filter(|o| *o != id).map(|o| o.to_string()).collect();
+            others.sort();
+            out.insert(id.to_string(), others);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use fleet_proto::HostFacts;
+
+    use super::*;
+
+    fn host(id: &str, name: &str) -> Host {
+        Host {
+            id: id.into(),
+            facts: Some(HostFacts {
+                hostname: name.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn shared_hostnames_name_the_other_entries() {
+        let hosts = [
+            host("a1", "web-1"),
+            host("b2", "web-2"),
+            host("c3", "web-1"),
+            host("d4", "web-1"),
+        ];
+        let shared = same_hostname(&hosts);
+        assert_eq!(shared.get("a1"), Some(&vec!["c3".to_string(), "d4".to_string()]));
+        assert_eq!(shared.get("c3"), Some(&vec!["a1".to_string(), "d4".to_string()]));
+        assert_eq!(shared.get("d4"), Some(&vec!["a1".to_string(), "c3".to_string()]));
+        assert_eq!(shared.get("b2"), None, "a unique hostname is not marked");
+        assert_eq!(shared.len(), 3);
+    }
+
+    #[test]
+    fn hosts_without_a_hostname_share_nothing() {
+        let hosts = [
+            host("a1", ""),
+            host("b2", ""),
+            Host {
+                id: "c3".into(),
+                ..Default::default()
+            },
+        ];
+        assert!(same_hostname(&hosts).is_empty());
+    }
+}

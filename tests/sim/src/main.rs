@@ -75,6 +75,11 @@ struct Args {
     /// Of those releases, every Nth host fails (host 1, N+1, 2N+1, ...)
     #[arg(long, default_value_t = 10)]
     fail_every: usize,
+    /// Bytes of a simulated journal in a failed health check's report (a
+    /// real agent adds the health check's output and the unit's last
+    /// journal lines: a few KB)
+    #[arg(long, default_value_t = 0)]
+    fail_detail_bytes: usize,
     /// Enrollments at once
     #[arg(long, default_value_t = 64)]
     enroll_concurrency: usize,
@@ -414,6 +419,23 @@ enum Plan {
     NoPrevious,
 }
 
+/// A failed health check's report: `headline`, then about `journal` bytes
+/// of simulated journal lines, as a real agent adds them.
+fn failure_detail(headline: &str, app: &str, journal: usize) -> String {
+    let mut detail = headline.to_string();
+    if journal > 0 {
+        detail.push_str(&format!("\n--- journal of fleet-app-{app}.service ---\n"));
+        let mut n = 0;
+        while detail.len() < journal {
+            n += 1;
+            detail.push_str(&format!(
+                "2026-12-02T10:00:00+0000 sim {app}[4242]: simulated line {n}\n"
+            ));
+        }
+    }
+    detail
+}
+
 fn plan(t: &Task, running: &Running, index: usize, fail_versions: &[String], fail_every: usize) -> Option<Plan> {
     match t.kind.as_ref()? {
         task::Kind::Deploy(d) => {
@@ -477,7 +499,7 @@ async fn run_task(args: &Args, h: &Host, t: Task, tx: &mpsc::Sender<AgentMessage
             TaskState::Succeeded
         };
         let detail = if failing {
-            "simulated health check failure".to_string()
+            failure_detail("simulated health check failure", &args.app, args.fail_detail_bytes)
         } else {
             String::new()
         };
@@ -513,7 +535,11 @@ async fn run_task(args: &Args, h: &Host, t: Task, tx: &mpsc::Sender<AgentMessage
                 end.set_state(TaskState::Failed);
                 end.set_cause(FailureCause::Health);
                 end.reverted = !r.current.is_empty();
-                end.detail = format!("the health check of {version} failed (simulated)");
+                end.detail = failure_detail(
+                    &format!("the health check of {version} failed (simulated)"),
+                    &args.app,
+                    args.fail_detail_bytes,
+                );
             }
             Plan::Rollback { version } => {
                 r.previous = std::mem::replace(&mut r.current, version.clone());
