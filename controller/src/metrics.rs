@@ -49,6 +49,8 @@ pub struct Metrics {
     hosts: Family<Labels, Gauge>,
     /// How long each phase of a deploy or rollback took on hosts, by phase.
     pub phase_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    /// How long after a host sampled a heartbeat the controller took it in.
+    pub heartbeat_delay_seconds: Histogram,
     /// The process's own figures (`process_*`), set on scrape.
     process: Process,
     /// Hosts put into convergence runs.
@@ -220,6 +222,15 @@ impl Metrics {
             "How long each phase of deploy and rollback tasks took on hosts (fetch, unpack, restart, health, ...)",
             phase_seconds.clone(),
         );
+        let heartbeat_delay_seconds = Histogram::new([
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
+        registry.register(
+            "heartbeat_delay_seconds",
+            "How long after a host sampled a heartbeat the controller took it in (the host's clock against \
+             the controller's, so their skew is in it; a busy controller shows here first)",
+            heartbeat_delay_seconds.clone(),
+        );
         let notifications = Family::default();
         registry.register(
             "notifications",
@@ -300,6 +311,7 @@ impl Metrics {
             rollouts_started,
             hosts,
             phase_seconds,
+            heartbeat_delay_seconds,
             process,
             host_tasks_ended,
             notifications,

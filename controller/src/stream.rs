@@ -247,7 +247,12 @@ async fn run_session(
         };
         let now = now_ms();
         match msg.body {
-            Some(FromAgent::Heartbeat(hb)) => fleet.registry.seen(&host_id, session.id, now, hb.metrics),
+            Some(FromAgent::Heartbeat(hb)) => {
+                // A clock ahead of ours counts as no delay.
+                let delay_ms = now.saturating_sub(hb.sampled_at_ms).max(0);
+                fleet.metrics.heartbeat_delay_seconds.observe(delay_ms as f64 / 1000.0);
+                fleet.registry.seen(&host_id, session.id, now, hb.metrics)
+            }
             Some(FromAgent::Renew(renew)) => {
                 fleet.registry.seen(&host_id, session.id, now, None);
                 match renew_certificate(&fleet, &host_id, &cert_fp, &renew.csr_der).await {

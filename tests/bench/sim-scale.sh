@@ -9,7 +9,11 @@
 #   - a reconnect storm: the controller killed (-9) and started again, all N
 #     back, in seconds;
 #   - a rollout to all N hosts in 10 % batches (phases take PHASE_MS,
-#     default 0): total time and per batch.
+#     default 0): total time and per batch; the same with nobody watching;
+#   - heartbeat delay p50/p99 over the steady state (the controller's
+#     fleet_heartbeat_delay_seconds) and task fan-out p50/p99 (a rollout in
+#     one batch of every host: each task's arrival, as fleet-sim notes it);
+#   - reads at this size: hosts ls, app show, rollout ls/show, dashboard.
 #   N=1000 bash tests/bench/sim-scale.sh     # ROLLOUT=0: stop before the rollouts
 #   STORE=etcd N=1000 bash tests/bench/sim-scale.sh   # the store on a local
 #                                             # one-member etcd (etcd-server)
@@ -77,6 +81,7 @@ base_rss=$(rss_kib)
 token="$("$bin/fleetctl" token create --uses "$n" --ttl 1h --label role=sim)"
 FLEET_SIM_TOKEN="$token" "$bin/fleet-sim" --controller "127.0.0.1:$port" --ca-fingerprint "$fingerprint" \
     --agents "$n" --label role=sim --phase-ms "$phase_ms" --enroll-concurrency 128 --report-every 1s \
+    --task-log "$work/tasks.log" \
     >"$work/sim.log" 2>&1 &
 sim=$!
 pids+=("$sim")
@@ -93,9 +98,13 @@ connected=$(grep "^connected $n hosts" "$work/sim.log")
 # Steady state: 60 s of heartbeats.
 sleep 5
 rss=$(rss_kib)
+quantiles=(python3 tests/bench/quantiles.py)
+"${quantiles[@]}" histogram "$mport" fleet_heartbeat_delay_seconds >"$work/beats0.json"
 t0=$(cpu_ticks)
 sleep "${STEADY:-60}"
 t1=$(cpu_ticks)
+"${quantiles[@]}" histogram "$mport" fleet_heartbeat_delay_seconds >"$work/beats1.json"
+beat_delay=$("${quantiles[@]}" between "$work/beats0.json" "$work/beats1.json")
 hz=$(getconf CLK_TCK)
 cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$hz" -v s="${STEADY:-60}" 'BEGIN {printf "%.1f", (b - a) / hz / s * 100}')
 per_host=$(awk -v r="$rss" -v b="$base_rss" -v n="$n" 'BEGIN {printf "%.1f", (r - b) / n}')
@@ -124,6 +133,7 @@ summary() {
     echo "$connected" | sed 's/^/start:                         /'
     echo "controller RSS:                $((base_rss / 1024)) MiB empty, $((rss / 1024)) MiB with $n hosts: $per_host KiB per host"
     echo "controller CPU, heartbeats:    $cpu % of one core over ${STEADY:-60} s"
+    echo "heartbeat delay (sampled to taken in): $beat_delay"
     echo "reconnect storm (kill -9):     all $n back in about $storm s after the restart began"
 }
 
@@ -191,7 +201,15 @@ reads() {
     read_line "dashboard /ui/rollouts/ID:" page "/ui/rollouts/$id"
 }
 
+# Fan-out: a rollout of 3.0.0 to every host in one batch, each task's
+# arrival at its host after the command began.
+"$bin/fleetctl" release push demo "$work/demo.tar.gz" --release 3.0.0 >/dev/null
+fan_start=$(date +%s%3N)
+"$bin/fleetctl" rollout demo --release 3.0.0 --batch 100% --wait --output json >"$work/rollout3.json" 2>"$work/rollout3.err" || true
+fanout=$("${quantiles[@]}" arrivals "$work/tasks.log" "$fan_start")
+
 summary
+echo "task fan-out, one batch of all: $fanout"
 echo "rollout, 10 % batches:         $rollout_s s in all, phases of $phase_ms ms, followed with --wait: $batches"
 echo "the same, nobody watching:     about $unwatched_s s in all (polled every 1 s): $unwatched"
 reads

@@ -145,6 +145,9 @@ fn metrics_alert_rules_and_dashboard_agree_with_a_running_controller() {
         let n = sample(&text, &series).unwrap_or_else(|| panic!("no {series} in:\n{text}"));
         assert!(n >= 2.0, "{series} = {n}");
     }
+    // Heartbeats every second, from every host: each one taken in is timed.
+    let beats = sample(&text, "fleet_heartbeat_delay_seconds_count").expect("fleet_heartbeat_delay_seconds_count");
+    assert!(beats >= 2.0, "heartbeats timed: {beats}");
     let rss = sample(&text, "process_resident_memory_bytes").expect("process_resident_memory_bytes");
     assert!(rss > 1e6 && rss < 1e9, "resident {rss}");
     let fds = sample(&text, "process_open_fds").expect("process_open_fds");

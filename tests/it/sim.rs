@@ -168,7 +168,16 @@ fn three_hundred_simulated_hosts_roll_out_and_roll_back_on_their_own() {
         &fleet,
         &token,
         HOSTS,
-        &["--fail-version", "3.0.0", "--fail-every", "10", "--phase-ms", "10"],
+        // Each deploy downloads its artifact and checks it, as an agent does.
+        &[
+            "--fail-version",
+            "3.0.0",
+            "--fail-every",
+            "10",
+            "--phase-ms",
+            "10",
+            "--fetch",
+        ],
     );
     sim.wait_line("enrolled 300 hosts", 180);
     sim.wait_line("connected 300 hosts", 120);

@@ -36,11 +36,12 @@ use fleet_proto::enrollment_client::EnrollmentClient;
 use fleet_proto::phase::Phase;
 use fleet_proto::transport::{self, Trust};
 use fleet_proto::{
-    task, AgentMessage, AppInventory, EnrollRequest, FailureCause, Heartbeat, Hello, HostFacts, HostMetrics, Inventory,
-    Task, TaskProgress, TaskState, UnitState,
+    task, AgentMessage, AppInventory, EnrollRequest, FailureCause, FetchArtifactRequest, Heartbeat, Hello, HostFacts,
+    HostMetrics, Inventory, Task, TaskProgress, TaskState, UnitState,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]
 #[command(name = "fleet-sim", about = "Many simulated fleet agents against a real controller")]
@@ -89,6 +90,15 @@ struct Args {
     /// A status line this often
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     report_every: Duration,
+    /// Download each deploy's artifact from the controller in the fetch
+    /// phase, as a real agent does (kept in memory only long enough to
+    /// check its sha256 and size; nothing is written)
+    #[arg(long)]
+    fetch: bool,
+    /// Append a line "EPOCH_MS TASK_ID" to this file for each task a host
+    /// receives (for a benchmark of the fan-out)
+    #[arg(long, value_name = "FILE")]
+    task_log: Option<std::path::PathBuf>,
     /// Exit once every host has connected (for a benchmark of the start)
     #[arg(long)]
     exit_when_connected: bool,
@@ -110,6 +120,21 @@ struct Counts {
     heartbeats: AtomicU64,
     tasks: AtomicU64,
     reconnects: AtomicU64,
+    /// Where each task's arrival is noted (`--task-log`).
+    task_log: Option<Mutex<std::fs::File>>,
+}
+
+impl Counts {
+    /// Notes a task's arrival: counted, and logged when asked.
+    fn task_arrived(&self, task_id: &str) {
+        self.tasks.fetch_add(1, Ordering::Relaxed);
+        if let Some(log) = &self.task_log {
+            use std::io::Write;
+            let line = format!("{} {task_id}\n", fleet_proto::now_ms());
+            // One write per line, so that lines never interleave.
+            let _ = lock(log).write_all(line.as_bytes());
+        }
+    }
 }
 
 struct Host {
@@ -141,7 +166,20 @@ async fn main() -> Result<()> {
             args.agents
         );
     }
-    let counts = Arc::new(Counts::default());
+    let task_log = match &args.task_log {
+        Some(path) => Some(Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening --task-log {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let counts = Arc::new(Counts {
+        task_log,
+        ..Counts::default()
+    });
     let started = Instant::now();
 
     // Enroll every host, `enroll_concurrency` at a time.
@@ -367,7 +405,10 @@ async fn stream_once(args: &Arc<Args>, counts: &Arc<Counts>, h: &Arc<Host>) -> b
     if tx.send(message(FromAgent::Hello(hello))).await.is_err() {
         return false;
     }
-    let Ok(response) = AgentServiceClient::new(channel).stream(ReceiverStream::new(rx)).await else {
+    let Ok(response) = AgentServiceClient::new(channel.clone())
+        .stream(ReceiverStream::new(rx))
+        .await
+    else {
         return false;
     };
     let mut inbound = response.into_inner();
@@ -397,9 +438,9 @@ async fn stream_once(args: &Arc<Args>, counts: &Arc<Counts>, h: &Arc<Host>) -> b
             m = inbound.message() => match m {
                 Ok(Some(m)) => {
                     if let Some(ToAgent::Task(t)) = m.body {
-                        counts.tasks.fetch_add(1, Ordering::Relaxed);
-                        let (args, h, tx) = (args.clone(), h.clone(), tx.clone());
-                        tokio::spawn(async move { run_task(&args, &h, t, &tx).await });
+                        counts.task_arrived(&t.task_id);
+                        let (args, h, tx, ch) = (args.clone(), h.clone(), tx.clone(), channel.clone());
+                        tokio::spawn(async move { run_task(&args, &h, t, &tx, ch).await });
                     }
                 }
                 _ => return true,
@@ -417,6 +458,43 @@ enum Plan {
     Rollback { version: String },
     /// Nothing to go back to.
     NoPrevious,
+}
+
+/// A deploy task's artifact, downloaded with the task's grant and checked
+/// (its sha256 and size), then dropped.
+async fn download(channel: Channel, t: &Task) -> Result<(), String> {
+    let Some(task::Kind::Deploy(d)) = &t.kind else {
+        return Ok(());
+    };
+    let release = d.release.clone().unwrap_or_default();
+    let mut client = AgentServiceClient::new(channel).max_decoding_message_size(4 << 20);
+    let mut chunks = client
+        .fetch_artifact(FetchArtifactRequest {
+            sha256: release.sha256.clone(),
+            offset: 0,
+            grant: t.fetch_grant.clone(),
+        })
+        .await
+        .map_err(|s| format!("download refused: {}", s.message()))?
+        .into_inner();
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut size = 0u64;
+    while let Some(chunk) = chunks
+        .message()
+        .await
+        .map_err(|s| format!("download broke at {size} bytes: {}", s.message()))?
+    {
+        digest.update(&chunk.data);
+        size += chunk.data.len() as u64;
+    }
+    let sha256: String = digest.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    if size != release.size || sha256 != release.sha256 {
+        return Err(format!(
+            "downloaded {size} bytes with sha256 {sha256}; the release is {} bytes with sha256 {}",
+            release.size, release.sha256
+        ));
+    }
+    Ok(())
 }
 
 /// A failed health check's report: `headline`, then about `journal` bytes
@@ -460,7 +538,7 @@ fn plan(t: &Task, running: &Running, index: usize, fail_versions: &[String], fai
 
 /// Runs a task: each phase reported as it starts and ends, then the end
 /// and the inventory after it.
-async fn run_task(args: &Args, h: &Host, t: Task, tx: &mpsc::Sender<AgentMessage>) {
+async fn run_task(args: &Args, h: &Host, t: Task, tx: &mpsc::Sender<AgentMessage>, channel: Channel) {
     let running = lock(&h.running).clone();
     let Some(plan) = plan(&t, &running, h.index, &args.fail_versions, args.fail_every) else {
         return;
@@ -491,6 +569,29 @@ async fn run_task(args: &Args, h: &Host, t: Task, tx: &mpsc::Sender<AgentMessage
     };
     for phase in phases {
         let _ = tx.send(progress(*phase, TaskState::Running, String::new(), 0)).await;
+        if *phase == Phase::Fetch && args.fetch {
+            let started = Instant::now();
+            let fetched = download(channel.clone(), &t).await;
+            let took = started.elapsed().as_millis() as u64;
+            if let Err(why) = fetched {
+                let _ = tx.send(progress(*phase, TaskState::Failed, why.clone(), took)).await;
+                let mut end = TaskProgress {
+                    task_id: t.task_id.clone(),
+                    phase: Phase::Done.as_str().to_string(),
+                    detail: why,
+                    current: running.current.clone(),
+                    ..Default::default()
+                };
+                end.set_state(TaskState::Failed);
+                end.set_cause(FailureCause::Download);
+                let _ = tx.send(message(FromAgent::TaskProgress(end))).await;
+                return;
+            }
+            let _ = tx
+                .send(progress(*phase, TaskState::Succeeded, String::new(), took))
+                .await;
+            continue;
+        }
         tokio::time::sleep(Duration::from_millis(args.phase_ms)).await;
         let failing = matches!(&plan, Plan::Deploy { fails: true, .. }) && *phase == Phase::Health;
         let state = if failing {
