@@ -6,6 +6,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The encoded descriptors, for the controller's gRPC server reflection.
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("fleet_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Artifact chunks as `Bytes`: the controller sends one read of a chunk
+    // to every host downloading it, without a copy per host.
+    tonic_prost_build::configure()
+        .bytes(".fleet.v1.ArtifactChunk.data")
+        .compile_fds(fds)?;
     Ok(())
 }

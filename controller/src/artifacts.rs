@@ -18,6 +18,14 @@ use std::sync::Mutex;
 
 use fleet_proto::transport::hex;
 
+pub mod chunks;
+
+/// Bytes of artifact chunks kept for the downloads that follow
+/// ([`chunks::ChunkCache`]): 256 chunks of 64 KiB. Hosts of one batch
+/// download about in step; one that falls behind reads from the page
+/// cache instead.
+pub const CHUNK_CACHE: usize = 16 << 20;
+
 /// Prefix of an upload's temp file.
 const UPLOAD_PREFIX: &str = ".upload-";
 /// How many first bytes of an upload are looked at to tell an archive.
@@ -160,6 +168,8 @@ pub struct Artifacts {
     /// durable, by a release removal until its artifact is collected. So a
     /// collection never deletes a file a concurrent push just named.
     pub naming: tokio::sync::Mutex<()>,
+    /// Chunks read for downloads, shared by the next ones.
+    pub chunks: std::sync::Arc<chunks::ChunkCache>,
 }
 
 /// Whether `name` is a sha256 digest as the store names files.
@@ -174,6 +184,7 @@ impl Artifacts {
             dir: data_dir.join("artifacts"),
             verified: Mutex::new(HashMap::new()),
             naming: tokio::sync::Mutex::new(()),
+            chunks: std::sync::Arc::new(chunks::ChunkCache::new(CHUNK_CACHE)),
         }
     }
 

@@ -28,7 +28,7 @@ use crate::fleet::Fleet;
 use crate::store::rollouts::current_of;
 
 /// Size of the chunks artifacts are served in.
-pub const CHUNK: usize = 256 * 1024;
+pub const CHUNK: usize = 64 * 1024;
 
 /// The formats a release may come in, by name on the wire.
 pub const FORMATS: [&str; 2] = ["tar.gz", "tar.zst"];
@@ -492,7 +492,7 @@ pub fn fetch(
         }
         .into()
     };
-    let mut file = std::fs::File::open(&path).map_err(|e| io("open", e))?;
+    let file = std::fs::File::open(&path).map_err(|e| io("open", e))?;
     let len = file.metadata().map_err(|e| io("stat", e))?.len();
     if req.offset > len {
         return Err(Error::PastEnd {
@@ -501,10 +501,15 @@ pub fn fetch(
             len,
         });
     }
-    let (tx, rx) = mpsc::channel(4);
+    // Two chunks in flight per download: each a reference to the shared
+    // read (artifacts::chunks), so a batch of hosts costs its encode and
+    // send buffers, not a copy of the chunks each.
+    let (tx, rx) = mpsc::channel(2);
     let mut offset = req.offset;
+    let cache = artifacts.chunks.clone();
+    let sha256 = req.sha256.clone();
     tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Seek, SeekFrom};
+        use std::os::unix::fs::FileExt;
         // The agent's stream carries a status: the same one `?` would give.
         let fail = |what: &'static str, e: std::io::Error| -> Status {
             Error::from(ArtifactError::Io {
@@ -514,31 +519,38 @@ pub fn fetch(
             })
             .into()
         };
-        if let Err(e) = file.seek(SeekFrom::Start(offset)) {
-            let _ = tx.blocking_send(Err(fail("seek", e)));
-            return;
-        }
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = match file.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => n,
+        while offset < len {
+            let (start, size, skip) = chunk_at(offset, len);
+            let read = || -> std::io::Result<prost::bytes::Bytes> {
+                let mut buf = vec![0u8; size];
+                file.read_exact_at(&mut buf, start)?;
+                Ok(buf.into())
+            };
+            let data = match cache.get_or_read(&sha256, start, read) {
+                Ok(d) => d.slice(skip..),
                 Err(e) => {
                     let _ = tx.blocking_send(Err(fail("read", e)));
                     return;
                 }
             };
-            let chunk = ArtifactChunk {
-                offset,
-                data: buf[..n].to_vec(),
-            };
-            offset += n as u64;
-            if tx.blocking_send(Ok(chunk)).is_err() {
+            let n = data.len() as u64;
+            if tx.blocking_send(Ok(ArtifactChunk { offset, data })).is_err() {
                 return; // the agent went away
             }
+            offset += n;
         }
     });
     Ok(ReceiverStream::new(rx))
+}
+
+/// The chunk of an artifact of `len` bytes that holds `offset`: where it
+/// starts, its size, and how far into it `offset` is. Chunks start at
+/// multiples of [`CHUNK`], so that every download asks for the same ones
+/// (and shares them); a resumed download starts inside its first.
+fn chunk_at(offset: u64, len: u64) -> (u64, usize, usize) {
+    let start = offset - offset % CHUNK as u64;
+    let size = (len - start).min(CHUNK as u64) as usize;
+    (start, size, (offset - start) as usize)
 }
 
 /// The operator's sentence for a release whose stored artifact is damaged.
@@ -558,6 +570,25 @@ pub fn damaged(release: &Release, condition: &Condition) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_are_aligned_and_a_resumed_download_gets_each_byte_once() {
+        let c = CHUNK as u64;
+        assert_eq!(chunk_at(0, 3 * c), (0, CHUNK, 0));
+        assert_eq!(chunk_at(c + 5, 3 * c), (c, CHUNK, 5));
+        assert_eq!(chunk_at(2 * c, 2 * c + 10), (2 * c, 10, 0), "the last is short");
+        // A walk as the serving loop does it, from an odd offset.
+        let (len, mut offset, mut sent) = (3 * c + 77, c / 3, Vec::new());
+        while offset < len {
+            let (start, size, skip) = chunk_at(offset, len);
+            assert_eq!(start % c, 0);
+            sent.push((offset, size - skip));
+            offset += (size - skip) as u64;
+        }
+        assert_eq!(offset, len);
+        assert_eq!(sent[0], (c / 3, CHUNK - (c / 3) as usize));
+        assert_eq!(sent.len(), 4);
+    }
 
     #[test]
     fn versions_are_safe_directory_names() {
