@@ -351,7 +351,11 @@ pub async fn history(client: &Client, name: &str, format: Format) -> Result<Repo
         .map_err(|s| client.fail(s))?;
     let rollouts = client
         .rollouts()
-        .list_rollouts(fleet_proto::ListRolloutsRequest { app: name.to_string() })
+        .list_rollouts(fleet_proto::ListRolloutsRequest {
+            app: name.to_string(),
+            // Counts are all a history shows.
+            summaries: true,
+        })
         .await
         .map_err(|s| client.fail(s))?
         .into_inner()

@@ -159,6 +159,9 @@ pub async fn list(client: &Client, app: Option<&str>, format: Format) -> Result<
         .rollouts()
         .list_rollouts(ListRolloutsRequest {
             app: app.unwrap_or_default().to_string(),
+            // The table needs counts, not every host (a 10,000-host rollout
+            // is about 4 MB whole); JSON keeps its shape for scripts.
+            summaries: format == Format::Table,
         })
         .await
         .map_err(|s| client.fail(s))?
@@ -203,17 +206,19 @@ async fn resolve(client: &Client, id_or_app: &str) -> Result<Rollout, Error> {
         .rollouts()
         .list_rollouts(ListRolloutsRequest {
             app: id_or_app.to_string(),
+            summaries: true,
         })
         .await
         .map_err(|s| client.fail(s))?
         .into_inner()
         .rollouts;
-    rollouts.into_iter().next().ok_or_else(|| Error::Rpc {
+    let latest = rollouts.into_iter().next().ok_or_else(|| Error::Rpc {
         code: tonic::Code::NotFound,
         message: format!(
             "no rollout '{id_or_app}', and no app of that name has any; list them with 'fleetctl rollout ls'"
         ),
-    })
+    })?;
+    get(client, &latest.id).await
 }
 
 /// `rollout status ID|APP [--watch]`: where it stands. Exits like --wait:

@@ -8,7 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::v1::{BatchState, EventKind, HostState, RolloutKind, RolloutState, TokenState};
+use crate::v1::{BatchState, EventKind, HostCounts, HostState, RolloutBatch, RolloutKind, RolloutState, TokenState};
 
 /// The batch size when a rollout names none.
 pub const DEFAULT_BATCH: BatchSpec = BatchSpec::Percent(25);
@@ -264,6 +264,35 @@ impl HostState {
     }
 }
 
+impl HostCounts {
+    /// A batch's hosts by state: its `counts` when it is a summary (no
+    /// hosts), else counted from its hosts.
+    pub fn of(b: &RolloutBatch) -> HostCounts {
+        if b.hosts.is_empty() {
+            return b.counts.unwrap_or_default();
+        }
+        let mut c = HostCounts::default();
+        for h in &b.hosts {
+            let n = match h.state() {
+                HostState::Succeeded | HostState::Unchanged => &mut c.done,
+                HostState::Failed | HostState::RollbackFailed => &mut c.failed,
+                HostState::RolledBack => &mut c.rolled_back,
+                HostState::Skipped => &mut c.skipped,
+                HostState::Running | HostState::RollingBack => &mut c.running,
+                HostState::Pending | HostState::Unspecified => &mut c.pending,
+            };
+            *n += 1;
+        }
+        c
+    }
+
+    /// `b` as a summary: no hosts, their counts instead.
+    pub fn summarize(b: &mut RolloutBatch) {
+        b.counts = Some(HostCounts::of(b));
+        b.hosts = Vec::new();
+    }
+}
+
 impl RolloutKind {
     /// The word people and JSON read.
     pub fn word(self) -> &'static str {
@@ -315,6 +344,47 @@ pub fn short_id(id: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_summary_keeps_the_counts_of_the_hosts_it_drops() {
+        let host = |state: HostState| {
+            let mut h = crate::v1::RolloutHost::default();
+            h.set_state(state);
+            h
+        };
+        let mut b = RolloutBatch {
+            hosts: [
+                HostState::Succeeded,
+                HostState::Unchanged,
+                HostState::Failed,
+                HostState::RollbackFailed,
+                HostState::RolledBack,
+                HostState::Skipped,
+                HostState::Running,
+                HostState::RollingBack,
+                HostState::Pending,
+            ]
+            .into_iter()
+            .map(host)
+            .collect(),
+            ..Default::default()
+        };
+        let counted = HostCounts::of(&b);
+        assert_eq!(
+            counted,
+            HostCounts {
+                done: 2,
+                failed: 2,
+                rolled_back: 1,
+                skipped: 1,
+                running: 2,
+                pending: 1,
+            }
+        );
+        HostCounts::summarize(&mut b);
+        assert!(b.hosts.is_empty());
+        assert_eq!(HostCounts::of(&b), counted, "a summary counts the same");
+    }
 
     #[test]
     fn batch_sizes() {

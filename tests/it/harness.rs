@@ -223,6 +223,13 @@ impl Controller {
         http_get(self.metrics, "/metrics").expect("GET /metrics")
     }
 
+    /// The admin's operator token, from the fleetctl.toml init wrote.
+    pub fn admin_token(&self) -> String {
+        let cfg: toml::Value = toml::from_str(&std::fs::read_to_string(&self.fleetctl_config).expect("fleetctl.toml"))
+            .expect("fleetctl.toml is TOML");
+        cfg["token"].as_str().expect("token in fleetctl.toml").to_string()
+    }
+
     /// The controller's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

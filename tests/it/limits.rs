@@ -21,10 +21,7 @@ pub fn operator_channel(
 ) -> (Channel, MetadataValue<tonic::metadata::Ascii>) {
     let ca_pem = std::fs::read_to_string(fleet.controller.data_dir.join("ca.pem")).expect("ca.pem");
     let ca = certs_from_pem("ca", &ca_pem).expect("ca cert").remove(0);
-    let cfg: toml::Value =
-        toml::from_str(&std::fs::read_to_string(&fleet.controller.fleetctl_config).expect("fleetctl.toml"))
-            .expect("fleetctl.toml is TOML");
-    let token = cfg["token"].as_str().expect("token in fleetctl.toml");
+    let token = fleet.controller.admin_token();
     let header = format!("Bearer {token}").parse().expect("header");
     let addr = fleet.controller.addr.to_string();
     let channel = rt

@@ -257,6 +257,13 @@ fn a_thousand_hosts_failing_with_their_journals_fit_every_answer() {
     let listed = fleet.fleetctl_json(&["rollout", "ls"]);
     let ids: Vec<&Value> = listed.as_array().expect("a list").iter().map(|r| &r["id"]).collect();
     assert_eq!(ids, [id.as_str()]);
+    // The table asks for summaries (counts, no hosts), as app history does.
+    let table = fleet.fleetctl(&["rollout", "ls"]);
+    assert_success(&table, "rollout ls");
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("0/1000 done, 1000 failed"), "{text}");
+    let history = fleet.fleetctl_json(&["app", "history", APP]);
+    assert_eq!(history[0]["hosts"]["failed"], CROWD, "{history}");
 
     // That record is past tonic's default answer limit: a client that keeps
     // the default cannot read it (so the above proves fleetctl can).
@@ -330,10 +337,7 @@ fn a_thousand_hosts_failing_with_their_journals_fit_every_answer() {
 
 /// A dashboard page as the admin sees it (curl, the fleet's CA).
 fn dashboard_page(fleet: &Fleet, path: &str) -> String {
-    let cfg: toml::Value =
-        toml::from_str(&std::fs::read_to_string(&fleet.controller.fleetctl_config).expect("fleetctl.toml"))
-            .expect("fleetctl.toml is TOML");
-    let token = cfg["token"].as_str().expect("token");
+    let token = fleet.controller.admin_token();
     let out = Command::new("curl")
         .args(["-sS", "--fail-with-body", "--cacert"])
         .arg(fleet.controller.data_dir.join("ca.pem"))

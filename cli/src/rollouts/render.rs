@@ -71,21 +71,17 @@ pub struct Counts {
 }
 
 impl Counts {
-    /// Counts the hosts of some batches.
+    /// Counts the hosts of some batches (whole, or summaries).
     pub fn of<'a>(batches: impl Iterator<Item = &'a RolloutBatch>) -> Counts {
         let mut c = Counts::default();
-        for h in batches.flat_map(|b| b.hosts.iter()) {
-            match h.state() {
-                HostState::Succeeded | HostState::Unchanged => c.done += 1,
-                HostState::Failed | HostState::RollbackFailed => c.failed += 1,
-                HostState::RolledBack => c.rolled_back += 1,
-                HostState::Skipped => c.skipped += 1,
-                HostState::Running | HostState::RollingBack => {
-                    c.pending += 1;
-                    c.running += 1;
-                }
-                HostState::Pending | HostState::Unspecified => c.pending += 1,
-            }
+        for b in batches.map(fleet_proto::HostCounts::of) {
+            c.done += b.done as usize;
+            c.failed += b.failed as usize;
+            c.rolled_back += b.rolled_back as usize;
+            c.skipped += b.skipped as usize;
+            c.running += b.running as usize;
+            // Pending counts the hosts not through yet, running ones too.
+            c.pending += (b.pending + b.running) as usize;
         }
         c
     }

@@ -186,8 +186,8 @@ impl RolloutService for RolloutsService {
     }
 
     async fn list_rollouts(&self, req: Request<ListRolloutsRequest>) -> Result<Response<ListRolloutsResponse>, Status> {
-        let app = &req.get_ref().app;
-        let rollouts = self
+        let ListRolloutsRequest { app, summaries } = req.get_ref();
+        let mut rollouts: Vec<Rollout> = self
             .0
             .rollouts
             .records
@@ -196,6 +196,12 @@ impl RolloutService for RolloutsService {
             .into_iter()
             .filter(|r| app.is_empty() || &r.app == app)
             .collect();
+        if *summaries {
+            rollouts
+                .iter_mut()
+                .flat_map(|r| r.batches.iter_mut())
+                .for_each(fleet_proto::HostCounts::summarize);
+        }
         Ok(Response::new(ListRolloutsResponse { rollouts }))
     }
 

@@ -133,6 +133,20 @@ impl Places {
         let (b, i) = *self.at.get(host_id)?;
         r.batches.get(b)?.hosts.get(i).filter(|h| h.host_id == host_id)
     }
+
+    /// Where `host_id` is in batch `batch`: its latest entry's index when
+    /// that is in `batch`, else found by a walk of the batch (a host in an
+    /// earlier batch than its latest entry: rare, during a rollback).
+    fn index(&mut self, r: &Rollout, batch: usize, host_id: &str) -> Option<usize> {
+        if self.entry(r, host_id).is_some() {
+            if let Some(&(b, i)) = self.at.get(host_id) {
+                if b == batch {
+                    return Some(i);
+                }
+            }
+        }
+        r.batches.get(batch)?.hosts.iter().position(|h| h.host_id == host_id)
+    }
 }
 
 /// How often hosts' phase reports are written to the rollout record at
@@ -419,14 +433,14 @@ impl Engine {
         }
     }
 
-    /// Makes `change` to the record, noting which batch's hosts it may
-    /// have changed (for the next write of the record).
+    /// Makes `change` to the record, noting which hosts it may have
+    /// changed (for the next write of the record).
     fn change(&mut self, change: &Change, now_ms: i64) -> Vec<Effect> {
         match change {
-            Change::Assign { batch, .. }
-            | Change::AssignRollback { batch, .. }
-            | Change::Sent { batch, .. }
-            | Change::HostEnded { batch, .. } => self.touched.batch(*batch),
+            Change::Assign { batch, host, .. }
+            | Change::AssignRollback { batch, host, .. }
+            | Change::Sent { batch, host }
+            | Change::HostEnded { batch, host, .. } => self.touch(*batch, host),
             // The head alone.
             Change::Pause { .. }
             | Change::Resume
@@ -437,6 +451,15 @@ impl Engine {
             Change::BeginRollback { .. } => self.touched.everything(),
         }
         step::apply(&mut self.r, change, now_ms)
+    }
+
+    /// Notes that `host`'s entry in `batch` may change (the whole batch when
+    /// it is not found there).
+    fn touch(&mut self, batch: usize, host: &str) {
+        match self.places.index(&self.r, batch, host) {
+            Some(i) => self.touched.host(batch, i),
+            None => self.touched.batch(batch),
+        }
     }
 
     fn follow(&mut self, task_id: String, batch: usize, host: String, rx: tokio::sync::mpsc::Receiver<TaskProgress>) {
@@ -457,7 +480,7 @@ impl Engine {
             return Ok(());
         };
         let fin = crate::tasks::is_final(&p);
-        self.touched.batch(batch);
+        self.touch(batch, &host);
         let effects = step::report(&mut self.r, batch, &host, &p);
         if fin && !p.current.is_empty() {
             crate::store::rollouts::note_current(&self.fleet.store, &host, &self.r.app, &p.current)?;

@@ -240,6 +240,23 @@ fn a_record_is_its_head_and_its_hosts_and_a_write_touches_only_what_changed() {
     rs.put_touched(&r, &touched).expect("put");
     assert_eq!(commits().concat().len(), 1, "batch 0's host");
 
+    // Told which hosts changed, a write compares only those.
+    r.batches[1].hosts[3].phase = "unpack".into();
+    r.batches[1].hosts[4].phase = "unpack".into();
+    touched.clear();
+    touched.host(1, 3);
+    touched.host(1, 99); // no such host: nothing to write
+    rs.put_touched(&r, &touched).expect("put");
+    assert_eq!(
+        commits(),
+        vec![vec![(Space::RolloutHosts, host_key("r-1", 1, 3))]],
+        "host 4 was not compared: its caller vouched it unchanged"
+    );
+    touched.clear();
+    touched.batch(1);
+    rs.put_touched(&r, &touched).expect("put");
+    assert_eq!(commits().concat(), vec![(Space::RolloutHosts, host_key("r-1", 1, 4))]);
+
     // Another process (a restart) knows nothing it wrote: it writes all.
     let again = RolloutStore::open(&store, &[]).expect("open again");
     assert_eq!(again.get("r-1").expect("get"), Some(r.clone()));
