@@ -89,9 +89,9 @@ impl Dispatch<'_> {
         };
         let sent = sender
             .send_timeout(
-                Ok(ControllerMessage {
+                Ok(Box::new(ControllerMessage {
                     body: Some(ToAgent::Task(task)),
-                }),
+                })),
                 Duration::from_secs(10),
             )
             .await;

@@ -41,7 +41,10 @@ struct Session {
 }
 
 /// The sending half of a host's stream (what `stream` hands to tonic).
-pub type Outbound = mpsc::Sender<Result<ControllerMessage, Status>>;
+/// Messages queue boxed: tokio allocates a channel's slots 32 at a time and
+/// keeps the first block, so 464-byte slots were 15 KiB of memory for every
+/// connected host, boxed ones 256 bytes (see `stream::OutboundStream`).
+pub type Outbound = mpsc::Sender<Result<Box<ControllerMessage>, Status>>;
 
 /// A registered stream, held by its session task.
 pub struct SessionHandle {

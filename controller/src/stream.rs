@@ -34,9 +34,26 @@ const OUTBOUND: usize = 16;
 /// The AgentService.
 pub struct StreamService(pub Arc<Fleet>);
 
+/// A host's outbound queue ([`Outbound`]) as the stream tonic sends: each
+/// message unboxed as it leaves.
+pub struct OutboundStream(ReceiverStream<Result<Box<ControllerMessage>, Status>>);
+
+impl tokio_stream::Stream for OutboundStream {
+    type Item = Result<ControllerMessage, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.0)
+            .poll_next(cx)
+            .map(|item| item.map(|m| m.map(|b| *b)))
+    }
+}
+
 #[tonic::async_trait]
 impl AgentService for StreamService {
-    type StreamStream = ReceiverStream<Result<ControllerMessage, Status>>;
+    type StreamStream = OutboundStream;
     type FetchArtifactStream = ReceiverStream<Result<ArtifactChunk, Status>>;
 
     async fn fetch_artifact(
@@ -83,7 +100,7 @@ impl AgentService for StreamService {
                 goodbye(&fleet, &cert.host_id, &bye, remote)?;
                 // Nothing to say: the stream ends at once (its sender is dropped).
                 let (_, rx) = mpsc::channel(1);
-                return Ok(Response::new(ReceiverStream::new(rx)));
+                return Ok(Response::new(OutboundStream(ReceiverStream::new(rx))));
             }
             _ => {
                 return Err(Error::Protocol("the first message on the agent stream must be hello (or goodbye)").into())
@@ -130,7 +147,7 @@ impl AgentService for StreamService {
             })),
         };
         // Invariant: the channel was just made with room for OUTBOUND messages.
-        let _ = tx.try_send(Ok(welcome));
+        let _ = tx.try_send(Ok(Box::new(welcome)));
         let hostname = hello.facts.as_ref().map(|f| f.hostname.clone()).unwrap_or_default();
         tracing::info!(host_id, %hostname, %remote, "agent connected");
         fleet
@@ -168,7 +185,7 @@ impl AgentService for StreamService {
         owner
             .tracker
             .spawn(run_session(fleet, host_id, fp, session, inbound, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(OutboundStream(ReceiverStream::new(rx))))
     }
 }
 
@@ -258,9 +275,9 @@ async fn run_session(
                 match renew_certificate(&fleet, &host_id, &cert_fp, &renew.csr_der).await {
                     Ok(resp) => {
                         let _ = tx
-                            .send(Ok(ControllerMessage {
+                            .send(Ok(Box::new(ControllerMessage {
                                 body: Some(ToAgent::Renewed(resp)),
-                            }))
+                            })))
                             .await;
                     }
                     Err(e) => {
@@ -390,7 +407,7 @@ pub fn ask_to_renew(fleet: &Fleet, host_id: &str, plan: &crate::rotation::Plan) 
             issued_before_ms: plan.started_at_ms,
         })),
     };
-    if tx.try_send(Ok(msg)).is_err() {
+    if tx.try_send(Ok(Box::new(msg))).is_err() {
         tracing::warn!(
             host_id,
             "cannot ask the agent to renew now (its queue is full); it renews at its next connection"
