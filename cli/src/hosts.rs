@@ -16,8 +16,11 @@ use crate::client::Client;
 use crate::error::Error;
 use crate::output::{self, Block, Format, Report, Table};
 
-/// Hosts per `ListHosts` answer: about 600 KB at 1,000 hosts.
-const PAGE_SIZE: u32 = 1000;
+/// Hosts asked for per `ListHosts` answer; the controller also ends a page
+/// before 2 MiB (about 4,000 hosts). Each page costs the controller a read
+/// of every host, so fewer pages are faster: `hosts ls` of 19,700 hosts
+/// took 4.1 s in pages of 1,000.
+const PAGE_SIZE: u32 = fleet_proto::limits::MAX_PAGE_SIZE;
 
 /// Every host matching `selector`, a page at a time (one answer of 20,000
 /// hosts would pass gRPC's usual answer limit).

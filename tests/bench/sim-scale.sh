@@ -137,8 +137,37 @@ summary() {
     echo "reconnect storm (kill -9):     all $n back in about $storm s after the restart began"
 }
 
+# Reads at this size: each command once, its time, the size of what it
+# printed, and its error when it failed.
+token_admin=$(sed -n 's/^token = "\(.*\)"$/\1/p' "$FLEET_CONFIG")
+ca=$(sed -n 's/^ca = "\(.*\)"$/\1/p' "$FLEET_CONFIG")
+read_line() { # label, command...
+    local label="$1" t0 t1 rc=0
+    shift
+    t0=$(date +%s.%N)
+    "$@" >"$work/read.out" 2>"$work/read.err" || rc=$?
+    t1=$(date +%s.%N)
+    printf '%-31s%s\n' "$label" "$(awk -v s="$t0" -v e="$t1" -v b="$(stat -c %s "$work/read.out")" -v rc="$rc" \
+        'BEGIN {printf "%.2f s, %.0f KB printed%s", e - s, b / 1000, rc ? ", FAILED (exit " rc "):" : ""}') \
+        $( [ "$rc" = 0 ] || head -c 300 "$work/read.err" | tr '\n' ' ')"
+}
+page() { curl -sS --fail-with-body --cacert "$ca" -b "fleet_ui=$token_admin" "https://127.0.0.1:$port$1"; }
+reads() {
+    read_line "hosts ls:" "$bin/fleetctl" hosts ls
+    read_line "hosts ls --output json:" "$bin/fleetctl" hosts ls --output json
+    read_line "app show demo:" "$bin/fleetctl" app show demo
+    read_line "rollout ls:" "$bin/fleetctl" rollout ls
+    read_line "rollout show (the last):" "$bin/fleetctl" rollout show "$id"
+    read_line "dashboard /ui/hosts:" page /ui/hosts
+    read_line "dashboard /ui/apps/demo:" page /ui/apps/demo
+    read_line "dashboard /ui/rollouts/ID:" page "/ui/rollouts/$id"
+}
+
 if [ "${ROLLOUT:-1}" = 0 ]; then
     summary
+    read_line "hosts ls:" "$bin/fleetctl" hosts ls
+    read_line "hosts ls --output json:" "$bin/fleetctl" hosts ls --output json
+    read_line "dashboard /ui/hosts:" page /ui/hosts
     echo "(no rollout: ROLLOUT=0; logs in $work)"
     exit 0
 fi
@@ -174,32 +203,6 @@ while :; do
 done
 unwatched_s=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.2f", e - s}')
 unwatched=$(batches_of "$work/rollout2.json")
-
-# Reads at this size: each command once, its time, the size of what it
-# printed, and its error when it failed.
-token_admin=$(sed -n 's/^token = "\(.*\)"$/\1/p' "$FLEET_CONFIG")
-ca=$(sed -n 's/^ca = "\(.*\)"$/\1/p' "$FLEET_CONFIG")
-read_line() { # label, command...
-    local label="$1" t0 t1 rc=0
-    shift
-    t0=$(date +%s.%N)
-    "$@" >"$work/read.out" 2>"$work/read.err" || rc=$?
-    t1=$(date +%s.%N)
-    printf '%-31s%s\n' "$label" "$(awk -v s="$t0" -v e="$t1" -v b="$(stat -c %s "$work/read.out")" -v rc="$rc" \
-        'BEGIN {printf "%.2f s, %.0f KB printed%s", e - s, b / 1000, rc ? ", FAILED (exit " rc "):" : ""}') \
-        $( [ "$rc" = 0 ] || head -c 300 "$work/read.err" | tr '\n' ' ')"
-}
-page() { curl -sS --fail-with-body --cacert "$ca" -b "fleet_ui=$token_admin" "https://127.0.0.1:$port$1"; }
-reads() {
-    read_line "hosts ls:" "$bin/fleetctl" hosts ls
-    read_line "hosts ls --output json:" "$bin/fleetctl" hosts ls --output json
-    read_line "app show demo:" "$bin/fleetctl" app show demo
-    read_line "rollout ls:" "$bin/fleetctl" rollout ls
-    read_line "rollout show (the last):" "$bin/fleetctl" rollout show "$id"
-    read_line "dashboard /ui/hosts:" page /ui/hosts
-    read_line "dashboard /ui/apps/demo:" page /ui/apps/demo
-    read_line "dashboard /ui/rollouts/ID:" page "/ui/rollouts/$id"
-}
 
 # Fan-out: a rollout of 3.0.0 to every host in one batch, each task's
 # arrival at its host after the command began.
