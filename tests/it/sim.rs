@@ -245,9 +245,12 @@ fn a_thousand_hosts_failing_with_their_journals_fit_every_answer() {
     create_app(&fleet);
     push(&fleet, "1.0.0");
 
-    // fleetctl follows the rollout to its end, and shows and lists it.
-    let r = rollout(&fleet, "1.0.0", "100%", &[]);
+    // fleetctl follows the rollout to its end, and shows and lists it. The
+    // budget allows every failure, and still a release no host took is no
+    // success (nor the app's release, which convergence would push).
+    let r = rollout(&fleet, "1.0.0", "100%", &["--max-failures", "100%"]);
     assert_eq!(r["state"], "failed", "{} {}", r["state"], r["reason"]);
+    assert_eq!(r["reason"], "no host runs 1.0.0: 1000 hosts failed");
     assert_eq!(r["hosts"]["failed"], CROWD, "{}", r["hosts"]);
     let detail = r["batches"][0]["hosts"][0]["detail"].as_str().unwrap_or_default();
     assert!(detail.contains("simulated line") && detail.len() >= 6000, "{detail}");
@@ -256,7 +259,7 @@ fn a_thousand_hosts_failing_with_their_journals_fit_every_answer() {
     assert_eq!(shown["hosts"]["failed"], CROWD, "{}", shown["hosts"]);
     let listed = fleet.fleetctl_json(&["rollout", "ls"]);
     let ids: Vec<&Value> = listed.as_array().expect("a list").iter().map(|r| &r["id"]).collect();
-    assert_eq!(ids, [id.as_str()]);
+    assert_eq!(ids, [id.as_str()], "no convergence run toward a release no host took");
     // The table asks for summaries (counts, no hosts), as app history does.
     let table = fleet.fleetctl(&["rollout", "ls"]);
     assert_success(&table, "rollout ls");

@@ -108,11 +108,27 @@ fn after_batch(r: &Rollout, b: usize, v: &View) -> Next {
         let reached = hosts(r)
             .filter(|(_, h)| matches!(h.state(), HostState::Succeeded | HostState::Unchanged))
             .count();
-        if reached == 0 && skipped > 0 {
-            // Nothing was changed: that is not a success, whatever the budget.
+        let failed = failures(r) as usize;
+        if reached == 0 && (skipped > 0 || failed > 0) {
+            // Nothing was changed: that is not a success, whatever the
+            // budget (a success makes the release the app's for new hosts,
+            // and convergence would push a release that no host took).
+            let reason = if failed == 0 {
+                format!("no host was reachable: {}", skipped_words(skipped))
+            } else {
+                let mut why = format!(
+                    "no host runs {}: {failed} host{} failed",
+                    r.version,
+                    if failed == 1 { "" } else { "s" }
+                );
+                if skipped > 0 {
+                    why.push_str(&format!(", {}", skipped_words(skipped)));
+                }
+                why
+            };
             return Next::Change(Change::End {
                 state: RolloutState::Failed,
-                reason: format!("no host was reachable: {}", skipped_words(skipped)),
+                reason,
             });
         }
         let reason = if skipped > 0 {

@@ -379,6 +379,30 @@ fn over_the_budget_the_changed_hosts_are_rolled_back_in_batches() {
 }
 
 #[test]
+fn failures_within_the_budget_succeed_unless_no_host_took_the_release() {
+    // Budget 2 of 2 (--max-failures 100%): a host that took the release
+    // makes it a success with failures.
+    let mut r = rollout(&[&["a", "b"]], 2);
+    r.batches[0].hosts[0].set_state(HostState::Succeeded);
+    r.batches[0].hosts[1].set_state(HostState::Failed);
+    r.batches[0].set_state(BatchState::Failed);
+    let c = Case::new(online(&["a", "b"], "2"));
+    c.change(&mut r, &params());
+    assert_eq!(r.state(), RolloutState::Succeeded, "{}", r.reason);
+
+    // Every host failed: within the budget, still not a success.
+    let mut r = rollout(&[&["a", "b"]], 2);
+    r.batches[0].hosts[0].set_state(HostState::Failed);
+    r.batches[0].hosts[1].set_state(HostState::Failed);
+    r.batches[0].set_state(BatchState::Failed);
+    let c = Case::new(online(&["a", "b"], "1"));
+    let (ch, _) = c.change(&mut r, &params());
+    assert!(matches!(ch, Change::End { .. }), "{ch:?}");
+    assert_eq!(r.state(), RolloutState::Failed);
+    assert_eq!(r.reason, "no host runs 2: 2 hosts failed");
+}
+
+#[test]
 fn without_auto_rollback_the_rollout_stops_failed() {
     let mut r = rollout(&[&["a"], &["b"]], 0);
     r.params = Some(StartRolloutRequest {
