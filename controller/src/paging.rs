@@ -14,6 +14,8 @@ pub struct Page<T> {
     pub items: Vec<T>,
     /// The key to ask for the next page with; empty when this page is the last.
     pub next: String,
+    /// How many items came before the page (those up to the token).
+    pub before: usize,
 }
 
 /// How big a page may be.
@@ -35,9 +37,12 @@ pub fn page<T>(
     token: &str,
     limits: Limits,
 ) -> Page<T> {
-    let mut rest = sorted
-        .into_iter()
-        .skip_while(|t| !token.is_empty() && key(t).as_str() <= token);
+    let mut before = 0;
+    let mut rest = sorted.into_iter().skip_while(|t| {
+        let skip = !token.is_empty() && key(t).as_str() <= token;
+        before += usize::from(skip);
+        skip
+    });
     let mut items = Vec::new();
     let mut bytes = 0;
     for t in rest.by_ref() {
@@ -51,7 +56,8 @@ pub fn page<T>(
         (Some(_), Some(last)) => key(last),
         _ => String::new(),
     };
-    Page { items, next }
+    drop(rest); // it counted `before`
+    Page { items, next, before }
 }
 
 #[cfg(test)]
@@ -115,6 +121,7 @@ mod tests {
         // "c" enrolled before the token, "e" after it; "f" removed.
         let p = cut(&["b", "c", "d", "e", "h"], &p.next, 2, 1000);
         assert_eq!(p.items, words(&["e", "h"]));
+        assert_eq!(p.before, 3, "b, c and d came before");
         // A token whose item is gone still positions the next page.
         let p = cut(&["b", "e", "h"], "d", 2, 1000);
         assert_eq!(p.items, words(&["e", "h"]));

@@ -72,7 +72,8 @@ impl ChunkCache {
     }
 
     /// Bytes held now.
-    pub fn held(&self) -> usize {
+    #[cfg(test)]
+    fn held(&self) -> usize {
         self.lock().bytes
     }
 }

@@ -170,13 +170,8 @@ pub fn hosts(list: Vec<Host>, after: &str, now_ms: i64) -> Markup {
         items: HOSTS_PER_PAGE,
         bytes: usize::MAX,
     };
-    let skipped = if after.is_empty() {
-        0
-    } else {
-        list.iter().take_while(|h| host_list_key(h).as_str() <= after).count()
-    };
     let page = paging::page(list, host_list_key, |_| 0, after, limits);
-    let shown = (skipped + 1, skipped + page.items.len());
+    let shown = (page.before + 1, page.before + page.items.len());
     html! {
         h1 { "Hosts" }
         p.summary id="hosts-summary" {
