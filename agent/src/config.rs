@@ -88,11 +88,20 @@ pub fn token_id(token: &str) -> Option<&str> {
     (!id.is_empty() && !secret.is_empty()).then_some(id)
 }
 
+/// `controller` as written: one string (addresses separated by commas) or
+/// a list of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Addresses {
+    One(String),
+    Many(Vec<String>),
+}
+
 /// The file as written; turned into [`Config`] by validation.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    controller: String,
+    controller: Addresses,
     ca_fingerprint: String,
     #[serde(default)]
     join_token: Option<String>,
@@ -154,8 +163,9 @@ pub enum Bus {
 pub struct Config {
     /// The file it was read from; error messages name it.
     pub path: PathBuf,
-    /// `host:port` of the controller, resolved on every connection attempt.
-    pub controller: String,
+    /// `host:port` of each controller of the fleet (one, or several on a
+    /// shared store), each resolved on every connection attempt.
+    pub controllers: Vec<String>,
     /// `sha256:<64 lowercase hex>` of the controller's CA, pinned for enrollment.
     pub ca_fingerprint: String,
     /// Needed until the host is enrolled, and to enroll again.
@@ -205,11 +215,18 @@ impl Config {
             problem,
         };
 
-        let controller = raw.controller.trim().to_string();
-        fleet_proto::transport::split_host_port(&controller).map_err(|_| {
+        let list = match raw.controller {
+            Addresses::One(one) => one,
+            Addresses::Many(many) => many.join(","),
+        };
+        let controllers = fleet_proto::transport::split_addresses(&list).map_err(|_| {
             invalid(
                 "controller",
-                format!("'{controller}' is not host:port; write e.g. controller = \"controller.example.com:7443\""),
+                format!(
+                    "'{}' is not host:port (or several, separated by commas); write e.g. controller = \
+                     \"controller.example.com:7443\" or controller = [\"c1.example.com:7443\", \"c2.example.com:7443\"]",
+                    list.trim()
+                ),
             )
         })?;
 
@@ -293,7 +310,7 @@ impl Config {
             path: path.to_path_buf(),
             limits,
             trusted_keys,
-            controller,
+            controllers,
             ca_fingerprint,
             join_token,
             state_dir,
@@ -354,7 +371,7 @@ mod tests {
     #[test]
     fn good_config_loads() {
         let c = parse(&good()).expect("good config");
-        assert_eq!(c.controller, "controller.example.com:7443");
+        assert_eq!(c.controllers, ["controller.example.com:7443"]);
         assert_eq!(c.ca_fingerprint, FP);
         assert_eq!(c.join_token.as_ref().map(JoinToken::id), Some("abc123"));
         assert_eq!(c.hostname.as_deref(), Some("web-1"));
@@ -453,6 +470,29 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn several_controllers_as_a_list_or_separated_by_commas() {
+        let want = ["c1.example.com:7443", "10.0.0.2:7443"];
+        let listed = parse(&good().replace(
+            "controller = \"controller.example.com:7443\"",
+            "controller = [\"c1.example.com:7443\", \"10.0.0.2:7443\"]",
+        ))
+        .expect("a list");
+        assert_eq!(listed.controllers, want);
+        let commas = parse(&good().replace("controller.example.com:7443", "c1.example.com:7443, 10.0.0.2:7443"))
+            .expect("commas");
+        assert_eq!(commas.controllers, want);
+        let err = parse(&good().replace(
+            "controller = \"controller.example.com:7443\"",
+            "controller = [\"c1.example.com:7443\", \"c2\"]",
+        ))
+        .expect_err("one bad address");
+        assert!(
+            matches!(err, ConfigError::Invalid { key: "controller", .. }) && err.to_string().contains("several"),
+            "{err}"
+        );
     }
 
     #[test]

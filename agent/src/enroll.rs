@@ -41,6 +41,7 @@ pub enum EnrollError {
 /// be reached, and stores the identity. `Ok(None)` when cancelled first.
 pub async fn enroll(
     config: &Config,
+    rotation: &mut crate::rotation::Rotation,
     token: &JoinToken,
     sampler: &Sampler,
     state: &identity::StateDir,
@@ -50,10 +51,11 @@ pub async fn enroll(
     loop {
         let attempt = tokio::select! {
             _ = cancel.cancelled() => return Ok(None),
-            r = attempt(config, token, sampler) => r,
+            r = attempt(config, rotation.current(), token, sampler) => r,
         };
         match attempt {
             Ok(identity) => {
+                rotation.succeeded();
                 state.store(&identity)?;
                 tracing::info!(
                     host_id = %identity.host.host_id,
@@ -65,8 +67,9 @@ pub async fn enroll(
             }
             Err(Attempt::Failed(e)) => return Err(e),
             Err(Attempt::Unreachable(reason)) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(controller = %config.controller, %reason, delay = ?delay, "enrollment failed; retrying");
+                let controller = rotation.current().to_string();
+                let delay = rotation.delay_after_failure(&mut backoff);
+                tracing::warn!(%controller, %reason, delay = ?delay, next = %rotation.current(), "enrollment failed; retrying");
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(None),
                     _ = crate::watchdog::sleep(delay) => {}
@@ -88,8 +91,7 @@ impl From<IdentityError> for Attempt {
     }
 }
 
-async fn attempt(config: &Config, token: &JoinToken, sampler: &Sampler) -> Result<Identity, Attempt> {
-    let addr = config.controller.as_str();
+async fn attempt(config: &Config, addr: &str, token: &JoinToken, sampler: &Sampler) -> Result<Identity, Attempt> {
     let facts = sampler.facts();
     let (key, csr_der) = identity::new_key_and_csr(&facts.hostname)?;
     let tls = transport::client_config(Trust::PinnedFingerprint(config.ca_fingerprint.clone()), None)

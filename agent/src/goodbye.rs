@@ -32,15 +32,37 @@ pub async fn goodbye(config: &Config, reason: &str) -> anyhow::Result<Said> {
     let Some(identity) = state.load().context("cannot read this host's identity")? else {
         return Ok(Said::NotEnrolled);
     };
-    let addr = config.controller.clone();
     let tls = transport::client_config(identity.trust()?, Some(identity.client_identity()?))
         .map_err(|e| anyhow!("this host's identity cannot be used for TLS: {e}"))?;
     let host_id = identity.host.host_id.clone();
+    // Any controller of the fleet can mark the host; the first that answers does.
+    let mut failures = Vec::new();
+    for addr in &config.controllers {
+        match tell(addr, tls.clone(), &host_id, reason).await {
+            Ok(()) => {
+                return Ok(Said::Told {
+                    host_id,
+                    controller: addr.clone(),
+                })
+            }
+            Err(e) => failures.push(format!("{e:#}")),
+        }
+    }
+    Err(anyhow!("{}", failures.join("; ")))
+}
+
+/// Says goodbye to the controller at `addr`.
+async fn tell(
+    addr: &str,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    host_id: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
     let exchange = async {
-        let channel = transport::connect(&addr, tls).await?;
+        let channel = transport::connect(addr, tls).await?;
         let message = AgentMessage {
             body: Some(Out::Goodbye(Goodbye {
-                host_id: host_id.clone(),
+                host_id: host_id.to_string(),
                 reason: reason.to_string(),
             })),
         };
@@ -60,9 +82,5 @@ pub async fn goodbye(config: &Config, reason: &str) -> anyhow::Result<Said> {
     };
     tokio::time::timeout(TIMEOUT, exchange)
         .await
-        .map_err(|_| anyhow!("the controller at {addr} did not answer within {TIMEOUT:?}"))??;
-    Ok(Said::Told {
-        host_id,
-        controller: addr,
-    })
+        .map_err(|_| anyhow!("the controller at {addr} did not answer within {TIMEOUT:?}"))?
 }

@@ -18,6 +18,7 @@ pub mod layout;
 mod offload;
 mod redact;
 mod renew;
+pub mod rotation;
 mod stream;
 pub mod systemd;
 #[cfg(any(test, feature = "testkit"))]
@@ -128,7 +129,10 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<(), 
     let state = StateDir::new(&config.state_dir);
     state.ensure()?;
     let worker = deploy::start(&config, cancel.clone());
+    // A random first controller spreads a fleet over its controllers.
+    let rotation = rotation::Rotation::new(config.controllers.clone(), fastrand::usize(..));
     let mut agent = Agent {
+        rotation,
         sampler: Sampler::new(state.path(), config.hostname.clone()),
         config,
         state,
@@ -137,7 +141,7 @@ pub async fn run_until(config: Config, cancel: CancellationToken) -> Result<(), 
     };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
-        controller = %agent.config.controller,
+        controllers = %agent.rotation.describe(),
         state_dir = %agent.state.path().display(),
         "fleet-agent starting"
     );
@@ -178,6 +182,8 @@ struct Agent {
     sampler: Sampler,
     cancel: CancellationToken,
     worker: deploy::WorkerHandle,
+    /// Which controller to dial next.
+    rotation: rotation::Rotation,
 }
 
 impl Agent {
@@ -197,6 +203,7 @@ impl Agent {
             }
             let host_id = identity.host.host_id.clone();
             let session = Session {
+                addr: self.rotation.current(),
                 config: &self.config,
                 state: &self.state,
                 identity: &mut identity,
@@ -251,9 +258,13 @@ impl Agent {
                 Err(SessionError::Lost { reason, welcomed }) => {
                     if welcomed {
                         backoff.reset();
+                        self.rotation.succeeded();
                     }
-                    let delay = backoff.next_delay();
-                    tracing::warn!(host_id = %host_id, %reason, delay = ?delay, "stream lost; reconnecting");
+                    let delay = self.rotation.delay_after_failure(&mut backoff);
+                    tracing::warn!(
+                        host_id = %host_id, %reason, delay = ?delay, next = %self.rotation.current(),
+                        "stream lost; reconnecting"
+                    );
                     tokio::select! {
                         _ = self.cancel.cancelled() => return Ok(()),
                         _ = watchdog::sleep(delay) => {}
@@ -274,15 +285,16 @@ impl Agent {
 
     /// Enrolls again after the certificate of `expired` ran out, with the
     /// token in the config; refuses with instructions when that cannot work.
-    async fn enroll_after_expiry(&self, expired: &Identity, when: &str) -> Result<Option<Identity>, AgentError> {
+    async fn enroll_after_expiry(&mut self, expired: &Identity, when: &str) -> Result<Option<Identity>, AgentError> {
         let host_id = &expired.host.host_id;
+        let path = self.config.path.display().to_string();
         let refusal = |why: &str| {
             format!(
                 "the certificate of host {host_id} expired at {} {when}; a host with an expired certificate needs a \
                  new join token: run 'fleetctl token create' and put it in join_token in {}, then restart \
                  fleet-agent ({why})",
                 utc(expired.host.not_after_ms),
-                self.config.path.display()
+                path
             )
         };
         let Some(token) = self.config.join_token.clone() else {
@@ -301,11 +313,20 @@ impl Agent {
     /// Enrolls with `token`; a refusal becomes [`AgentError::Refused`] with
     /// the message `refused` makes of the controller's reason.
     async fn enroll(
-        &self,
+        &mut self,
         token: &JoinToken,
         refused: impl FnOnce(String) -> String,
     ) -> Result<Option<Identity>, AgentError> {
-        match enroll::enroll(&self.config, token, &self.sampler, &self.state, &self.cancel).await {
+        match enroll::enroll(
+            &self.config,
+            &mut self.rotation,
+            token,
+            &self.sampler,
+            &self.state,
+            &self.cancel,
+        )
+        .await
+        {
             Ok(identity) => Ok(identity),
             Err(EnrollError::Refused(reason)) => Err(AgentError::Refused(refused(reason))),
             Err(e) => Err(AgentError::Enroll(e)),

@@ -63,6 +63,8 @@ struct Opened {
 
 /// One connection's worth of state; lives as long as the stream.
 pub struct Session<'a> {
+    /// The controller this session dials (one of the configured ones).
+    pub addr: &'a str,
     /// The agent configuration.
     pub config: &'a Config,
     /// Where a renewed identity is written.
@@ -86,7 +88,7 @@ impl Session<'_> {
             r = tokio::time::timeout(OPEN_TIMEOUT, self.open()) => match r {
                 Ok(r) => r?,
                 Err(_) => return Err(SessionError::Lost {
-                    reason: format!("the controller at {} did not welcome this host within {OPEN_TIMEOUT:?}", self.config.controller),
+                    reason: format!("the controller at {} did not welcome this host within {OPEN_TIMEOUT:?}", self.addr),
                     welcomed: false,
                 }),
             },
@@ -97,7 +99,7 @@ impl Session<'_> {
     /// Connects with a TLS configuration built from the identity as it is
     /// now (so a renewed certificate is used), sends hello, waits for welcome.
     async fn open(&self) -> Result<Opened, SessionError> {
-        let addr = self.config.controller.as_str();
+        let addr = self.addr;
         let trust = self.identity.trust().map_err(SessionError::Identity)?;
         let client_id = self.identity.client_identity().map_err(SessionError::Identity)?;
         let tls = transport::client_config(trust, Some(client_id)).map_err(|e| {
@@ -163,7 +165,7 @@ impl Session<'_> {
             mut inbound,
             welcome,
         } = opened;
-        let addr = self.config.controller.as_str();
+        let addr = self.addr;
         let interval = match welcome.heartbeat_interval_ms {
             0 => DEFAULT_HEARTBEAT,
             ms => Duration::from_millis(ms).max(MIN_HEARTBEAT),

@@ -82,11 +82,29 @@ impl Client {
         let trust = load_trust(&resolved.trust)?;
         let auth = Auth::new(&resolved.token)?;
         let config = transport::client_config(trust, None)?;
-        let channel = transport::connect(&resolved.controller, config).await?;
-        Ok(Client {
-            channel,
-            auth,
-            addr: resolved.controller.clone(),
+        // Several controllers of one fleet: the first that answers serves.
+        let addrs = transport::split_addresses(&resolved.controller)?;
+        let mut failed: Vec<transport::TransportError> = Vec::new();
+        for addr in addrs {
+            match transport::connect(&addr, config.clone()).await {
+                Ok(channel) => return Ok(Client { channel, auth, addr }),
+                Err(e) => failed.push(e),
+            }
+        }
+        // Each error names its address; one is the error, several are listed.
+        let last = failed.pop().expect("split_addresses gives at least one address");
+        Err(match (failed.is_empty(), last) {
+            (true, last) => last.into(),
+            (false, transport::TransportError::Connect { message, cause }) => {
+                let mut all: Vec<String> = failed.iter().map(ToString::to_string).collect();
+                all.push(message);
+                transport::TransportError::Connect {
+                    message: format!("no controller answered: {}", all.join("; ")),
+                    cause,
+                }
+                .into()
+            }
+            (false, other) => other.into(),
         })
     }
 

@@ -192,7 +192,10 @@ pub enum ConfigError {
         note: String,
     },
     /// A controller address from the environment or a flag is not `host:port`.
-    #[error("controller address '{value}' (from {origin}) is not host:port, e.g. controller.example.com:7443")]
+    #[error(
+        "controller address '{value}' (from {origin}) is not host:port, e.g. controller.example.com:7443 \
+         (several controllers of one fleet: separated by commas)"
+    )]
     BadController { value: String, origin: Origin },
     /// A fingerprint is not `sha256:<64 hex>`.
     #[error("CA fingerprint '{0}' is not sha256:<64 hex digits>; copy it from the output of 'fleet-controller init'")]
@@ -282,11 +285,12 @@ pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
     };
     let rewrite = "fix the file or rewrite it with 'fleetctl login'";
     if let Some(controller) = &file.controller {
-        if fleet_proto::transport::split_host_port(controller).is_err() {
+        if fleet_proto::transport::split_addresses(controller).is_err() {
             return Err(invalid(
                 "controller",
                 &format!("is '{controller}', which is not host:port"),
-                "write it as controller = \"controller.example.com:7443\"",
+                "write it as controller = \"controller.example.com:7443\" (several controllers of one fleet: \
+                 separated by commas)",
             ));
         }
     }
@@ -394,7 +398,7 @@ pub fn apply_overrides(settings: &mut Settings, flags: &Flags, env: &Env) -> Res
     ];
     for (value, origin) in controllers {
         if let Some(value) = value {
-            if fleet_proto::transport::split_host_port(&value).is_err() {
+            if fleet_proto::transport::split_addresses(&value).is_err() {
                 return Err(ConfigError::BadController { value, origin });
             }
             settings.controller = Some(value);

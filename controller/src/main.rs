@@ -77,6 +77,16 @@ enum Command {
     /// The fleet's CA: rotate it, or show a rotation under way.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// List the fleet's controllers (on etcd): which one serves, which stand
+    /// by to take over when it stops or dies.
+    Members {
+        /// The controller.toml that init wrote.
+        #[arg(long, env = "FLEET_CONTROLLER_CONFIG")]
+        config: PathBuf,
+        /// Print JSON (one object per controller) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check every release's stored artifact (present, right size, matches
     /// its sha256); run it with the controller stopped. Exits 1 when any is
     /// missing or damaged, 2 when it cannot check.
@@ -108,6 +118,62 @@ enum CaCommand {
         #[arg(long, env = "FLEET_CONTROLLER_CONFIG")]
         config: PathBuf,
     },
+}
+
+/// `fleet-controller members`.
+fn members(config: &std::path::Path, json: bool) -> ExitCode {
+    let config = match fleet_controller::Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fleet-controller: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let peers = match fleet_controller::store::Store::members(&config.store) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("fleet-controller: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let now = fleet_proto::now_ms();
+    let role = |p: &fleet_controller::store::etcd::Peer| if p.serving { "serving" } else { "standby" };
+    if json {
+        for p in &peers {
+            let line = serde_json::json!({
+                "role": role(p),
+                "host": p.field("host"),
+                "addr": p.field("addr"),
+                "pid": p.field("pid").parse::<u64>().unwrap_or(0),
+                "dir": p.field("dir"),
+                "since_ms": p.field("since").parse::<i64>().unwrap_or(0),
+            });
+            println!("{line}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:<8} {:<24} {:<24} {:>8} {:>10}  DATA DIR",
+        "ROLE", "HOST", "ADDRESS", "PID", "UP"
+    );
+    for p in &peers {
+        let up_ms = now - p.field("since").parse::<i64>().unwrap_or(now);
+        let up = humantime::format_duration(std::time::Duration::from_secs(u64::try_from(up_ms / 1000).unwrap_or(0)));
+        println!(
+            "{:<8} {:<24} {:<24} {:>8} {:>10}  {}",
+            role(p),
+            p.field("host"),
+            p.field("addr"),
+            p.field("pid"),
+            up.to_string(),
+            p.field("dir")
+        );
+    }
+    if !peers.iter().any(|p| p.serving) {
+        eprintln!("fleet-controller: no controller serves this fleet now (none is running, or one is taking over)");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {
@@ -176,6 +242,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Ca(command) => ca(command),
+        Command::Members { config, json } => members(&config, json),
         Command::Man { dir } => {
             use clap::CommandFactory;
             match std::fs::create_dir_all(&dir).and_then(|()| clap_mangen::generate_to(Cli::command(), &dir)) {

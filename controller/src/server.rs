@@ -115,6 +115,42 @@ fn sweep_artifacts(artifacts: &crate::artifacts::Artifacts, store: &Store) -> Re
     Ok(())
 }
 
+/// The address others reach this controller at: `listen`, or this host's
+/// name with its port when it listens on every address.
+fn advertised(listen: std::net::SocketAddr, host: &str) -> String {
+    if listen.ip().is_unspecified() {
+        format!("{host}:{}", listen.port())
+    } else {
+        listen.to_string()
+    }
+}
+
+/// Waits for `opening`; if it takes longer than a moment (a standby
+/// controller waiting for the serving lock), tells systemd the service has
+/// started and pings its watchdog until it ends.
+async fn standing_by<T>(mut opening: tokio::task::JoinHandle<T>) -> Result<T, tokio::task::JoinError> {
+    let notifier = crate::watchdog::notifier();
+    let period = notifier
+        .as_ref()
+        .and_then(fleet_proto::notify::Notifier::period)
+        .map_or(Duration::from_secs(5), |p| p / 2);
+    let mut ready = false;
+    loop {
+        tokio::select! {
+            done = &mut opening => return done,
+            _ = tokio::time::sleep(period) => {
+                if let Some(n) = &notifier {
+                    if !ready {
+                        let _ = n.ready();
+                        ready = true;
+                    }
+                    let _ = n.alive();
+                }
+            }
+        }
+    }
+}
+
 /// Runs the controller until SIGTERM or SIGINT.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     // Every agent stream is a socket: systemd's default soft limit (1024) is
@@ -135,8 +171,18 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .map_err(|e| ServeError::Startup(format!("{}: {e}", dir.join(crate::secrets::FILE).display())))?;
     let (backend, data_dir) = (config.store.clone(), dir.clone());
     let host = crate::init::hostname().unwrap_or_else(|| "unknown".into());
-    // sled's recovery reads the whole log: off the runtime.
-    let store = tokio::task::spawn_blocking(move || Store::open_to_serve(&backend, &data_dir, &host))
+    let ca_der = fleet_proto::transport::certs_from_pem("CA", &authority.current().signing.cert_pem)
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    let me = crate::store::Me {
+        addr: advertised(config.listen, &host),
+        host,
+        ca_fingerprint: fleet_proto::transport::fingerprint(&ca_der[0]),
+    };
+    // sled's recovery reads the whole log: off the runtime. On etcd this
+    // waits while another controller serves the fleet: a standby tells
+    // systemd it started and keeps its watchdog fed meanwhile.
+    let opening = tokio::task::spawn_blocking(move || Store::open_to_serve(&backend, &data_dir, &me));
+    let store = standing_by(opening)
         .await
         .map_err(|e| ServeError::Startup(format!("the task opening the store failed: {e}")))??;
 

@@ -49,10 +49,10 @@ pub mod rollouts;
 
 pub use flusher::{FlushCounts, Health};
 use kv::{optimistic, Attempt, Committed, Kv, Space, Txn};
-pub use open::Backend;
 #[cfg(test)]
 use open::Schema;
 use open::Serving;
+pub use open::{Backend, Me};
 pub use records::{
     secret_hash, utc, CertRecord, EnrollError, IdentityRecord, OperatorRecord, TokenRecord, TokenRefusal,
 };

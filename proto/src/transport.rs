@@ -209,6 +209,22 @@ impl ServerCertVerifier for PinnedCaVerifier {
     }
 }
 
+/// Splits a list of controller addresses (`host:port`, separated by
+/// commas; several controllers of one fleet), checking each; the first
+/// bad one is the error. Empty entries (a trailing comma) are skipped.
+pub fn split_addresses(list: &str) -> Result<Vec<String>, TransportError> {
+    let addrs: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| split_host_port(a).map(|_| a.to_string()))
+        .collect::<Result<_, _>>()?;
+    if addrs.is_empty() {
+        return Err(TransportError::BadAddress(list.to_string()));
+    }
+    Ok(addrs)
+}
+
 /// Splits `host:port` (or `[v6]:port`), rejecting anything else.
 pub fn split_host_port(addr: &str) -> Result<(String, u16), TransportError> {
     let addr = addr.trim().trim_start_matches("https://").trim_end_matches('/');
@@ -509,6 +525,18 @@ mod tests {
         assert!(split_host_port("nohost").is_err());
         assert!(split_host_port(":80").is_err());
         assert!(split_host_port("a:port").is_err());
+    }
+
+    #[test]
+    fn address_lists() {
+        assert_eq!(split_addresses("a:1").ok(), Some(vec!["a:1".to_string()]));
+        assert_eq!(
+            split_addresses(" a:1, b:2 ,").ok(),
+            Some(vec!["a:1".to_string(), "b:2".to_string()])
+        );
+        assert!(matches!(split_addresses("a:1,b"), Err(TransportError::BadAddress(b)) if b == "b"));
+        assert!(split_addresses(" , ").is_err());
+        assert!(split_addresses("").is_err());
     }
 
     #[test]

@@ -99,6 +99,7 @@ fn idle_tls_connections_do_not_lock_out_operators_or_agents() {
         root,
         controller,
         agents: Vec::new(),
+        agent_controllers: None,
     };
     let token = fleet.token(&["--uses", "2"]);
     fleet.add_agent("web-1", &token, &[]);

@@ -274,7 +274,7 @@ fn init_checks_etcd_before_it_writes_and_never_takes_a_prefix_that_holds_a_fleet
 }
 
 #[test]
-fn a_second_controller_on_the_same_fleet_is_refused_until_the_first_is_gone() {
+fn a_second_controller_stands_by_listed_among_the_members_and_serves_once_the_first_is_gone() {
     let etcd = Etcd::start();
     let args = init_args(&etcd, "fleet/pair/");
     let mut fleet = Fleet::controller_only_with(&strs(&args), &[], "info");
@@ -282,57 +282,86 @@ fn a_second_controller_on_the_same_fleet_is_refused_until_the_first_is_gone() {
     fleet.add_agent("web-1", &token, &[]);
     fleet.wait_connected(1, Duration::from_secs(60));
 
-    // A copy of the data dir (the same CA and keys) on other ports: a
-    // second controller of the same fleet.
-    let first = &fleet.controller;
-    let second_dir = fleet.root.path().join("second");
-    let cp = Command::new("cp")
-        .arg("-a")
-        .arg(&first.data_dir)
-        .arg(&second_dir)
-        .status()
-        .expect("cp");
-    assert!(cp.success());
-    let _ = std::fs::remove_file(second_dir.join("serve.lock"));
-    let config = std::fs::read_to_string(&first.config)
-        .expect("config")
-        .replace(&first.data_dir.display().to_string(), &second_dir.display().to_string())
-        .replace(&first.addr.to_string(), &free_addr().to_string())
-        .replace(&first.metrics.to_string(), &free_addr().to_string());
-    let second_config = second_dir.join("controller.toml");
-    std::fs::write(&second_config, config).expect("write");
-    let serve = |log: &str| {
-        Command::new(bin("fleet-controller"))
-            .args(["serve", "--config"])
-            .arg(&second_config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(fleet.root.path().join(log)).expect("log"))
-            .spawn()
-            .expect("spawn the second controller")
-    };
-    let mut refused = serve("second-1.log");
-    let status = wait_exit(
-        &mut refused,
-        Duration::from_secs(60),
-        "the second controller to give up",
-    );
-    assert!(!status.success());
-    let log = std::fs::read_to_string(fleet.root.path().join("second-1.log")).expect("log");
+    // A controller of another fleet (its own init, its own CA) pointed at
+    // this fleet's prefix is refused, naming both CAs, and writes nothing.
+    let stranger = crate::harness::Controller::init(&fleet.root.path().join("stranger"), &[]);
+    let config = std::fs::read_to_string(&fleet.controller.config).expect("config");
+    let store_table = &config[config.find("[store]").expect("[store] in controller.toml")..];
+    let mut text = std::fs::read_to_string(&stranger.config).expect("stranger config");
+    text.push('\n');
+    text.push_str(store_table);
+    std::fs::write(&stranger.config, text).expect("write");
+    let out = Command::new(bin("fleet-controller"))
+        .args(["serve", "--config"])
+        .arg(&stranger.config)
+        .output()
+        .expect("serve");
+    assert!(!out.status.success());
     assert!(
-        log.contains("another controller serves this fleet")
-            && log.contains(&format!("dir={}", first.data_dir.display())),
-        "the refusal names the first controller: {log}"
+        stderr(&out).contains(&stranger.ca_fingerprint) && stderr(&out).contains(&fleet.controller.ca_fingerprint),
+        "{}",
+        stderr(&out)
     );
 
-    // The first dies; the second takes the fleet once its lock expires.
-    fleet.controller.kill9();
-    let mut second = serve("second-2.log");
-    wait_until(Duration::from_secs(60), "the second controller to serve", || {
-        let log = std::fs::read_to_string(fleet.root.path().join("second-2.log")).unwrap_or_default();
-        log.contains("fleet-controller serving").then_some(())
+    // A copy of the data dir (the same CA and keys) on other ports stands by.
+    let mut second = fleet.controller.copy(fleet.root.path(), "second");
+    second.spawn();
+    wait_until(Duration::from_secs(60), "the second controller to stand by", || {
+        second.log_text().contains("standing by").then_some(())
     });
-    second.kill().expect("kill");
-    second.wait().expect("reap");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        second
+            .child
+            .as_mut()
+            .expect("child")
+            .try_wait()
+            .expect("wait")
+            .is_none(),
+        "a standby keeps running: {}",
+        second.log_text()
+    );
+    assert!(!second.log_text().contains("fleet-controller serving"));
+    let listed = members(&fleet.controller.config);
+    let roles: Vec<(&str, &str)> = listed
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap_or(""), m["dir"].as_str().unwrap_or("")))
+        .collect();
+    let (first_dir, second_dir) = (
+        fleet.controller.data_dir.display().to_string(),
+        second.data_dir.display().to_string(),
+    );
+    let mut want = vec![("serving", first_dir.as_str()), ("standby", second_dir.as_str())];
+    let mut got = roles.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "{listed:?}");
+
+    // The first dies; the second serves within the lock's lease.
+    fleet.controller.kill9();
+    wait_until(Duration::from_secs(30), "the second controller to serve", || {
+        second.log_text().contains("fleet-controller serving").then_some(())
+    });
+    let listed = wait_until(Duration::from_secs(15), "the dead one to leave the members", || {
+        Some(members(&second.config)).filter(|m| m.len() == 1)
+    });
+    assert_eq!(listed[0]["role"], "serving", "{listed:?}");
+    assert_eq!(listed[0]["dir"].as_str(), Some(second_dir.as_str()), "{listed:?}");
+    second.kill9();
+}
+
+/// `fleet-controller members --json` with `config`.
+fn members(config: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(bin("fleet-controller"))
+        .args(["members", "--json", "--config"])
+        .arg(config)
+        .output()
+        .expect("members");
+    assert!(out.status.success(), "members: {}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
 }
 
 #[test]

@@ -163,6 +163,48 @@ impl Controller {
         }
     }
 
+    /// A second controller of the same fleet in `root/<name>`: a copy of
+    /// this one's data dir (its CA and keys; the store must be shared, on
+    /// etcd) on ports of its own. Not started.
+    pub fn copy(&self, root: &Path, name: &str) -> Controller {
+        let data_dir = root.join(name);
+        let cp = Command::new("cp")
+            .arg("-a")
+            .arg(&self.data_dir)
+            .arg(&data_dir)
+            .status()
+            .expect("cp");
+        assert!(cp.success(), "copy the data dir");
+        let _ = std::fs::remove_file(data_dir.join("serve.lock"));
+        let (addr, metrics) = (free_addr(), free_addr());
+        let text = std::fs::read_to_string(&self.config)
+            .expect("controller.toml")
+            .replace(&self.data_dir.display().to_string(), &data_dir.display().to_string())
+            .replace(&self.addr.to_string(), &addr.to_string())
+            .replace(&self.metrics.to_string(), &metrics.to_string());
+        let config = data_dir.join("controller.toml");
+        std::fs::write(&config, text).expect("write controller.toml");
+        Controller {
+            log: root.join(format!("{name}.log")),
+            fleetctl_config: self.fleetctl_config.clone(),
+            ca_fingerprint: self.ca_fingerprint.clone(),
+            rust_log: self.rust_log.clone(),
+            child: None,
+            data_dir,
+            config,
+            addr,
+            metrics,
+        }
+    }
+
+    /// Starts `serve` without waiting for it to serve (a standby waits
+    /// for the fleet's serving lock).
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "controller already running");
+        let env = [("RUST_LOG".to_string(), self.rust_log.clone())];
+        self.child = Some(spawn_logged("fleet-controller", "serve", &self.config, &self.log, &env));
+    }
+
     /// Starts `serve` and waits for /healthz.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "controller already running");
@@ -373,6 +415,9 @@ pub struct Fleet {
     pub controller: Controller,
     /// The agents.
     pub agents: Vec<Agent>,
+    /// The `controller` agents added from now on are given (several
+    /// controllers of one fleet); None: the controller's address.
+    pub agent_controllers: Option<String>,
 }
 
 impl Fleet {
@@ -396,6 +441,7 @@ impl Fleet {
             root,
             controller,
             agents: Vec::new(),
+            agent_controllers: None,
         }
     }
 
@@ -425,7 +471,10 @@ impl Fleet {
         systemd: Option<&crate::sandbox::Sandbox>,
         env: &[(&str, String)],
     ) -> usize {
-        let addr = self.controller.addr.to_string();
+        let addr = self
+            .agent_controllers
+            .clone()
+            .unwrap_or_else(|| self.controller.addr.to_string());
         let mut agent = Agent::new(
             self.root.path(),
             name,

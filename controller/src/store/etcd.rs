@@ -602,8 +602,10 @@ impl Kv for EtcdKv {
 
 mod compact;
 mod lock;
+mod roster;
 pub use compact::COMPACT_EVERY;
 pub use lock::{Holder, ServingLock, LOCK_TTL};
+pub use roster::{field, Membership, Peer};
 
 #[cfg(test)]
 mod tests;

@@ -107,30 +107,52 @@ impl Store {
     }
 
     /// Opens the store `serve` runs on (see [`Store::open_existing_on`]). On
-    /// etcd it first takes the fleet's serving lock (waiting up to twice its
-    /// lease for a dead holder's to expire), holding the data dir's local
-    /// lock `serve.lock` meanwhile; from then on a write is refused once the
-    /// lock is lost ([`Store::lock_lost`]).
-    /// `host` names this controller in the lock.
-    pub fn open_to_serve(backend: &Backend, data_dir: &Path, host: &str) -> Result<Store, StoreError> {
+    /// etcd this controller first joins the fleet's members, checks that
+    /// its CA is the fleet's, then takes the fleet's serving lock, standing
+    /// by for as long as another controller holds it, with the data dir's
+    /// local lock `serve.lock` held meanwhile; from then on a write is
+    /// refused once the lock is lost ([`Store::lock_lost`]).
+    pub fn open_to_serve(backend: &Backend, data_dir: &Path, me: &Me) -> Result<Store, StoreError> {
         let Backend::Etcd(settings) = backend else {
             return Store::open_existing_on(backend, data_dir);
         };
         let local = local_lock(data_dir)?;
         let kv = etcd_kv(settings)?;
-        let holder = etcd::Holder {
-            host: host.to_string(),
-            dir: data_dir.display().to_string(),
-            pid: std::process::id(),
-        };
-        let lock = kv.take_lock(&holder, 2 * etcd::LOCK_TTL)?;
-        tracing::info!(holder = %holder.value(), "holding the fleet's serving lock in etcd");
         if kv.get(Space::Meta, b"schema")?.is_none() {
             return Err(no_fleet(settings));
         }
+        same_ca(&kv, settings, &me.ca_fingerprint)?;
+        let holder = etcd::Holder {
+            host: me.host.clone(),
+            dir: data_dir.display().to_string(),
+            pid: std::process::id(),
+            addr: me.addr.clone(),
+        };
+        let membership = kv.join_members(&holder, fleet_proto::now_ms())?;
+        let lock = kv.take_lock(&holder, None)?;
+        tracing::info!(holder = %holder.value(), "holding the fleet's serving lock in etcd");
         let mut store = Store::on(kv, Path::new(&settings.describe()), Schema::MustExist)?;
-        store.serving = Some(Arc::new(Serving { lock, _local: local }));
+        store.serving = Some(Arc::new(Serving {
+            lock,
+            membership,
+            _local: local,
+        }));
         Ok(store)
+    }
+
+    /// The fleet's controllers (on etcd: each running one, serving or
+    /// standing by); on sled, an error saying one controller serves it.
+    pub fn members(backend: &Backend) -> Result<Vec<etcd::Peer>, StoreError> {
+        match backend {
+            Backend::Sled => Err(StoreError::Etcd {
+                name: "the data dir".into(),
+                detail: "this fleet's state is in the data dir (sled), so one controller serves it; several \
+                         controllers share a fleet on etcd ([store] backend = \"etcd\", see 'fleet-controller init \
+                         --etcd')"
+                    .into(),
+            }),
+            Backend::Etcd(settings) => etcd_kv(settings)?.members(),
+        }
     }
 
     /// Resolves with the reason when this controller loses the serving lock
@@ -146,6 +168,7 @@ impl Store {
     pub async fn release_lock(&self) {
         if let Some(s) = &self.serving {
             s.lock.release().await;
+            s.membership.leave().await;
         }
     }
 
@@ -224,5 +247,49 @@ impl Store {
 /// The serving lock in etcd, and the data dir's local lock held with it.
 pub(super) struct Serving {
     lock: etcd::ServingLock,
+    membership: etcd::Membership,
     _local: std::fs::File,
+}
+
+/// Who this controller is, for the fleet's members and serving lock.
+#[derive(Debug, Clone)]
+pub struct Me {
+    /// This host's name.
+    pub host: String,
+    /// Where agents and operators reach it (`host:port`).
+    pub addr: String,
+    /// `sha256:` of the CA it serves with.
+    pub ca_fingerprint: String,
+}
+
+/// Checks that `ca` is the fleet's CA (recorded in `meta/ca` by the first
+/// controller that served it): a controller made by another `init` would
+/// present a CA the fleet's agents do not trust, so it must not serve.
+fn same_ca(kv: &etcd::EtcdKv, settings: &etcd::EtcdSettings, ca: &str) -> Result<(), StoreError> {
+    use crate::store::kv::Committed;
+    loop {
+        match kv.get(Space::Meta, b"ca")? {
+            Some(v) if v == ca.as_bytes() => return Ok(()),
+            Some(v) => {
+                return Err(StoreError::Etcd {
+                    name: settings.describe(),
+                    detail: format!(
+                        "this controller's CA is {ca}, but the fleet in etcd is served with the CA {}: this data \
+                         dir was made by another 'fleet-controller init'. A second controller of a fleet needs the \
+                         first one's CA and keys: copy its data dir (ca.pem, ca.key, server.pem, server.key, \
+                         mac.key) with the controller.toml's listen address changed",
+                        String::from_utf8_lossy(&v)
+                    ),
+                })
+            }
+            None => {
+                let txn = Txn::new()
+                    .when_absent(Space::Meta, b"ca")
+                    .put(Space::Meta, b"ca", ca.as_bytes().to_vec());
+                if kv.commit(txn)? == Committed::Applied {
+                    return Ok(());
+                }
+            }
+        }
+    }
 }

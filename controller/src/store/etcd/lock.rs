@@ -32,8 +32,9 @@ use super::wire::response_op::Response;
 use super::{client, compare_absent, compare_value, EtcdKv, Members};
 use super::{wire, StoreError};
 
-/// The lock's lease: a dead holder's lock is free after it.
-pub const LOCK_TTL: Duration = Duration::from_secs(10);
+/// The lock's lease: a dead holder's lock is free after it, so a standby
+/// controller takes over within about this long after its holder died.
+pub const LOCK_TTL: Duration = Duration::from_secs(6);
 
 /// What the backend compares on every commit once the lock is taken.
 #[derive(Debug, Clone)]
@@ -45,7 +46,7 @@ pub(super) struct Fence {
     pub lost: Arc<watch::Sender<Option<String>>>,
 }
 
-/// Who holds the lock: `host=H dir=D pid=P`.
+/// Who holds the lock: `host=H dir=D pid=P addr=A`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
     /// The controller's hostname.
@@ -54,12 +55,18 @@ pub struct Holder {
     pub dir: String,
     /// Its process id.
     pub pid: u32,
+    /// The address agents and operators reach it at (its gRPC listen
+    /// address, with this host's name for an unspecified IP).
+    pub addr: String,
 }
 
 impl Holder {
     /// The lock's value.
     pub fn value(&self) -> String {
-        format!("host={} dir={} pid={}", self.host, self.dir, self.pid)
+        format!(
+            "host={} dir={} pid={} addr={}",
+            self.host, self.dir, self.pid, self.addr
+        )
     }
 
     /// Whether `value` is the lock of a controller on this host and data
@@ -127,7 +134,7 @@ fn held_by(resp: &wire::TxnResponse) -> Option<String> {
     })
 }
 
-async fn grant(members: &Members) -> Result<i64, StoreError> {
+pub(super) async fn grant(members: &Members) -> Result<i64, StoreError> {
     let resp = members
         .write(|c| async move {
             LeaseClient::new(c)
@@ -209,7 +216,7 @@ async fn revoke(members: &Members, lease: i64) {
 }
 
 /// One keep-alive of `lease`: its time to live left, in seconds.
-async fn keep_alive_once(members: &Members, lease: i64) -> Result<i64, StoreError> {
+pub(super) async fn keep_alive_once(members: &Members, lease: i64) -> Result<i64, StoreError> {
     members
         .read(|c| async move {
             let mut answers = LeaseClient::new(c)
@@ -262,10 +269,11 @@ async fn keep(members: Arc<Members>, lease: i64, lost: Arc<watch::Sender<Option<
 
 impl EtcdKv {
     /// Takes the fleet's serving lock as `holder`, waiting up to `wait` for
-    /// another holder's lock to be given up or to expire; from then on every
-    /// commit is fenced by it. Call it while holding the data dir's local
-    /// lock: a lock held by this host and data dir is taken over at once.
-    pub fn take_lock(&self, holder: &Holder, wait: Duration) -> Result<ServingLock, StoreError> {
+    /// another holder's lock to be given up or to expire (`None`: for as long
+    /// as it takes, a standby controller); from then on every commit is
+    /// fenced by it. Call it while holding the data dir's local lock: a lock
+    /// held by this host and data dir is taken over at once.
+    pub fn take_lock(&self, holder: &Holder, wait: Option<Duration>) -> Result<ServingLock, StoreError> {
         let key = format!("{}serving", self.prefix).into_bytes();
         let value = holder.value();
         let members = self.members.clone();
@@ -273,7 +281,7 @@ impl EtcdKv {
         let lease = self.run({
             let (key, value) = (key.clone(), value.clone());
             async move {
-                let deadline = Instant::now() + wait;
+                let deadline = wait.map(|w| Instant::now() + w);
                 let mut told = false;
                 loop {
                     let lease = grant(&members).await?;
@@ -291,14 +299,18 @@ impl EtcdKv {
                         take_over(&members, &key, &other).await?;
                         continue;
                     }
-                    if Instant::now() >= deadline {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
                         return Err(members.error(format!(
                             "another controller serves this fleet ({other}); one controller at a time serves a \
                              fleet's prefix: stop that one first (if it died, its lock expires within {LOCK_TTL:?})"
                         )));
                     }
                     if !told {
-                        tracing::warn!(holder = %other, "waiting for the fleet's serving lock (it expires within {LOCK_TTL:?} if its holder died)");
+                        if deadline.is_none() {
+                            tracing::info!(holder = %other, "standing by: another controller serves this fleet; this one serves when that one is gone (within {LOCK_TTL:?} of its death)");
+                        } else {
+                            tracing::warn!(holder = %other, "waiting for the fleet's serving lock (it expires within {LOCK_TTL:?} if its holder died)");
+                        }
                         told = true;
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -297,7 +297,50 @@ fn holder(host: &str, pid: u32) -> Holder {
         host: host.into(),
         dir: "/var/lib/fleet-controller".into(),
         pid,
+        addr: format!("{host}:7443"),
     }
+}
+
+#[test]
+fn a_standby_is_listed_among_the_members_and_serves_once_the_holder_is_gone() {
+    let etcd = EtcdServer::start(&[]);
+    let a = EtcdKv::connect(&etcd.settings("fleet/")).expect("client");
+    let b = std::sync::Arc::new(EtcdKv::connect(&etcd.settings("fleet/")).expect("client"));
+    let _a_member = a.join_members(&holder("ctl-a", 10), 1).expect("join a");
+    let lock_a = a.take_lock(&holder("ctl-a", 10), None).expect("free lock");
+    let b_member = b.join_members(&holder("ctl-b", 20), 2).expect("join b");
+    let peers = a.members().expect("members");
+    let listed: Vec<(&str, bool)> = peers.iter().map(|p| (p.field("host"), p.serving)).collect();
+    assert_eq!(listed, [("ctl-a", true), ("ctl-b", false)], "{peers:?}");
+    assert_eq!(peers[1].field("addr"), "ctl-b:7443");
+    assert_eq!(peers[1].field("since"), "2");
+
+    // b stands by (no deadline) and takes the lock once a gives it up.
+    let standby = {
+        let b = b.clone();
+        std::thread::spawn(move || b.take_lock(&holder("ctl-b", 20), None).map(drop))
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!standby.is_finished(), "b waits while a holds the lock");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(lock_a.release());
+    standby.join().expect("thread").expect("b takes the lock");
+    let peers = b.members().expect("members");
+    let serving: Vec<&str> = peers.iter().filter(|p| p.serving).map(|p| p.field("host")).collect();
+    assert_eq!(serving, ["ctl-b"], "{peers:?}");
+
+    // A member that leaves is gone from the list at once.
+    rt.block_on(b_member.leave());
+    let hosts: Vec<String> = b
+        .members()
+        .expect("members")
+        .iter()
+        .map(|p| p.field("host").to_string())
+        .collect();
+    assert_eq!(hosts, ["ctl-a"]);
 }
 
 #[test]
@@ -305,10 +348,12 @@ fn one_controller_holds_a_fleets_lock_and_the_next_gets_it_once_it_is_given_up()
     let etcd = EtcdServer::start(&[]);
     let a = EtcdKv::connect(&etcd.settings("fleet/")).expect("client");
     let b = EtcdKv::connect(&etcd.settings("fleet/")).expect("client");
-    let lock_a = a.take_lock(&holder("ctl-a", 10), Duration::ZERO).expect("free lock");
+    let lock_a = a
+        .take_lock(&holder("ctl-a", 10), Some(Duration::ZERO))
+        .expect("free lock");
     let t0 = Instant::now();
     let err = b
-        .take_lock(&holder("ctl-b", 20), Duration::from_millis(1200))
+        .take_lock(&holder("ctl-b", 20), Some(Duration::from_millis(1200)))
         .err()
         .expect("held by a")
         .to_string();
@@ -320,7 +365,7 @@ fn one_controller_holds_a_fleets_lock_and_the_next_gets_it_once_it_is_given_up()
     // Another fleet's prefix has a lock of its own.
     let other = EtcdKv::connect(&etcd.settings("fleet/other/")).expect("client");
     other
-        .take_lock(&holder("ctl-b", 20), Duration::ZERO)
+        .take_lock(&holder("ctl-b", 20), Some(Duration::ZERO))
         .expect("another prefix");
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -328,7 +373,7 @@ fn one_controller_holds_a_fleets_lock_and_the_next_gets_it_once_it_is_given_up()
         .build()
         .expect("rt");
     rt.block_on(lock_a.release());
-    b.take_lock(&holder("ctl-b", 20), Duration::from_secs(5))
+    b.take_lock(&holder("ctl-b", 20), Some(Duration::from_secs(5)))
         .expect("free once given up");
     // a wrote nothing after b took the lock.
     let err = a
@@ -346,14 +391,16 @@ fn a_restart_on_the_same_host_and_data_dir_takes_over_at_once_and_fences_the_old
     let etcd = EtcdServer::start(&[]);
     let old = EtcdKv::connect(&etcd.settings("fleet/")).expect("client");
     let new = EtcdKv::connect(&etcd.settings("fleet/")).expect("client");
-    let _old_lock = old.take_lock(&holder("ctl", 10), Duration::ZERO).expect("free");
+    let _old_lock = old.take_lock(&holder("ctl", 10), Some(Duration::ZERO)).expect("free");
     assert_eq!(
         old.commit(Txn::new().put(Space::Hosts, b"h", b"old".to_vec()))
             .expect("commit"),
         Committed::Applied
     );
     let t0 = Instant::now();
-    let new_lock = new.take_lock(&holder("ctl", 11), Duration::ZERO).expect("same place");
+    let new_lock = new
+        .take_lock(&holder("ctl", 11), Some(Duration::ZERO))
+        .expect("same place");
     assert!(t0.elapsed() < LOCK_TTL / 2, "no wait for the lease");
     // The new run's own conflicts are conflicts, not a lost lock.
     assert_eq!(
@@ -382,13 +429,13 @@ fn a_restart_on_the_same_host_and_data_dir_takes_over_at_once_and_fences_the_old
 fn a_holder_whose_keep_alives_stop_loses_its_lock_to_the_next_within_the_lease() {
     let etcd = EtcdServer::start(&[]);
     let a = EtcdKv::connect(&etcd.settings("fleet/")).expect("client");
-    let lock_a = a.take_lock(&holder("ctl-a", 10), Duration::ZERO).expect("free");
+    let lock_a = a.take_lock(&holder("ctl-a", 10), Some(Duration::ZERO)).expect("free");
     // a's keep-alives stop reaching etcd: its runtime is gone, as in a
     // controller frozen or cut off for longer than the lease.
     drop(a);
     let b = EtcdKv::connect(&etcd.settings("fleet/")).expect("client");
     let t0 = Instant::now();
-    b.take_lock(&holder("ctl-b", 20), 2 * LOCK_TTL).expect("expired");
+    b.take_lock(&holder("ctl-b", 20), Some(2 * LOCK_TTL)).expect("expired");
     let waited = t0.elapsed();
     assert!(
         waited > Duration::from_secs(2) && waited <= LOCK_TTL + Duration::from_secs(3),
