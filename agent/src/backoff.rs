@@ -8,18 +8,22 @@ use std::time::Duration;
 
 /// The first ceiling.
 pub const INITIAL: Duration = Duration::from_millis(500);
-/// The ceiling never grows past this.
+/// The ceiling never grows past this (with one controller address).
 pub const CAP: Duration = Duration::from_secs(30);
 
 /// Delays for successive failures; [`Backoff::reset`] after a success.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     ceiling: Duration,
+    cap: Duration,
 }
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff { ceiling: INITIAL }
+        Backoff {
+            ceiling: INITIAL,
+            cap: CAP,
+        }
     }
 }
 
@@ -33,8 +37,16 @@ impl Backoff {
     /// the ceiling then doubles, up to [`CAP`].
     pub fn next_delay(&mut self) -> Duration {
         let ceiling_ms = u64::try_from(self.ceiling.as_millis()).unwrap_or(u64::MAX);
-        self.ceiling = (self.ceiling * 2).min(CAP);
+        self.ceiling = (self.ceiling * 2).min(self.cap);
         Duration::from_millis(fastrand::u64(0..=ceiling_ms))
+    }
+
+    /// A backoff whose ceiling never grows past `cap` (at least [`INITIAL`]).
+    pub fn capped(cap: Duration) -> Backoff {
+        Backoff {
+            ceiling: INITIAL,
+            cap: cap.max(INITIAL),
+        }
     }
 
     /// Back to the initial ceiling, after a connection that worked.

@@ -10,7 +10,6 @@ use fleet_proto::EnrollRequest;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
-use crate::backoff::Backoff;
 use crate::config::{Config, JoinToken};
 use crate::facts::Sampler;
 use crate::identity::{self, HostRecord, Identity, IdentityError};
@@ -47,7 +46,7 @@ pub async fn enroll(
     state: &identity::StateDir,
     cancel: &CancellationToken,
 ) -> Result<Option<Identity>, EnrollError> {
-    let mut backoff = Backoff::new();
+    let mut backoff = rotation.backoff();
     loop {
         let attempt = tokio::select! {
             _ = cancel.cancelled() => return Ok(None),

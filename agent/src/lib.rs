@@ -38,7 +38,6 @@ pub use config::{Config, ConfigError, LogFormat};
 pub use enroll::EnrollError;
 pub use identity::IdentityError;
 
-use backoff::Backoff;
 use config::JoinToken;
 use facts::Sampler;
 use identity::{Identity, StateDir};
@@ -189,7 +188,7 @@ struct Agent {
 impl Agent {
     /// Keeps a stream open, reconnecting with backoff, until stopped or refused.
     async fn connect_loop(&mut self, mut identity: Identity) -> Result<(), AgentError> {
-        let mut backoff = Backoff::new();
+        let mut backoff = self.rotation.backoff();
         loop {
             watchdog::alive();
             if identity.is_expired(fleet_proto::now_ms()) {

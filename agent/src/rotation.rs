@@ -16,6 +16,12 @@ use crate::backoff::Backoff;
 /// next one in the same millisecond.
 pub const NEXT_ADDRESS_JITTER: Duration = Duration::from_millis(250);
 
+/// The most a host with several controllers waits between rounds: a
+/// standby takes over within the serving lock's lease (6 s) of its
+/// controller's death, and the hosts should follow within seconds. Still
+/// jittered: a fleet of 20,000 arrives over up to this many seconds.
+pub const FAILOVER_CAP: Duration = Duration::from_secs(4);
+
 /// The agent's controller addresses and where it is among them.
 #[derive(Debug, Clone)]
 pub struct Rotation {
@@ -44,6 +50,16 @@ impl Rotation {
             addrs,
             at,
             failed_in_row: 0,
+        }
+    }
+
+    /// The backoff between failed rounds: capped at [`FAILOVER_CAP`] with
+    /// several controllers, as usual with one.
+    pub fn backoff(&self) -> Backoff {
+        if self.addrs.len() > 1 {
+            Backoff::capped(FAILOVER_CAP)
+        } else {
+            Backoff::new()
         }
     }
 
@@ -130,6 +146,20 @@ mod tests {
         assert_eq!(r.current(), "c2:7443");
         assert_eq!(r.failed(), After::NextAddress);
         assert_eq!(r.failed(), After::BackOff);
+    }
+
+    #[test]
+    fn several_controllers_cap_the_backoff_lower() {
+        let mut b = Rotation::new(addrs(3), 0).backoff();
+        for _ in 0..10 {
+            assert!(b.next_delay() <= FAILOVER_CAP);
+        }
+        assert_eq!(b.ceiling(), FAILOVER_CAP);
+        let mut one = Rotation::new(addrs(1), 0).backoff();
+        for _ in 0..10 {
+            one.next_delay();
+        }
+        assert_eq!(one.ceiling(), crate::backoff::CAP);
     }
 
     #[test]

@@ -179,8 +179,15 @@ pub const PUBLIC_METHODS: [&str; 4] = [
 ];
 
 /// The agents' methods: authenticated by their client certificate
-/// (`AgentService`) or a join token (`Enrollment`), not by operator tokens.
-pub const AGENT_METHODS: [&str; 3] = ["Enrollment/Enroll", "AgentService/Stream", "AgentService/FetchArtifact"];
+/// (`AgentService`) or a join token (`Enrollment`), not by operator tokens;
+/// and the fleet's controllers' (`PeerService`: a grant made with the
+/// fleet's key, see `peers`).
+pub const AGENT_METHODS: [&str; 4] = [
+    "Enrollment/Enroll",
+    "AgentService/Stream",
+    "AgentService/FetchArtifact",
+    "PeerService/FetchArtifact",
+];
 
 /// Who calls: an agent, an operator needing a permission, or a method no
 /// table names.

@@ -28,6 +28,7 @@ pub mod operators;
 pub mod ops;
 pub mod owner;
 pub mod paging;
+pub mod peers;
 pub mod process_stats;
 pub mod ratelimit;
 pub mod recover;

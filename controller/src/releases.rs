@@ -176,6 +176,7 @@ impl ReleaseService for ReleasesService {
                 // Same bytes again: nothing to store. The rest of the upload
                 // is not read; the client sees the answer and stops sending.
                 tracing::info!(app = %header.app, version = %header.version, "release pushed again with the same bytes; no-op");
+                replicated(fleet, existing).await?;
                 return Ok(answer(existing.clone(), "unchanged"));
             }
             // The stored copy is gone or damaged and these are its bytes:
@@ -236,6 +237,8 @@ impl ReleaseService for ReleasesService {
         tokio::task::block_in_place(|| artifacts.commit(upload, &header.sha256)).map_err(Error::from)?;
         if let Some(existing) = existing {
             tracing::info!(app = %header.app, version = %header.version, sha256 = %header.sha256, "stored artifact repaired");
+            drop(naming);
+            replicated(fleet, &existing).await?;
             return Ok(answer(existing, "repaired"));
         }
         let digest = header.sha256.clone();
@@ -271,6 +274,8 @@ impl ReleaseService for ReleasesService {
         fleet.store.flush().await.map_err(Error::Store)?;
         drop(naming);
         tracing::info!(app = %release.app, version = %header.version, size = header.size, "release stored");
+        // Several controllers: answered once another one holds a copy.
+        replicated(fleet, &release).await?;
         fleet
             .events
             .note(fleet_proto::FleetEventKind::ReleasePushed, &release.pushed_by, |e| {
@@ -565,6 +570,50 @@ pub fn damaged(release: &Release, condition: &Condition) -> String {
         sha = a.sha256,
         what = condition.describe(a.size),
     )
+}
+
+/// How long a push waits for another controller to copy its artifact.
+pub const REPLICATION_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// After a push stored `release` here: notes this controller's copy and
+/// waits until another running controller noted one too. Nothing to wait
+/// for on sled, or when no other controller runs (logged).
+async fn replicated(fleet: &Fleet, release: &Release) -> Result<()> {
+    let Some(peers) = fleet.store.peers() else {
+        return Ok(());
+    };
+    let artifact = release.artifact.clone().unwrap_or_default();
+    let sha256 = artifact.sha256.clone();
+    tokio::task::block_in_place(|| peers.note_copy(&sha256)).map_err(Error::Store)?;
+    let others = tokio::task::block_in_place(|| peers.others()).map_err(Error::Store)?;
+    if others.is_empty() {
+        tracing::warn!(
+            app = %release.app, version = %artifact.version,
+            "no other controller of the fleet is running: this release's artifact is on this controller only"
+        );
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    loop {
+        let copies = tokio::task::block_in_place(|| peers.copies(&sha256)).map_err(Error::Store)?;
+        let me = peers.addr();
+        if let Some(other) = copies.iter().find(|a| *a != me) {
+            tracing::info!(app = %release.app, version = %artifact.version, copy = %other, after = ?started.elapsed(), "the artifact is on another controller too");
+            return Ok(());
+        }
+        if started.elapsed() >= REPLICATION_WAIT {
+            return Err(Error::Unavailable(format!(
+                "release {} {} is stored on this controller ({me}), but no other controller of the fleet ({}) \
+                 copied its artifact within {REPLICATION_WAIT:?}, so it would be lost with this controller: check \
+                 their logs and 'fleet-controller members', then push it again (the release is kept; a push of \
+                 the same bytes waits for the copy again)",
+                release.app,
+                artifact.version,
+                others.join(", ")
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 #[cfg(test)]

@@ -178,13 +178,42 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         host,
         ca_fingerprint: fleet_proto::transport::fingerprint(&ca_der[0]),
     };
-    // sled's recovery reads the whole log: off the runtime. On etcd this
-    // waits while another controller serves the fleet: a standby tells
-    // systemd it started and keeps its watchdog fed meanwhile.
-    let opening = tokio::task::spawn_blocking(move || Store::open_to_serve(&backend, &data_dir, &me));
-    let store = standing_by(opening)
-        .await
-        .map_err(|e| ServeError::Startup(format!("the task opening the store failed: {e}")))??;
+    let joined = |e: tokio::task::JoinError| ServeError::Startup(format!("the task opening the store failed: {e}"));
+    let store = match &config.store {
+        // sled's recovery reads the whole log: off the runtime.
+        crate::store::Backend::Sled => {
+            tokio::task::spawn_blocking(move || Store::open_to_serve(&backend, &data_dir, &me))
+                .await
+                .map_err(joined)??
+        }
+        // On etcd this controller stands by while another one serves the
+        // fleet, copying its releases' artifacts; it tells systemd it
+        // started and keeps the watchdog fed meanwhile.
+        crate::store::Backend::Etcd(_) => {
+            let standby = tokio::task::spawn_blocking(move || Store::stand_by(&backend, &data_dir, &me))
+                .await
+                .map_err(joined)??;
+            let bundle = fleet_proto::transport::certs_from_pem("ca.pem", &authority.current().bundle_pem)
+                .map_err(|e| ServeError::Tls(e.to_string()))?;
+            let tls = fleet_proto::transport::client_config(fleet_proto::transport::Trust::Cas(bundle), None)
+                .map_err(|e| ServeError::Tls(e.to_string()))?;
+            let mirror = crate::peers::Mirror {
+                peers: standby.peers(),
+                artifacts: Arc::new(crate::artifacts::Artifacts::new(dir)),
+                grants: crate::grants::Grants::new(&macs.derive(crate::peers::PEER_GRANTS)),
+                tls,
+            };
+            let stop = CancellationToken::new();
+            let mirroring = tokio::spawn(crate::peers::mirror(mirror, stop.clone()));
+            let store = standing_by(tokio::task::spawn_blocking(move || standby.serve()))
+                .await
+                .map_err(joined)?;
+            // The artifacts are this controller's to serve from now on.
+            stop.cancel();
+            let _ = mirroring.await;
+            store?
+        }
+    };
 
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
@@ -321,6 +350,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(EnrollmentServer::new(crate::enroll::EnrollmentService(fleet.clone())))
         .add_service(AgentServiceServer::new(crate::stream::StreamService(fleet.clone())))
+        .add_service(fleet_proto::peer_service_server::PeerServiceServer::new(
+            crate::peers::PeerApi {
+                fleet: fleet.clone(),
+                grants: crate::grants::Grants::new(&macs.derive(crate::peers::PEER_GRANTS)),
+            },
+        ))
         .add_service(SessionServer::new(SessionService))
         .add_service(HostServiceServer::new(HostsService(fleet.clone())))
         .add_service(TokenServiceServer::new(TokensService(fleet.clone())))

@@ -52,7 +52,7 @@ use kv::{optimistic, Attempt, Committed, Kv, Space, Txn};
 #[cfg(test)]
 use open::Schema;
 use open::Serving;
-pub use open::{Backend, Me};
+pub use open::{Backend, Me, Peers, Standby};
 pub use records::{
     secret_hash, utc, CertRecord, EnrollError, IdentityRecord, OperatorRecord, TokenRecord, TokenRefusal,
 };

@@ -131,7 +131,7 @@ impl Drop for Etcd {
     }
 }
 
-fn init_args(etcd: &Etcd, prefix: &str) -> Vec<String> {
+pub fn init_args(etcd: &Etcd, prefix: &str) -> Vec<String> {
     let mut args = Vec::new();
     for i in 0..etcd.members.len() {
         args.extend(["--etcd".to_string(), etcd.member_url(i)]);
@@ -140,11 +140,11 @@ fn init_args(etcd: &Etcd, prefix: &str) -> Vec<String> {
     args
 }
 
-fn strs(v: &[String]) -> Vec<&str> {
+pub fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-fn stderr(out: &std::process::Output) -> String {
+pub fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -351,7 +351,7 @@ fn a_second_controller_stands_by_listed_among_the_members_and_serves_once_the_fi
 }
 
 /// `fleet-controller members --json` with `config`.
-fn members(config: &Path) -> Vec<serde_json::Value> {
+pub fn members(config: &Path) -> Vec<serde_json::Value> {
     let out = Command::new(bin("fleet-controller"))
         .args(["members", "--json", "--config"])
         .arg(config)

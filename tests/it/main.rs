@@ -20,6 +20,7 @@ mod edge;
 mod enrollment;
 mod etcd_store;
 mod events;
+mod ha;
 mod hook_units;
 mod install_deps;
 mod introspection;

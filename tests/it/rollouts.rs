@@ -52,8 +52,17 @@ impl Cluster {
 
     /// `start_with`, with more arguments for the controller's `init`.
     pub fn start_full(groups: &[&str], init_args: &[&str], extra: &[(&str, &str)], rust_log: &str) -> Cluster {
+        Cluster::on_fleet(
+            Fleet::controller_only_with(init_args, extra, rust_log),
+            groups,
+            rust_log,
+        )
+    }
+
+    /// One host per entry of `groups` (see [`Cluster::start_groups`]) of
+    /// `fleet`, and the app they run.
+    pub fn on_fleet(mut fleet: Fleet, groups: &[&str], rust_log: &str) -> Cluster {
         let n = groups.len();
-        let mut fleet = Fleet::controller_only_with(init_args, extra, rust_log);
         let mut sandboxes = Vec::new();
         let mut ports = Vec::new();
         for (i, group) in groups.iter().enumerate() {

@@ -106,15 +106,25 @@ impl Store {
         }
     }
 
-    /// Opens the store `serve` runs on (see [`Store::open_existing_on`]). On
-    /// etcd this controller first joins the fleet's members, checks that
-    /// its CA is the fleet's, then takes the fleet's serving lock, standing
-    /// by for as long as another controller holds it, with the data dir's
-    /// local lock `serve.lock` held meanwhile; from then on a write is
-    /// refused once the lock is lost ([`Store::lock_lost`]).
+    /// Opens the store `serve` runs on (see [`Store::open_existing_on`]);
+    /// on etcd, [`Store::stand_by`] then [`Standby::serve`] in one go.
     pub fn open_to_serve(backend: &Backend, data_dir: &Path, me: &Me) -> Result<Store, StoreError> {
+        match backend {
+            Backend::Etcd(_) => Store::stand_by(backend, data_dir, me)?.serve(),
+            Backend::Sled => Store::open_existing_on(backend, data_dir),
+        }
+    }
+
+    /// On etcd: this controller joins the fleet's members, after checking
+    /// that its CA is the fleet's, with the data dir's local lock
+    /// `serve.lock` held; [`Standby::serve`] then waits for the serving
+    /// lock. On sled there is nothing to stand by for: an error.
+    pub fn stand_by(backend: &Backend, data_dir: &Path, me: &Me) -> Result<Standby, StoreError> {
         let Backend::Etcd(settings) = backend else {
-            return Store::open_existing_on(backend, data_dir);
+            return Err(StoreError::Etcd {
+                name: "the data dir".into(),
+                detail: "a controller on sled serves its fleet alone".into(),
+            });
         };
         let local = local_lock(data_dir)?;
         let kv = etcd_kv(settings)?;
@@ -129,15 +139,16 @@ impl Store {
             addr: me.addr.clone(),
         };
         let membership = kv.join_members(&holder, fleet_proto::now_ms())?;
-        let lock = kv.take_lock(&holder, None)?;
-        tracing::info!(holder = %holder.value(), "holding the fleet's serving lock in etcd");
-        let mut store = Store::on(kv, Path::new(&settings.describe()), Schema::MustExist)?;
-        store.serving = Some(Arc::new(Serving {
-            lock,
+        Ok(Standby {
+            peers: Arc::new(Peers {
+                kv,
+                addr: me.addr.clone(),
+            }),
+            settings: settings.clone(),
+            holder,
             membership,
-            _local: local,
-        }));
-        Ok(store)
+            local,
+        })
     }
 
     /// The fleet's controllers (on etcd: each running one, serving or
@@ -153,6 +164,11 @@ impl Store {
             }),
             Backend::Etcd(settings) => etcd_kv(settings)?.members(),
         }
+    }
+
+    /// The fleet's controllers as this one sees them (None on sled).
+    pub fn peers(&self) -> Option<Arc<Peers>> {
+        self.serving.as_ref().map(|s| s.peers.clone())
     }
 
     /// Resolves with the reason when this controller loses the serving lock
@@ -248,7 +264,105 @@ impl Store {
 pub(super) struct Serving {
     lock: etcd::ServingLock,
     membership: etcd::Membership,
+    pub(super) peers: Arc<Peers>,
     _local: std::fs::File,
+}
+
+/// A controller of a fleet on etcd, a member that does not serve yet.
+pub struct Standby {
+    peers: Arc<Peers>,
+    settings: etcd::EtcdSettings,
+    holder: etcd::Holder,
+    membership: etcd::Membership,
+    local: std::fs::File,
+}
+
+impl Standby {
+    /// What it reads of the fleet and its members meanwhile.
+    pub fn peers(&self) -> Arc<Peers> {
+        self.peers.clone()
+    }
+
+    /// Blocking: waits for the fleet's serving lock for as long as another
+    /// controller holds it, then opens the store; from then on a write is
+    /// refused once the lock is lost ([`Store::lock_lost`]).
+    pub fn serve(self) -> Result<Store, StoreError> {
+        let kv = self.peers.kv.clone();
+        let lock = kv.take_lock(&self.holder, None)?;
+        tracing::info!(holder = %self.holder.value(), "holding the fleet's serving lock in etcd");
+        let mut store = Store::on(kv, Path::new(&self.settings.describe()), Schema::MustExist)?;
+        store.serving = Some(Arc::new(Serving {
+            lock,
+            membership: self.membership,
+            peers: self.peers,
+            _local: self.local,
+        }));
+        Ok(store)
+    }
+}
+
+/// The fleet's controllers and what they hold, as one member sees them in
+/// etcd: which one serves, the releases, which controllers hold a copy of
+/// each artifact (`meta` `copy/<sha256>/<addr>`).
+pub struct Peers {
+    kv: Arc<etcd::EtcdKv>,
+    addr: String,
+}
+
+impl Peers {
+    /// This controller's address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The address of the controller serving the fleet now, if any.
+    pub fn serving_addr(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .kv
+            .members()?
+            .into_iter()
+            .find(|p| p.serving)
+            .map(|p| p.field("addr").to_string()))
+    }
+
+    /// The addresses of the other controllers running now.
+    pub fn others(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .kv
+            .members()?
+            .into_iter()
+            .map(|p| p.field("addr").to_string())
+            .filter(|a| *a != self.addr)
+            .collect())
+    }
+
+    /// Every release of the fleet.
+    pub fn releases(&self) -> Result<Vec<fleet_proto::Release>, StoreError> {
+        super::decode_all(self.kv.as_ref(), Space::Releases, b"", |k, v| {
+            super::dec_proto("releases", k, v)
+        })
+    }
+
+    /// Notes that this controller holds a verified copy of `sha256`.
+    pub fn note_copy(&self, sha256: &str) -> Result<(), StoreError> {
+        let key = format!("copy/{sha256}/{}", self.addr);
+        let at = fleet_proto::now_ms().to_be_bytes().to_vec();
+        let _ = self
+            .kv
+            .commit(Txn::new().put(Space::Meta, key, [vec![1], at].concat()))?;
+        Ok(())
+    }
+
+    /// The addresses of the controllers that noted a copy of `sha256`.
+    pub fn copies(&self, sha256: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = format!("copy/{sha256}/");
+        Ok(self
+            .kv
+            .scan_prefix(Space::Meta, prefix.as_bytes())?
+            .into_iter()
+            .map(|(k, _)| String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
+            .collect())
+    }
 }
 
 /// Who this controller is, for the fleet's members and serving lock.

@@ -1,0 +1,225 @@
+//! Artifacts among the controllers of one fleet on etcd, without a shared
+//! disk.
+//!
+//! - A standby controller copies every release's artifact from the serving
+//!   one ([`mirror`]): it reads the releases in etcd, fetches each artifact
+//!   it lacks from the serving controller's `PeerService` by digest,
+//!   verifies the sha256 as a push does ([`Artifacts::commit`]), and notes
+//!   its copy in etcd (`meta` `copy/<sha256>/<addr>`).
+//! - The serving controller answers a push only once another running
+//!   controller noted a copy (`releases::replicated`): a release that was pushed
+//!   survives the loss of the controller it was pushed to. With no other
+//!   controller running there is nowhere to copy to, and the push says so
+//!   in the log.
+//! - A peer's fetch carries a grant for the peer identity [`PEER`], made
+//!   with a key derived from `mac.key` ([`PEER_GRANTS`]), which only the
+//!   fleet's controllers hold; agents' grants use another key, so neither
+//!   passes for the other.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_proto::peer_service_server::PeerService;
+use fleet_proto::{ArtifactChunk, FetchArtifactRequest, Release};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::artifacts::Artifacts;
+use crate::error::Error;
+use crate::fleet::Fleet;
+use crate::grants::Grants;
+use crate::store::Peers;
+
+/// The identity peer grants are made for (no host id looks like it).
+pub const PEER: &str = "controller";
+/// What the peer grants' key is derived for (`secrets::Macs::derive`).
+pub const PEER_GRANTS: &str = "peer-fetch-grant-v1";
+/// How often a standby looks for releases it lacks.
+pub const MIRROR_EVERY: Duration = Duration::from_secs(1);
+
+/// `PeerService`: artifacts for the fleet's other controllers.
+pub struct PeerApi {
+    /// The fleet.
+    pub fleet: Arc<Fleet>,
+    /// Checks peer grants.
+    pub grants: Grants,
+}
+
+#[tonic::async_trait]
+impl PeerService for PeerApi {
+    type FetchArtifactStream = ReceiverStream<std::result::Result<ArtifactChunk, Status>>;
+
+    async fn fetch_artifact(
+        &self,
+        req: Request<FetchArtifactRequest>,
+    ) -> std::result::Result<Response<Self::FetchArtifactStream>, Status> {
+        let fleet = &self.fleet;
+        let r = req.get_ref();
+        let denied = |why: String| {
+            tracing::warn!(sha256 = %r.sha256, reason = %why, "a peer's artifact download refused");
+            Error::Denied(format!(
+                "artifact {} is served to the fleet's own controllers only: {why}",
+                r.sha256
+            ))
+        };
+        if let Err(refusal) = self
+            .grants
+            .verify(PEER, &r.sha256, r.grant.as_ref(), fleet_proto::now_ms())
+        {
+            return Err(denied(refusal.to_string()).into());
+        }
+        let grant = r.grant.clone().unwrap_or_default();
+        let release = match fleet.store.release(&grant.app, &grant.version).map_err(Error::Store)? {
+            Some(rel) if rel.artifact.as_ref().is_some_and(|a| a.sha256 == r.sha256) => rel,
+            _ => return Err(denied(format!("release {} {} no longer exists", grant.app, grant.version)).into()),
+        };
+        tracing::info!(app = %grant.app, version = %grant.version, offset = r.offset, "a peer controller copies an artifact");
+        Ok(Response::new(crate::releases::fetch(fleet, r, &release)?))
+    }
+}
+
+/// What a standby needs to copy artifacts.
+pub struct Mirror {
+    /// The fleet as seen in etcd.
+    pub peers: Arc<Peers>,
+    /// This controller's artifact store.
+    pub artifacts: Arc<Artifacts>,
+    /// Makes peer grants.
+    pub grants: Grants,
+    /// Trusts the fleet's CA.
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+/// A standby's loop: copies every release's artifact it lacks from the
+/// serving controller, until `stop`.
+pub async fn mirror(m: Mirror, stop: CancellationToken) {
+    let mut failing: Option<String> = None;
+    loop {
+        let round = mirror_once(&m);
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = round => r,
+        };
+        match outcome {
+            Ok(copied) => {
+                if copied > 0 {
+                    tracing::info!(copied, "copied artifacts from the serving controller");
+                }
+                if failing.take().is_some() {
+                    tracing::info!("copying artifacts from the serving controller works again");
+                }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if failing.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(error = %text, "cannot copy artifacts from the serving controller; trying again");
+                    failing = Some(text);
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(MIRROR_EVERY) => {}
+        }
+    }
+}
+
+/// One round: the number of artifacts copied.
+async fn mirror_once(m: &Mirror) -> anyhow::Result<usize> {
+    let peers = m.peers.clone();
+    let (releases, serving) = tokio::task::spawn_blocking(move || {
+        Ok::<_, crate::store::StoreError>((peers.releases()?, peers.serving_addr()?))
+    })
+    .await??;
+    let mut copied = 0;
+    for release in releases {
+        let Some(artifact) = release.artifact.clone() else {
+            continue;
+        };
+        let artifacts = m.artifacts.clone();
+        let sha = artifact.sha256.clone();
+        let present =
+            tokio::task::spawn_blocking(move || artifacts.examine(&sha, artifact.size).map(|c| c.is_intact()))
+                .await??;
+        if present {
+            let peers = m.peers.clone();
+            let sha = artifact.sha256.clone();
+            // Cheap and idempotent: a copy made before a restart is noted too.
+            let noted = tokio::task::spawn_blocking(move || peers.copies(&sha)).await??;
+            if !noted.iter().any(|a| a == m.peers.addr()) {
+                let (peers, sha) = (m.peers.clone(), artifact.sha256.clone());
+                tokio::task::spawn_blocking(move || peers.note_copy(&sha)).await??;
+            }
+            continue;
+        }
+        let Some(from) = serving.clone() else {
+            anyhow::bail!(
+                "no controller serves the fleet now, and this one lacks {} {}",
+                release.app,
+                artifact.version
+            );
+        };
+        fetch(m, &from, &release).await?;
+        let (peers, sha) = (m.peers.clone(), artifact.sha256.clone());
+        tokio::task::spawn_blocking(move || peers.note_copy(&sha)).await??;
+        tracing::info!(app = %release.app, version = %artifact.version, from = %from, "copied a release's artifact");
+        copied += 1;
+    }
+    Ok(copied)
+}
+
+/// Fetches `release`'s artifact from the controller at `from`, verifying it.
+async fn fetch(m: &Mirror, from: &str, release: &Release) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let artifact = release.artifact.clone().unwrap_or_default();
+    let grant = m.grants.mint(
+        PEER,
+        &release.app,
+        &artifact.version,
+        &artifact.sha256,
+        fleet_proto::now_ms(),
+    );
+    let channel = fleet_proto::transport::connect(from, m.tls.clone()).await?;
+    let mut chunks = fleet_proto::peer_service_client::PeerServiceClient::new(channel)
+        .fetch_artifact(FetchArtifactRequest {
+            sha256: artifact.sha256.clone(),
+            offset: 0,
+            grant: Some(grant),
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "the controller at {from} refused the download of {} {}",
+                release.app, artifact.version
+            )
+        })?
+        .into_inner();
+    let artifacts = m.artifacts.clone();
+    let mut upload = tokio::task::spawn_blocking(move || artifacts.upload()).await??;
+    while let Some(chunk) = chunks
+        .message()
+        .await
+        .with_context(|| format!("downloading {} {} from {from}", release.app, artifact.version))?
+    {
+        anyhow::ensure!(
+            chunk.offset == upload.size(),
+            "the controller at {from} sent bytes at {} where {} was next",
+            chunk.offset,
+            upload.size()
+        );
+        upload = tokio::task::spawn_blocking(move || upload.write(&chunk.data).map(|()| upload)).await??;
+    }
+    anyhow::ensure!(
+        upload.size() == artifact.size,
+        "the controller at {from} sent {} of {} bytes of {} {}",
+        upload.size(),
+        artifact.size,
+        release.app,
+        artifact.version
+    );
+    let artifacts = m.artifacts.clone();
+    let sha = artifact.sha256.clone();
+    tokio::task::spawn_blocking(move || artifacts.commit(upload, &sha)).await??;
+    Ok(())
+}

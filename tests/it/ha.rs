@@ -1,0 +1,127 @@
+//! Three controllers of one fleet on a real 3-member etcd cluster, with six
+//! hosts (each with its own systemd) that know all three: one controller
+//! serves, two stand by copying its releases. Killed mid-rollout, the
+//! serving one is replaced; the hosts move to the new one and the rollout
+//! finishes there, every host activated exactly once.
+
+use std::time::{Duration, Instant};
+
+use crate::etcd_store::{init_args, members, stderr, strs, Etcd};
+use crate::harness::{wait_until, Controller, Fleet};
+use crate::rollouts::{rollout_id, Cluster};
+
+/// The role of each controller of `config`'s fleet, by its data dir.
+fn roles(config: &std::path::Path, controllers: &[&Controller]) -> Vec<String> {
+    let listed = members(config);
+    controllers
+        .iter()
+        .map(|c| {
+            let dir = c.data_dir.display().to_string();
+            listed
+                .iter()
+                .find(|m| m["dir"].as_str() == Some(dir.as_str()))
+                .map_or("absent".to_string(), |m| m["role"].as_str().unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+/// Whether the artifact `sha256` is in `c`'s data dir.
+fn holds(c: &Controller, sha256: &str) -> bool {
+    c.data_dir.join("artifacts").join(sha256).is_file()
+}
+
+#[test]
+fn three_controllers_a_rollout_survives_its_controller_killed_mid_batch_and_hosts_move_to_the_next() {
+    let etcd = Etcd::cluster(3);
+    let args = init_args(&etcd, "fleet/three/");
+    let mut fleet = Fleet::controller_only_with(&strs(&args), &[], "info");
+    let root = fleet.root.path().to_path_buf();
+    let mut b = fleet.controller.copy(&root, "controller-b");
+    let mut c = fleet.controller.copy(&root, "controller-c");
+    b.spawn();
+    c.spawn();
+    for s in [&b, &c] {
+        wait_until(Duration::from_secs(60), "a standby", || {
+            s.log_text().contains("standing by").then_some(())
+        });
+    }
+    assert_eq!(
+        roles(&fleet.controller.config, &[&fleet.controller, &b, &c]),
+        ["serving", "standby", "standby"]
+    );
+    // Hosts and fleetctl know all three.
+    let all = [fleet.controller.addr, b.addr, c.addr].map(|a| a.to_string()).join(",");
+    let fleetctl = std::fs::read_to_string(&fleet.controller.fleetctl_config).expect("fleetctl.toml");
+    let line = fleetctl
+        .lines()
+        .find(|l| l.starts_with("controller"))
+        .expect("controller in fleetctl.toml")
+        .to_string();
+    std::fs::write(
+        &fleet.controller.fleetctl_config,
+        fleetctl.replace(&line, &format!("controller = \"{all}\"")),
+    )
+    .expect("write fleetctl.toml");
+    fleet.agent_controllers = Some(all);
+    let cluster = Cluster::on_fleet(fleet, &[""; 6], "info");
+
+    // A push is answered once a standby holds a copy too.
+    cluster.push("1.0.0", &[]);
+    let v1 = cluster
+        .fleet
+        .fleetctl_json(&["release", "show", crate::rollouts::APP, "1.0.0"]);
+    let sha1 = v1["sha256"]
+        .as_str()
+        .or_else(|| v1["artifact"]["sha256"].as_str())
+        .unwrap_or_else(|| panic!("sha256 in {v1}"))
+        .to_string();
+    assert!(
+        holds(&b, &sha1) || holds(&c, &sha1),
+        "a standby holds 1.0.0 when the push is answered"
+    );
+    let out = cluster.rollout(&["--release", "1.0.0", "--batch", "100%", "--wait"]);
+    assert!(out.status.success(), "rollout 1.0.0: {}", stderr(&out));
+    cluster.push("2.0.0", &[]);
+    let out = cluster.rollout(&["--release", "2.0.0", "--batch", "1", "--output", "json"]);
+    assert!(out.status.success(), "rollout 2.0.0: {}", stderr(&out));
+    let id = rollout_id(&out);
+    wait_until(Duration::from_secs(60), "the second batch to start", || {
+        (cluster.spans("2.0.0").len() >= 2).then_some(())
+    });
+
+    // The serving controller dies mid-rollout.
+    let mut cluster = cluster;
+    cluster.fleet.controller.kill9();
+    let killed = Instant::now();
+    let next = wait_until(Duration::from_secs(60), "a standby to serve", || {
+        [&b, &c]
+            .into_iter()
+            .position(|s| s.log_text().contains("fleet-controller serving"))
+    });
+    let took_over = killed.elapsed();
+    cluster.fleet.wait_connected(6, Duration::from_secs(60));
+    let reconnected = killed.elapsed();
+    println!(
+        "failover: a standby served {:.1} s after the kill; all 6 hosts connected to it {:.1} s after the kill \
+         ({:.1} s after it served)",
+        took_over.as_secs_f64(),
+        reconnected.as_secs_f64(),
+        (reconnected - took_over).as_secs_f64()
+    );
+
+    let r = cluster.wait_state(&id, &["succeeded", "failed", "rolled_back", "aborted"]);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    cluster.assert_each_host_activated_once("2.0.0");
+    cluster.wait_all_serve("2.0.0");
+
+    // The killed one comes back as a standby.
+    cluster.fleet.controller.spawn();
+    let config = [&b, &c][next].config.clone();
+    wait_until(Duration::from_secs(60), "the old controller to stand by", || {
+        let r = roles(&config, &[&cluster.fleet.controller, &b, &c]);
+        (r.iter().filter(|x| *x == "serving").count() == 1 && r.iter().filter(|x| *x == "standby").count() == 2)
+            .then_some(())
+    });
+    b.kill9();
+    c.kill9();
+}
