@@ -60,6 +60,9 @@ pub struct InitOptions {
     pub store: Option<RawStore>,
     /// Metrics listen address to write into controller.toml.
     pub metrics_listen: String,
+    /// `join`: the directory holding the fleet's `ca.pem`, `ca.key` and
+    /// `mac.key` (copied from a controller of the fleet). None: a new fleet.
+    pub join_from: Option<PathBuf>,
 }
 
 /// What `init` made, for the next-steps message.
@@ -73,8 +76,9 @@ pub struct InitReport {
     pub controller: String,
     /// Path of controller.toml.
     pub config: PathBuf,
-    /// Path of fleetctl.toml (holds the admin token).
-    pub fleetctl_config: PathBuf,
+    /// Path of fleetctl.toml (holds the admin token); None after `join`
+    /// (the fleet's admins already have theirs).
+    pub fleetctl_config: Option<PathBuf>,
     /// The user the files were given to, when init ran as root for another
     /// user (the packaged controller's `fleet-controller`).
     pub given_to: Option<String>,
@@ -101,6 +105,64 @@ fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), InitError> {
     f.sync_all().map_err(io(path))
 }
 
+/// Writes a new file of bytes (never an existing one) with `mode`, fsynced.
+fn write_new_bytes(path: &Path, contents: &[u8], mode: u32) -> Result<(), InitError> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(contents).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+/// The fleet's CA and MAC keys, copied from one of its controllers for
+/// `join`: its data dir's `ca.pem`, `ca.key` and `mac.key`.
+struct Identity {
+    ca_pem: String,
+    ca_key_pem: String,
+    mac_key: Vec<u8>,
+    fingerprint: String,
+}
+
+impl Identity {
+    fn read(from: &Path) -> Result<Identity, InitError> {
+        let file = |name: &str| {
+            let path = from.join(name);
+            std::fs::read(&path).map_err(|e| {
+                InitError::Invalid(format!(
+                    "cannot read {}: {e}; --from names a directory holding ca.pem, ca.key and mac.key copied \
+                     from the data dir of a controller of the fleet (e.g. /var/lib/fleet-controller)",
+                    path.display()
+                ))
+            })
+        };
+        if from.join(crate::rotation::DIR).exists() {
+            return Err(InitError::Invalid(format!(
+                "{} holds a CA rotation under way; join after it ended ('fleet-controller ca status')",
+                from.join(crate::rotation::DIR).display()
+            )));
+        }
+        let text = |name: &str| {
+            file(name).and_then(|b| {
+                String::from_utf8(b)
+                    .map_err(|_| InitError::Invalid(format!("{} is not PEM text", from.join(name).display())))
+            })
+        };
+        let (ca_pem, ca_key_pem, mac_key) = (text("ca.pem")?, text("ca.key")?, file(crate::secrets::FILE)?);
+        // Proves the pair before anything is written.
+        Ca::load(&ca_pem, &ca_key_pem)?;
+        let der = certs_from_pem("CA", &ca_pem).map_err(|e| InitError::Invalid(e.to_string()))?;
+        Ok(Identity {
+            fingerprint: fingerprint(&der[0]),
+            ca_pem,
+            ca_key_pem,
+            mac_key,
+        })
+    }
+}
+
 /// The kernel's hostname, for the default SANs.
 pub(crate) fn hostname() -> Option<String> {
     let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
@@ -123,7 +185,24 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
         Some(raw) => crate::config::store_backend(raw, Path::new("."))
             .map_err(|(key, detail)| InitError::Invalid(format!("{key}: {detail}")))?,
     };
-    Store::check_new(&backend)?;
+    // The fleet's CA and keys, when joining a fleet.
+    let joined = match &opts.join_from {
+        None => {
+            Store::check_new(&backend)?;
+            None
+        }
+        Some(from) => {
+            let identity = Identity::read(from)?;
+            if !matches!(backend, crate::store::Backend::Etcd(_)) {
+                return Err(InitError::Invalid(
+                    "join needs the fleet's etcd (--etcd URL …, --etcd-prefix): a fleet on sled has one controller"
+                        .into(),
+                ));
+            }
+            Store::check_join(&backend, &identity.fingerprint)?;
+            Some(identity)
+        }
+    };
     if dir.exists() {
         let mut entries = std::fs::read_dir(dir).map_err(io(dir))?;
         if entries.next().is_some() {
@@ -150,11 +229,17 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
         sans.extend(hostname());
     }
 
-    let new_ca = generate_ca(
-        &dir.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-    )?;
+    let new_ca = match &joined {
+        Some(identity) => crate::ca::NewCa {
+            cert_pem: identity.ca_pem.clone(),
+            key_pem: identity.ca_key_pem.clone(),
+        },
+        None => generate_ca(
+            &dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        )?,
+    };
     let ca = Ca::load(&new_ca.cert_pem, &new_ca.key_pem)?;
     let (server_pem, server_key) = ca.server_certificate(&sans)?;
     let ca_der = certs_from_pem("CA", &new_ca.cert_pem).map_err(|e| InitError::Invalid(e.to_string()))?;
@@ -169,9 +254,38 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
         &format!("{server_pem}{}", new_ca.cert_pem),
         0o644,
     )?;
-    crate::secrets::Macs::make(&dir).map_err(io(&dir.join(crate::secrets::FILE)))?;
+    let mac_path = dir.join(crate::secrets::FILE);
+    let Some(identity) = &joined else {
+        crate::secrets::Macs::make(&dir).map_err(io(&mac_path))?;
+        return new_fleet(opts, &dir, &backend, &sans, listen, ca_fingerprint, owner);
+    };
+    write_new_bytes(&mac_path, &identity.mac_key, 0o600)?;
+    let config_path = write_config(opts, &dir)?;
+    finish(&dir, &owner)?;
+    Ok(InitReport {
+        packaged: dir == Path::new(owner::PACKAGED_DATA_DIR),
+        controller: controller_addr(&sans[0], listen),
+        data_dir: dir,
+        ca_fingerprint,
+        config: config_path,
+        fleetctl_config: None,
+        given_to: owner.map(|a| a.name),
+    })
+}
 
-    let store = Store::create_on(&backend, &dir)?;
+/// The store and the first admin of a new fleet, controller.toml and
+/// fleetctl.toml.
+fn new_fleet(
+    opts: &InitOptions,
+    dir: &Path,
+    backend: &crate::store::Backend,
+    sans: &[String],
+    listen: std::net::SocketAddr,
+    ca_fingerprint: String,
+    owner: Option<owner::Account>,
+) -> Result<InitReport, InitError> {
+    let dir = dir.to_path_buf();
+    let store = Store::create_on(backend, &dir)?;
     let (op_id, op_secret) = (crate::random_hex(6), crate::random_hex(24));
     let now = fleet_proto::now_ms();
     store.create_identity(&IdentityRecord {
@@ -194,8 +308,51 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
     store.flush_blocking()?;
     drop(store);
 
+    let config_path = write_config(opts, &dir)?;
+
+    let controller = controller_addr(&sans[0], listen);
+    let fleetctl_path = dir.join("fleetctl.toml");
+    let fleetctl = format!(
+        "# fleetctl credentials for the admin of this controller. Keep it secret.\n\
+         controller = \"{controller}\"\ntoken = \"{OPERATOR_TOKEN_PREFIX}{op_id}.{op_secret}\"\nca = \"{}\"\n",
+        dir.join("ca.pem").display()
+    );
+    write_new(&fleetctl_path, &fleetctl, 0o600)?;
+    finish(&dir, &owner)?;
+    Ok(InitReport {
+        packaged: dir == Path::new(owner::PACKAGED_DATA_DIR),
+        data_dir: dir,
+        ca_fingerprint,
+        controller,
+        config: config_path,
+        fleetctl_config: Some(fleetctl_path),
+        given_to: owner.map(|a| a.name),
+    })
+}
+
+/// `host:port` for a SAN and the listen port.
+fn controller_addr(host: &str, listen: std::net::SocketAddr) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{}", listen.port())
+    } else {
+        format!("{host}:{}", listen.port())
+    }
+}
+
+/// The data dir's marker (last: a dir without it is not a data dir, so a
+/// crashed init is not half-used), then the files to their owner.
+fn finish(dir: &Path, owner: &Option<owner::Account>) -> Result<(), InitError> {
+    write_new(&dir.join(MARKER), "fleet-controller data dir, format 1\n", 0o644)?;
+    if let Some(account) = owner {
+        owner::give_tree(dir, account).map_err(io(dir))?;
+    }
+    Ok(())
+}
+
+/// Writes controller.toml for `opts` in `dir`.
+fn write_config(opts: &InitOptions, dir: &Path) -> Result<PathBuf, InitError> {
     let raw = RawConfig {
-        data_dir: dir.clone(),
+        data_dir: dir.to_path_buf(),
         listen: opts.listen.clone(),
         metrics_listen: opts.metrics_listen.clone(),
         heartbeat_interval: crate::config::defaults::heartbeat_interval(),
@@ -218,31 +375,5 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
         0o644,
     )?;
 
-    let host = &sans[0];
-    let controller = if host.contains(':') {
-        format!("[{host}]:{}", listen.port())
-    } else {
-        format!("{host}:{}", listen.port())
-    };
-    let fleetctl_path = dir.join("fleetctl.toml");
-    let fleetctl = format!(
-        "# fleetctl credentials for the admin of this controller. Keep it secret.\n\
-         controller = \"{controller}\"\ntoken = \"{OPERATOR_TOKEN_PREFIX}{op_id}.{op_secret}\"\nca = \"{}\"\n",
-        dir.join("ca.pem").display()
-    );
-    write_new(&fleetctl_path, &fleetctl, 0o600)?;
-    // Last: a dir without the marker is not a data dir, so a crashed init is not half-used.
-    write_new(&dir.join(MARKER), "fleet-controller data dir, format 1\n", 0o644)?;
-    if let Some(account) = &owner {
-        owner::give_tree(&dir, account).map_err(io(&dir))?;
-    }
-    Ok(InitReport {
-        packaged: dir == Path::new(owner::PACKAGED_DATA_DIR),
-        data_dir: dir,
-        ca_fingerprint,
-        controller,
-        config: config_path,
-        fleetctl_config: fleetctl_path,
-        given_to: owner.map(|a| a.name),
-    })
+    Ok(config_path)
 }

@@ -19,38 +19,19 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Create a new data dir: CA, server certificate, store, admin credential.
-    Init {
-        /// The new data dir (must not exist, or be empty).
+    Init(NewDataDir),
+    /// Add a controller to a fleet on etcd: a new data dir with the fleet's
+    /// CA and keys (copied from one of its controllers into --from), a
+    /// server certificate of its own for --san, and the fleet's etcd. It
+    /// stands by while another controller serves, copying the releases.
+    Join {
+        /// A directory holding ca.pem, ca.key and mac.key from the data dir
+        /// of a controller of the fleet (copy them over ssh; they are as
+        /// secret as the CA; remove the copy after the join).
         #[arg(long)]
-        data_dir: PathBuf,
-        /// A name or IP agents and operators reach the controller by (repeatable;
-        /// default: localhost, 127.0.0.1 and this host's name). The first is
-        /// written into fleetctl.toml.
-        #[arg(long = "san")]
-        sans: Vec<String>,
-        /// gRPC listen address written into controller.toml.
-        #[arg(long, default_value = "0.0.0.0:7443")]
-        listen: String,
-        /// Metrics listen address written into controller.toml.
-        #[arg(long, default_value = "127.0.0.1:9090")]
-        metrics_listen: String,
-        /// Keep the fleet's state in etcd instead of the data dir: a member's
-        /// client URL, http://host:port or https://host:port (repeatable, one
-        /// per member). Written into controller.toml's [store].
-        #[arg(long = "etcd", value_name = "URL")]
-        etcd: Vec<String>,
-        /// With --etcd: the key prefix of this fleet, ending with '/'.
-        #[arg(long, requires = "etcd", default_value = "fleet/")]
-        etcd_prefix: String,
-        /// With https:// --etcd: the CA certificate of etcd's members (PEM).
-        #[arg(long, requires = "etcd", requires_all = ["etcd_cert", "etcd_key"])]
-        etcd_ca: Option<PathBuf>,
-        /// With https:// --etcd: this controller's client certificate (PEM).
-        #[arg(long, requires = "etcd_ca")]
-        etcd_cert: Option<PathBuf>,
-        /// With https:// --etcd: the client certificate's key (PEM).
-        #[arg(long, requires = "etcd_ca")]
-        etcd_key: Option<PathBuf>,
+        from: PathBuf,
+        #[command(flatten)]
+        dir: NewDataDir,
     },
     /// Run the controller.
     Serve {
@@ -97,6 +78,65 @@ enum Command {
     },
 }
 
+/// Where and how a new data dir is made (`init`, `join`).
+#[derive(clap::Args)]
+struct NewDataDir {
+    /// The new data dir (must not exist, or be empty).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// A name or IP agents and operators reach the controller by (repeatable;
+    /// default: localhost, 127.0.0.1 and this host's name). The first is
+    /// written into fleetctl.toml.
+    #[arg(long = "san")]
+    sans: Vec<String>,
+    /// gRPC listen address written into controller.toml.
+    #[arg(long, default_value = "0.0.0.0:7443")]
+    listen: String,
+    /// Metrics listen address written into controller.toml.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    metrics_listen: String,
+    /// Keep the fleet's state in etcd instead of the data dir: a member's
+    /// client URL, http://host:port or https://host:port (repeatable, one
+    /// per member). Written into controller.toml's [store].
+    #[arg(long = "etcd", value_name = "URL")]
+    etcd: Vec<String>,
+    /// With --etcd: the key prefix of this fleet, ending with '/'.
+    #[arg(long, requires = "etcd", default_value = "fleet/")]
+    etcd_prefix: String,
+    /// With https:// --etcd: the CA certificate of etcd's members (PEM).
+    #[arg(long, requires = "etcd", requires_all = ["etcd_cert", "etcd_key"])]
+    etcd_ca: Option<PathBuf>,
+    /// With https:// --etcd: this controller's client certificate (PEM).
+    #[arg(long, requires = "etcd_ca")]
+    etcd_cert: Option<PathBuf>,
+    /// With https:// --etcd: the client certificate's key (PEM).
+    #[arg(long, requires = "etcd_ca")]
+    etcd_key: Option<PathBuf>,
+}
+
+impl NewDataDir {
+    fn options(self, join_from: Option<PathBuf>) -> fleet_controller::InitOptions {
+        let abs = |p: Option<PathBuf>| p.map(|p| std::path::absolute(&p).unwrap_or(p));
+        let store = (!self.etcd.is_empty()).then(|| fleet_controller::config::RawStore {
+            backend: "etcd".into(),
+            endpoints: self.etcd,
+            prefix: Some(self.etcd_prefix),
+            ca: abs(self.etcd_ca),
+            cert: abs(self.etcd_cert),
+            key: abs(self.etcd_key),
+            timeout: None,
+        });
+        fleet_controller::InitOptions {
+            data_dir: self.data_dir,
+            sans: self.sans,
+            listen: self.listen,
+            metrics_listen: self.metrics_listen,
+            store,
+            join_from,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum CaCommand {
     /// Begin replacing the CA: the running controller takes it up within a
@@ -118,6 +158,20 @@ enum CaCommand {
         #[arg(long, env = "FLEET_CONTROLLER_CONFIG")]
         config: PathBuf,
     },
+}
+
+/// `fleet-controller init` and `join`.
+fn init(opts: fleet_controller::InitOptions) -> ExitCode {
+    match fleet_controller::init(&opts) {
+        Ok(r) => {
+            print_next_steps(&r);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fleet-controller: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// `fleet-controller members`.
@@ -179,45 +233,8 @@ fn members(config: &std::path::Path, json: bool) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Init {
-            data_dir,
-            sans,
-            listen,
-            metrics_listen,
-            etcd,
-            etcd_prefix,
-            etcd_ca,
-            etcd_cert,
-            etcd_key,
-        } => {
-            let abs = |p: Option<PathBuf>| p.map(|p| std::path::absolute(&p).unwrap_or(p));
-            let store = (!etcd.is_empty()).then(|| fleet_controller::config::RawStore {
-                backend: "etcd".into(),
-                endpoints: etcd,
-                prefix: Some(etcd_prefix),
-                ca: abs(etcd_ca),
-                cert: abs(etcd_cert),
-                key: abs(etcd_key),
-                timeout: None,
-            });
-            let opts = fleet_controller::InitOptions {
-                data_dir,
-                sans,
-                listen,
-                metrics_listen,
-                store,
-            };
-            match fleet_controller::init(&opts) {
-                Ok(r) => {
-                    print_next_steps(&r);
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("fleet-controller: {e}");
-                    ExitCode::from(2)
-                }
-            }
-        }
+        Command::Init(dir) => init(dir.options(None)),
+        Command::Join { from, dir } => init(dir.options(Some(from))),
         Command::Check { config } => {
             let config = match fleet_controller::Config::load(&config) {
                 Ok(c) => c,
@@ -391,7 +408,23 @@ fn print_next_steps(r: &fleet_controller::InitReport) {
     }
     println!();
     println!("  CA fingerprint (agents pin it):  {}", r.ca_fingerprint);
-    println!("  admin credential for fleetctl:   {}", r.fleetctl_config.display());
+    let Some(fleetctl_config) = &r.fleetctl_config else {
+        println!();
+        println!("This controller joined a fleet on etcd. Next steps:");
+        if r.packaged {
+            println!("  1. start it:  sudo systemctl enable --now fleet-controller");
+        } else {
+            println!("  1. start it:  fleet-controller serve --config {}", r.config.display());
+        }
+        println!("     It stands by while another controller serves; 'fleet-controller members' lists them.");
+        println!(
+            "  2. add {} to the controller list of agents (agent.toml) and of fleetctl (fleetctl.toml), e.g.",
+            r.controller
+        );
+        println!("       controller = \"c1.example.com:7443,{}\"", r.controller);
+        return;
+    };
+    println!("  admin credential for fleetctl:   {}", fleetctl_config.display());
     println!();
     println!("Next steps:");
     if r.packaged {

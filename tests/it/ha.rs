@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use crate::etcd_store::{init_args, members, stderr, strs, Etcd};
-use crate::harness::{wait_until, Controller, Fleet};
+use crate::harness::{bin, wait_until, Controller, Fleet};
 use crate::rollouts::{rollout_id, Cluster};
 
 /// The role of each controller of `config`'s fleet, by its data dir.
@@ -36,8 +36,31 @@ fn three_controllers_a_rollout_survives_its_controller_killed_mid_batch_and_host
     let args = init_args(&etcd, "fleet/three/");
     let mut fleet = Fleet::controller_only_with(&strs(&args), &[], "info");
     let root = fleet.root.path().to_path_buf();
-    let mut b = fleet.controller.copy(&root, "controller-b");
-    let mut c = fleet.controller.copy(&root, "controller-c");
+    // Two more join it: the fleet's CA and keys, their own certificates.
+    let mut b = fleet.controller.join(&root, "controller-b", &strs(&args), &[]);
+    let mut c = fleet.controller.join(&root, "controller-c", &strs(&args), &[]);
+    assert!(
+        !b.data_dir.join("fleetctl.toml").exists(),
+        "a joined controller makes no admin token"
+    );
+    // Keys of another fleet cannot join this one; nothing is written.
+    let stranger = Controller::init(&root.join("stranger"), &[]);
+    let refused = root.join("refused");
+    let out = std::process::Command::new(bin("fleet-controller"))
+        .args(["join", "--from"])
+        .arg(&stranger.data_dir)
+        .arg("--data-dir")
+        .arg(&refused)
+        .args(&args)
+        .output()
+        .expect("join");
+    assert!(!out.status.success(), "a stranger's keys joined");
+    assert!(
+        stderr(&out).contains(&stranger.ca_fingerprint) && stderr(&out).contains(&fleet.controller.ca_fingerprint),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!refused.exists(), "nothing written for a refused join");
     b.spawn();
     c.spawn();
     for s in [&b, &c] {

@@ -108,10 +108,32 @@ impl Controller {
 
     /// [`Controller::init`] with more arguments for `init` (`--etcd URL`).
     pub fn init_with(root: &Path, init_args: &[&str], extra: &[(&str, &str)]) -> Controller {
-        let data_dir = root.join("controller");
+        Controller::made_by(root, "controller", &["init"], init_args, extra)
+    }
+
+    /// `fleet-controller join` in `root/<name>`: a controller of this one's
+    /// fleet (on etcd, `init_args` naming it), from a copy of its ca.pem,
+    /// ca.key and mac.key, with this one's `extra` keys. Not started.
+    pub fn join(&self, root: &Path, name: &str, init_args: &[&str], extra: &[(&str, &str)]) -> Controller {
+        let from = root.join(format!("{name}-from"));
+        std::fs::create_dir_all(&from).expect("mkdir");
+        for file in ["ca.pem", "ca.key", "mac.key"] {
+            std::fs::copy(self.data_dir.join(file), from.join(file)).expect("copy the fleet's keys");
+        }
+        let from = from.display().to_string();
+        let mut c = Controller::made_by(root, name, &["join", "--from", &from], init_args, extra);
+        c.fleetctl_config = self.fleetctl_config.clone();
+        assert_eq!(c.ca_fingerprint, self.ca_fingerprint, "one CA for the fleet");
+        c
+    }
+
+    /// `fleet-controller <command>` making `root/<name>`, tuned for tests.
+    fn made_by(root: &Path, name: &str, command: &[&str], init_args: &[&str], extra: &[(&str, &str)]) -> Controller {
+        let data_dir = root.join(name);
         let (addr, metrics) = (free_addr(), free_addr());
         let out = Command::new(bin("fleet-controller"))
-            .args(["init", "--data-dir"])
+            .args(command)
+            .arg("--data-dir")
             .arg(&data_dir)
             .args(["--san", "127.0.0.1", "--san", "localhost"])
             .args(["--listen", &addr.to_string(), "--metrics-listen", &metrics.to_string()])
@@ -152,7 +174,7 @@ impl Controller {
         std::fs::write(&config, text).expect("write controller.toml");
         Controller {
             fleetctl_config: data_dir.join("fleetctl.toml"),
-            log: root.join("controller.log"),
+            log: root.join(format!("{name}.log")),
             data_dir,
             config,
             addr,

@@ -106,6 +106,22 @@ impl Store {
         }
     }
 
+    /// Checks, for `join`, that `backend` (etcd) holds a fleet whose CA is
+    /// `ca` (recording it when no controller recorded one yet).
+    pub fn check_join(backend: &Backend, ca: &str) -> Result<(), StoreError> {
+        let Backend::Etcd(settings) = backend else {
+            return Err(StoreError::Etcd {
+                name: "the data dir".into(),
+                detail: "a fleet on sled has one controller; another cannot join it".into(),
+            });
+        };
+        let kv = etcd_kv(settings)?;
+        if kv.get(Space::Meta, b"schema")?.is_none() {
+            return Err(no_fleet(settings));
+        }
+        same_ca(&kv, settings, ca)
+    }
+
     /// Opens the store `serve` runs on (see [`Store::open_existing_on`]);
     /// on etcd, [`Store::stand_by`] then [`Standby::serve`] in one go.
     pub fn open_to_serve(backend: &Backend, data_dir: &Path, me: &Me) -> Result<Store, StoreError> {
