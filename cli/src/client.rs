@@ -73,6 +73,7 @@ pub struct Client {
     channel: Channel,
     auth: Auth,
     addr: String,
+    resolved: Resolved,
 }
 
 impl Client {
@@ -87,7 +88,14 @@ impl Client {
         let mut failed: Vec<transport::TransportError> = Vec::new();
         for addr in addrs {
             match transport::connect(&addr, config.clone()).await {
-                Ok(channel) => return Ok(Client { channel, auth, addr }),
+                Ok(channel) => {
+                    return Ok(Client {
+                        channel,
+                        auth,
+                        addr,
+                        resolved: resolved.clone(),
+                    })
+                }
                 Err(e) => failed.push(e),
             }
         }
@@ -106,6 +114,13 @@ impl Client {
             }
             (false, other) => other.into(),
         })
+    }
+
+    /// A new connection to the fleet, dialled like the first: after a lost
+    /// stream, the first of several controllers that answers (the one that
+    /// took over when this one died).
+    pub async fn reconnect(&self) -> Result<Client, Error> {
+        Client::connect(&self.resolved).await
     }
 
     /// The controller's address, for messages.

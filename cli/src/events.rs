@@ -46,7 +46,11 @@ pub async fn watch(client: &Client, args: &EventsArgs, format: Format) -> Result
     let mut shown = 0usize;
     let mut header = format == Format::Table;
     let mut failures = 0u32;
+    // After a lost stream: a new connection (another controller of the
+    // fleet when this one died).
+    let mut fresh: Option<Client> = None;
     loop {
+        let client = fresh.as_ref().unwrap_or(client);
         let request = WatchEventsRequest {
             since_ms: cursor.since_ms,
             app: args.app.clone().unwrap_or_default(),
@@ -96,6 +100,9 @@ pub async fn watch(client: &Client, args: &EventsArgs, format: Format) -> Result
             cursor.after_seq
         );
         tokio::time::sleep(Duration::from_secs(u64::from(failures.min(5)))).await;
+        if let Ok(next) = client.reconnect().await {
+            fresh = Some(next);
+        }
     }
     let mut report = Report::default();
     if shown == 0 && format == Format::Table {

@@ -33,7 +33,11 @@ pub async fn follow(client: &Client, id: &str, show: bool, format: Format) -> Re
     };
     let mut last: Option<Rollout> = None;
     let mut failures = 0u32;
+    // After a lost stream: a new connection (another controller of the
+    // fleet when this one died).
+    let mut fresh: Option<Client> = None;
     loop {
+        let client = fresh.as_ref().unwrap_or(client);
         match watch_once(client, id, &mut sink, &mut last).await {
             Ok(Some(ended)) => {
                 sink.finish();
@@ -61,6 +65,9 @@ pub async fn follow(client: &Client, id: &str, show: bool, format: Format) -> Re
             "the stream of rollout {id} was cut; opening it again (attempt {failures} of {REOPEN_ATTEMPTS})"
         ));
         tokio::time::sleep(Duration::from_secs(u64::from(failures.min(5)))).await;
+        if let Ok(next) = client.reconnect().await {
+            fresh = Some(next);
+        }
     }
 }
 

@@ -112,6 +112,23 @@ fn three_controllers_a_rollout_survives_its_controller_killed_mid_batch_and_host
         (cluster.spans("2.0.0").len() >= 2).then_some(())
     });
 
+    // Live streams opened on the serving controller: they must go on on
+    // the next one.
+    let stdout_of = |args: &[&str], name: &str| {
+        let path = root.join(name);
+        let child = cluster
+            .fleet
+            .fleetctl_command(args)
+            .stdout(std::fs::File::create(&path).expect("stdout file"))
+            .stderr(std::fs::File::create(root.join(format!("{name}.err"))).expect("stderr file"))
+            .spawn()
+            .expect("spawn fleetctl");
+        (child, path)
+    };
+    let (mut watching, watched) = stdout_of(&["rollout", "status", &id, "--watch", "--output", "json"], "watch.out");
+    let (mut following, followed) = stdout_of(&["events", "--follow", "--output", "json"], "events.out");
+    std::thread::sleep(Duration::from_secs(1));
+
     // The serving controller dies mid-rollout.
     let mut cluster = cluster;
     cluster.fleet.controller.kill9();
@@ -136,6 +153,27 @@ fn three_controllers_a_rollout_survives_its_controller_killed_mid_batch_and_host
     assert_eq!(r["state"], "succeeded", "{r}");
     cluster.assert_each_host_activated_once("2.0.0");
     cluster.wait_all_serve("2.0.0");
+    // `rollout status --watch` followed it to the end across the failover.
+    let status = crate::harness::wait_exit(&mut watching, Duration::from_secs(60), "rollout status --watch");
+    let err = std::fs::read_to_string(root.join("watch.out.err")).unwrap_or_default();
+    assert!(status.success(), "the watch ended with an error: {err}");
+    let last: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&watched).expect("watch output").trim())
+        .unwrap_or_else(|e| panic!("the watch's final record: {e}; stderr: {err}"));
+    assert_eq!(last["state"], "succeeded", "{last}");
+    // `events --follow` saw the rollout end, which happened on the new controller.
+    wait_until(
+        Duration::from_secs(30),
+        "the followed events to show the rollout's end",
+        || {
+            std::fs::read_to_string(&followed)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.contains("rollout_succeeded") || (l.contains(&id) && l.contains("succeeded")))
+                .then_some(())
+        },
+    );
+    let _ = following.kill();
+    let _ = following.wait();
 
     // The killed one comes back as a standby.
     cluster.fleet.controller.spawn();
