@@ -3,7 +3,9 @@
 # state dir and its own real systemd manager (systemd --user on a private
 # D-Bus, in a private mount namespace and cgroup) running the sample app as
 # fleet-app-demo.service. Needs root and Debian's systemd, dbus, util-linux.
-# Sets: bin, work, FLEET_CONFIG, hosts; functions below.
+# Sets: bin, work, FLEET_CONFIG, hosts; functions below. Hosts dial
+# $controllers when it is set (several controllers of one fleet), else the
+# one start_controller started.
 
 for need in /lib/systemd/systemd dbus-daemon unshare tar gzip; do
     command -v "$need" >/dev/null || [ -x "$need" ] || {
@@ -113,7 +115,7 @@ UNIT
                 exec /lib/systemd/systemd --user' >"$h/systemd.log" 2>&1 &
         pids+=($!)
         cat >"$h/agent.toml" <<TOML
-controller = "127.0.0.1:$port"
+controller = "${controllers:-127.0.0.1:$port}"
 ca_fingerprint = "$fingerprint"
 join_token = "$token"
 state_dir = "$h/state"

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Three controllers of one fleet on a 3-member etcd cluster, on loopback:
+#   1. a 3-member etcd cluster (Debian's etcd-server),
+#   2. controller A (init --etcd) and B, C (join: A's CA and keys, their own
+#      certificates); B and C stand by, copying every release from A,
+#   3. four hosts, each with its own systemd, that know all three controllers,
+#   4. roll v1 out, then v2 one host at a time, watched live, and kill -9 the
+#      serving controller in the middle: a standby takes over, the hosts and
+#      the watch follow it, and the rollout finishes, each host once.
+# Needs root and Debian's systemd, dbus, util-linux, etcd-server.
+# Ctrl-C (or the end, with --once) stops everything; the work dir stays.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tests/deps.sh
+cargo build --workspace --bins
+command -v etcd >/dev/null || { echo "missing etcd: apt-get install -y etcd-server" >&2; exit 2; }
+source tests/fleet-lib.sh
+etcd_pids=()
+trap 'for p in "${etcd_pids[@]}"; do kill "$p" 2>/dev/null || true; done; fleet_cleanup; echo "stopped; logs and state are in $work"' EXIT
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "1. a 3-member etcd cluster"
+cluster="" urls=()
+for i in 0 1 2; do
+    cport[$i]="$(free_port)"
+    pport[$i]="$(free_port)"
+    cluster="${cluster:+$cluster,}m$i=http://127.0.0.1:${pport[$i]}"
+    urls+=(--etcd "http://127.0.0.1:${cport[$i]}")
+done
+for i in 0 1 2; do
+    etcd --name "m$i" --data-dir "$work/etcd-$i" \
+        --listen-client-urls "http://127.0.0.1:${cport[$i]}" --advertise-client-urls "http://127.0.0.1:${cport[$i]}" \
+        --listen-peer-urls "http://127.0.0.1:${pport[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${pport[$i]}" \
+        --initial-cluster "$cluster" --initial-cluster-token fleet-local-ha --logger zap --log-level warn \
+        2>"$work/etcd-$i.log" &
+    etcd_pids+=($!)
+done
+for i in 0 1 2; do
+    for _ in $(seq 100); do
+        { exec 3<>"/dev/tcp/127.0.0.1/${cport[$i]}"; } 2>/dev/null && break
+        sleep 0.1
+    done
+done
+echo "etcd members on ports ${cport[*]}"
+
+step "2. controller A (init), B and C (join), on the same etcd"
+declare -A cpid caddr cdir
+make_controller() { # name subcommand...
+    local name="$1" p m
+    shift
+    p="$(free_port)" m="$(free_port)"
+    "$bin/fleet-controller" "$@" --data-dir "$work/$name" --san 127.0.0.1 \
+        --listen "127.0.0.1:$p" --metrics-listen "127.0.0.1:$m" "${urls[@]}" --etcd-prefix fleet/local-ha/ \
+        >"$work/$name-init.txt"
+    sed -i 's/^heartbeat_interval = .*/heartbeat_interval = "2s"/' "$work/$name/controller.toml"
+    caddr[$name]="127.0.0.1:$p"
+    cdir[$name]="$work/$name"
+}
+serve() { # name
+    "$bin/fleet-controller" serve --config "${cdir[$1]}/controller.toml" 2>>"$work/$1.log" &
+    cpid[$1]=$!
+    pids+=($!)
+}
+make_controller a init
+fingerprint="$(grep -o 'sha256:[0-9a-f]*' "$work/a-init.txt" | head -n1)"
+serve a
+# What an operator copies (over ssh) from A to a new controller's host.
+mkdir -m 700 "$work/keys-from-a"
+cp "$work/a/ca.pem" "$work/a/ca.key" "$work/a/mac.key" "$work/keys-from-a/"
+make_controller b join --from "$work/keys-from-a"
+make_controller c join --from "$work/keys-from-a"
+rm -r "$work/keys-from-a"
+serve b
+serve c
+controllers="${caddr[a]},${caddr[b]},${caddr[c]}"
+sed "s|^controller = .*|controller = \"$controllers\"|" "$work/a/fleetctl.toml" >"$work/fleetctl.toml"
+chmod 600 "$work/fleetctl.toml"
+export FLEET_CONFIG="$work/fleetctl.toml"
+for _ in $(seq 50); do "$bin/fleetctl" whoami >/dev/null 2>&1 && break; sleep 0.2; done
+sleep 1
+"$bin/fleet-controller" members --config "$work/a/controller.toml"
+
+step "3. four hosts, each with its own systemd, knowing all three controllers"
+start_hosts 4
+"$bin/fleetctl" hosts ls
+create_app --health-timeout 5s --settle 2s
+
+step "4. v1 everywhere, then v2 one host at a time; the serving controller is killed mid-rollout"
+release 1.0.0
+"$bin/fleetctl" rollout demo --release 1.0.0 --batch 100% --wait
+release 2.0.0
+"$bin/fleetctl" rollout demo --release 2.0.0 --batch 1 --wait --watch &
+watch_pid=$!
+sleep 5
+serving_name=""
+for n in a b c; do
+    if "$bin/fleet-controller" members --json --config "${cdir[$n]}/controller.toml" 2>/dev/null |
+        grep '"role":"serving"' | grep -q "\"addr\":\"${caddr[$n]}\""; then
+        serving_name="$n"
+    fi
+done
+[ -n "$serving_name" ] || { echo "no controller serves" >&2; exit 1; }
+echo ">>> kill -9 controller $serving_name (${caddr[$serving_name]}, the one serving) at $(date +%T.%N | cut -c1-12)"
+kill -9 "${cpid[$serving_name]}"
+killed_at=$(date +%s%N)
+for _ in $(seq 200); do
+    n="$("$bin/fleetctl" hosts ls --output json 2>/dev/null | grep -Eo '"status": *"connected"' | wc -l || true)"
+    [ "$n" -ge "$hosts" ] && break
+    sleep 0.2
+done
+echo ">>> all $hosts hosts connected to the new controller $(( ($(date +%s%N) - killed_at) / 1000000 )) ms after the kill"
+wait "$watch_pid"
+serving
+others=(a b c)
+for n in "${others[@]}"; do [ "$n" != "$serving_name" ] && config_of_live="${cdir[$n]}/controller.toml"; done
+"$bin/fleet-controller" members --config "$config_of_live"
+echo ">>> the rollout, finished by the controller that took over:"
+"$bin/fleetctl" rollout status demo
+
+echo
+if [ "${1:-}" != "--once" ]; then
+    echo "the fleet runs; in another shell: FLEET_CONFIG=$FLEET_CONFIG $bin/fleetctl hosts ls"
+    echo "press Ctrl-C to stop"
+    wait
+fi
