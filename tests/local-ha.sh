@@ -13,35 +13,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/deps.sh
 cargo build --workspace --bins
-command -v etcd >/dev/null || { echo "missing etcd: apt-get install -y etcd-server" >&2; exit 2; }
 source tests/fleet-lib.sh
-etcd_pids=()
-trap 'for p in "${etcd_pids[@]}"; do kill "$p" 2>/dev/null || true; done; fleet_cleanup; echo "stopped; logs and state are in $work"' EXIT
+source tests/etcd-lib.sh
+trap 'stop_etcd_cluster; fleet_cleanup; echo "stopped; logs and state are in $work"' EXIT
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "1. a 3-member etcd cluster"
-cluster="" urls=()
-for i in 0 1 2; do
-    cport[$i]="$(free_port)"
-    pport[$i]="$(free_port)"
-    cluster="${cluster:+$cluster,}m$i=http://127.0.0.1:${pport[$i]}"
-    urls+=(--etcd "http://127.0.0.1:${cport[$i]}")
-done
-for i in 0 1 2; do
-    etcd --name "m$i" --data-dir "$work/etcd-$i" \
-        --listen-client-urls "http://127.0.0.1:${cport[$i]}" --advertise-client-urls "http://127.0.0.1:${cport[$i]}" \
-        --listen-peer-urls "http://127.0.0.1:${pport[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${pport[$i]}" \
-        --initial-cluster "$cluster" --initial-cluster-token fleet-local-ha --logger zap --log-level warn \
-        2>"$work/etcd-$i.log" &
-    etcd_pids+=($!)
-done
-for i in 0 1 2; do
-    for _ in $(seq 100); do
-        { exec 3<>"/dev/tcp/127.0.0.1/${cport[$i]}"; } 2>/dev/null && break
-        sleep 0.1
-    done
-done
-echo "etcd members on ports ${cport[*]}"
+start_etcd_cluster 3
+echo "etcd members on ports ${etcd_client_ports[*]}"
 
 step "2. controller A (init), B and C (join), on the same etcd"
 declare -A cpid caddr cdir
@@ -50,7 +29,7 @@ make_controller() { # name subcommand...
     shift
     p="$(free_port)" m="$(free_port)"
     "$bin/fleet-controller" "$@" --data-dir "$work/$name" --san 127.0.0.1 \
-        --listen "127.0.0.1:$p" --metrics-listen "127.0.0.1:$m" "${urls[@]}" --etcd-prefix fleet/local-ha/ \
+        --listen "127.0.0.1:$p" --metrics-listen "127.0.0.1:$m" "${etcd_args[@]}" --etcd-prefix fleet/local-ha/ \
         >"$work/$name-init.txt"
     sed -i 's/^heartbeat_interval = .*/heartbeat_interval = "2s"/' "$work/$name/controller.toml"
     caddr[$name]="127.0.0.1:$p"

@@ -20,7 +20,7 @@ pub const NEXT_ADDRESS_JITTER: Duration = Duration::from_millis(250);
 /// standby takes over within the serving lock's lease (6 s) of its
 /// controller's death, and the hosts should follow within seconds. Still
 /// jittered: a fleet of 20,000 arrives over up to this many seconds.
-pub const FAILOVER_CAP: Duration = Duration::from_secs(4);
+pub const FAILOVER_CAP: Duration = Duration::from_secs(3);
 
 /// The agent's controller addresses and where it is among them.
 #[derive(Debug, Clone)]

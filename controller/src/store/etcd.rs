@@ -109,6 +109,13 @@ pub struct EtcdKv {
     /// compares the lock's value too.
     fence: std::sync::Mutex<Option<lock::Fence>>,
     fenced: std::sync::atomic::AtomicBool,
+    /// The honoured certificates read so far (key: fingerprint; None:
+    /// absent), used only while this controller holds the serving lock:
+    /// then it is the fleet's one writer, so every change goes through
+    /// [`Kv::commit`] here, which forgets the keys it writes. Every TLS
+    /// handshake and agent RPC looks its certificate up; a reconnect storm
+    /// after a failover would otherwise be a round trip to etcd each.
+    certs: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Option<Vec<u8>>>>,
     /// `<prefix><space>/` for each space, by `Space` index.
     bases: Vec<Vec<u8>>,
     /// The client's runtime; taken (and shut down without waiting) on drop.
@@ -434,6 +441,7 @@ impl EtcdKv {
             prefix: settings.prefix.clone(),
             fence: std::sync::Mutex::new(None),
             fenced: std::sync::atomic::AtomicBool::new(false),
+            certs: std::sync::Mutex::default(),
             rt: Some(rt),
             handle,
         })
@@ -507,15 +515,25 @@ impl Drop for EtcdKv {
 
 impl Kv for EtcdKv {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let cached = space == Space::Certs && self.fence().is_some();
+        if cached {
+            if let Some(v) = self.cached_certs().get(key) {
+                return Ok(v.clone());
+            }
+        }
         let members = self.members.clone();
         let req = wire::RangeRequest {
             key: join(self.base(space), key),
             ..Default::default()
         };
-        self.run(async move {
+        let value = self.run(async move {
             let resp = members.read(|c| range_on(c, req.clone())).await?;
             Ok(resp.kvs.into_iter().next().map(|kv| kv.value))
-        })
+        })?;
+        if cached {
+            self.cached_certs().insert(key.to_vec(), value.clone());
+        }
+        Ok(value)
     }
 
     fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
@@ -541,34 +559,14 @@ impl Kv for EtcdKv {
             return Ok(Committed::Applied);
         }
         let mut req = txn_request(&self.bases, &txn);
-        let fence = self.fence();
-        if let Some(f) = &fence {
-            req.compare.push(compare_value(&f.key, &f.holder));
-            req.failure.push(wire::RequestOp {
-                request: Some(Request::RequestRange(wire::RangeRequest {
-                    key: f.key.clone(),
-                    ..Default::default()
-                })),
-            });
-        }
-        let members = self.members.clone();
-        self.run(async move {
-            let resp = members
-                .write(|c| {
-                    let req = req.clone();
-                    async move { client(c).txn(req).await.map(tonic::Response::into_inner) }
-                })
-                .await?;
-            if resp.succeeded {
-                return Ok(Committed::Applied);
-            }
-            match fence.and_then(|f| lock::fenced_out(&f, &resp, &members.name)) {
-                Some(e) => Err(e),
-                None => Ok(Committed::Conflict),
-            }
-        })
+        // Forgotten before (a read meanwhile sees etcd, not the cache) and
+        // after (a read that raced the commit may have cached the old
+        // value), whatever the outcome.
+        self.forget_certs(&txn);
+        let outcome = self.commit_request(&mut req);
+        self.forget_certs(&txn);
+        outcome
     }
-
     fn count(&self, space: Space) -> Result<usize, StoreError> {
         let base = self.base(space);
         let req = wire::RangeRequest {
@@ -597,6 +595,77 @@ impl Kv for EtcdKv {
 
     fn remote(&self) -> Option<String> {
         Some(self.members.name.clone())
+    }
+}
+
+impl EtcdKv {
+    /// Reads every honoured certificate into the cache at once (the lock
+    /// holder, as it takes over: the fleet's hosts are about to reconnect,
+    /// each looking its certificate up). Returns how many.
+    pub fn preload_certs(&self) -> Result<usize, StoreError> {
+        if self.fence().is_none() {
+            return Ok(0);
+        }
+        let all = self.scan_prefix(Space::Certs, b"")?;
+        let n = all.len();
+        let mut certs = self.cached_certs();
+        for (k, v) in all {
+            certs.entry(k).or_insert(Some(v));
+        }
+        Ok(n)
+    }
+
+    fn cached_certs(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Vec<u8>, Option<Vec<u8>>>> {
+        self.certs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn forget_certs(&self, txn: &Txn) {
+        let mut certs = self.cached_certs();
+        for op in &txn.ops {
+            if let Op::Put {
+                space: Space::Certs,
+                key,
+                ..
+            }
+            | Op::Delete {
+                space: Space::Certs,
+                key,
+            } = op
+            {
+                certs.remove(key);
+            }
+        }
+    }
+
+    /// Sends a commit's request, fenced by the serving lock once it is held.
+    fn commit_request(&self, req: &mut wire::TxnRequest) -> Result<Committed, StoreError> {
+        let fence = self.fence();
+        if let Some(f) = &fence {
+            req.compare.push(compare_value(&f.key, &f.holder));
+            req.failure.push(wire::RequestOp {
+                request: Some(Request::RequestRange(wire::RangeRequest {
+                    key: f.key.clone(),
+                    ..Default::default()
+                })),
+            });
+        }
+        let members = self.members.clone();
+        let req = req.clone();
+        self.run(async move {
+            let resp = members
+                .write(|c| {
+                    let req = req.clone();
+                    async move { client(c).txn(req).await.map(tonic::Response::into_inner) }
+                })
+                .await?;
+            if resp.succeeded {
+                return Ok(Committed::Applied);
+            }
+            match fence.and_then(|f| lock::fenced_out(&f, &resp, &members.name)) {
+                Some(e) => Err(e),
+                None => Ok(Committed::Conflict),
+            }
+        })
     }
 }
 

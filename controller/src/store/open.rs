@@ -306,6 +306,11 @@ impl Standby {
         let kv = self.peers.kv.clone();
         let lock = kv.take_lock(&self.holder, None)?;
         tracing::info!(holder = %self.holder.value(), "holding the fleet's serving lock in etcd");
+        let certs = kv.preload_certs()?;
+        tracing::debug!(
+            certs,
+            "read the honoured certificates ahead of the hosts' reconnections"
+        );
         let mut store = Store::on(kv, Path::new(&self.settings.describe()), Schema::MustExist)?;
         store.serving = Some(Arc::new(Serving {
             lock,

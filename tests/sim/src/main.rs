@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use fleet_agent::backoff::Backoff;
 use fleet_agent::identity::{HostRecord, Identity};
+use fleet_agent::rotation::Rotation;
 use fleet_proto::agent_message::Body as FromAgent;
 use fleet_proto::agent_service_client::AgentServiceClient;
 use fleet_proto::controller_message::Body as ToAgent;
@@ -46,7 +46,8 @@ use tonic::transport::Channel;
 #[derive(Debug, Parser)]
 #[command(name = "fleet-sim", about = "Many simulated fleet agents against a real controller")]
 struct Args {
-    /// The controller's address (host:port)
+    /// The controller's address (host:port); several controllers of one
+    /// fleet separated by commas, dialled as the agent does (agent::rotation)
     #[arg(long)]
     controller: String,
     /// The controller CA's fingerprint (sha256:...), as agents pin it
@@ -268,12 +269,13 @@ async fn enroll(args: &Args, index: usize) -> Result<Host> {
                 .with_context(|| format!("label '{l}' is not KEY=VALUE"))
         })
         .collect::<Result<std::collections::HashMap<_, _>>>()?;
-    let mut backoff = Backoff::new();
+    let mut rotation = Rotation::new(transport::split_addresses(&args.controller)?, index);
+    let mut backoff = rotation.backoff();
     loop {
         let (key, csr_der) = fleet_agent::identity::new_key_and_csr(&hostname)?;
         let tls = transport::client_config(Trust::PinnedFingerprint(args.ca_fingerprint.clone()), None)?;
         let attempt = async {
-            let channel = transport::connect_from(&args.controller, tls, Some(source)).await?;
+            let channel = transport::connect_from(rotation.current(), tls, Some(source)).await?;
             let response = EnrollmentClient::new(channel)
                 .enroll(EnrollRequest {
                     token: args.token.clone(),
@@ -317,7 +319,7 @@ async fn enroll(args: &Args, index: usize) -> Result<Host> {
                         bail!("{hostname}: enrollment refused: {}", status.message());
                     }
                 }
-                tokio::time::sleep(backoff.next_delay()).await;
+                tokio::time::sleep(rotation.delay_after_failure(&mut backoff)).await;
             }
         }
     }
@@ -366,25 +368,28 @@ fn message(body: FromAgent) -> AgentMessage {
 /// Keeps host `h` connected: one stream at a time, reconnecting with the
 /// agent's backoff when it ends.
 async fn run_host(args: &Arc<Args>, counts: &Arc<Counts>, h: &Arc<Host>) {
-    let mut backoff = Backoff::new();
+    let addrs = transport::split_addresses(&args.controller).unwrap_or_else(|_| vec![args.controller.clone()]);
+    let mut rotation = Rotation::new(addrs, h.index);
+    let mut backoff = rotation.backoff();
     let mut first = true;
     loop {
         if !first {
             counts.reconnects.fetch_add(1, Ordering::Relaxed);
         }
         first = false;
-        let was_connected = stream_once(args, counts, h).await;
+        let was_connected = stream_once(args, counts, h, rotation.current()).await;
         if was_connected {
             counts.connected.fetch_sub(1, Ordering::Relaxed);
             backoff.reset();
+            rotation.succeeded();
         }
-        tokio::time::sleep(backoff.next_delay()).await;
+        tokio::time::sleep(rotation.delay_after_failure(&mut backoff)).await;
     }
 }
 
 /// One stream: hello, then heartbeats and tasks until it ends. Whether it
 /// was accepted.
-async fn stream_once(args: &Arc<Args>, counts: &Arc<Counts>, h: &Arc<Host>) -> bool {
+async fn stream_once(args: &Arc<Args>, counts: &Arc<Counts>, h: &Arc<Host>, addr: &str) -> bool {
     let Ok(trust) = h.identity.trust() else { return false };
     let Ok(id) = h.identity.client_identity() else {
         return false;
@@ -392,7 +397,7 @@ async fn stream_once(args: &Arc<Args>, counts: &Arc<Counts>, h: &Arc<Host>) -> b
     let Ok(tls) = transport::client_config(trust, Some(id)) else {
         return false;
     };
-    let Ok(channel) = transport::connect_from(&args.controller, tls, Some(h.source)).await else {
+    let Ok(channel) = transport::connect_from(addr, tls, Some(h.source)).await else {
         return false;
     };
     let (tx, rx) = mpsc::channel::<AgentMessage>(64);

@@ -498,3 +498,84 @@ fn history_older_than_the_last_round_is_compacted_and_values_stay() {
     task.abort();
     assert_eq!(kv.get(Space::Rollouts, b"r").expect("get").as_deref(), Some(&b"v2"[..]));
 }
+
+#[test]
+fn the_lock_holder_keeps_certificates_it_read_and_forgets_those_it_writes() {
+    let etcd = EtcdServer::start(&[]);
+    let holder_kv = EtcdKv::connect(&etcd.settings("fleet/")).expect("client");
+    let other = EtcdKv::connect(&etcd.settings("fleet/")).expect("client");
+    let put = |kv: &EtcdKv, v: &[u8]| {
+        assert_eq!(
+            kv.commit(Txn::new().put(Space::Certs, b"sha256:aa", v.to_vec()))
+                .expect("commit"),
+            Committed::Applied
+        );
+    };
+    put(&other, b"one");
+    // Before the lock every read goes to etcd.
+    assert_eq!(
+        holder_kv.get(Space::Certs, b"sha256:aa").expect("get").as_deref(),
+        Some(&b"one"[..])
+    );
+    put(&other, b"two");
+    assert_eq!(
+        holder_kv.get(Space::Certs, b"sha256:aa").expect("get").as_deref(),
+        Some(&b"two"[..])
+    );
+    let _lock = holder_kv
+        .take_lock(&holder("ctl", 1), Some(Duration::ZERO))
+        .expect("lock");
+    assert_eq!(
+        holder_kv.get(Space::Certs, b"sha256:aa").expect("get").as_deref(),
+        Some(&b"two"[..])
+    );
+    assert_eq!(holder_kv.get(Space::Certs, b"sha256:bb").expect("get"), None);
+    // A write by anyone else (which fencing forbids to controllers) is not
+    // seen: the holder answers from what it read, without a round trip.
+    put(&other, b"three");
+    assert_eq!(
+        holder_kv.get(Space::Certs, b"sha256:aa").expect("get").as_deref(),
+        Some(&b"two"[..])
+    );
+    // Its own writes are seen at once: put, and delete.
+    put(&holder_kv, b"four");
+    assert_eq!(
+        holder_kv.get(Space::Certs, b"sha256:aa").expect("get").as_deref(),
+        Some(&b"four"[..])
+    );
+    assert_eq!(
+        holder_kv
+            .commit(Txn::new().put(Space::Certs, b"sha256:bb", b"new".to_vec()))
+            .expect("commit"),
+        Committed::Applied
+    );
+    assert_eq!(
+        holder_kv.get(Space::Certs, b"sha256:bb").expect("get").as_deref(),
+        Some(&b"new"[..])
+    );
+    assert_eq!(
+        holder_kv
+            .commit(Txn::new().delete(Space::Certs, b"sha256:aa"))
+            .expect("commit"),
+        Committed::Applied
+    );
+    assert_eq!(holder_kv.get(Space::Certs, b"sha256:aa").expect("get"), None);
+    // Other spaces are never kept.
+    put(&holder_kv, b"x");
+    assert_eq!(
+        holder_kv
+            .commit(Txn::new().put(Space::Hosts, b"h", b"1".to_vec()))
+            .expect("commit"),
+        Committed::Applied
+    );
+    assert_eq!(
+        other
+            .commit(Txn::new().put(Space::Hosts, b"h", b"2".to_vec()))
+            .expect("commit"),
+        Committed::Applied
+    );
+    assert_eq!(
+        holder_kv.get(Space::Hosts, b"h").expect("get").as_deref(),
+        Some(&b"2"[..])
+    );
+}
