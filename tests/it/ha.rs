@@ -175,6 +175,15 @@ fn three_controllers_a_rollout_survives_its_controller_killed_mid_batch_and_host
     let _ = following.kill();
     let _ = following.wait();
 
+    // One etcd member lost: the new serving controller takes a push (a
+    // standby copies it) and rolls it out.
+    let mut etcd = etcd;
+    etcd.kill9_member(1);
+    cluster.push("3.0.0", &[]);
+    let out = cluster.rollout(&["--release", "3.0.0", "--batch", "100%", "--wait"]);
+    assert!(out.status.success(), "rollout 3.0.0 with an etcd member down: {}", stderr(&out));
+    cluster.wait_all_serve("3.0.0");
+
     // The killed one comes back as a standby.
     cluster.fleet.controller.spawn();
     let config = [&b, &c][next].config.clone();
