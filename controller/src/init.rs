@@ -95,14 +95,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InitError + '_ {
 
 /// Writes a new file (never an existing one) with `mode`, and fsyncs it.
 fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), InitError> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io(path))?;
-    f.write_all(contents.as_bytes()).map_err(io(path))?;
-    f.sync_all().map_err(io(path))
+    write_new_bytes(path, contents.as_bytes(), mode)
 }
 
 /// Writes a new file of bytes (never an existing one) with `mode`, fsynced.

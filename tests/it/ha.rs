@@ -181,7 +181,11 @@ fn three_controllers_a_rollout_survives_its_controller_killed_mid_batch_and_host
     etcd.kill9_member(1);
     cluster.push("3.0.0", &[]);
     let out = cluster.rollout(&["--release", "3.0.0", "--batch", "100%", "--wait"]);
-    assert!(out.status.success(), "rollout 3.0.0 with an etcd member down: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "rollout 3.0.0 with an etcd member down: {}",
+        stderr(&out)
+    );
     cluster.wait_all_serve("3.0.0");
 
     // The killed one comes back as a standby.

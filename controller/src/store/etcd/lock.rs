@@ -196,6 +196,11 @@ async fn take_over(members: &Members, key: &[u8], value: &str) -> Result<(), Sto
         }],
         failure: Vec::new(),
     };
+    send(members, req).await
+}
+
+/// Sends `req` as a write (its outcome, success or not, is not asked).
+pub(super) async fn send(members: &Members, req: wire::TxnRequest) -> Result<(), StoreError> {
     members
         .write(|c| {
             let req = req.clone();
@@ -204,7 +209,7 @@ async fn take_over(members: &Members, key: &[u8], value: &str) -> Result<(), Sto
         .await
 }
 
-async fn revoke(members: &Members, lease: i64) {
+pub(super) async fn revoke(members: &Members, lease: i64) {
     let _ = members
         .write(|c| async move {
             LeaseClient::new(c)

@@ -8,10 +8,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::lock::{grant, keep_alive_once};
-use super::wire::lease_client::LeaseClient;
+use super::lock::{grant, keep_alive_once, revoke, send};
 use super::wire::request_op::Request;
-use super::{client, prefix_end, range, wire, EtcdKv, Members, StoreError};
+use super::{prefix_end, range, wire, EtcdKv, Members, StoreError};
 use crate::store::kv::Order;
 
 /// One controller of the fleet, as its key says.
@@ -56,12 +55,7 @@ async fn put(members: &Members, key: &[u8], value: &[u8], lease: i64) -> Result<
         }],
         failure: Vec::new(),
     };
-    members
-        .write(|c| {
-            let req = req.clone();
-            async move { client(c).txn(req).await.map(drop) }
-        })
-        .await
+    send(members, req).await
 }
 
 /// Keeps the member key alive; puts it again under a new lease when its
@@ -119,17 +113,8 @@ impl Membership {
     pub async fn leave(&self) {
         self.keeping.abort();
         let (members, lease) = (self.members.clone(), *self.lease.borrow());
-        let done = self.handle.spawn(async move {
-            members
-                .write(|c| async move {
-                    LeaseClient::new(c)
-                        .lease_revoke(wire::LeaseRevokeRequest { id: lease })
-                        .await
-                        .map(drop)
-                })
-                .await
-        });
-        if !matches!(tokio::time::timeout(Duration::from_secs(3), done).await, Ok(Ok(Ok(())))) {
+        let done = self.handle.spawn(async move { revoke(&members, lease).await });
+        if tokio::time::timeout(Duration::from_secs(3), done).await.is_err() {
             tracing::warn!(
                 "cannot take this controller off the members in etcd; it goes within {:?}",
                 super::LOCK_TTL
