@@ -521,7 +521,53 @@ pub async fn serve_http(
     store: Arc<Health>,
     shutdown: CancellationToken,
 ) {
-    let hosts = Arc::new(hosts);
+    let respond = move |path: &str| match path {
+        "/metrics" => {
+            metrics.observe_scrape(hosts());
+            metrics.observe_store(&store);
+            (200, OPENMETRICS, metrics.render())
+        }
+        "/healthz" => {
+            let (status, body) = healthz(&store);
+            (status, "text/plain", body)
+        }
+        _ => (404, "text/plain", "not found: try /metrics or /healthz\n".to_string()),
+    };
+    serve_paths(listener, respond, shutdown).await
+}
+
+/// The metrics port of a standby controller (see `store::Standby`):
+/// `/healthz` answers 503 saying it stands by (so a load balancer or a
+/// probe sends nothing its way), `/metrics` has `fleet_controller_standby 1`.
+pub async fn serve_standby_http(listener: TcpListener, serving: String, shutdown: CancellationToken) {
+    let respond = move |path: &str| match path {
+        "/healthz" => (
+            503,
+            "text/plain",
+            format!("standby: {serving} serves this fleet; this controller serves when it stops or dies\n"),
+        ),
+        "/metrics" => (
+            200,
+            OPENMETRICS,
+            "# HELP fleet_controller_standby Whether this controller stands by (1) while another serves the fleet.\n\
+             # TYPE fleet_controller_standby gauge\nfleet_controller_standby 1\n# EOF\n"
+                .to_string(),
+        ),
+        _ => (404, "text/plain", "not found: try /metrics or /healthz\n".to_string()),
+    };
+    serve_paths(listener, respond, shutdown).await
+}
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Answers HTTP/1.1 GETs on `listener` with `respond(path)` (status,
+/// content type, body) until `shutdown`.
+async fn serve_paths(
+    listener: TcpListener,
+    respond: impl Fn(&str) -> (u16, &'static str, String) + Send + Sync + 'static,
+    shutdown: CancellationToken,
+) {
+    let respond = Arc::new(respond);
     // One task per connection, owned here: dropped (aborted) on shutdown.
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -536,27 +582,11 @@ pub async fn serve_http(
                 }
             },
         };
-        let (metrics, hosts, store) = (metrics.clone(), hosts.clone(), store.clone());
+        let respond = respond.clone();
         conns.spawn(async move {
             let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let (metrics, hosts, store) = (metrics.clone(), hosts.clone(), store.clone());
+                let (status, ctype, body) = respond(req.uri().path());
                 async move {
-                    let (status, ctype, body) = match req.uri().path() {
-                        "/metrics" => {
-                            metrics.observe_scrape(hosts());
-                            metrics.observe_store(&store);
-                            (
-                                200,
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                metrics.render(),
-                            )
-                        }
-                        "/healthz" => {
-                            let (status, body) = healthz(&store);
-                            (status, "text/plain", body)
-                        }
-                        _ => (404, "text/plain", "not found: try /metrics or /healthz\n".to_string()),
-                    };
                     hyper::Response::builder()
                         .status(status)
                         .header("content-type", ctype)

@@ -95,8 +95,9 @@ pub struct Mirror {
 /// serving controller, until `stop`.
 pub async fn mirror(m: Mirror, stop: CancellationToken) {
     let mut failing: Option<String> = None;
+    let mut noted = std::collections::HashSet::new();
     loop {
-        let round = mirror_once(&m);
+        let round = mirror_once(&m, &mut noted);
         let outcome = tokio::select! {
             _ = stop.cancelled() => return,
             r = round => r,
@@ -125,8 +126,9 @@ pub async fn mirror(m: Mirror, stop: CancellationToken) {
     }
 }
 
-/// One round: the number of artifacts copied.
-async fn mirror_once(m: &Mirror) -> anyhow::Result<usize> {
+/// One round: the number of artifacts copied. `noted`: the digests whose
+/// copy this run noted in etcd already.
+async fn mirror_once(m: &Mirror, noted: &mut std::collections::HashSet<String>) -> anyhow::Result<usize> {
     let peers = m.peers.clone();
     let (releases, serving) = tokio::task::spawn_blocking(move || {
         Ok::<_, crate::store::StoreError>((peers.releases()?, peers.serving_addr()?))
@@ -143,13 +145,11 @@ async fn mirror_once(m: &Mirror) -> anyhow::Result<usize> {
             tokio::task::spawn_blocking(move || artifacts.examine(&sha, artifact.size).map(|c| c.is_intact()))
                 .await??;
         if present {
-            let peers = m.peers.clone();
-            let sha = artifact.sha256.clone();
-            // Cheap and idempotent: a copy made before a restart is noted too.
-            let noted = tokio::task::spawn_blocking(move || peers.copies(&sha)).await??;
-            if !noted.iter().any(|a| a == m.peers.addr()) {
+            // Once per run: a copy made before a restart is noted too.
+            if !noted.contains(&artifact.sha256) {
                 let (peers, sha) = (m.peers.clone(), artifact.sha256.clone());
                 tokio::task::spawn_blocking(move || peers.note_copy(&sha)).await??;
+                noted.insert(artifact.sha256.clone());
             }
             continue;
         }
@@ -163,6 +163,7 @@ async fn mirror_once(m: &Mirror) -> anyhow::Result<usize> {
         fetch(m, &from, &release).await?;
         let (peers, sha) = (m.peers.clone(), artifact.sha256.clone());
         tokio::task::spawn_blocking(move || peers.note_copy(&sha)).await??;
+        noted.insert(artifact.sha256.clone());
         tracing::info!(app = %release.app, version = %artifact.version, from = %from, "copied a release's artifact");
         copied += 1;
     }

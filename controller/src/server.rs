@@ -115,11 +115,28 @@ fn sweep_artifacts(artifacts: &crate::artifacts::Artifacts, store: &Store) -> Re
     Ok(())
 }
 
-/// The address others reach this controller at: `listen`, or this host's
-/// name with its port when it listens on every address.
-fn advertised(listen: std::net::SocketAddr, host: &str) -> String {
+/// The address the fleet's other controllers reach this one at (shown by
+/// `members`; standbys copy artifacts from it): the listen address when
+/// the server certificate names it; else the certificate's first name that
+/// is not loopback, with the listen port; else `listen` (or this host's
+/// name when it listens on every address).
+fn advertised(listen: std::net::SocketAddr, sans: &[String], host: &str) -> String {
+    let port = listen.port();
+    let with_port = |name: &str| match name.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]:{port}"),
+        _ => format!("{name}:{port}"),
+    };
+    // The other controllers check our certificate against the name they
+    // dial: a name in it, and one they can reach (not loopback) if any.
+    if !listen.ip().is_unspecified() && sans.iter().any(|s| s.parse() == Ok(listen.ip())) {
+        return listen.to_string();
+    }
+    let loopback = |s: &str| s == "localhost" || s.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if let Some(name) = sans.iter().find(|s| !loopback(s)) {
+        return with_port(name);
+    }
     if listen.ip().is_unspecified() {
-        format!("{host}:{}", listen.port())
+        with_port(host)
     } else {
         listen.to_string()
     }
@@ -173,8 +190,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let host = crate::init::hostname().unwrap_or_else(|| "unknown".into());
     let ca_der = fleet_proto::transport::certs_from_pem("CA", &authority.current().signing.cert_pem)
         .map_err(|e| ServeError::Tls(e.to_string()))?;
+    let server_pem = std::fs::read_to_string(dir.join("server.pem")).unwrap_or_default();
+    let sans = crate::ca::sans_of(&server_pem).unwrap_or_default();
     let me = crate::store::Me {
-        addr: advertised(config.listen, &host),
+        addr: advertised(config.listen, &sans, &host),
         host,
         ca_fingerprint: fleet_proto::transport::fingerprint(&ca_der[0]),
     };
@@ -203,14 +222,35 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 grants: crate::grants::Grants::new(&macs.derive(crate::peers::PEER_GRANTS)),
                 tls,
             };
+            let peers = standby.peers();
+            let serving = tokio::task::spawn_blocking(move || peers.serving_addr())
+                .await
+                .map_err(joined)?
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| "another controller".into());
+            let metrics_listener =
+                TcpListener::bind(config.metrics_listen)
+                    .await
+                    .map_err(|source| ServeError::Bind {
+                        addr: config.metrics_listen.to_string(),
+                        what: "metrics",
+                        source,
+                    })?;
             let stop = CancellationToken::new();
             let mirroring = tokio::spawn(crate::peers::mirror(mirror, stop.clone()));
+            let probing = tokio::spawn(crate::metrics::serve_standby_http(
+                metrics_listener,
+                serving,
+                stop.clone(),
+            ));
             let store = standing_by(tokio::task::spawn_blocking(move || standby.serve()))
                 .await
                 .map_err(joined)?;
-            // The artifacts are this controller's to serve from now on.
+            // The artifacts and the ports are this controller's from now on.
             stop.cancel();
             let _ = mirroring.await;
+            let _ = probing.await;
             store?
         }
     };
@@ -535,4 +575,44 @@ async fn wait_for_signal(shutdown: CancellationToken) {
         _ = shutdown.cancelled() => {}
     }
     shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::advertised;
+
+    fn sans(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_address_others_dial_is_a_name_in_the_certificate() {
+        let any = "0.0.0.0:7443".parse().expect("addr");
+        // init's default names: localhost, 127.0.0.1, the hostname.
+        assert_eq!(
+            advertised(any, &sans(&["localhost", "127.0.0.1", "ip-10-0-0-5"]), "ip-10-0-0-5"),
+            "ip-10-0-0-5:7443"
+        );
+        assert_eq!(
+            advertised(any, &sans(&["c2.example.com"]), "ip-10-0-0-5"),
+            "c2.example.com:7443"
+        );
+        assert_eq!(advertised(any, &sans(&["localhost", "fd00::5"]), "h"), "[fd00::5]:7443");
+        assert_eq!(advertised(any, &sans(&["localhost"]), "h"), "h:7443");
+        let lo = "127.0.0.1:9000".parse().expect("addr");
+        assert_eq!(
+            advertised(lo, &sans(&["127.0.0.1", "localhost"]), "h"),
+            "127.0.0.1:9000"
+        );
+        let specific = "10.0.0.5:7443".parse().expect("addr");
+        assert_eq!(
+            advertised(specific, &sans(&["c2.example.com"]), "h"),
+            "c2.example.com:7443"
+        );
+        assert_eq!(
+            advertised(specific, &sans(&["c2.example.com", "10.0.0.5"]), "h"),
+            "10.0.0.5:7443"
+        );
+        assert_eq!(advertised(specific, &sans(&[]), "h"), "10.0.0.5:7443");
+    }
 }

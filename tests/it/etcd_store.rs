@@ -322,6 +322,15 @@ fn a_second_controller_stands_by_listed_among_the_members_and_serves_once_the_fi
         second.log_text()
     );
     assert!(!second.log_text().contains("fleet-controller serving"));
+    // Probes see a standby for what it is.
+    let (code, body) = http_get_status(second.metrics, "/healthz").expect("the standby's /healthz");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("standby") && body.contains(&fleet.controller.addr.to_string()),
+        "{body}"
+    );
+    let text = http_get(second.metrics, "/metrics").expect("the standby's /metrics");
+    assert!(text.contains("fleet_controller_standby 1"), "{text}");
     let listed = members(&fleet.controller.config);
     let roles: Vec<(&str, &str)> = listed
         .iter()
@@ -341,6 +350,9 @@ fn a_second_controller_stands_by_listed_among_the_members_and_serves_once_the_fi
     fleet.controller.kill9();
     wait_until(Duration::from_secs(30), "the second controller to serve", || {
         second.log_text().contains("fleet-controller serving").then_some(())
+    });
+    wait_until(Duration::from_secs(10), "the new serving controller's /healthz", || {
+        http_get_status(second.metrics, "/healthz").filter(|(code, _)| *code == 200)
     });
     let listed = wait_until(Duration::from_secs(15), "the dead one to leave the members", || {
         Some(members(&second.config)).filter(|m| m.len() == 1)
