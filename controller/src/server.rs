@@ -168,6 +168,15 @@ async fn standing_by<T>(mut opening: tokio::task::JoinHandle<T>) -> Result<T, to
     }
 }
 
+/// Binds `addr` for `what` ("gRPC", "metrics"), the error naming both.
+async fn bind(addr: std::net::SocketAddr, what: &'static str) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr).await.map_err(|source| ServeError::Bind {
+        addr: addr.to_string(),
+        what,
+        source,
+    })
+}
+
 /// Runs the controller until SIGTERM or SIGINT.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     // Every agent stream is a socket: systemd's default soft limit (1024) is
@@ -229,14 +238,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 .ok()
                 .flatten()
                 .unwrap_or_else(|| "another controller".into());
-            let metrics_listener =
-                TcpListener::bind(config.metrics_listen)
-                    .await
-                    .map_err(|source| ServeError::Bind {
-                        addr: config.metrics_listen.to_string(),
-                        what: "metrics",
-                        source,
-                    })?;
+            let metrics_listener = bind(config.metrics_listen, "metrics").await?;
             let stop = CancellationToken::new();
             let mirroring = tokio::spawn(crate::peers::mirror(mirror, stop.clone()));
             let probing = tokio::spawn(crate::metrics::serve_standby_http(
@@ -304,20 +306,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         tracker: tokio_util::task::TaskTracker::new(),
     });
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.listen.to_string(),
-            what: "gRPC",
-            source,
-        })?;
-    let metrics_listener = TcpListener::bind(config.metrics_listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.metrics_listen.to_string(),
-            what: "metrics",
-            source,
-        })?;
+    let listener = bind(config.listen, "gRPC").await?;
+    let metrics_listener = bind(config.metrics_listen, "metrics").await?;
     tracing::info!(
         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         metrics = %metrics_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),

@@ -152,18 +152,23 @@ pub(super) async fn grant(members: &Members) -> Result<i64, StoreError> {
     Ok(resp.id)
 }
 
+/// The op that puts `key` under `lease`.
+pub(super) fn put_op(key: &[u8], value: &[u8], lease: i64) -> wire::RequestOp {
+    wire::RequestOp {
+        request: Some(Request::RequestPut(wire::PutRequest {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            lease,
+            ..Default::default()
+        })),
+    }
+}
+
 /// Puts the lock under `lease` when it is free; otherwise its holder.
 async fn try_put(members: &Members, key: &[u8], value: &[u8], lease: i64) -> Result<Option<String>, StoreError> {
     let req = wire::TxnRequest {
         compare: vec![compare_absent(key)],
-        success: vec![wire::RequestOp {
-            request: Some(Request::RequestPut(wire::PutRequest {
-                key: key.to_vec(),
-                value: value.to_vec(),
-                lease,
-                ..Default::default()
-            })),
-        }],
+        success: vec![put_op(key, value, lease)],
         failure: vec![wire::RequestOp {
             request: Some(Request::RequestRange(wire::RangeRequest {
                 key: key.to_vec(),

@@ -8,8 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::lock::{grant, keep_alive_once, revoke, send};
-use super::wire::request_op::Request;
+use super::lock::{grant, keep_alive_once, put_op, revoke, send};
 use super::{prefix_end, range, wire, EtcdKv, Members, StoreError};
 use crate::store::kv::Order;
 
@@ -45,14 +44,7 @@ fn base(prefix: &str) -> Vec<u8> {
 async fn put(members: &Members, key: &[u8], value: &[u8], lease: i64) -> Result<(), StoreError> {
     let req = wire::TxnRequest {
         compare: Vec::new(),
-        success: vec![wire::RequestOp {
-            request: Some(Request::RequestPut(wire::PutRequest {
-                key: key.to_vec(),
-                value: value.to_vec(),
-                lease,
-                ..Default::default()
-            })),
-        }],
+        success: vec![put_op(key, value, lease)],
         failure: Vec::new(),
     };
     send(members, req).await
