@@ -23,34 +23,7 @@ start_etcd_cluster 3
 echo "etcd members on ports ${etcd_client_ports[*]}"
 
 step "2. controller A (init), B and C (join), on the same etcd"
-declare -A cpid caddr cdir
-make_controller() { # name subcommand...
-    local name="$1" p m
-    shift
-    p="$(free_port)" m="$(free_port)"
-    "$bin/fleet-controller" "$@" --data-dir "$work/$name" --san 127.0.0.1 \
-        --listen "127.0.0.1:$p" --metrics-listen "127.0.0.1:$m" "${etcd_args[@]}" --etcd-prefix fleet/local-ha/ \
-        >"$work/$name-init.txt"
-    sed -i 's/^heartbeat_interval = .*/heartbeat_interval = "2s"/' "$work/$name/controller.toml"
-    caddr[$name]="127.0.0.1:$p"
-    cdir[$name]="$work/$name"
-}
-serve() { # name
-    "$bin/fleet-controller" serve --config "${cdir[$1]}/controller.toml" 2>>"$work/$1.log" &
-    cpid[$1]=$!
-    pids+=($!)
-}
-make_controller a init
-fingerprint="$(grep -o 'sha256:[0-9a-f]*' "$work/a-init.txt" | head -n1)"
-serve a
-# What an operator copies (over ssh) from A to a new controller's host.
-mkdir -m 700 "$work/keys-from-a"
-cp "$work/a/ca.pem" "$work/a/ca.key" "$work/a/mac.key" "$work/keys-from-a/"
-make_controller b join --from "$work/keys-from-a"
-make_controller c join --from "$work/keys-from-a"
-rm -r "$work/keys-from-a"
-serve b
-serve c
+start_three_controllers fleet/local-ha/ 2s
 controllers="${caddr[a]},${caddr[b]},${caddr[c]}"
 sed "s|^controller = .*|controller = \"$controllers\"|" "$work/a/fleetctl.toml" >"$work/fleetctl.toml"
 chmod 600 "$work/fleetctl.toml"
@@ -73,7 +46,7 @@ watch_pid=$!
 sleep 5
 serving_name=""
 for n in a b c; do
-    if "$bin/fleet-controller" members --json --config "${cdir[$n]}/controller.toml" 2>/dev/null |
+    if "$bin/fleet-controller" members --json --config "$work/$n/controller.toml" 2>/dev/null |
         grep '"role":"serving"' | grep -q "\"addr\":\"${caddr[$n]}\""; then
         serving_name="$n"
     fi
@@ -91,7 +64,7 @@ echo ">>> all $hosts hosts connected to the new controller $(( ($(date +%s%N) - 
 wait "$watch_pid"
 serving
 others=(a b c)
-for n in "${others[@]}"; do [ "$n" != "$serving_name" ] && config_of_live="${cdir[$n]}/controller.toml"; done
+for n in "${others[@]}"; do [ "$n" != "$serving_name" ] && config_of_live="$work/$n/controller.toml"; done
 "$bin/fleet-controller" members --config "$config_of_live"
 echo ">>> the rollout, finished by the controller that took over:"
 "$bin/fleetctl" rollout status demo

@@ -83,10 +83,16 @@ fn ca_params(name: &str) -> CertificateParams {
 /// The DNS names and addresses of a server certificate (PEM), to make its
 /// successor for the same names.
 pub fn sans_of(server_pem: &str) -> Result<Vec<String>, CaError> {
+    let der = fleet_proto::transport::certs_from_pem("server.pem", server_pem)
+        .map_err(|e| CaError::Load(format!("server certificate: {e}")))?;
+    sans_of_der(&der[0])
+}
+
+/// [`sans_of`] a certificate in DER.
+pub fn sans_of_der(der: &[u8]) -> Result<Vec<String>, CaError> {
     use x509_parser::extensions::GeneralName;
     let bad = |e: String| CaError::Load(format!("server certificate: {e}"));
-    let der = fleet_proto::transport::certs_from_pem("server.pem", server_pem).map_err(|e| bad(e.to_string()))?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der[0]).map_err(|e| bad(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| bad(e.to_string()))?;
     let Some(ext) = cert.subject_alternative_name().map_err(|e| bad(e.to_string()))? else {
         return Ok(Vec::new());
     };

@@ -186,12 +186,6 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
         }
         Some(from) => {
             let identity = Identity::read(from)?;
-            if !matches!(backend, crate::store::Backend::Etcd(_)) {
-                return Err(InitError::Invalid(
-                    "join needs the fleet's etcd (--etcd URL …, --etcd-prefix): a fleet on sled has one controller"
-                        .into(),
-                ));
-            }
             Store::check_join(&backend, &identity.fingerprint)?;
             Some(identity)
         }

@@ -130,10 +130,9 @@ pub async fn mirror(m: Mirror, stop: CancellationToken) {
 /// copy this run noted in etcd already.
 async fn mirror_once(m: &Mirror, noted: &mut std::collections::HashSet<String>) -> anyhow::Result<usize> {
     let peers = m.peers.clone();
-    let (releases, serving) = tokio::task::spawn_blocking(move || {
-        Ok::<_, crate::store::StoreError>((peers.releases()?, peers.serving_addr()?))
-    })
-    .await??;
+    let releases = tokio::task::spawn_blocking(move || peers.releases()).await??;
+    // Who serves: read once a round, and only when something is missing.
+    let mut serving: Option<Option<String>> = None;
     let mut copied = 0;
     for release in releases {
         let Some(artifact) = release.artifact.clone() else {
@@ -153,7 +152,11 @@ async fn mirror_once(m: &Mirror, noted: &mut std::collections::HashSet<String>) 
             }
             continue;
         }
-        let Some(from) = serving.clone() else {
+        if serving.is_none() {
+            let peers = m.peers.clone();
+            serving = Some(tokio::task::spawn_blocking(move || peers.serving_addr()).await??);
+        }
+        let Some(from) = serving.clone().flatten() else {
             anyhow::bail!(
                 "no controller serves the fleet now, and this one lacks {} {}",
                 release.app,

@@ -199,13 +199,21 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let host = crate::init::hostname().unwrap_or_else(|| "unknown".into());
     let ca_der = fleet_proto::transport::certs_from_pem("CA", &authority.current().signing.cert_pem)
         .map_err(|e| ServeError::Tls(e.to_string()))?;
-    let server_pem = std::fs::read_to_string(dir.join("server.pem")).unwrap_or_default();
-    let sans = crate::ca::sans_of(&server_pem).unwrap_or_default();
+    // The names of the certificate it presents (already loaded).
+    let sans = authority
+        .current()
+        .server
+        .cert
+        .first()
+        .and_then(|der| crate::ca::sans_of_der(der).ok())
+        .unwrap_or_default();
     let me = crate::store::Me {
         addr: advertised(config.listen, &sans, &host),
         host,
         ca_fingerprint: fleet_proto::transport::fingerprint(&ca_der[0]),
     };
+    // The key of grants between the fleet's controllers (see `peers`).
+    let peer_grants = macs.derive(crate::peers::PEER_GRANTS);
     let joined = |e: tokio::task::JoinError| ServeError::Startup(format!("the task opening the store failed: {e}"));
     let store = match &config.store {
         // sled's recovery reads the whole log: off the runtime.
@@ -228,7 +236,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             let mirror = crate::peers::Mirror {
                 peers: standby.peers(),
                 artifacts: Arc::new(crate::artifacts::Artifacts::new(dir)),
-                grants: crate::grants::Grants::new(&macs.derive(crate::peers::PEER_GRANTS)),
+                grants: crate::grants::Grants::new(&peer_grants),
                 tls,
             };
             let peers = standby.peers();
@@ -383,7 +391,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .add_service(fleet_proto::peer_service_server::PeerServiceServer::new(
             crate::peers::PeerApi {
                 fleet: fleet.clone(),
-                grants: crate::grants::Grants::new(&macs.derive(crate::peers::PEER_GRANTS)),
+                grants: crate::grants::Grants::new(&peer_grants),
             },
         ))
         .add_service(SessionServer::new(SessionService))

@@ -167,6 +167,12 @@ fn enc_proto<M: Message>(m: &M) -> Vec<u8> {
     codec::proto(V1, m)
 }
 
+/// Every release in `kv`, in key order (also read by a standby, before it
+/// has a `Store`).
+fn all_releases(kv: &dyn Kv) -> Result<Vec<Release>, StoreError> {
+    decode_all(kv, Space::Releases, b"", |k, v| dec_proto("releases", k, v))
+}
+
 fn dec_proto<M: Message + Default>(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<M, StoreError> {
     codec::from_proto(tree, key, bytes, V1)
 }
@@ -587,9 +593,7 @@ impl Store {
 
     /// Every release of every app, in key order (app, then version).
     pub fn all_releases(&self) -> Result<Vec<Release>, StoreError> {
-        decode_all(self.kv.as_ref(), Space::Releases, b"", |k, v| {
-            dec_proto("releases", k, v)
-        })
+        all_releases(self.kv.as_ref())
     }
 
     /// The digests some release names: the artifacts that must be kept.

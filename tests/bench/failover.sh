@@ -28,37 +28,10 @@ trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)"
 
 start_etcd_cluster 3
-declare -A cpid caddr mport
-make_controller() { # name subcommand...
-    local name="$1" p
-    shift
-    p="$(free_port)"
-    mport[$name]="$(free_port)"
-    "$bin/fleet-controller" "$@" --data-dir "$work/$name" --san 127.0.0.1 --listen "127.0.0.1:$p" \
-        --metrics-listen "127.0.0.1:${mport[$name]}" "${etcd_args[@]}" --etcd-prefix fleet/bench/ >"$work/$name-init.txt"
-    sed -i "s/^heartbeat_interval = .*/heartbeat_interval = \"$heartbeat\"/" "$work/$name/controller.toml"
-    cat >>"$work/$name/controller.toml" <<'TOML'
-
-[limits]
+controller_extra='[limits]
 enroll_per_source = { burst = 1000000, per_minute = 10000000 }
-enroll_per_token = { burst = 1000000, per_minute = 10000000 }
-TOML
-    caddr[$name]="127.0.0.1:$p"
-}
-serve() { # name
-    "$bin/fleet-controller" serve --config "$work/$1/controller.toml" 2>>"$work/$1.log" &
-    cpid[$1]=$!
-    pids+=($!)
-}
-make_controller a init
-fingerprint="$(grep -o 'sha256:[0-9a-f]*' "$work/a-init.txt" | head -n1)"
-serve a
-mkdir -m 700 "$work/keys"
-cp "$work/a/ca.pem" "$work/a/ca.key" "$work/a/mac.key" "$work/keys/"
-make_controller b join --from "$work/keys"
-make_controller c join --from "$work/keys"
-serve b
-serve c
+enroll_per_token = { burst = 1000000, per_minute = 10000000 }'
+start_three_controllers fleet/bench/ "$heartbeat"
 export FLEET_CONFIG="$work/a/fleetctl.toml"
 for _ in $(seq 100); do "$bin/fleetctl" whoami >/dev/null 2>&1 && break; sleep 0.1; done
 

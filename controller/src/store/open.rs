@@ -17,6 +17,17 @@ fn etcd_kv(settings: &etcd::EtcdSettings) -> Result<Arc<etcd::EtcdKv>, StoreErro
     Ok(Arc::new(kv))
 }
 
+/// The error for asking a fleet on sled about other controllers.
+fn alone_on_sled() -> StoreError {
+    StoreError::Etcd {
+        name: "the data dir".into(),
+        detail: "this fleet's state is in the data dir (sled), so one controller serves it; several controllers \
+                 share a fleet on etcd (made by 'fleet-controller init --etcd URL …'; others join it with \
+                 'fleet-controller join --etcd URL … --from DIR')"
+            .into(),
+    }
+}
+
 /// The error for a prefix without a fleet.
 fn no_fleet(settings: &etcd::EtcdSettings) -> StoreError {
     StoreError::Etcd {
@@ -110,10 +121,7 @@ impl Store {
     /// `ca` (recording it when no controller recorded one yet).
     pub fn check_join(backend: &Backend, ca: &str) -> Result<(), StoreError> {
         let Backend::Etcd(settings) = backend else {
-            return Err(StoreError::Etcd {
-                name: "the data dir".into(),
-                detail: "a fleet on sled has one controller; another cannot join it".into(),
-            });
+            return Err(alone_on_sled());
         };
         let kv = etcd_kv(settings)?;
         if kv.get(Space::Meta, b"schema")?.is_none() {
@@ -137,10 +145,7 @@ impl Store {
     /// lock. On sled there is nothing to stand by for: an error.
     pub fn stand_by(backend: &Backend, data_dir: &Path, me: &Me) -> Result<Standby, StoreError> {
         let Backend::Etcd(settings) = backend else {
-            return Err(StoreError::Etcd {
-                name: "the data dir".into(),
-                detail: "a controller on sled serves its fleet alone".into(),
-            });
+            return Err(alone_on_sled());
         };
         let local = local_lock(data_dir)?;
         let kv = etcd_kv(settings)?;
@@ -171,13 +176,7 @@ impl Store {
     /// standing by); on sled, an error saying one controller serves it.
     pub fn members(backend: &Backend) -> Result<Vec<etcd::Peer>, StoreError> {
         match backend {
-            Backend::Sled => Err(StoreError::Etcd {
-                name: "the data dir".into(),
-                detail: "this fleet's state is in the data dir (sled), so one controller serves it; several \
-                         controllers share a fleet on etcd ([store] backend = \"etcd\", see 'fleet-controller init \
-                         --etcd')"
-                    .into(),
-            }),
+            Backend::Sled => Err(alone_on_sled()),
             Backend::Etcd(settings) => etcd_kv(settings)?.members(),
         }
     }
@@ -359,9 +358,7 @@ impl Peers {
 
     /// Every release of the fleet.
     pub fn releases(&self) -> Result<Vec<fleet_proto::Release>, StoreError> {
-        super::decode_all(self.kv.as_ref(), Space::Releases, b"", |k, v| {
-            super::dec_proto("releases", k, v)
-        })
+        super::all_releases(self.kv.as_ref())
     }
 
     /// Notes that this controller holds a verified copy of `sha256`.
@@ -391,7 +388,8 @@ impl Peers {
 pub struct Me {
     /// This host's name.
     pub host: String,
-    /// Where agents and operators reach it (`host:port`).
+    /// Where the fleet's other controllers reach it (`host:port`, a name
+    /// its certificate holds; see `server::advertised`).
     pub addr: String,
     /// `sha256:` of the CA it serves with.
     pub ca_fingerprint: String,
@@ -409,10 +407,9 @@ fn same_ca(kv: &etcd::EtcdKv, settings: &etcd::EtcdSettings, ca: &str) -> Result
                 return Err(StoreError::Etcd {
                     name: settings.describe(),
                     detail: format!(
-                        "this controller's CA is {ca}, but the fleet in etcd is served with the CA {}: this data \
-                         dir was made by another 'fleet-controller init'. A second controller of a fleet needs the \
-                         first one's CA and keys: copy its data dir (ca.pem, ca.key, server.pem, server.key, \
-                         mac.key) with the controller.toml's listen address changed",
+                        "this controller's CA is {ca}, but the fleet in etcd is served with the CA {}: these keys \
+                         were made by another 'fleet-controller init'. A controller joins a fleet with 'fleet-controller \
+                         join --from DIR', DIR holding ca.pem, ca.key and mac.key from one of the fleet's controllers",
                         String::from_utf8_lossy(&v)
                     ),
                 })

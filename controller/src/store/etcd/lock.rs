@@ -55,8 +55,8 @@ pub struct Holder {
     pub dir: String,
     /// Its process id.
     pub pid: u32,
-    /// The address agents and operators reach it at (its gRPC listen
-    /// address, with this host's name for an unspecified IP).
+    /// The address the fleet's other controllers reach it at (a name its
+    /// certificate holds; see `server::advertised`).
     pub addr: String,
 }
 

@@ -6,7 +6,7 @@
 //! reads them with the serving lock, so an operator sees who is up and who
 //! serves.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::lock::{grant, keep_alive_once, put_op, revoke, send};
 use super::{prefix_end, range, wire, EtcdKv, Members, StoreError};
@@ -59,20 +59,20 @@ async fn keep(
     mut lease: i64,
     current: tokio::sync::watch::Sender<i64>,
 ) {
-    let mut failing_since: Option<Instant> = None;
+    let mut warned = false;
     loop {
         tokio::time::sleep(super::LOCK_TTL / 3).await;
         let alive = match keep_alive_once(&members, lease).await {
             Ok(ttl) => ttl > 0,
             Err(e) => {
-                if failing_since.is_none() {
-                    failing_since = Some(Instant::now());
+                if !warned {
+                    warned = true;
                     tracing::warn!(error = %e, "cannot keep this controller's member key alive in etcd; trying again");
                 }
                 continue;
             }
         };
-        failing_since = None;
+        warned = false;
         if alive {
             continue;
         }
