@@ -43,7 +43,7 @@ stop_etcd_cluster() {
 # Controllers a (init), b and c (join, from a copy of a's keys, as an
 # operator copies them over ssh), under etcd prefix $1, heartbeats every $2,
 # each controller.toml ending with $controller_extra (TOML) when set; all
-# three running: a serves, b and c stand by. Sets caddr, mport, cpid (by
+# three running: a serves, b and c follow (forwarding to a). Sets caddr, mport, cpid (by
 # name) and fingerprint.
 declare -A caddr mport cpid
 start_three_controllers() { # prefix heartbeat
@@ -59,7 +59,7 @@ start_three_controllers() { # prefix heartbeat
     new_controller b "$1" "$2" join --from "$work/keys-from-a"
     new_controller c "$1" "$2" join --from "$work/keys-from-a"
     rm -r "$work/keys-from-a"
-    # a first, so that it is the one serving; then the standbys.
+    # a first, so that it is the one serving; then the followers.
     serve_controller_named a
     for _ in $(seq 300); do grep -q "fleet-controller serving" "$work/a.log" 2>/dev/null && break; sleep 0.1; done
     grep -q "fleet-controller serving" "$work/a.log" || { echo "controller a did not serve; see $work/a.log" >&2; exit 1; }

@@ -2,10 +2,10 @@
 # Three controllers of one fleet on a 3-member etcd cluster, on loopback:
 #   1. a 3-member etcd cluster (Debian's etcd-server),
 #   2. controller A (init --etcd) and B, C (join: A's CA and keys, their own
-#      certificates); B and C stand by, copying every release from A,
+#      certificates); B and C follow: they forward what they are asked to A and copy its releases,
 #   3. four hosts, each with its own systemd, that know all three controllers,
 #   4. roll v1 out, then v2 one host at a time, watched live, and kill -9 the
-#      serving controller in the middle: a standby takes over, the hosts and
+#      serving controller in the middle: a follower takes over, the hosts and
 #      the watch follow it, and the rollout finishes, each host once.
 # Needs root and Debian's systemd, dbus, util-linux, etcd-server.
 # Ctrl-C (or the end, with --once) stops everything; the work dir stays.

@@ -259,14 +259,12 @@ impl Recovery {
 /// What the recovery key is derived for.
 pub const RECOVERY_PURPOSE: &str = "operator-recovery-v1";
 
+/// A token's hex (at most 64 bytes: a token is never longer).
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || s.len() > 128 {
+    if s.len() > 128 {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    fleet_proto::transport::unhex(s)
 }
 
 /// Why what a host says about itself at enrollment is refused.

@@ -17,6 +17,7 @@ pub mod enroll;
 pub mod error;
 pub mod events;
 pub mod fleet;
+pub mod forward;
 pub mod grants;
 pub mod init;
 #[cfg(test)]

@@ -191,7 +191,7 @@ fn members(config: &std::path::Path, json: bool) -> ExitCode {
         }
     };
     let now = fleet_proto::now_ms();
-    let role = |p: &fleet_controller::store::etcd::Peer| if p.serving { "serving" } else { "standby" };
+    let role = |p: &fleet_controller::store::etcd::Peer| if p.serving { "serving" } else { "follower" };
     if json {
         for p in &peers {
             let line = serde_json::json!({

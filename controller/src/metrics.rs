@@ -536,24 +536,42 @@ pub async fn serve_http(
     serve_paths(listener, respond, shutdown).await
 }
 
-/// The metrics port of a standby controller (see `store::Standby`):
-/// `/healthz` answers 503 saying it stands by (so a load balancer or a
-/// probe sends nothing its way), `/metrics` has `fleet_controller_standby 1`.
-pub async fn serve_standby_http(listener: TcpListener, serving: String, shutdown: CancellationToken) {
-    let respond = move |path: &str| match path {
-        "/healthz" => (
-            503,
-            "text/plain",
-            format!("standby: {serving} serves this fleet; this controller serves when it stops or dies\n"),
-        ),
+/// The metrics port of a follower (see `forward`): `/healthz` answers 200
+/// naming the controller it forwards to, 503 while no controller serves
+/// the fleet (it has nowhere to forward); `/metrics` has
+/// `fleet_controller_follower 1` and the lines `figures` gives (what it
+/// forwarded).
+pub async fn serve_follower_http(
+    listener: TcpListener,
+    leader: tokio::sync::watch::Receiver<Option<String>>,
+    figures: impl Fn() -> String + Send + Sync + 'static,
+    shutdown: CancellationToken,
+) {
+    let respond = move |path: &str| {
+        match path {
+        "/healthz" => match leader.borrow().clone() {
+            Some(serving) => (
+                200,
+                "text/plain",
+                format!("ok: follower, forwarding to {serving}, which serves this fleet; this controller serves when it stops or dies\n"),
+            ),
+            None => (
+                503,
+                "text/plain",
+                "follower: no controller serves this fleet right now (another takes over within seconds)\n".to_string(),
+            ),
+        },
         "/metrics" => (
             200,
             OPENMETRICS,
-            "# HELP fleet_controller_standby Whether this controller stands by (1) while another serves the fleet.\n\
-             # TYPE fleet_controller_standby gauge\nfleet_controller_standby 1\n# EOF\n"
-                .to_string(),
+            format!(
+                "# HELP fleet_controller_follower Whether this controller forwards (1) to another that serves the fleet.\n\
+                 # TYPE fleet_controller_follower gauge\nfleet_controller_follower 1\n{}# EOF\n",
+                figures()
+            ),
         ),
         _ => (404, "text/plain", "not found: try /metrics or /healthz\n".to_string()),
+    }
     };
     serve_paths(listener, respond, shutdown).await
 }

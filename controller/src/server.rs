@@ -214,6 +214,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     };
     // The key of grants between the fleet's controllers (see `peers`).
     let peer_grants = macs.derive(crate::peers::PEER_GRANTS);
+    // Signs what a follower forwards; the serving controller checks it.
+    let forward_signer = Arc::new(crate::forward::Signer::new(&macs.derive(crate::forward::FORWARD_KEY)));
     let joined = |e: tokio::task::JoinError| ServeError::Startup(format!("the task opening the store failed: {e}"));
     let store = match &config.store {
         // sled's recovery reads the whole log: off the runtime.
@@ -222,9 +224,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 .await
                 .map_err(joined)??
         }
-        // On etcd this controller stands by while another one serves the
-        // fleet, copying its releases' artifacts; it tells systemd it
-        // started and keeps the watchdog fed meanwhile.
+        // On etcd this controller follows while another one serves the
+        // fleet: it forwards its clients' requests to that one and copies
+        // its releases' artifacts; it tells systemd it started and keeps
+        // the watchdog fed meanwhile.
         crate::store::Backend::Etcd(_) => {
             let standby = tokio::task::spawn_blocking(move || Store::stand_by(&backend, &data_dir, &me))
                 .await
@@ -239,19 +242,46 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 grants: crate::grants::Grants::new(&peer_grants),
                 tls,
             };
-            let peers = standby.peers();
-            let serving = tokio::task::spawn_blocking(move || peers.serving_addr())
-                .await
-                .map_err(joined)?
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| "another controller".into());
+            // Meanwhile it takes connections and forwards them to the
+            // controller that serves (see `forward`).
+            let (leader_tx, leader) = tokio::sync::watch::channel(None);
+            let counts = Arc::new(crate::forward::Counts::default());
+            let look_now = Arc::new(tokio::sync::Notify::new());
+            let follower_tls = crate::tls::server_config(
+                authority.clone(),
+                standby.peers() as Arc<dyn crate::tls::Allowlist>,
+                Arc::new(Metrics::new()),
+            )
+            .map_err(|e| ServeError::Tls(e.to_string()))?;
+            let following = Arc::new(crate::forward::Following {
+                leader: leader.clone(),
+                tls: mirror.tls.clone(),
+                signer: forward_signer.clone(),
+                me: standby.peers().addr().to_string(),
+                counts: counts.clone(),
+                look_now: look_now.clone(),
+            });
+            let listener = bind(config.listen, "gRPC").await?;
             let metrics_listener = bind(config.metrics_listen, "metrics").await?;
             let stop = CancellationToken::new();
+            let watching = tokio::spawn(crate::forward::watch_leader(
+                standby.peers(),
+                leader_tx,
+                look_now,
+                stop.clone(),
+            ));
+            let forwarding = tokio::spawn(crate::forward::serve(
+                listener,
+                TlsAcceptor::from(follower_tls),
+                Connections::new(config.connections.clone(), Arc::new(Metrics::new())),
+                following,
+                stop.clone(),
+            ));
             let mirroring = tokio::spawn(crate::peers::mirror(mirror, stop.clone()));
-            let probing = tokio::spawn(crate::metrics::serve_standby_http(
+            let probing = tokio::spawn(crate::metrics::serve_follower_http(
                 metrics_listener,
-                serving,
+                leader,
+                move || counts.render(),
                 stop.clone(),
             ));
             let store = standing_by(tokio::task::spawn_blocking(move || standby.serve()))
@@ -261,13 +291,15 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             stop.cancel();
             let _ = mirroring.await;
             let _ = probing.await;
+            let _ = forwarding.await;
+            let _ = watching.await;
             store?
         }
     };
 
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
-    let tls = crate::tls::server_config(authority.clone(), store.clone(), metrics.clone())
+    let tls = crate::tls::server_config(authority.clone(), Arc::new(store.clone()), metrics.clone())
         .map_err(|e| ServeError::Tls(e.to_string()))?;
     let grants = crate::grants::Grants::new(&macs.derive("fetch-grant-v1"));
     let recovery = Arc::new(crate::auth::Recovery::new(&macs.derive(crate::auth::RECOVERY_PURPOSE)));
@@ -380,6 +412,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     };
     // The audit layer is outside the gate, so refusals are recorded too.
     let router = tonic::transport::Server::builder()
+        .layer(crate::forward::ForwardedLayer(forward_signer))
         .layer(StreamTrackingLayer)
         .layer(RpcMetricsLayer(metrics.clone()))
         .layer(crate::audit::AuditLayer(audit.clone()))

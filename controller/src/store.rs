@@ -424,17 +424,7 @@ impl Store {
 
     /// The host a certificate (by fingerprint) authenticates, if it is still honoured.
     pub fn cert_host(&self, cert_fp: &str) -> Result<Option<CertRecord>, StoreError> {
-        let Some(rec) = self.get_with(Space::Certs, cert_fp.as_bytes(), |k, v| {
-            dec_json::<CertRecord>("certs", k, v)
-        })?
-        else {
-            return Ok(None);
-        };
-        if self.kv.get(Space::Hosts, rec.host_id.as_bytes())?.is_some() {
-            Ok(Some(rec))
-        } else {
-            Ok(None)
-        }
+        honoured_cert(self.kv.as_ref(), cert_fp)
     }
 
     // --- hosts -----------------------------------------------------------
@@ -614,6 +604,20 @@ impl Store {
             }
         }
         Ok(false)
+    }
+}
+
+/// The record of a client certificate the fleet honours: issued, and its
+/// host not removed (`Store::cert_host`; a follower's TLS reads it too).
+pub(crate) fn honoured_cert(kv: &dyn Kv, cert_fp: &str) -> Result<Option<CertRecord>, StoreError> {
+    let Some(v) = kv.get(Space::Certs, cert_fp.as_bytes())? else {
+        return Ok(None);
+    };
+    let rec: CertRecord = dec_json("certs", cert_fp.as_bytes(), &v)?;
+    if kv.get(Space::Hosts, rec.host_id.as_bytes())?.is_some() {
+        Ok(Some(rec))
+    } else {
+        Ok(None)
     }
 }
 

@@ -27,7 +27,7 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, ServerC
 use crate::authority::Authority;
 use crate::connections::{ConnState, Slot};
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{CertRecord, Peers, Store, StoreError};
 
 /// Verifies client certificates against the CAs in force (the
 /// authority's: two during a CA rotation), then against the store's
@@ -37,6 +37,26 @@ struct AllowlistVerifier {
     authority: AuthorityRef,
     store: StoreRef,
     metrics: MetricsRef,
+}
+
+/// Where the certificates the fleet honours are looked up: the store of
+/// the serving controller, or etcd as a follower reads it ([`Peers`]).
+pub trait Allowlist: Send + Sync {
+    /// The record of `cert_fp` if the fleet honours it (issued, its host
+    /// not removed).
+    fn cert_host(&self, cert_fp: &str) -> Result<Option<CertRecord>, StoreError>;
+}
+
+impl Allowlist for Store {
+    fn cert_host(&self, cert_fp: &str) -> Result<Option<CertRecord>, StoreError> {
+        Store::cert_host(self, cert_fp)
+    }
+}
+
+impl Allowlist for Peers {
+    fn cert_host(&self, cert_fp: &str) -> Result<Option<CertRecord>, StoreError> {
+        Peers::cert_host(self, cert_fp)
+    }
 }
 
 struct AuthorityRef(Arc<Authority>);
@@ -56,8 +76,8 @@ impl ResolvesServerCert for ServerCert {
     }
 }
 
-// Store and Metrics do not implement Debug; wrap them to satisfy the trait bound.
-struct StoreRef(Store);
+// The allowlist and Metrics do not implement Debug; wrap them to satisfy the trait bound.
+struct StoreRef(Arc<dyn Allowlist>);
 impl std::fmt::Debug for StoreRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Store")
@@ -166,7 +186,7 @@ impl ClientCertVerifier for AllowlistVerifier {
 /// CA(s) (agents pin the CA by fingerprint and find it in the chain).
 pub fn server_config(
     authority: Arc<Authority>,
-    store: Store,
+    store: Arc<dyn Allowlist>,
     metrics: Arc<Metrics>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     let verifier = AllowlistVerifier {

@@ -36,7 +36,7 @@ impl PublicKey {
                 "not a fleet public key: expected {KEY_PREFIX} and 64 hex digits, as in the .pub file                  'fleetctl keys generate' writes{hint}"
             ));
         };
-        let bytes = unhex(hex)
+        let bytes = crate::transport::unhex(hex)
             .filter(|b| b.len() == 32)
             .ok_or_else(|| format!("not a fleet public key: {KEY_PREFIX} must be followed by 64 hex digits"))?;
         let mut k = [0u8; 32];
@@ -54,16 +54,6 @@ impl std::fmt::Display for PublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{KEY_PREFIX}{}", crate::transport::hex(&self.0))
     }
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// The bytes a release signature covers.

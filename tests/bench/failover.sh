@@ -2,8 +2,8 @@
 # Benchmark (prints figures, asserts nothing): failover between three
 # controllers (release build) of one fleet on a 3-member etcd cluster on
 # loopback, with N simulated agents (fleet-sim) that know all three:
-#   - each controller's RSS: the serving one with N hosts, the standbys;
-#   - kill -9 of the serving controller: when a standby serves (its log),
+#   - each controller's RSS: the serving one with N hosts, the followers;
+#   - kill -9 of the serving controller: when a follower serves (its log),
 #     and when all N hosts are connected to it (its fleet_agents_connected).
 #   N=1000 bash tests/bench/failover.sh
 # Needs Debian's etcd-server (tests/deps.sh installs it) and the open-file
@@ -51,7 +51,7 @@ for _ in $(seq 12000); do grep -q "^connected $n hosts" "$work/sim.log" && break
 grep -q "^connected $n hosts" "$work/sim.log" || { echo "fleet-sim did not connect $n hosts:" >&2; tail -5 "$work/sim.log" >&2; exit 1; }
 sleep 5
 echo "hosts:            $n (heartbeat every $heartbeat), 3 controllers on a 3-member etcd"
-echo "RSS:              serving a: $(rss_mib a) MiB; standbys b: $(rss_mib b) MiB, c: $(rss_mib c) MiB"
+echo "RSS:              serving a: $(rss_mib a) MiB; followers b: $(rss_mib b) MiB, c: $(rss_mib c) MiB"
 
 kill -9 "${cpid[a]}"
 killed=$(date +%s.%N)
@@ -61,7 +61,7 @@ for _ in $(seq 600); do
     [ -n "$next" ] && break
     sleep 0.05
 done
-[ -n "$next" ] || { echo "no standby served within 30 s" >&2; exit 1; }
+[ -n "$next" ] || { echo "no follower served within 30 s" >&2; exit 1; }
 served=$(date +%s.%N)
 for _ in $(seq 3000); do
     [ "$(connected_on "$next")" = "$n" ] && break

@@ -274,7 +274,7 @@ fn init_checks_etcd_before_it_writes_and_never_takes_a_prefix_that_holds_a_fleet
 }
 
 #[test]
-fn a_second_controller_stands_by_listed_among_the_members_and_serves_once_the_first_is_gone() {
+fn a_second_controller_follows_forwarding_to_the_first_listed_among_the_members_and_serves_once_the_first_is_gone() {
     let etcd = Etcd::start();
     let args = init_args(&etcd, "fleet/pair/");
     let mut fleet = Fleet::controller_only_with(&strs(&args), &[], "info");
@@ -303,13 +303,16 @@ fn a_second_controller_stands_by_listed_among_the_members_and_serves_once_the_fi
         stderr(&out)
     );
 
-    // A copy of the data dir (the same CA and keys) on other ports stands by.
+    // A copy of the data dir (the same CA and keys) on other ports follows:
+    // it forwards what it is asked to the serving controller.
     let mut second = fleet.controller.copy(fleet.root.path(), "second");
     second.spawn();
-    wait_until(Duration::from_secs(60), "the second controller to stand by", || {
-        second.log_text().contains("standing by").then_some(())
+    wait_until(Duration::from_secs(60), "the second controller to follow", || {
+        second
+            .log_text()
+            .contains("forwarding to the controller that serves")
+            .then_some(())
     });
-    std::thread::sleep(Duration::from_secs(3));
     assert!(
         second
             .child
@@ -318,19 +321,33 @@ fn a_second_controller_stands_by_listed_among_the_members_and_serves_once_the_fi
             .try_wait()
             .expect("wait")
             .is_none(),
-        "a standby keeps running: {}",
+        "a follower keeps running: {}",
         second.log_text()
     );
     assert!(!second.log_text().contains("fleet-controller serving"));
-    // Probes see a standby for what it is.
-    let (code, body) = http_get_status(second.metrics, "/healthz").expect("the standby's /healthz");
-    assert_eq!(code, 503, "{body}");
+    // Probes see a follower for what it is.
+    let (code, body) = http_get_status(second.metrics, "/healthz").expect("the follower's /healthz");
+    assert_eq!(code, 200, "{body}");
     assert!(
-        body.contains("standby") && body.contains(&fleet.controller.addr.to_string()),
+        body.contains("follower") && body.contains(&fleet.controller.addr.to_string()),
         "{body}"
     );
-    let text = http_get(second.metrics, "/metrics").expect("the standby's /metrics");
-    assert!(text.contains("fleet_controller_standby 1"), "{text}");
+    let text = http_get(second.metrics, "/metrics").expect("the follower's /metrics");
+    assert!(text.contains("fleet_controller_follower 1"), "{text}");
+    // An operator who knows only the follower is answered by the serving
+    // controller through it.
+    let through = fleet.fleetctl_with_controller(&second.addr.to_string(), &["hosts", "ls", "--output", "json"]);
+    assert!(
+        through.status.success(),
+        "hosts ls through the follower: {}",
+        stderr(&through)
+    );
+    let text = http_get(second.metrics, "/metrics").expect("the follower's /metrics");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("fleet_controller_forwarded_requests_total ") && !l.ends_with(" 0")),
+        "{text}"
+    );
     let listed = members(&fleet.controller.config);
     let roles: Vec<(&str, &str)> = listed
         .iter()
@@ -340,7 +357,7 @@ fn a_second_controller_stands_by_listed_among_the_members_and_serves_once_the_fi
         fleet.controller.data_dir.display().to_string(),
         second.data_dir.display().to_string(),
     );
-    let mut want = vec![("serving", first_dir.as_str()), ("standby", second_dir.as_str())];
+    let mut want = vec![("serving", first_dir.as_str()), ("follower", second_dir.as_str())];
     let mut got = roles.clone();
     got.sort();
     want.sort();

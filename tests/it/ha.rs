@@ -1,13 +1,15 @@
 //! Three controllers of one fleet on a real 3-member etcd cluster, with six
-//! hosts (each with its own systemd) that know all three: one controller
-//! serves, two stand by copying its releases. Killed mid-rollout, the
-//! serving one is replaced; the hosts move to the new one and the rollout
-//! finishes there, every host activated exactly once.
+//! hosts (each with its own systemd): one controller serves, two follow,
+//! forwarding what they are asked to it and copying its releases. The
+//! hosts dial the followers, so every task reaches its host through a
+//! controller other than the one that decided it. Killed mid-rollout, the
+//! serving one is replaced; the hosts come back through the others and
+//! the rollout finishes there, every host activated exactly once.
 
 use std::time::{Duration, Instant};
 
 use crate::etcd_store::{init_args, members, stderr, strs, Etcd};
-use crate::harness::{bin, wait_until, Controller, Fleet};
+use crate::harness::{bin, http_get, http_get_status, wait_until, Controller, Fleet};
 use crate::rollouts::{rollout_id, Cluster};
 
 /// The role of each controller of `config`'s fleet, by its data dir.
@@ -63,16 +65,22 @@ fn three_controllers_a_rollout_survives_its_controller_killed_mid_batch_and_host
     assert!(!refused.exists(), "nothing written for a refused join");
     b.spawn();
     c.spawn();
+    let serving = fleet.controller.addr.to_string();
     for s in [&b, &c] {
-        wait_until(Duration::from_secs(60), "a standby", || {
-            s.log_text().contains("standing by").then_some(())
+        wait_until(Duration::from_secs(60), "a follower", || {
+            s.log_text()
+                .contains("forwarding to the controller that serves")
+                .then_some(())
         });
+        let (code, body) = http_get_status(s.metrics, "/healthz").expect("a follower's /healthz");
+        assert!(code == 200 && body.contains(&serving), "{code} {body}");
     }
     assert_eq!(
         roles(&fleet.controller.config, &[&fleet.controller, &b, &c]),
-        ["serving", "standby", "standby"]
+        ["serving", "follower", "follower"]
     );
-    // Hosts and fleetctl know all three.
+    // fleetctl knows all three; the hosts know the two followers only, so
+    // that every host's stream is held by a controller that does not serve.
     let all = [fleet.controller.addr, b.addr, c.addr].map(|a| a.to_string()).join(",");
     let fleetctl = std::fs::read_to_string(&fleet.controller.fleetctl_config).expect("fleetctl.toml");
     let line = fleetctl
@@ -85,10 +93,24 @@ fn three_controllers_a_rollout_survives_its_controller_killed_mid_batch_and_host
         fleetctl.replace(&line, &format!("controller = \"{all}\"")),
     )
     .expect("write fleetctl.toml");
-    fleet.agent_controllers = Some(all);
+    fleet.agent_controllers = Some([b.addr, c.addr].map(|a| a.to_string()).join(","));
     let cluster = Cluster::on_fleet(fleet, &[""; 6], "info");
+    let forwarded = |c: &Controller| {
+        http_get(c.metrics, "/metrics")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("fleet_controller_forwarded_connections "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        forwarded(&b) + forwarded(&c) >= 6,
+        "the followers hold the hosts' connections: b {}, c {}",
+        forwarded(&b),
+        forwarded(&c)
+    );
 
-    // A push is answered once a standby holds a copy too.
+    // A push is answered once a follower holds a copy too.
     cluster.push("1.0.0", &[]);
     let v1 = cluster
         .fleet
@@ -100,10 +122,27 @@ fn three_controllers_a_rollout_survives_its_controller_killed_mid_batch_and_host
         .to_string();
     assert!(
         holds(&b, &sha1) || holds(&c, &sha1),
-        "a standby holds 1.0.0 when the push is answered"
+        "a follower holds 1.0.0 when the push is answered"
     );
-    let out = cluster.rollout(&["--release", "1.0.0", "--batch", "100%", "--wait"]);
-    assert!(out.status.success(), "rollout 1.0.0: {}", stderr(&out));
+    // An operator who knows only a follower rolls it out through it.
+    let out = cluster.fleet.fleetctl_with_controller(
+        &c.addr.to_string(),
+        &[
+            "rollout",
+            crate::rollouts::APP,
+            "--release",
+            "1.0.0",
+            "--batch",
+            "100%",
+            "--wait",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "rollout 1.0.0 through a follower: {}",
+        stderr(&out)
+    );
+    cluster.wait_all_serve("1.0.0");
     cluster.push("2.0.0", &[]);
     let out = cluster.rollout(&["--release", "2.0.0", "--batch", "1", "--output", "json"]);
     assert!(out.status.success(), "rollout 2.0.0: {}", stderr(&out));
@@ -133,7 +172,7 @@ fn three_controllers_a_rollout_survives_its_controller_killed_mid_batch_and_host
     let mut cluster = cluster;
     cluster.fleet.controller.kill9();
     let killed = Instant::now();
-    let next = wait_until(Duration::from_secs(60), "a standby to serve", || {
+    let next = wait_until(Duration::from_secs(60), "a follower to serve", || {
         [&b, &c]
             .into_iter()
             .position(|s| s.log_text().contains("fleet-controller serving"))
@@ -142,7 +181,7 @@ fn three_controllers_a_rollout_survives_its_controller_killed_mid_batch_and_host
     cluster.fleet.wait_connected(6, Duration::from_secs(60));
     let reconnected = killed.elapsed();
     println!(
-        "failover: a standby served {:.1} s after the kill; all 6 hosts connected to it {:.1} s after the kill \
+        "failover: a follower served {:.1} s after the kill; all 6 hosts connected to it {:.1} s after the kill \
          ({:.1} s after it served)",
         took_over.as_secs_f64(),
         reconnected.as_secs_f64(),
@@ -176,7 +215,7 @@ fn three_controllers_a_rollout_survives_its_controller_killed_mid_batch_and_host
     let _ = following.wait();
 
     // One etcd member lost: the new serving controller takes a push (a
-    // standby copies it) and rolls it out.
+    // follower copies it) and rolls it out.
     let mut etcd = etcd;
     etcd.kill9_member(1);
     cluster.push("3.0.0", &[]);
@@ -188,12 +227,12 @@ fn three_controllers_a_rollout_survives_its_controller_killed_mid_batch_and_host
     );
     cluster.wait_all_serve("3.0.0");
 
-    // The killed one comes back as a standby.
+    // The killed one comes back as a follower.
     cluster.fleet.controller.spawn();
     let config = [&b, &c][next].config.clone();
-    wait_until(Duration::from_secs(60), "the old controller to stand by", || {
+    wait_until(Duration::from_secs(60), "the old controller to follow", || {
         let r = roles(&config, &[&cluster.fleet.controller, &b, &c]);
-        (r.iter().filter(|x| *x == "serving").count() == 1 && r.iter().filter(|x| *x == "standby").count() == 2)
+        (r.iter().filter(|x| *x == "serving").count() == 1 && r.iter().filter(|x| *x == "follower").count() == 2)
             .then_some(())
     });
     b.kill9();

@@ -549,6 +549,14 @@ impl Fleet {
         c
     }
 
+    /// Runs fleetctl as the admin against the controller at `addr` only.
+    pub fn fleetctl_with_controller(&self, addr: &str, args: &[&str]) -> Output {
+        self.fleetctl_command(args)
+            .env("FLEET_CONTROLLER", addr)
+            .output()
+            .expect("run fleetctl")
+    }
+
     /// Runs fleetctl as the admin with a deadline: `Err` says it did not
     /// finish within `timeout` (the process is killed), so a test of a
     /// controller that may hang fails instead of hanging too.

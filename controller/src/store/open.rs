@@ -173,7 +173,7 @@ impl Store {
     }
 
     /// The fleet's controllers (on etcd: each running one, serving or
-    /// standing by); on sled, an error saying one controller serves it.
+    /// following); on sled, an error saying one controller serves it.
     pub fn members(backend: &Backend) -> Result<Vec<etcd::Peer>, StoreError> {
         match backend {
             Backend::Sled => Err(alone_on_sled()),
@@ -354,6 +354,12 @@ impl Peers {
             .map(|p| p.field("addr").to_string())
             .filter(|a| *a != self.addr)
             .collect())
+    }
+
+    /// The record of a client certificate the fleet honours now (a
+    /// follower checks the certificates of the hosts it forwards).
+    pub fn cert_host(&self, cert_fp: &str) -> Result<Option<super::CertRecord>, StoreError> {
+        super::honoured_cert(self.kv.as_ref(), cert_fp)
     }
 
     /// Every release of the fleet.

@@ -317,7 +317,7 @@ impl EtcdKv {
                     }
                     if !told {
                         if deadline.is_none() {
-                            tracing::info!(holder = %other, "standing by: another controller serves this fleet; this one serves when that one is gone (within {LOCK_TTL:?} of its death)");
+                            tracing::info!(holder = %other, "following: another controller serves this fleet; this one forwards its clients to it and serves when it is gone (within {LOCK_TTL:?} of its death)");
                         } else {
                             tracing::warn!(holder = %other, "waiting for the fleet's serving lock (it expires within {LOCK_TTL:?} if its holder died)");
                         }

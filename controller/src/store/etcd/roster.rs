@@ -1,5 +1,5 @@
 //! Who the fleet's controllers are. Every running controller on etcd, the
-//! one serving and the ones standing by, keeps a key
+//! one serving and the ones following, keeps a key
 //! `<prefix>controllers/<host> <addr>` under a lease of its own (as long as
 //! the serving lock's), valued as its [`Holder`] plus when it started; the
 //! key goes when the controller stops or dies. `fleet-controller members`
