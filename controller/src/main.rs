@@ -22,8 +22,9 @@ enum Command {
     Init(NewDataDir),
     /// Add a controller to a fleet on etcd: a new data dir with the fleet's
     /// CA and keys (copied from one of its controllers into --from), a
-    /// server certificate of its own for --san, and the fleet's etcd. It
-    /// stands by while another controller serves, copying the releases.
+    /// server certificate of its own for --san, and the fleet's etcd. While
+    /// another controller serves, it forwards its clients to that one and
+    /// copies the releases.
     Join {
         /// A directory holding ca.pem, ca.key and mac.key from the data dir
         /// of a controller of the fleet (copy them over ssh; they are as
@@ -416,7 +417,7 @@ fn print_next_steps(r: &fleet_controller::InitReport) {
         } else {
             println!("  1. start it:  fleet-controller serve --config {}", r.config.display());
         }
-        println!("     It stands by while another controller serves; 'fleet-controller members' lists them.");
+        println!("     It forwards to the controller that serves until it serves itself; 'fleet-controller members' lists them.");
         println!(
             "  2. add {} to the controller list of agents (agent.toml) and of fleetctl (fleetctl.toml), e.g.",
             r.controller
