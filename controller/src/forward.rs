@@ -16,6 +16,8 @@
 //!   and then authenticates and authorizes as for a direct client.
 //! - Responses and streams come back unchanged: a rollout's task reaches a
 //!   host whose stream a follower holds through that stream.
+//! - The peers' artifact copies (`PeerService`) a follower answers itself:
+//!   the controller that serves next may lack an artifact another holds.
 //! - When the serving controller dies, the streams forwarded to it end;
 //!   clients dial again, and a follower forwards to the controller that
 //!   serves next (read from etcd every [`LEADER_LOOK`]). Until one serves,
@@ -223,7 +225,17 @@ pub struct Following {
     pub counts: Arc<Counts>,
     /// Asks [`watch_leader`] to read who serves now, not at its next look.
     pub look_now: Arc<tokio::sync::Notify>,
+    /// What it answers itself: requests whose path starts with `.0` (the
+    /// peers' artifact copies, which the serving controller may lack).
+    pub local: Option<(&'static str, Local)>,
 }
+
+/// A service a follower answers with itself.
+pub type Local = tower::util::BoxCloneSyncService<
+    http::Request<hyper::body::Incoming>,
+    http::Response<tonic::body::Body>,
+    Infallible,
+>;
 
 /// A follower's figures.
 #[derive(Debug, Default)]
@@ -378,6 +390,11 @@ async fn forward(
     following: Arc<Following>,
     upstream: Arc<Upstream>,
 ) -> Result<http::Response<tonic::body::Body>, Infallible> {
+    if let Some((prefix, local)) = &following.local {
+        if req.uri().path().starts_with(prefix) {
+            return local.clone().oneshot(req).await;
+        }
+    }
     let (leader, mut channel) = match upstream_channel(&following, &upstream).await {
         Ok(up) => up,
         Err(why) => return Ok(unavailable(&why)),

@@ -38,12 +38,28 @@ pub const PEER_GRANTS: &str = "peer-fetch-grant-v1";
 /// How often a standby looks for releases it lacks.
 pub const MIRROR_EVERY: Duration = Duration::from_secs(1);
 
-/// `PeerService`: artifacts for the fleet's other controllers.
+/// `PeerService`: artifacts for the fleet's other controllers, from the
+/// serving controller or from a follower's copies.
 pub struct PeerApi {
-    /// The fleet.
-    pub fleet: Arc<Fleet>,
+    /// Where the release records and the artifacts are.
+    pub holder: Holder,
     /// Checks peer grants.
     pub grants: Grants,
+}
+
+/// Whose artifacts a [`PeerApi`] serves.
+pub enum Holder {
+    /// The serving controller's.
+    Serving(Arc<Fleet>),
+    /// A follower's copies (the releases read from etcd).
+    Following {
+        /// The fleet in etcd.
+        peers: Arc<Peers>,
+        /// The follower's artifact store.
+        artifacts: Arc<Artifacts>,
+        /// Counts a damaged artifact.
+        metrics: Arc<crate::metrics::Metrics>,
+    },
 }
 
 #[tonic::async_trait]
@@ -54,7 +70,6 @@ impl PeerService for PeerApi {
         &self,
         req: Request<FetchArtifactRequest>,
     ) -> std::result::Result<Response<Self::FetchArtifactStream>, Status> {
-        let fleet = &self.fleet;
         let r = req.get_ref();
         let denied = |why: String| {
             tracing::warn!(sha256 = %r.sha256, reason = %why, "a peer's artifact download refused");
@@ -70,12 +85,28 @@ impl PeerService for PeerApi {
             return Err(denied(refusal.to_string()).into());
         }
         let grant = r.grant.clone().unwrap_or_default();
-        let release = match fleet.store.release(&grant.app, &grant.version).map_err(Error::Store)? {
+        let found = match &self.holder {
+            Holder::Serving(fleet) => fleet.store.release(&grant.app, &grant.version),
+            Holder::Following { peers, .. } => {
+                let (peers, app, version) = (peers.clone(), grant.app.clone(), grant.version.clone());
+                tokio::task::spawn_blocking(move || peers.release(&app, &version))
+                    .await
+                    .map_err(|e| Status::internal(format!("reading the release: {e}")))?
+            }
+        }
+        .map_err(Error::Store)?;
+        let release = match found {
             Some(rel) if rel.artifact.as_ref().is_some_and(|a| a.sha256 == r.sha256) => rel,
             _ => return Err(denied(format!("release {} {} no longer exists", grant.app, grant.version)).into()),
         };
         tracing::info!(app = %grant.app, version = %grant.version, offset = r.offset, "a peer controller copies an artifact");
-        Ok(Response::new(crate::releases::fetch(fleet, r, &release)?))
+        let chunks = match &self.holder {
+            Holder::Serving(fleet) => crate::releases::fetch(fleet, r, &release)?,
+            Holder::Following { artifacts, metrics, .. } => {
+                crate::releases::fetch_from(artifacts, metrics, r, &release)?
+            }
+        };
+        Ok(Response::new(chunks))
     }
 }
 
@@ -134,6 +165,7 @@ async fn mirror_once(m: &Mirror, noted: &mut std::collections::HashSet<String>) 
     // Who serves: read once a round, and only when something is missing.
     let mut serving: Option<Option<String>> = None;
     let mut copied = 0;
+    let mut lacking = Vec::new();
     for release in releases {
         let Some(artifact) = release.artifact.clone() else {
             continue;
@@ -156,19 +188,54 @@ async fn mirror_once(m: &Mirror, noted: &mut std::collections::HashSet<String>) 
             let peers = m.peers.clone();
             serving = Some(tokio::task::spawn_blocking(move || peers.serving_addr()).await??);
         }
-        let Some(from) = serving.clone().flatten() else {
-            anyhow::bail!(
-                "no controller serves the fleet now, and this one lacks {} {}",
+        // From the serving controller first, then from any controller that
+        // noted a copy (the serving one may lack it: it took over before
+        // copying a release pushed just before the last one died).
+        let (peers, sha) = (m.peers.clone(), artifact.sha256.clone());
+        let holders = tokio::task::spawn_blocking(move || peers.copies(&sha)).await??;
+        let me = m.peers.addr();
+        let mut sources: Vec<String> = Vec::new();
+        for source in serving.clone().flatten().into_iter().chain(holders) {
+            if source != me && !sources.contains(&source) {
+                sources.push(source);
+            }
+        }
+        let mut from = None;
+        let mut failures = Vec::new();
+        for source in sources {
+            match fetch(m, &source, &release).await {
+                Ok(()) => {
+                    from = Some(source);
+                    break;
+                }
+                Err(e) => failures.push(format!("{source}: {e:#}")),
+            }
+        }
+        let Some(from) = from else {
+            // The others are copied all the same.
+            lacking.push(format!(
+                "{} {} ({})",
                 release.app,
-                artifact.version
-            );
+                artifact.version,
+                if failures.is_empty() {
+                    "no other controller holds it".to_string()
+                } else {
+                    failures.join("; ")
+                }
+            ));
+            continue;
         };
-        fetch(m, &from, &release).await?;
         let (peers, sha) = (m.peers.clone(), artifact.sha256.clone());
         tokio::task::spawn_blocking(move || peers.note_copy(&sha)).await??;
         noted.insert(artifact.sha256.clone());
         tracing::info!(app = %release.app, version = %artifact.version, from = %from, "copied a release's artifact");
         copied += 1;
+    }
+    if !lacking.is_empty() {
+        anyhow::bail!(
+            "copied {copied}; this controller lacks the artifacts of {}",
+            lacking.join(", ")
+        );
     }
     Ok(copied)
 }

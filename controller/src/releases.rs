@@ -21,10 +21,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::artifacts::{check_head, ArtifactError, Condition, NotARelease, HEAD};
+use crate::artifacts::{check_head, ArtifactError, Artifacts, Condition, NotARelease, HEAD};
 use crate::auth::operator;
 use crate::error::{Error, Result};
 use crate::fleet::Fleet;
+use crate::metrics::Metrics;
 use crate::store::rollouts::current_of;
 
 /// Size of the chunks artifacts are served in.
@@ -473,12 +474,51 @@ pub fn fetch(
     req: &FetchArtifactRequest,
     release: &Release,
 ) -> Result<ReceiverStream<Result<ArtifactChunk, Status>>> {
+    fetch_from(&fleet.artifacts, &fleet.metrics, req, release)
+}
+
+/// How long a host's download waits for an artifact this controller is
+/// copying from another (see [`await_copy`]).
+pub const COPY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// On etcd, an artifact this controller lacks (it took over before it
+/// copied a release pushed just before the last serving controller died)
+/// is being copied from a controller that holds it (`peers::mirror`, every
+/// second): waits up to [`COPY_WAIT`] for it, so that the host's download
+/// is answered. On sled, or when the artifact is there, returns at once.
+pub async fn await_copy(fleet: &Fleet, release: &Release) -> Result<()> {
+    if fleet.store.peers().is_none() {
+        return Ok(());
+    }
+    let artifact = release.artifact.clone().unwrap_or_default();
+    let started = std::time::Instant::now();
+    let mut told = false;
+    loop {
+        let condition = tokio::task::block_in_place(|| fleet.artifacts.examine(&artifact.sha256, artifact.size))?;
+        if condition != Condition::Missing || started.elapsed() >= COPY_WAIT {
+            return Ok(());
+        }
+        if !told {
+            tracing::warn!(app = %release.app, version = %artifact.version, "a host asks for an artifact this controller lacks; waiting for its copy from another controller");
+            told = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// [`fetch`] from `artifacts`, counting a damaged one in `metrics` (a
+/// follower serves its copies to the fleet's other controllers).
+pub fn fetch_from(
+    artifacts: &Artifacts,
+    metrics: &Metrics,
+    req: &FetchArtifactRequest,
+    release: &Release,
+) -> Result<ReceiverStream<Result<ArtifactChunk, Status>>> {
     check_sha256(&req.sha256)?;
     let artifact = release.artifact.clone().unwrap_or_default();
-    let artifacts = &fleet.artifacts;
     let condition = tokio::task::block_in_place(|| artifacts.examine(&req.sha256, artifact.size))?;
     if !condition.is_intact() {
-        fleet.metrics.artifacts_corrupt.inc();
+        metrics.artifacts_corrupt.inc();
         tracing::error!(
             app = %release.app,
             version = %artifact.version,

@@ -216,6 +216,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let peer_grants = macs.derive(crate::peers::PEER_GRANTS);
     // Signs what a follower forwards; the serving controller checks it.
     let forward_signer = Arc::new(crate::forward::Signer::new(&macs.derive(crate::forward::FORWARD_KEY)));
+    // How the fleet's controllers dial each other: trusting its CAs.
+    let bundle = fleet_proto::transport::certs_from_pem("ca.pem", &authority.current().bundle_pem)
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    let peer_tls = fleet_proto::transport::client_config(fleet_proto::transport::Trust::Cas(bundle), None)
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
     let joined = |e: tokio::task::JoinError| ServeError::Startup(format!("the task opening the store failed: {e}"));
     let store = match &config.store {
         // sled's recovery reads the whole log: off the runtime.
@@ -232,15 +237,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             let standby = tokio::task::spawn_blocking(move || Store::stand_by(&backend, &data_dir, &me))
                 .await
                 .map_err(joined)??;
-            let bundle = fleet_proto::transport::certs_from_pem("ca.pem", &authority.current().bundle_pem)
-                .map_err(|e| ServeError::Tls(e.to_string()))?;
-            let tls = fleet_proto::transport::client_config(fleet_proto::transport::Trust::Cas(bundle), None)
-                .map_err(|e| ServeError::Tls(e.to_string()))?;
             let mirror = crate::peers::Mirror {
                 peers: standby.peers(),
                 artifacts: Arc::new(crate::artifacts::Artifacts::new(dir)),
                 grants: crate::grants::Grants::new(&peer_grants),
-                tls,
+                tls: peer_tls.clone(),
             };
             // Meanwhile it takes connections and forwards them to the
             // controller that serves (see `forward`).
@@ -260,6 +261,19 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 me: standby.peers().addr().to_string(),
                 counts: counts.clone(),
                 look_now: look_now.clone(),
+                local: Some((
+                    "/fleet.v1.PeerService/",
+                    tower::util::BoxCloneSyncService::new(fleet_proto::peer_service_server::PeerServiceServer::new(
+                        crate::peers::PeerApi {
+                            holder: crate::peers::Holder::Following {
+                                peers: standby.peers(),
+                                artifacts: mirror.artifacts.clone(),
+                                metrics: Arc::new(Metrics::new()),
+                            },
+                            grants: crate::grants::Grants::new(&peer_grants),
+                        },
+                    )),
+                )),
             });
             let listener = bind(config.listen, "gRPC").await?;
             let metrics_listener = bind(config.metrics_listen, "metrics").await?;
@@ -423,7 +437,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .add_service(AgentServiceServer::new(crate::stream::StreamService(fleet.clone())))
         .add_service(fleet_proto::peer_service_server::PeerServiceServer::new(
             crate::peers::PeerApi {
-                fleet: fleet.clone(),
+                holder: crate::peers::Holder::Serving(fleet.clone()),
                 grants: crate::grants::Grants::new(&peer_grants),
             },
         ))
@@ -456,6 +470,19 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let server = tokio::spawn(
         router.serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move { stop.cancelled().await }),
     );
+    // On etcd it keeps copying artifacts it lacks from the controllers that
+    // hold them (it may have taken over before copying the last push).
+    if let Some(peers) = store.peers() {
+        fleet.tracker.spawn(crate::peers::mirror(
+            crate::peers::Mirror {
+                peers,
+                artifacts: Arc::new(crate::artifacts::Artifacts::new(dir)),
+                grants: crate::grants::Grants::new(&peer_grants),
+                tls: peer_tls,
+            },
+            shutdown.clone(),
+        ));
+    }
     // Rollouts a previous run left unfinished carry on from where they
     // were; the converger starts listening for hosts that connect.
     crate::rollouts::start(&fleet);

@@ -167,10 +167,18 @@ fn enc_proto<M: Message>(m: &M) -> Vec<u8> {
     codec::proto(V1, m)
 }
 
-/// Every release in `kv`, in key order (also read by a standby, before it
-/// has a `Store`).
+/// Every release in `kv`, in key order (also read by a follower, which
+/// has no `Store`).
 fn all_releases(kv: &dyn Kv) -> Result<Vec<Release>, StoreError> {
     decode_all(kv, Space::Releases, b"", |k, v| dec_proto("releases", k, v))
+}
+
+/// `app`'s release `version` in `kv` (also read by a follower).
+fn one_release(kv: &dyn Kv, app: &str, version: &str) -> Result<Option<Release>, StoreError> {
+    let key = release_key(app, version);
+    kv.get(Space::Releases, &key)?
+        .map(|v| dec_proto("releases", &key, &v))
+        .transpose()
 }
 
 fn dec_proto<M: Message + Default>(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<M, StoreError> {
@@ -550,8 +558,7 @@ impl Store {
 
     /// One release.
     pub fn release(&self, app: &str, version: &str) -> Result<Option<Release>, StoreError> {
-        let key = release_key(app, version);
-        self.get_with(Space::Releases, &key, |k, v| dec_proto("releases", k, v))
+        one_release(self.kv.as_ref(), app, version)
     }
 
     /// An app's releases, newest first.

@@ -71,6 +71,7 @@ impl AgentService for StreamService {
             .ok_or_else(|| Error::Denied("this certificate was revoked (the host was removed)".into()))?;
         let release = authorize_fetch(fleet, &cert.host_id, req.get_ref())?;
         tracing::debug!(host_id = %cert.host_id, sha256 = %req.get_ref().sha256, offset = req.get_ref().offset, "artifact download");
+        crate::releases::await_copy(fleet, &release).await?;
         Ok(Response::new(crate::releases::fetch(fleet, req.get_ref(), &release)?))
     }
 

@@ -32,6 +32,80 @@ fn holds(c: &Controller, sha256: &str) -> bool {
     c.data_dir.join("artifacts").join(sha256).is_file()
 }
 
+/// Makes the admin's fleetctl.toml name the controllers `all` (commas).
+fn fleetctl_knows(fleet: &Fleet, all: &str) {
+    let fleetctl = std::fs::read_to_string(&fleet.controller.fleetctl_config).expect("fleetctl.toml");
+    let line = fleetctl
+        .lines()
+        .find(|l| l.starts_with("controller"))
+        .expect("controller in fleetctl.toml")
+        .to_string();
+    std::fs::write(
+        &fleet.controller.fleetctl_config,
+        fleetctl.replace(&line, &format!("controller = \"{all}\"")),
+    )
+    .expect("write fleetctl.toml");
+}
+
+/// The sha256 of `app`'s release `version`.
+fn sha_of(cluster: &Cluster, version: &str) -> String {
+    let v = cluster
+        .fleet
+        .fleetctl_json(&["release", "show", crate::rollouts::APP, version]);
+    v["sha256"]
+        .as_str()
+        .or_else(|| v["artifact"]["sha256"].as_str())
+        .unwrap_or_else(|| panic!("sha256 in {v}"))
+        .to_string()
+}
+
+#[test]
+fn a_controller_that_takes_over_without_an_artifact_copies_it_from_the_one_that_holds_it() {
+    let etcd = Etcd::cluster(1);
+    let args = init_args(&etcd, "fleet/copies/");
+    let mut fleet = Fleet::controller_only_with(&strs(&args), &[], "info");
+    let root = fleet.root.path().to_path_buf();
+    let mut b = fleet.controller.join(&root, "controller-b", &strs(&args), &[]);
+    let mut c = fleet.controller.join(&root, "controller-c", &strs(&args), &[]);
+    b.spawn();
+    wait_until(Duration::from_secs(60), "b to follow", || {
+        b.log_text()
+            .contains("forwarding to the controller that serves")
+            .then_some(())
+    });
+    let all = [fleet.controller.addr, b.addr, c.addr].map(|a| a.to_string()).join(",");
+    fleetctl_knows(&fleet, &all);
+    fleet.agent_controllers = Some(all);
+    let mut cluster = Cluster::on_fleet(fleet, &[""; 2], "info");
+    // Pushed to a, copied by b (the push waits for it); c is not running.
+    cluster.push("1.0.0", &[]);
+    let sha = sha_of(&cluster, "1.0.0");
+    assert!(holds(&b, &sha), "b holds 1.0.0 when the push is answered");
+    // b, then a die; c starts and serves without the artifact.
+    b.kill9();
+    cluster.fleet.controller.kill9();
+    c.spawn();
+    wait_until(Duration::from_secs(60), "c to serve", || {
+        c.log_text().contains("fleet-controller serving").then_some(())
+    });
+    assert!(!holds(&c, &sha), "c never had a chance to copy 1.0.0");
+    // b returns (as a follower): c copies the artifact from it, verified,
+    // and the hosts get it from c.
+    b.spawn();
+    cluster.fleet.wait_connected(2, Duration::from_secs(60));
+    let out = cluster.rollout(&["--release", "1.0.0", "--batch", "100%", "--wait"]);
+    assert!(out.status.success(), "rollout 1.0.0 from c: {}", stderr(&out));
+    cluster.wait_all_serve("1.0.0");
+    assert!(holds(&c, &sha), "c holds 1.0.0 now");
+    assert!(
+        c.log_text().contains("copied a release's artifact") && c.log_text().contains(&b.addr.to_string()),
+        "c copied 1.0.0 from b: {}",
+        c.log_text()
+    );
+    b.kill9();
+    c.kill9();
+}
+
 #[test]
 fn three_controllers_a_rollout_survives_its_controller_killed_mid_batch_and_hosts_move_to_the_next() {
     let etcd = Etcd::cluster(3);
@@ -82,17 +156,7 @@ fn three_controllers_a_rollout_survives_its_controller_killed_mid_batch_and_host
     // fleetctl knows all three; the hosts know the two followers only, so
     // that every host's stream is held by a controller that does not serve.
     let all = [fleet.controller.addr, b.addr, c.addr].map(|a| a.to_string()).join(",");
-    let fleetctl = std::fs::read_to_string(&fleet.controller.fleetctl_config).expect("fleetctl.toml");
-    let line = fleetctl
-        .lines()
-        .find(|l| l.starts_with("controller"))
-        .expect("controller in fleetctl.toml")
-        .to_string();
-    std::fs::write(
-        &fleet.controller.fleetctl_config,
-        fleetctl.replace(&line, &format!("controller = \"{all}\"")),
-    )
-    .expect("write fleetctl.toml");
+    fleetctl_knows(&fleet, &all);
     fleet.agent_controllers = Some([b.addr, c.addr].map(|a| a.to_string()).join(","));
     let cluster = Cluster::on_fleet(fleet, &[""; 6], "info");
     let forwarded = |c: &Controller| {
@@ -112,14 +176,7 @@ fn three_controllers_a_rollout_survives_its_controller_killed_mid_batch_and_host
 
     // A push is answered once a follower holds a copy too.
     cluster.push("1.0.0", &[]);
-    let v1 = cluster
-        .fleet
-        .fleetctl_json(&["release", "show", crate::rollouts::APP, "1.0.0"]);
-    let sha1 = v1["sha256"]
-        .as_str()
-        .or_else(|| v1["artifact"]["sha256"].as_str())
-        .unwrap_or_else(|| panic!("sha256 in {v1}"))
-        .to_string();
+    let sha1 = sha_of(&cluster, "1.0.0");
     assert!(
         holds(&b, &sha1) || holds(&c, &sha1),
         "a follower holds 1.0.0 when the push is answered"

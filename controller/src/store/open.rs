@@ -362,6 +362,11 @@ impl Peers {
         super::honoured_cert(self.kv.as_ref(), cert_fp)
     }
 
+    /// `app`'s release `version`.
+    pub fn release(&self, app: &str, version: &str) -> Result<Option<fleet_proto::Release>, StoreError> {
+        super::one_release(self.kv.as_ref(), app, version)
+    }
+
     /// Every release of the fleet.
     pub fn releases(&self) -> Result<Vec<fleet_proto::Release>, StoreError> {
         super::all_releases(self.kv.as_ref())
