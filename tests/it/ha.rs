@@ -292,6 +292,41 @@ fn three_controllers_a_rollout_survives_its_controller_killed_mid_batch_and_host
         (r.iter().filter(|x| *x == "serving").count() == 1 && r.iter().filter(|x| *x == "follower").count() == 2)
             .then_some(())
     });
+
+    // A second etcd member lost: no majority. Writes are refused naming
+    // etcd, whichever controller is asked; the serving one's /healthz
+    // says so.
+    etcd.kill9_member(2);
+    let out = cluster
+        .fleet
+        .fleetctl(&["token", "create", "--label", "env=test", "--output", "json"]);
+    assert!(!out.status.success(), "no etcd majority, no write");
+    assert!(stderr(&out).contains("etcd"), "{}", stderr(&out));
+    let serving_metrics = [&b, &c][next].metrics;
+    wait_until(Duration::from_secs(60), "/healthz to report etcd", || {
+        http_get_status(serving_metrics, "/healthz").filter(|(code, body)| *code == 503 && body.contains("etcd"))
+    });
+    // Both return: the fleet goes on, three controllers, one serving.
+    etcd.restart();
+    wait_until(Duration::from_secs(60), "/healthz to recover", || {
+        http_get_status(serving_metrics, "/healthz").filter(|(code, _)| *code == 200)
+    });
+    let out = cluster.rollout(&["--release", "2.0.0", "--batch", "100%", "--wait"]);
+    assert!(
+        out.status.success(),
+        "rollout 2.0.0 once etcd is back: {}",
+        stderr(&out)
+    );
+    cluster.wait_all_serve("2.0.0");
+    let r = roles(&config, &[&cluster.fleet.controller, &b, &c]);
+    assert_eq!(
+        (
+            r.iter().filter(|x| *x == "serving").count(),
+            r.iter().filter(|x| *x == "follower").count()
+        ),
+        (1, 2),
+        "{r:?}"
+    );
     b.kill9();
     c.kill9();
 }

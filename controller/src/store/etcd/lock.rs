@@ -293,20 +293,49 @@ impl EtcdKv {
             async move {
                 let deadline = wait.map(|w| Instant::now() + w);
                 let mut told = false;
+                // A follower (no deadline) outlives etcd's outages: it
+                // keeps forwarding and tries again (an attempt whose put
+                // was applied after all is found as its own next time).
+                let mut failing = false;
+                let mut retry = |e: StoreError| -> Result<(), StoreError> {
+                    if deadline.is_some() {
+                        return Err(e);
+                    }
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot try the fleet's serving lock in etcd; following on and trying again");
+                        failing = true;
+                    }
+                    Ok(())
+                };
                 loop {
-                    let lease = grant(&members).await?;
-                    let other = match try_put(&members, &key, value.as_bytes(), lease).await {
-                        Ok(None) => return Ok(lease),
-                        Ok(Some(other)) => other,
-                        Err(e) => {
-                            revoke(&members, lease).await;
-                            return Err(e);
+                    let attempt = async {
+                        let lease = grant(&members).await?;
+                        match try_put(&members, &key, value.as_bytes(), lease).await {
+                            Ok(None) => Ok(Ok(lease)),
+                            Ok(Some(other)) => {
+                                revoke(&members, lease).await;
+                                if me.same_place(&other) {
+                                    tracing::info!(previous = %other, "taking over the serving lock of this controller's previous run");
+                                    take_over(&members, &key, &other).await?;
+                                }
+                                Ok(Err(other))
+                            }
+                            Err(e) => {
+                                revoke(&members, lease).await;
+                                Err(e)
+                            }
                         }
                     };
-                    revoke(&members, lease).await;
+                    let other = match attempt.await {
+                        Ok(Ok(lease)) => return Ok(lease),
+                        Ok(Err(other)) => other,
+                        Err(e) => {
+                            retry(e)?;
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    };
                     if me.same_place(&other) {
-                        tracing::info!(previous = %other, "taking over the serving lock of this controller's previous run");
-                        take_over(&members, &key, &other).await?;
                         continue;
                     }
                     if deadline.is_some_and(|d| Instant::now() >= d) {
