@@ -308,6 +308,45 @@ fn endpoint(addr: &str) -> Result<(Endpoint, String, u16, ServerName<'static>), 
 }
 
 /// Dials `host:port` (from `source` when given) and runs the TLS handshake.
+/// How long one of several addresses of a name may take to accept before
+/// the next is tried (a dead instance drops SYNs; the endpoint's own
+/// deadline is 10 s in all).
+const NEXT_ADDRESS_AFTER: Duration = Duration::from_secs(3);
+
+/// Dials the addresses a name resolved to, starting at `start` (modulo
+/// their number: callers pass a random number, so the clients of a name
+/// with several A records spread over them) and going on to the next when
+/// one refuses or does not accept within [`NEXT_ADDRESS_AFTER`].
+async fn connect_spread(
+    name: &str,
+    addrs: &[std::net::SocketAddr],
+    start: usize,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let mut last = None;
+    for i in 0..addrs.len() {
+        let addr = addrs[(start + i) % addrs.len()];
+        let more = i + 1 < addrs.len();
+        let attempt = tokio::net::TcpStream::connect(addr);
+        let result = if more {
+            match tokio::time::timeout(NEXT_ADDRESS_AFTER, attempt).await {
+                Ok(r) => r,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{addr} did not accept within {NEXT_ADDRESS_AFTER:?}"),
+                )),
+            }
+        } else {
+            attempt.await
+        };
+        match result {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{name} resolves to no address"))))
+}
+
 fn tls_connector(
     host: String,
     port: u16,
@@ -323,7 +362,11 @@ fn tls_connector(
         async move {
             // Invariant: lookup happens here, per attempt, never cached.
             let tcp = match source {
-                None => tokio::net::TcpStream::connect((host.as_str(), port)).await?,
+                None => {
+                    let addrs: Vec<std::net::SocketAddr> =
+                        tokio::net::lookup_host((host.as_str(), port)).await?.collect();
+                    connect_spread(&host, &addrs, fastrand::usize(..)).await?
+                }
                 Some(ip) => {
                     let to = tokio::net::lookup_host((host.as_str(), port))
                         .await?
@@ -524,6 +567,39 @@ pub fn explain(err: &(dyn std::error::Error + 'static), addr: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_addresses_of_a_name_are_spread_over_and_a_dead_one_is_passed() {
+        let a = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let b = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        // An address nobody listens on (bound, then closed).
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let addrs = [dead, a.local_addr().expect("addr"), b.local_addr().expect("addr")];
+        let mut reached = Vec::new();
+        for start in 0..6 {
+            let tcp = connect_spread("fleet.example", &addrs, start)
+                .await
+                .expect("a live address");
+            reached.push(tcp.peer_addr().expect("peer"));
+        }
+        // Starting at the dead one goes on to the next; every start lands
+        // where the order says, so random starts spread over the live ones.
+        assert_eq!(
+            reached,
+            [addrs[1], addrs[1], addrs[2], addrs[1], addrs[1], addrs[2]],
+            "{addrs:?}"
+        );
+        let err = connect_spread("fleet.example", &[dead], 0).await.expect_err("dead");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+        let err = connect_spread("fleet.example", &[], 0).await.expect_err("none");
+        assert!(
+            err.to_string().contains("fleet.example resolves to no address"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn host_port_forms() {
