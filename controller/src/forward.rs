@@ -35,7 +35,6 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
-use tonic::transport::Channel;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::connections::Connections;
@@ -214,7 +213,7 @@ where
 /// What a follower needs to forward.
 pub struct Following {
     /// Which controller serves now (see [`watch_leader`]).
-    pub leader: watch::Receiver<Option<String>>,
+    pub leader: watch::Receiver<Leader>,
     /// Trusts the fleet's CA, for dialing the serving controller.
     pub tls: Arc<rustls::ClientConfig>,
     /// Signs what it forwards.
@@ -277,35 +276,48 @@ impl Drop for Open {
     }
 }
 
+/// Who a follower forwards to: the address of the controller serving the
+/// fleet (`None`: none does now), or why it cannot tell (etcd does not
+/// answer, and it never read who serves).
+pub type Leader = Result<Option<String>, String>;
+
 /// Keeps `tx` up to date with the address of the controller serving the
-/// fleet, read from etcd every [`LEADER_LOOK`], until `stop`.
+/// fleet, read from etcd every [`LEADER_LOOK`], until `stop`. When etcd
+/// does not answer, the last address read stays (the controller there
+/// may well still serve).
 pub async fn watch_leader(
     peers: Arc<Peers>,
-    tx: watch::Sender<Option<String>>,
+    tx: watch::Sender<Leader>,
     look_now: Arc<tokio::sync::Notify>,
     stop: CancellationToken,
 ) {
     loop {
         let p = peers.clone();
-        match tokio::task::spawn_blocking(move || p.serving_addr()).await {
-            Ok(Ok(leader)) => {
-                tx.send_if_modified(|now| {
-                    let changed = *now != leader;
-                    if changed {
-                        match &leader {
-                            Some(addr) => tracing::info!(serving = %addr, "forwarding to the controller that serves"),
-                            None => tracing::warn!(
-                                "no controller serves this fleet now; answering UNAVAILABLE until one does"
-                            ),
-                        }
-                        now.clone_from(&leader);
-                    }
-                    changed
-                });
+        let read = match tokio::task::spawn_blocking(move || p.serving_addr()).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("the task reading it failed: {e}")),
+        };
+        tx.send_if_modified(|now| match (&read, &*now) {
+            (Ok(leader), _) if Ok(leader) != now.as_ref() => {
+                match leader {
+                    Some(addr) => tracing::info!(serving = %addr, "forwarding to the controller that serves"),
+                    None => tracing::warn!("no controller serves this fleet now; holding requests until one does"),
+                }
+                *now = Ok(leader.clone());
+                true
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read which controller serves; trying again"),
-            Err(e) => tracing::warn!(error = %e, "the task reading which controller serves failed"),
-        }
+            (Ok(_), _) => false,
+            (Err(e), Ok(Some(_))) => {
+                tracing::warn!(error = %e, "cannot read which controller serves; forwarding to the last one read");
+                false
+            }
+            (Err(e), _) => {
+                tracing::warn!(error = %e, "cannot read which controller serves; trying again");
+                let changed = now.as_ref().err() != Some(e);
+                *now = Err(e.clone());
+                changed
+            }
+        });
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(LEADER_LOOK) => {}
@@ -351,7 +363,7 @@ pub async fn serve(
 
 /// The upstream connection of one client connection: to the serving
 /// controller at `.0`.
-type Upstream = tokio::sync::Mutex<Option<(String, Channel)>>;
+type Upstream = tokio::sync::Mutex<Option<(String, Sender)>>;
 
 /// One client connection: HTTP/2, each request forwarded.
 async fn connection(conn: PeerConn, following: Arc<Following>) {
@@ -382,8 +394,8 @@ async fn connection(conn: PeerConn, following: Arc<Following>) {
 }
 
 /// Forwards one request to the serving controller; its response comes
-/// back as it is. Answers UNAVAILABLE when no controller serves or the
-/// serving one cannot be reached.
+/// back as it is. Answers UNAVAILABLE (gRPC; 503 to a browser) when no
+/// controller serves or the serving one cannot be reached.
 async fn forward(
     req: http::Request<hyper::body::Incoming>,
     client: PeerInfo,
@@ -395,9 +407,14 @@ async fn forward(
             return local.clone().oneshot(req).await;
         }
     }
-    let (leader, mut channel) = match upstream_channel(&following, &upstream).await {
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    let (leader, mut sender) = match upstream_sender(&following, &upstream).await {
         Ok(up) => up,
-        Err(why) => return Ok(unavailable(&why)),
+        Err(why) => return Ok(unavailable(&why, grpc)),
     };
     following
         .counts
@@ -412,53 +429,91 @@ async fn forward(
             cert_fp: client.cert_fp.clone(),
         },
     );
-    // The channel names the serving controller as the request's authority.
-    if let Some(path) = parts.uri.path_and_query().cloned() {
-        parts.uri = http::Uri::from(path);
+    // The serving controller is the request's authority.
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    match format!("https://{leader}{path}").parse() {
+        Ok(uri) => parts.uri = uri,
+        Err(_) => return Ok(unavailable(&format!("cannot forward {path} to {leader}"), grpc)),
     }
     let out = http::Request::from_parts(parts, tonic::body::Body::new(body));
-    let answered = match channel.ready().await {
-        Ok(ready) => ready.call(out).await,
-        Err(e) => Err(e),
-    };
-    match answered {
-        Ok(response) => Ok(response),
+    match sender.send_request(out).await {
+        Ok(response) => Ok(response.map(tonic::body::Body::new)),
         Err(e) => {
             // Dial again at the next request.
             *upstream.lock().await = None;
-            Ok(unavailable(&format!(
-                "this controller forwards to {leader}, which serves the fleet, and the request failed there: {e}"
-            )))
+            Ok(unavailable(
+                &format!(
+                    "this controller forwards to {leader}, which serves the fleet, and the request failed there: {e}"
+                ),
+                grpc,
+            ))
         }
     }
 }
 
-/// The channel to the serving controller for one client connection:
-/// the one it has if it still goes to the controller that serves, else a
-/// new one. While none can be had (no controller serves, or the one named
-/// cannot be reached), waits for who serves to change, looking again each
+/// Sends requests on one HTTP/2 connection to the serving controller.
+type Sender = hyper::client::conn::http2::SendRequest<tonic::body::Body>;
+
+/// Opens an HTTP/2 connection to the controller at `addr`.
+async fn open(addr: &str, tls: Arc<rustls::ClientConfig>) -> Result<Sender, String> {
+    let io = fleet_proto::transport::dial(addr, tls)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20))
+        // As a host's own: what the serving controller may send ahead of
+        // the host's reading is held here, per forwarded stream.
+        .initial_stream_window_size(fleet_proto::transport::RECEIVE_WINDOW)
+        .initial_connection_window_size(2 * fleet_proto::transport::RECEIVE_WINDOW)
+        .handshake(io)
+        .await
+        .map_err(|e| format!("HTTP/2 with {addr}: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "a connection to the serving controller ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// The connection to the serving controller for one client connection:
+/// the one it has if it is open and still goes to the controller that
+/// serves, else a new one. While none can be had (no controller serves,
+/// or the one named cannot be reached: it died and its lock has not
+/// expired yet), waits for who serves to change, looking again each
 /// second, for up to [`HOLD`]: a request made during a failover is
 /// answered by the next controller instead of failing.
-async fn upstream_channel(following: &Following, upstream: &Upstream) -> Result<(String, Channel), String> {
+async fn upstream_sender(following: &Following, upstream: &Upstream) -> Result<(String, Sender), String> {
     let deadline = tokio::time::Instant::now() + HOLD;
     let mut leader = following.leader.clone();
     let mut why = "no controller serves this fleet right now (the one serving is gone and none took over within \
                    15 s): check 'fleet-controller members', then try again"
         .to_string();
     loop {
-        let serving = leader.borrow_and_update().clone();
+        let serving = match leader.borrow_and_update().clone() {
+            Ok(serving) => serving,
+            Err(e) => {
+                why = format!("this controller cannot read from etcd which controller serves the fleet: {e}");
+                None
+            }
+        };
         if let Some(addr) = serving {
             let mut held = upstream.lock().await;
-            if let Some((to, channel)) = held.as_ref().filter(|(to, _)| *to == addr) {
-                return Ok((to.clone(), channel.clone()));
+            if let Some((to, sender)) = held.as_mut() {
+                if *to == addr && sender.ready().await.is_ok() {
+                    return Ok((addr, sender.clone()));
+                }
+                // Closed (the controller died or stopped), or another serves.
+                *held = None;
             }
-            match fleet_proto::transport::connect(&addr, following.tls.clone()).await {
-                Ok(channel) => {
-                    *held = Some((addr.clone(), channel.clone()));
-                    return Ok((addr, channel));
+            match open(&addr, following.tls.clone()).await {
+                Ok(sender) => {
+                    *held = Some((addr.clone(), sender.clone()));
+                    return Ok((addr, sender));
                 }
                 Err(e) => {
-                    *held = None;
                     why =
                         format!("this controller forwards to {addr}, which serves the fleet, and cannot reach it: {e}");
                     // It may be dead: who serves may have changed already.
@@ -472,14 +527,29 @@ async fn upstream_channel(following: &Following, upstream: &Upstream) -> Result<
         }
         let wait = (deadline - now).min(LEADER_LOOK);
         if let Ok(Err(_)) = tokio::time::timeout(wait, leader.changed()).await {
-            // The follower is stopping (it serves from now on).
-            return Err(why);
+            // The follower is stopping to serve: it closes its connections,
+            // this request's with them, and the client dials again (an
+            // answer here would be final: a browser's event stream given a
+            // 503 is not dialed again).
+            std::future::pending::<()>().await;
         }
     }
 }
 
-fn unavailable(why: &str) -> http::Response<tonic::body::Body> {
-    tonic::Status::unavailable(why).into_http()
+/// UNAVAILABLE: as a gRPC status to a gRPC client, else 503 (a browser).
+fn unavailable(why: &str, grpc: bool) -> http::Response<tonic::body::Body> {
+    if grpc {
+        return tonic::Status::unavailable(why).into_http();
+    }
+    let mut response = http::Response::new(tonic::body::Body::new(http_body_util::Full::new(
+        prost::bytes::Bytes::from(format!("{why}\n")),
+    )));
+    *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
 #[cfg(test)]

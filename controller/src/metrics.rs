@@ -543,22 +543,27 @@ pub async fn serve_http(
 /// forwarded).
 pub async fn serve_follower_http(
     listener: TcpListener,
-    leader: tokio::sync::watch::Receiver<Option<String>>,
+    leader: tokio::sync::watch::Receiver<Result<Option<String>, String>>,
     figures: impl Fn() -> String + Send + Sync + 'static,
     shutdown: CancellationToken,
 ) {
     let respond = move |path: &str| {
         match path {
         "/healthz" => match leader.borrow().clone() {
-            Some(serving) => (
+            Ok(Some(serving)) => (
                 200,
                 "text/plain",
                 format!("ok: follower, forwarding to {serving}, which serves this fleet; this controller serves when it stops or dies\n"),
             ),
-            None => (
+            Ok(None) => (
                 503,
                 "text/plain",
                 "follower: no controller serves this fleet right now (another takes over within seconds)\n".to_string(),
+            ),
+            Err(e) => (
+                503,
+                "text/plain",
+                format!("follower: cannot read from etcd which controller serves this fleet: {e}\n"),
             ),
         },
         "/metrics" => (

@@ -245,7 +245,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             };
             // Meanwhile it takes connections and forwards them to the
             // controller that serves (see `forward`).
-            let (leader_tx, leader) = tokio::sync::watch::channel(None);
+            let (leader_tx, leader) = tokio::sync::watch::channel(Ok(None));
             let counts = Arc::new(crate::forward::Counts::default());
             let look_now = Arc::new(tokio::sync::Notify::new());
             let follower_tls = crate::tls::server_config(

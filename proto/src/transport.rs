@@ -286,6 +286,35 @@ pub fn connect_lazy(addr: &str, config: Arc<ClientConfig>) -> Result<Channel, Tr
     Ok(endpoint.connect_with_connector_lazy(tls_connector(host, port, server_name, config, None)))
 }
 
+/// A TLS connection to `addr` (`host:port`) with `config`, for a caller
+/// that speaks HTTP/2 over it itself (a follower forwarding to the
+/// serving controller): unlike a [`Channel`], it is never dialed again, so
+/// its loss is seen. Within 10 s.
+pub async fn dial(
+    addr: &str,
+    config: Arc<ClientConfig>,
+) -> Result<TokioIo<impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static>, TransportError> {
+    let (host, port) = split_host_port(addr)?;
+    let server_name = ServerName::try_from(host.clone()).map_err(|_| TransportError::BadAddress(addr.to_string()))?;
+    let connector = tls_connector(host, port, server_name, config, None);
+    let failed = |e: std::io::Error| TransportError::Connect {
+        message: explain(&e, addr),
+        cause: cause_of(&e),
+    };
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        tower::ServiceExt::oneshot(connector, Uri::from_static("/")),
+    )
+    .await
+    {
+        Ok(r) => r.map_err(failed),
+        Err(_) => Err(failed(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no connection within 10 s",
+        ))),
+    }
+}
+
 /// The endpoint for `addr` with the HTTP/2 settings every client uses.
 fn endpoint(addr: &str) -> Result<(Endpoint, String, u16, ServerName<'static>), TransportError> {
     let (host, port) = split_host_port(addr)?;
@@ -307,7 +336,6 @@ fn endpoint(addr: &str) -> Result<(Endpoint, String, u16, ServerName<'static>), 
     Ok((endpoint, host, port, server_name))
 }
 
-/// Dials `host:port` (from `source` when given) and runs the TLS handshake.
 /// How long one of several addresses of a name may take to accept before
 /// the next is tried (a dead instance drops SYNs; the endpoint's own
 /// deadline is 10 s in all).
@@ -347,6 +375,7 @@ async fn connect_spread(
         .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{name} resolves to no address"))))
 }
 
+/// Dials `host:port` (from `source` when given) and runs the TLS handshake.
 fn tls_connector(
     host: String,
     port: u16,

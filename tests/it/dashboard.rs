@@ -272,3 +272,84 @@ fn a_viewer_follows_the_fleet_and_a_rollout_live_in_a_real_browser() {
         b.close().await.expect("close the browser");
     });
 }
+
+#[test]
+fn a_rollout_page_open_on_a_follower_goes_on_to_the_end_when_the_serving_controller_dies() {
+    use crate::etcd_store::{init_args, strs, Etcd};
+    let etcd = Etcd::cluster(1);
+    let args = init_args(&etcd, "fleet/dashboard/");
+    let mut fleet = crate::harness::Fleet::controller_only_with(&strs(&args), &[], "info");
+    let root = fleet.root.path().to_path_buf();
+    let mut b = fleet.controller.join(&root, "controller-b", &strs(&args), &[]);
+    b.spawn();
+    crate::harness::wait_until(Duration::from_secs(60), "b to follow", || {
+        b.log_text()
+            .contains("forwarding to the controller that serves")
+            .then_some(())
+    });
+    crate::ha::fleetctl_knows(&fleet, &format!("{},{}", fleet.controller.addr, b.addr));
+    // The hosts and the browser know b only: everything they do goes
+    // through the follower, then to b when it serves.
+    fleet.agent_controllers = Some(b.addr.to_string());
+    let mut c = Cluster::on_fleet(fleet, &[""; 2], "info");
+    c.push("1.0.0", &[]);
+    assert_success(
+        &c.rollout(&["--release", "1.0.0", "--batch", "100%", "--wait"]),
+        "rollout 1.0.0",
+    );
+    let token = c
+        .fleet
+        .fleetctl_json(&["operator", "token", "create", "admin", "--ttl", "1h"]);
+    let secret = token["secret"].as_str().expect("secret").to_string();
+    let base = format!("https://127.0.0.1:{}/ui", b.addr.port());
+    let driver = Driver::start(&root);
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let br = browser(&driver, &root.join("chromium-profile")).await;
+        br.goto(&format!("{base}/hosts")).await.expect("goto");
+        sign_in(&br, &secret).await;
+        eventually("the hosts page, through the follower", 10, async || {
+            (path(&br).await == "/ui/hosts").then_some(())
+        })
+        .await;
+        assert_eq!(
+            text(&br, "#hosts-summary").await.as_deref(),
+            Some("2 hosts, 2 connected")
+        );
+
+        c.push_slow("2.0.0", 4);
+        let started = c.rollout(&["--release", "2.0.0", "--batch", "1", "--output", "json"]);
+        assert_success(&started, "rollout 2.0.0");
+        let id = rollout_id(&started);
+        br.goto(&format!("{base}/rollouts/{id}")).await.expect("goto rollout");
+        br.execute("window.fleetTestMarker = 42;", vec![])
+            .await
+            .expect("marker");
+        eventually("a host in a phase", 30, async || {
+            let p = text(&br, "td.phase").await?;
+            (!p.is_empty()).then_some(p)
+        })
+        .await;
+
+        // The serving controller dies mid-rollout; b takes over.
+        c.fleet.controller.kill9();
+        eventually("the rollout's end, on the page opened before", 120, async || {
+            (text(&br, "#rollout-state").await? == "succeeded").then_some(())
+        })
+        .await;
+        assert_eq!(
+            text(&br, "#rollout-progress").await.as_deref(),
+            Some("2 of 2 hosts done")
+        );
+        assert_eq!(marker(&br).await, json!(42), "the page went on without a reload");
+        assert!(
+            b.log_text().contains("fleet-controller serving"),
+            "b serves now: {}",
+            b.log_text()
+        );
+        br.close().await.expect("close the browser");
+    });
+    c.wait_all_serve("2.0.0");
+    b.kill9();
+}

@@ -33,7 +33,7 @@ fn holds(c: &Controller, sha256: &str) -> bool {
 }
 
 /// Makes the admin's fleetctl.toml name the controllers `all` (commas).
-fn fleetctl_knows(fleet: &Fleet, all: &str) {
+pub fn fleetctl_knows(fleet: &Fleet, all: &str) {
     let fleetctl = std::fs::read_to_string(&fleet.controller.fleetctl_config).expect("fleetctl.toml");
     let line = fleetctl
         .lines()
@@ -293,6 +293,14 @@ fn three_controllers_a_rollout_survives_its_controller_killed_mid_batch_and_host
             .then_some(())
     });
 
+    wait_until(Duration::from_secs(30), "the old controller to forward", || {
+        cluster
+            .fleet
+            .controller
+            .log_text()
+            .contains("forwarding to the controller that serves")
+            .then_some(())
+    });
     // A second etcd member lost: no majority. Writes are refused naming
     // etcd, whichever controller is asked; the serving one's /healthz
     // says so.

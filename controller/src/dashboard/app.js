@@ -46,6 +46,19 @@
       refresh();
     }
   });
+  // The browser dials the stream again by itself when it breaks (the
+  // controller restarted, or another took over): once it is back, what
+  // happened meanwhile is fetched.
+  var lost = false;
+  source.addEventListener("error", function () {
+    lost = true;
+  });
+  source.addEventListener("open", function () {
+    if (lost) {
+      lost = false;
+      refresh();
+    }
+  });
   source.addEventListener("change", refresh);
   source.addEventListener("end", function () {
     refresh();
