@@ -109,13 +109,14 @@ pub struct EtcdKv {
     /// compares the lock's value too.
     fence: std::sync::Mutex<Option<lock::Fence>>,
     fenced: std::sync::atomic::AtomicBool,
-    /// The honoured certificates read so far (key: fingerprint; None:
+    /// The honoured certificates and the hosts read so far ([`HOT`]; None:
     /// absent), used only while this controller holds the serving lock:
     /// then it is the fleet's one writer, so every change goes through
     /// [`Kv::commit`] here, which forgets the keys it writes. Every TLS
-    /// handshake and agent RPC looks its certificate up; a reconnect storm
-    /// after a failover would otherwise be a round trip to etcd each.
-    certs: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Option<Vec<u8>>>>,
+    /// handshake and agent RPC looks its certificate and its host up; a
+    /// reconnect storm after a failover would otherwise be two round trips
+    /// to etcd each.
+    hot: std::sync::Mutex<Hot>,
     /// `<prefix><space>/` for each space, by `Space` index.
     bases: Vec<Vec<u8>>,
     /// The client's runtime; taken (and shut down without waiting) on drop.
@@ -441,7 +442,7 @@ impl EtcdKv {
             prefix: settings.prefix.clone(),
             fence: std::sync::Mutex::new(None),
             fenced: std::sync::atomic::AtomicBool::new(false),
-            certs: std::sync::Mutex::default(),
+            hot: std::sync::Mutex::default(),
             rt: Some(rt),
             handle,
         })
@@ -513,11 +514,17 @@ impl Drop for EtcdKv {
     }
 }
 
+/// What the serving controller read of the [`HOT`] spaces (None: absent).
+type Hot = std::collections::HashMap<(Space, Vec<u8>), Option<Vec<u8>>>;
+
+/// The spaces the serving controller keeps what it read of ([`EtcdKv::get`]).
+const HOT: [Space; 2] = [Space::Certs, Space::Hosts];
+
 impl Kv for EtcdKv {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let cached = space == Space::Certs && self.fence().is_some();
+        let cached = HOT.contains(&space) && self.fence().is_some();
         if cached {
-            if let Some(v) = self.cached_certs().get(key) {
+            if let Some(v) = self.cached().get(&(space, key.to_vec())) {
                 return Ok(v.clone());
             }
         }
@@ -531,7 +538,7 @@ impl Kv for EtcdKv {
             Ok(resp.kvs.into_iter().next().map(|kv| kv.value))
         })?;
         if cached {
-            self.cached_certs().insert(key.to_vec(), value.clone());
+            self.cached().insert((space, key.to_vec()), value.clone());
         }
         Ok(value)
     }
@@ -562,9 +569,9 @@ impl Kv for EtcdKv {
         // Forgotten before (a read meanwhile sees etcd, not the cache) and
         // after (a read that raced the commit may have cached the old
         // value), whatever the outcome.
-        self.forget_certs(&txn);
+        self.forget(&txn);
         let outcome = self.commit_request(&mut req);
-        self.forget_certs(&txn);
+        self.forget(&txn);
         outcome
     }
     fn count(&self, space: Space) -> Result<usize, StoreError> {
@@ -599,40 +606,36 @@ impl Kv for EtcdKv {
 }
 
 impl EtcdKv {
-    /// Reads every honoured certificate into the cache at once (the lock
-    /// holder, as it takes over: the fleet's hosts are about to reconnect,
-    /// each looking its certificate up). Returns how many.
-    pub fn preload_certs(&self) -> Result<usize, StoreError> {
+    /// Reads every honoured certificate and every host into the cache at
+    /// once (the lock holder, as it takes over: the fleet's hosts are about
+    /// to reconnect, each looking its certificate and host up). Returns how
+    /// many.
+    pub fn preload_hot(&self) -> Result<usize, StoreError> {
         if self.fence().is_none() {
             return Ok(0);
         }
-        let all = self.scan_prefix(Space::Certs, b"")?;
-        let n = all.len();
-        let mut certs = self.cached_certs();
-        for (k, v) in all {
-            certs.entry(k).or_insert(Some(v));
+        let mut n = 0;
+        for space in HOT {
+            let all = self.scan_prefix(space, b"")?;
+            n += all.len();
+            let mut hot = self.cached();
+            for (k, v) in all {
+                hot.entry((space, k)).or_insert(Some(v));
+            }
         }
         Ok(n)
     }
 
-    fn cached_certs(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Vec<u8>, Option<Vec<u8>>>> {
-        self.certs.lock().unwrap_or_else(|p| p.into_inner())
+    fn cached(&self) -> std::sync::MutexGuard<'_, Hot> {
+        self.hot.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn forget_certs(&self, txn: &Txn) {
-        let mut certs = self.cached_certs();
+    fn forget(&self, txn: &Txn) {
+        let mut hot = self.cached();
         for op in &txn.ops {
-            if let Op::Put {
-                space: Space::Certs,
-                key,
-                ..
-            }
-            | Op::Delete {
-                space: Space::Certs,
-                key,
-            } = op
-            {
-                certs.remove(key);
+            let (Op::Put { space, key, .. } | Op::Delete { space, key }) = op;
+            if HOT.contains(space) {
+                hot.remove(&(*space, key.clone()));
             }
         }
     }

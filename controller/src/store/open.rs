@@ -305,10 +305,10 @@ impl Standby {
         let kv = self.peers.kv.clone();
         let lock = kv.take_lock(&self.holder, None)?;
         tracing::info!(holder = %self.holder.value(), "holding the fleet's serving lock in etcd");
-        let certs = kv.preload_certs()?;
+        let keys = kv.preload_hot()?;
         tracing::debug!(
-            certs,
-            "read the honoured certificates ahead of the hosts' reconnections"
+            keys,
+            "read the honoured certificates and the hosts ahead of the hosts' reconnections"
         );
         let mut store = Store::on(kv, Path::new(&self.settings.describe()), Schema::MustExist)?;
         store.serving = Some(Arc::new(Serving {

@@ -500,7 +500,7 @@ fn history_older_than_the_last_round_is_compacted_and_values_stay() {
 }
 
 #[test]
-fn the_lock_holder_keeps_certificates_it_read_and_forgets_those_it_writes() {
+fn the_lock_holder_keeps_certificates_and_hosts_it_read_and_forgets_those_it_writes() {
     let etcd = EtcdServer::start(&[]);
     let holder_kv = EtcdKv::connect(&etcd.settings("fleet/")).expect("client");
     let other = EtcdKv::connect(&etcd.settings("fleet/")).expect("client");
@@ -560,22 +560,45 @@ fn the_lock_holder_keeps_certificates_it_read_and_forgets_those_it_writes() {
         Committed::Applied
     );
     assert_eq!(holder_kv.get(Space::Certs, b"sha256:aa").expect("get"), None);
-    // Other spaces are never kept.
-    put(&holder_kv, b"x");
-    assert_eq!(
-        holder_kv
-            .commit(Txn::new().put(Space::Hosts, b"h", b"1".to_vec()))
-            .expect("commit"),
-        Committed::Applied
-    );
-    assert_eq!(
-        other
-            .commit(Txn::new().put(Space::Hosts, b"h", b"2".to_vec()))
-            .expect("commit"),
-        Committed::Applied
-    );
+    // Hosts are kept too (every reconnecting host is looked up).
+    let host = |kv: &EtcdKv, v: &[u8]| {
+        assert_eq!(
+            kv.commit(Txn::new().put(Space::Hosts, b"h", v.to_vec()))
+                .expect("commit"),
+            Committed::Applied
+        );
+    };
+    host(&holder_kv, b"1");
     assert_eq!(
         holder_kv.get(Space::Hosts, b"h").expect("get").as_deref(),
+        Some(&b"1"[..])
+    );
+    host(&other, b"2");
+    assert_eq!(
+        holder_kv.get(Space::Hosts, b"h").expect("get").as_deref(),
+        Some(&b"1"[..])
+    );
+    host(&holder_kv, b"3");
+    assert_eq!(
+        holder_kv.get(Space::Hosts, b"h").expect("get").as_deref(),
+        Some(&b"3"[..])
+    );
+    // Other spaces are never kept.
+    let token = |kv: &EtcdKv, v: &[u8]| {
+        assert_eq!(
+            kv.commit(Txn::new().put(Space::Tokens, b"t", v.to_vec()))
+                .expect("commit"),
+            Committed::Applied
+        );
+    };
+    token(&holder_kv, b"1");
+    assert_eq!(
+        holder_kv.get(Space::Tokens, b"t").expect("get").as_deref(),
+        Some(&b"1"[..])
+    );
+    token(&other, b"2");
+    assert_eq!(
+        holder_kv.get(Space::Tokens, b"t").expect("get").as_deref(),
         Some(&b"2"[..])
     );
 }
