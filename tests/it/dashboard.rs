@@ -282,11 +282,7 @@ fn a_rollout_page_open_on_a_follower_goes_on_to_the_end_when_the_serving_control
     let root = fleet.root.path().to_path_buf();
     let mut b = fleet.controller.join(&root, "controller-b", &strs(&args), &[]);
     b.spawn();
-    crate::harness::wait_until(Duration::from_secs(60), "b to follow", || {
-        b.log_text()
-            .contains("forwarding to the controller that serves")
-            .then_some(())
-    });
+    crate::ha::wait_following(&b);
     crate::ha::fleetctl_knows(&fleet, &format!("{},{}", fleet.controller.addr, b.addr));
     // The hosts and the browser know b only: everything they do goes
     // through the follower, then to b when it serves.

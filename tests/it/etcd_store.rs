@@ -379,6 +379,17 @@ fn a_second_controller_follows_forwarding_to_the_first_listed_among_the_members_
     second.kill9();
 }
 
+/// With etcd's majority lost: a write through fleetctl is refused naming
+/// etcd, and the serving controller's `/healthz` (at `metrics`) says so.
+pub fn writes_refused_naming_etcd(fleet: &crate::harness::Fleet, metrics: std::net::SocketAddr) {
+    let out = fleet.fleetctl(&["token", "create", "--label", "env=test", "--output", "json"]);
+    assert!(!out.status.success(), "no majority, no write");
+    assert!(stderr(&out).contains("etcd"), "{}", stderr(&out));
+    wait_until(Duration::from_secs(60), "/healthz to report etcd", || {
+        http_get_status(metrics, "/healthz").filter(|(code, body)| *code == 503 && body.contains("etcd"))
+    });
+}
+
 /// `fleet-controller members --json` with `config`.
 pub fn members(config: &Path) -> Vec<serde_json::Value> {
     let out = Command::new(bin("fleet-controller"))
@@ -411,15 +422,8 @@ fn a_rollout_on_a_three_member_etcd_rides_out_a_lost_member_and_two_lost_refuse_
     // A second member dies: no majority. Writes are refused, naming etcd,
     // and /healthz says so; nothing half-done is left.
     etcd.kill9_member(1);
-    let out = c
-        .fleet
-        .fleetctl(&["token", "create", "--label", "env=test", "--output", "json"]);
-    assert!(!out.status.success(), "no majority, no write");
-    assert!(stderr(&out).contains("etcd"), "{}", stderr(&out));
     let metrics = c.fleet.controller.metrics;
-    wait_until(Duration::from_secs(60), "/healthz to report etcd", || {
-        http_get_status(metrics, "/healthz").filter(|(code, body)| *code == 503 && body.contains("etcd"))
-    });
+    writes_refused_naming_etcd(&c.fleet, metrics);
 
     // Both return: the fleet goes on where it was.
     etcd.restart();

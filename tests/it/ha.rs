@@ -27,6 +27,15 @@ fn roles(config: &std::path::Path, controllers: &[&Controller]) -> Vec<String> {
         .collect()
 }
 
+/// Waits until `c` forwards to the controller that serves.
+pub fn wait_following(c: &Controller) {
+    wait_until(Duration::from_secs(60), "a controller to follow", || {
+        c.log_text()
+            .contains("forwarding to the controller that serves")
+            .then_some(())
+    });
+}
+
 /// Whether the artifact `sha256` is in `c`'s data dir.
 fn holds(c: &Controller, sha256: &str) -> bool {
     c.data_dir.join("artifacts").join(sha256).is_file()
@@ -68,11 +77,7 @@ fn a_controller_that_takes_over_without_an_artifact_copies_it_from_the_one_that_
     let mut b = fleet.controller.join(&root, "controller-b", &strs(&args), &[]);
     let mut c = fleet.controller.join(&root, "controller-c", &strs(&args), &[]);
     b.spawn();
-    wait_until(Duration::from_secs(60), "b to follow", || {
-        b.log_text()
-            .contains("forwarding to the controller that serves")
-            .then_some(())
-    });
+    wait_following(&b);
     let all = [fleet.controller.addr, b.addr, c.addr].map(|a| a.to_string()).join(",");
     fleetctl_knows(&fleet, &all);
     fleet.agent_controllers = Some(all);
@@ -141,11 +146,7 @@ fn three_controllers_a_rollout_survives_its_controller_killed_mid_batch_and_host
     c.spawn();
     let serving = fleet.controller.addr.to_string();
     for s in [&b, &c] {
-        wait_until(Duration::from_secs(60), "a follower", || {
-            s.log_text()
-                .contains("forwarding to the controller that serves")
-                .then_some(())
-        });
+        wait_following(s);
         let (code, body) = http_get_status(s.metrics, "/healthz").expect("a follower's /healthz");
         assert!(code == 200 && body.contains(&serving), "{code} {body}");
     }
@@ -293,27 +294,13 @@ fn three_controllers_a_rollout_survives_its_controller_killed_mid_batch_and_host
             .then_some(())
     });
 
-    wait_until(Duration::from_secs(30), "the old controller to forward", || {
-        cluster
-            .fleet
-            .controller
-            .log_text()
-            .contains("forwarding to the controller that serves")
-            .then_some(())
-    });
+    wait_following(&cluster.fleet.controller);
     // A second etcd member lost: no majority. Writes are refused naming
     // etcd, whichever controller is asked; the serving one's /healthz
     // says so.
     etcd.kill9_member(2);
-    let out = cluster
-        .fleet
-        .fleetctl(&["token", "create", "--label", "env=test", "--output", "json"]);
-    assert!(!out.status.success(), "no etcd majority, no write");
-    assert!(stderr(&out).contains("etcd"), "{}", stderr(&out));
     let serving_metrics = [&b, &c][next].metrics;
-    wait_until(Duration::from_secs(60), "/healthz to report etcd", || {
-        http_get_status(serving_metrics, "/healthz").filter(|(code, body)| *code == 503 && body.contains("etcd"))
-    });
+    crate::etcd_store::writes_refused_naming_etcd(&cluster.fleet, serving_metrics);
     // Both return: the fleet goes on, three controllers, one serving.
     etcd.restart();
     wait_until(Duration::from_secs(60), "/healthz to recover", || {

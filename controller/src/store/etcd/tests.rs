@@ -504,13 +504,13 @@ fn the_lock_holder_keeps_certificates_and_hosts_it_read_and_forgets_those_it_wri
     let etcd = EtcdServer::start(&[]);
     let holder_kv = EtcdKv::connect(&etcd.settings("fleet/")).expect("client");
     let other = EtcdKv::connect(&etcd.settings("fleet/")).expect("client");
-    let put = |kv: &EtcdKv, v: &[u8]| {
+    let put_in = |kv: &EtcdKv, space: Space, key: &[u8], v: &[u8]| {
         assert_eq!(
-            kv.commit(Txn::new().put(Space::Certs, b"sha256:aa", v.to_vec()))
-                .expect("commit"),
+            kv.commit(Txn::new().put(space, key, v.to_vec())).expect("commit"),
             Committed::Applied
         );
     };
+    let put = |kv: &EtcdKv, v: &[u8]| put_in(kv, Space::Certs, b"sha256:aa", v);
     put(&other, b"one");
     // Before the lock every read goes to etcd.
     assert_eq!(
@@ -543,12 +543,7 @@ fn the_lock_holder_keeps_certificates_and_hosts_it_read_and_forgets_those_it_wri
         holder_kv.get(Space::Certs, b"sha256:aa").expect("get").as_deref(),
         Some(&b"four"[..])
     );
-    assert_eq!(
-        holder_kv
-            .commit(Txn::new().put(Space::Certs, b"sha256:bb", b"new".to_vec()))
-            .expect("commit"),
-        Committed::Applied
-    );
+    put_in(&holder_kv, Space::Certs, b"sha256:bb", b"new");
     assert_eq!(
         holder_kv.get(Space::Certs, b"sha256:bb").expect("get").as_deref(),
         Some(&b"new"[..])
@@ -561,13 +556,7 @@ fn the_lock_holder_keeps_certificates_and_hosts_it_read_and_forgets_those_it_wri
     );
     assert_eq!(holder_kv.get(Space::Certs, b"sha256:aa").expect("get"), None);
     // Hosts are kept too (every reconnecting host is looked up).
-    let host = |kv: &EtcdKv, v: &[u8]| {
-        assert_eq!(
-            kv.commit(Txn::new().put(Space::Hosts, b"h", v.to_vec()))
-                .expect("commit"),
-            Committed::Applied
-        );
-    };
+    let host = |kv: &EtcdKv, v: &[u8]| put_in(kv, Space::Hosts, b"h", v);
     host(&holder_kv, b"1");
     assert_eq!(
         holder_kv.get(Space::Hosts, b"h").expect("get").as_deref(),
@@ -584,13 +573,7 @@ fn the_lock_holder_keeps_certificates_and_hosts_it_read_and_forgets_those_it_wri
         Some(&b"3"[..])
     );
     // Other spaces are never kept.
-    let token = |kv: &EtcdKv, v: &[u8]| {
-        assert_eq!(
-            kv.commit(Txn::new().put(Space::Tokens, b"t", v.to_vec()))
-                .expect("commit"),
-            Committed::Applied
-        );
-    };
+    let token = |kv: &EtcdKv, v: &[u8]| put_in(kv, Space::Tokens, b"t", v);
     token(&holder_kv, b"1");
     assert_eq!(
         holder_kv.get(Space::Tokens, b"t").expect("get").as_deref(),
