@@ -2,7 +2,8 @@
 # Benchmark (prints figures, asserts nothing): failover between three
 # controllers (release build) of one fleet on a 3-member etcd cluster on
 # loopback, with N simulated agents (fleet-sim) that know all three:
-#   - each controller's RSS: the serving one with N hosts, the followers;
+#   - each controller's RSS: the serving one with N hosts, the followers
+#     (which hold and forward the connections of the hosts that dialed them);
 #   - kill -9 of the serving controller: when a follower serves (its log),
 #     and when all N hosts are connected to it (its fleet_agents_connected).
 #   N=1000 bash tests/bench/failover.sh
@@ -51,7 +52,13 @@ for _ in $(seq 12000); do grep -q "^connected $n hosts" "$work/sim.log" && break
 grep -q "^connected $n hosts" "$work/sim.log" || { echo "fleet-sim did not connect $n hosts:" >&2; tail -5 "$work/sim.log" >&2; exit 1; }
 sleep 5
 echo "hosts:            $n (heartbeat every $heartbeat), 3 controllers on a 3-member etcd"
+forwarded_on() { # name
+    python3 -c 'import sys, urllib.request
+text = urllib.request.urlopen("http://127.0.0.1:%s/metrics" % sys.argv[1], timeout=5).read().decode()
+print(next((l.split()[1] for l in text.splitlines() if l.startswith("fleet_controller_forwarded_connections ")), "0"))' "${mport[$1]}" 2>/dev/null || echo 0
+}
 echo "RSS:              serving a: $(rss_mib a) MiB; followers b: $(rss_mib b) MiB, c: $(rss_mib c) MiB"
+echo "forwarded:        b holds $(forwarded_on b) hosts' connections, c $(forwarded_on c) (the rest dialed a)"
 
 kill -9 "${cpid[a]}"
 killed=$(date +%s.%N)
