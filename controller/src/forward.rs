@@ -528,10 +528,13 @@ async fn upstream_sender(following: &Following, upstream: &Upstream) -> Result<(
         let wait = (deadline - now).min(LEADER_LOOK);
         if let Ok(Err(_)) = tokio::time::timeout(wait, leader.changed()).await {
             // The follower is stopping to serve: it closes its connections,
-            // this request's with them, and the client dials again (an
-            // answer here would be final: a browser's event stream given a
-            // 503 is not dialed again).
-            std::future::pending::<()>().await;
+            // this request's with them, and the client dials again. An
+            // answer now would be final (a browser's event stream given a
+            // 503 is not dialed again), so it comes only once the
+            // connection is gone, and ends this request's task (hyper runs
+            // each stream on a task of its own).
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            return Err(why);
         }
     }
 }
