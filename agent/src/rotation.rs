@@ -17,7 +17,7 @@ use crate::backoff::Backoff;
 pub const NEXT_ADDRESS_JITTER: Duration = Duration::from_millis(250);
 
 /// The most a host with several controllers waits between rounds: a
-/// standby takes over within the serving lock's lease (6 s) of its
+/// follower takes over within the serving lock's lease (6 s) of its
 /// controller's death, and the hosts should follow within seconds. Still
 /// jittered: a fleet of 20,000 arrives over up to this many seconds.
 pub const FAILOVER_CAP: Duration = Duration::from_secs(3);

@@ -116,7 +116,7 @@ fn sweep_artifacts(artifacts: &crate::artifacts::Artifacts, store: &Store) -> Re
 }
 
 /// The address the fleet's other controllers reach this one at (shown by
-/// `members`; standbys copy artifacts from it): the listen address when
+/// `members`; followers forward to it and copy artifacts from it): the listen address when
 /// the server certificate names it; else the certificate's first name that
 /// is not loopback, with the listen port; else `listen` (or this host's
 /// name when it listens on every address).
@@ -142,7 +142,7 @@ fn advertised(listen: std::net::SocketAddr, sans: &[String], host: &str) -> Stri
     }
 }
 
-/// Waits for `opening`; if it takes longer than a moment (a standby
+/// Waits for `opening`; if it takes longer than a moment (a follower
 /// controller waiting for the serving lock), tells systemd the service has
 /// started and pings its watchdog until it ends.
 async fn standing_by<T>(mut opening: tokio::task::JoinHandle<T>) -> Result<T, tokio::task::JoinError> {

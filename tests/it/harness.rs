@@ -219,7 +219,7 @@ impl Controller {
         }
     }
 
-    /// Starts `serve` without waiting for it to serve (a standby waits
+    /// Starts `serve` without waiting for it to serve (a follower waits
     /// for the fleet's serving lock).
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "controller already running");
