@@ -109,14 +109,10 @@ pub struct EtcdKv {
     /// compares the lock's value too.
     fence: std::sync::Mutex<Option<lock::Fence>>,
     fenced: std::sync::atomic::AtomicBool,
-    /// The honoured certificates and the hosts read so far ([`HOT`]; None:
-    /// absent), used only while this controller holds the serving lock:
-    /// then it is the fleet's one writer, so every change goes through
-    /// [`Kv::commit`] here, which forgets the keys it writes. Every TLS
-    /// handshake and agent RPC looks its certificate and its host up; a
-    /// reconnect storm after a failover would otherwise be two round trips
-    /// to etcd each.
-    hot: std::sync::Mutex<Hot>,
+    /// The honoured certificates and the hosts in memory, kept current by
+    /// etcd watches once [`EtcdKv::watch_hot`] started them (see
+    /// [`watched`]).
+    watched: watched::Shared,
     /// `<prefix><space>/` for each space, by `Space` index.
     bases: Vec<Vec<u8>>,
     /// The client's runtime; taken (and shut down without waiting) on drop.
@@ -226,6 +222,19 @@ fn advice(s: &tonic::Status) -> &'static str {
 }
 
 impl Members {
+    /// The member a watch goes to: the one that answered last.
+    fn watch_channel(&self) -> Channel {
+        let at = self.current.load(Ordering::Relaxed) % self.list.len();
+        self.list[at].channel.clone()
+    }
+
+    /// The watch's member failed: the next call goes to the next one.
+    fn watch_failed(&self) {
+        let n = self.list.len();
+        let at = self.current.load(Ordering::Relaxed);
+        self.current.store((at + 1) % n, Ordering::Relaxed);
+    }
+
     fn error(&self, detail: String) -> StoreError {
         StoreError::Etcd {
             name: self.name.clone(),
@@ -335,7 +344,35 @@ async fn range(
     order: Order,
     strip: usize,
 ) -> Result<Vec<Entry>, StoreError> {
-    let mut out: Vec<Entry> = Vec::new();
+    let (kvs, _) = range_kvs(members, key, end, limit, order).await?;
+    Ok(kvs.into_iter().map(|kv| (kv.key[strip..].to_vec(), kv.value)).collect())
+}
+
+/// Every key of `[key, end)` at one revision, ascending, with the revision
+/// that wrote it; and that revision.
+async fn range_at(
+    members: &Members,
+    key: Vec<u8>,
+    end: Vec<u8>,
+    strip: usize,
+) -> Result<(Vec<(Vec<u8>, Vec<u8>, i64)>, i64), StoreError> {
+    let (kvs, revision) = range_kvs(members, key, end, usize::MAX, Order::Ascending).await?;
+    let entries = kvs
+        .into_iter()
+        .map(|kv| (kv.key[strip..].to_vec(), kv.value, kv.mod_revision))
+        .collect();
+    Ok((entries, revision))
+}
+
+/// [`range`]'s pages, as etcd gave them, and the revision they were read at.
+async fn range_kvs(
+    members: &Members,
+    key: Vec<u8>,
+    end: Vec<u8>,
+    limit: usize,
+    order: Order,
+) -> Result<(Vec<wire::KeyValue>, i64), StoreError> {
+    let mut out: Vec<wire::KeyValue> = Vec::new();
     let (mut from, mut to) = (key, end);
     let mut revision = 0;
     while out.len() < limit {
@@ -360,7 +397,7 @@ async fn range(
         let Some(last) = resp.kvs.last().map(|kv| kv.key.clone()) else {
             break;
         };
-        out.extend(resp.kvs.into_iter().map(|kv| (kv.key[strip..].to_vec(), kv.value)));
+        out.extend(resp.kvs);
         if !more {
             break;
         }
@@ -372,7 +409,7 @@ async fn range(
             Order::Descending => to = last,
         }
     }
-    Ok(out)
+    Ok((out, revision))
 }
 
 impl EtcdKv {
@@ -442,7 +479,7 @@ impl EtcdKv {
             prefix: settings.prefix.clone(),
             fence: std::sync::Mutex::new(None),
             fenced: std::sync::atomic::AtomicBool::new(false),
-            hot: std::sync::Mutex::default(),
+            watched: watched::Shared::default(),
             rt: Some(rt),
             handle,
         })
@@ -514,36 +551,26 @@ impl Drop for EtcdKv {
     }
 }
 
-/// What the serving controller read of the [`HOT`] spaces (None: absent).
-type Hot = std::collections::HashMap<(Space, Vec<u8>), Option<Vec<u8>>>;
-
-/// The spaces the serving controller keeps what it read of ([`EtcdKv::get`]).
-const HOT: [Space; 2] = [Space::Certs, Space::Hosts];
-
 impl Kv for EtcdKv {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let cached = HOT.contains(&space) && self.fence().is_some();
-        if cached {
-            if let Some(v) = self.cached().get(&(space, key.to_vec())) {
-                return Ok(v.clone());
-            }
+        if let Some(copy) = self.copy(space).as_ref().and_then(|w| w.usable(space, self.fenced())) {
+            return Ok(copy.get(key));
         }
         let members = self.members.clone();
         let req = wire::RangeRequest {
             key: join(self.base(space), key),
             ..Default::default()
         };
-        let value = self.run(async move {
+        self.run(async move {
             let resp = members.read(|c| range_on(c, req.clone())).await?;
             Ok(resp.kvs.into_iter().next().map(|kv| kv.value))
-        })?;
-        if cached {
-            self.cached().insert((space, key.to_vec()), value.clone());
-        }
-        Ok(value)
+        })
     }
 
     fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
+        if let Some(copy) = self.copy(space).as_ref().and_then(|w| w.usable(space, self.fenced())) {
+            return Ok(copy.scan_prefix(prefix));
+        }
         let base = self.base(space);
         let key = join(base, prefix);
         let end = prefix_end(&key);
@@ -554,6 +581,9 @@ impl Kv for EtcdKv {
     fn scan_from(&self, space: Space, from: &[u8], limit: usize, order: Order) -> Result<Vec<Entry>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
+        }
+        if let Some(copy) = self.copy(space).as_ref().and_then(|w| w.usable(space, self.fenced())) {
+            return Ok(copy.scan_from(from, limit, order));
         }
         let base = self.base(space);
         let (key, end) = (join(base, from), prefix_end(base));
@@ -566,15 +596,44 @@ impl Kv for EtcdKv {
             return Ok(Committed::Applied);
         }
         let mut req = txn_request(&self.bases, &txn);
-        // Forgotten before (a read meanwhile sees etcd, not the cache) and
-        // after (a read that raced the commit may have cached the old
-        // value), whatever the outcome.
-        self.forget(&txn);
         let outcome = self.commit_request(&mut req);
-        self.forget(&txn);
-        outcome
+        let hot = || {
+            txn.ops.iter().map(|op| {
+                let (Op::Put { space, key, .. } | Op::Delete { space, key }) = op;
+                (*space, key)
+            })
+        };
+        if hot().any(|(space, _)| Watched::keeps(space)) {
+            let mut w = watched::lock(&self.watched);
+            match &outcome {
+                // Read at once by this controller, before the watch brings it.
+                Ok((Committed::Applied, rev)) => {
+                    for op in &txn.ops {
+                        match op {
+                            Op::Put { space, key, value } => w.apply(*space, key, Some(value.clone()), *rev),
+                            Op::Delete { space, key } => w.apply(*space, key, None, *rev),
+                        }
+                    }
+                }
+                Ok((Committed::Conflict, _)) => {}
+                // Applied or not: a live watch will tell; without one the
+                // copy may be wrong, so it is read again.
+                Err(_) => {
+                    for (space, _) in hot() {
+                        if !w.live(space) {
+                            w.give_up(space);
+                        }
+                    }
+                }
+            }
+        }
+        outcome.map(|(c, _)| c)
     }
+
     fn count(&self, space: Space) -> Result<usize, StoreError> {
+        if let Some(copy) = self.copy(space).as_ref().and_then(|w| w.usable(space, self.fenced())) {
+            return Ok(copy.count());
+        }
         let base = self.base(space);
         let req = wire::RangeRequest {
             key: base.to_vec(),
@@ -606,42 +665,49 @@ impl Kv for EtcdKv {
 }
 
 impl EtcdKv {
-    /// Reads every honoured certificate and every host into the cache at
-    /// once (the lock holder, as it takes over: the fleet's hosts are about
-    /// to reconnect, each looking its certificate and host up). Returns how
-    /// many.
-    pub fn preload_hot(&self) -> Result<usize, StoreError> {
-        if self.fence().is_none() {
-            return Ok(0);
+    /// Starts the watches that keep the hot spaces in memory (every
+    /// controller of a running fleet: the serving one looks a host up at
+    /// every RPC, a follower its certificate at every handshake). Once.
+    pub fn watch_hot(&self) {
+        for space in watched::HOT {
+            self.handle.spawn(watched::keep(
+                self.members.clone(),
+                space,
+                self.base(space).to_vec(),
+                self.watched.clone(),
+            ));
         }
+    }
+
+    /// Reads every honoured certificate and every host into memory at once
+    /// (the lock holder, as it takes over: the fleet's hosts are about to
+    /// reconnect, each looking its certificate and host up; a follower's
+    /// watch may not have brought the last holder's last writes yet).
+    /// Returns how many.
+    pub fn preload_hot(&self) -> Result<usize, StoreError> {
         let mut n = 0;
-        for space in HOT {
-            let all = self.scan_prefix(space, b"")?;
-            n += all.len();
-            let mut hot = self.cached();
-            for (k, v) in all {
-                hot.entry((space, k)).or_insert(Some(v));
-            }
+        for space in watched::HOT {
+            let base = self.base(space).to_vec();
+            let (members, end, strip) = (self.members.clone(), prefix_end(&base), base.len());
+            let (entries, rev) = self.run(async move { range_at(&members, base, end, strip).await })?;
+            n += entries.len();
+            watched::lock(&self.watched).load(space, entries, rev);
         }
         Ok(n)
     }
 
-    fn cached(&self) -> std::sync::MutexGuard<'_, Hot> {
-        self.hot.lock().unwrap_or_else(|p| p.into_inner())
+    /// The copies, locked, when `space` is kept in memory.
+    fn copy(&self, space: Space) -> Option<std::sync::MutexGuard<'_, Watched>> {
+        Watched::keeps(space).then(|| watched::lock(&self.watched))
     }
 
-    fn forget(&self, txn: &Txn) {
-        let mut hot = self.cached();
-        for op in &txn.ops {
-            let (Op::Put { space, key, .. } | Op::Delete { space, key }) = op;
-            if HOT.contains(space) {
-                hot.remove(&(*space, key.clone()));
-            }
-        }
+    fn fenced(&self) -> bool {
+        self.fence().is_some()
     }
 
     /// Sends a commit's request, fenced by the serving lock once it is held.
-    fn commit_request(&self, req: &mut wire::TxnRequest) -> Result<Committed, StoreError> {
+    /// Returns the revision etcd gave the txn.
+    fn commit_request(&self, req: &mut wire::TxnRequest) -> Result<(Committed, i64), StoreError> {
         let fence = self.fence();
         if let Some(f) = &fence {
             req.compare.push(compare_value(&f.key, &f.holder));
@@ -661,12 +727,13 @@ impl EtcdKv {
                     async move { client(c).txn(req).await.map(tonic::Response::into_inner) }
                 })
                 .await?;
+            let rev = resp.header.as_ref().map_or(0, |h| h.revision);
             if resp.succeeded {
-                return Ok(Committed::Applied);
+                return Ok((Committed::Applied, rev));
             }
             match fence.and_then(|f| lock::fenced_out(&f, &resp, &members.name)) {
                 Some(e) => Err(e),
-                None => Ok(Committed::Conflict),
+                None => Ok((Committed::Conflict, rev)),
             }
         })
     }
@@ -675,9 +742,11 @@ impl EtcdKv {
 mod compact;
 mod lock;
 mod roster;
+mod watched;
 pub use compact::COMPACT_EVERY;
 pub use lock::{Holder, ServingLock, LOCK_TTL};
 pub use roster::{field, Membership, Peer};
+use watched::Watched;
 
 #[cfg(test)]
 mod tests;

@@ -160,6 +160,7 @@ impl Store {
             addr: me.addr.clone(),
         };
         let membership = kv.join_members(&holder, fleet_proto::now_ms())?;
+        kv.watch_hot();
         Ok(Standby {
             peers: Arc::new(Peers {
                 kv,

@@ -499,89 +499,108 @@ fn history_older_than_the_last_round_is_compacted_and_values_stay() {
     assert_eq!(kv.get(Space::Rollouts, b"r").expect("get").as_deref(), Some(&b"v2"[..]));
 }
 
+/// Polls `read` until it gives `want` (a watch is quick, not instant).
+fn eventually(what: &str, want: Option<&[u8]>, read: impl Fn() -> Result<Option<Vec<u8>>, StoreError>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = read().expect("read");
+        if got.as_deref() == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: still {got:?}, not {want:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn usable(kv: &EtcdKv, space: Space) -> bool {
+    watched::lock(&kv.watched).usable(space, kv.fenced()).is_some()
+}
+
 #[test]
-fn the_lock_holder_keeps_certificates_and_hosts_it_read_and_forgets_those_it_writes() {
-    let etcd = EtcdServer::start(&[]);
-    let holder_kv = EtcdKv::connect(&etcd.settings("fleet/")).expect("client");
+fn certificates_and_hosts_are_read_from_memory_kept_current_by_a_watch() {
+    let mut etcd = EtcdServer::start(&[]);
+    let watcher = EtcdKv::connect(&etcd.settings("fleet/")).expect("client");
     let other = EtcdKv::connect(&etcd.settings("fleet/")).expect("client");
-    let put_in = |kv: &EtcdKv, space: Space, key: &[u8], v: &[u8]| {
+    let put = |kv: &EtcdKv, space: Space, key: &[u8], v: &[u8]| {
         assert_eq!(
             kv.commit(Txn::new().put(space, key, v.to_vec())).expect("commit"),
             Committed::Applied
         );
     };
-    let put = |kv: &EtcdKv, v: &[u8]| put_in(kv, Space::Certs, b"sha256:aa", v);
-    put(&other, b"one");
-    // Before the lock every read goes to etcd.
+    put(&other, Space::Certs, b"sha256:aa", b"one");
+    put(&other, Space::Hosts, b"h1", b"first");
+    assert!(!usable(&watcher, Space::Certs), "nothing read yet: reads go to etcd");
+    watcher.watch_hot();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(usable(&watcher, Space::Certs) && usable(&watcher, Space::Hosts)) {
+        assert!(Instant::now() < deadline, "the watches were not made within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!usable(&watcher, Space::Tokens), "other spaces are never kept");
+    // What was there before the watch, and what another client writes after.
+    let cert = || watcher.get(Space::Certs, b"sha256:aa");
+    eventually("the loaded certificate", Some(b"one"), cert);
+    put(&other, Space::Certs, b"sha256:aa", b"two");
+    eventually("another client's put", Some(b"two"), cert);
+    put(&other, Space::Hosts, b"h2", b"second");
+    eventually("another client's new host", Some(b"second"), || {
+        watcher.get(Space::Hosts, b"h2")
+    });
     assert_eq!(
-        holder_kv.get(Space::Certs, b"sha256:aa").expect("get").as_deref(),
-        Some(&b"one"[..])
-    );
-    put(&other, b"two");
-    assert_eq!(
-        holder_kv.get(Space::Certs, b"sha256:aa").expect("get").as_deref(),
-        Some(&b"two"[..])
-    );
-    let _lock = holder_kv
-        .take_lock(&holder("ctl", 1), Some(Duration::ZERO))
-        .expect("lock");
-    assert_eq!(
-        holder_kv.get(Space::Certs, b"sha256:aa").expect("get").as_deref(),
-        Some(&b"two"[..])
-    );
-    assert_eq!(holder_kv.get(Space::Certs, b"sha256:bb").expect("get"), None);
-    // A write by anyone else (which fencing forbids to controllers) is not
-    // seen: the holder answers from what it read, without a round trip.
-    put(&other, b"three");
-    assert_eq!(
-        holder_kv.get(Space::Certs, b"sha256:aa").expect("get").as_deref(),
-        Some(&b"two"[..])
-    );
-    // Its own writes are seen at once: put, and delete.
-    put(&holder_kv, b"four");
-    assert_eq!(
-        holder_kv.get(Space::Certs, b"sha256:aa").expect("get").as_deref(),
-        Some(&b"four"[..])
-    );
-    put_in(&holder_kv, Space::Certs, b"sha256:bb", b"new");
-    assert_eq!(
-        holder_kv.get(Space::Certs, b"sha256:bb").expect("get").as_deref(),
-        Some(&b"new"[..])
-    );
-    assert_eq!(
-        holder_kv
-            .commit(Txn::new().delete(Space::Certs, b"sha256:aa"))
-            .expect("commit"),
+        other.commit(Txn::new().delete(Space::Hosts, b"h1")).expect("commit"),
         Committed::Applied
     );
-    assert_eq!(holder_kv.get(Space::Certs, b"sha256:aa").expect("get"), None);
-    // Hosts are kept too (every reconnecting host is looked up).
-    let host = |kv: &EtcdKv, v: &[u8]| put_in(kv, Space::Hosts, b"h", v);
-    host(&holder_kv, b"1");
+    eventually("another client's delete", None, || watcher.get(Space::Hosts, b"h1"));
+    // Its own writes are read at once, whatever the watch has brought.
+    put(&watcher, Space::Hosts, b"h3", b"own");
     assert_eq!(
-        holder_kv.get(Space::Hosts, b"h").expect("get").as_deref(),
-        Some(&b"1"[..])
+        watcher.get(Space::Hosts, b"h3").expect("get").as_deref(),
+        Some(&b"own"[..])
     );
-    host(&other, b"2");
+    let hosts = watcher.scan_prefix(Space::Hosts, b"").expect("scan");
     assert_eq!(
-        holder_kv.get(Space::Hosts, b"h").expect("get").as_deref(),
-        Some(&b"1"[..])
+        hosts,
+        vec![(b"h2".to_vec(), b"second".to_vec()), (b"h3".to_vec(), b"own".to_vec())]
     );
-    host(&holder_kv, b"3");
+    assert_eq!(watcher.count(Space::Hosts).expect("count"), 2);
+    // Served from memory: with etcd paused (its watch open, silent), the
+    // hot spaces still answer; a round trip would wait and fail.
+    let pid = etcd.child.id().to_string();
+    let signal = |s: &str| {
+        let ok = Command::new("kill").args([s, &pid]).status().expect("kill").success();
+        assert!(ok, "kill {s} {pid}");
+    };
+    signal("-STOP");
+    let t = Instant::now();
+    assert_eq!(cert().expect("get while etcd is paused").as_deref(), Some(&b"two"[..]));
     assert_eq!(
-        holder_kv.get(Space::Hosts, b"h").expect("get").as_deref(),
-        Some(&b"3"[..])
+        watcher.scan_prefix(Space::Hosts, b"").expect("scan while paused").len(),
+        2
     );
-    // Other spaces are never kept.
-    let token = |kv: &EtcdKv, v: &[u8]| put_in(kv, Space::Tokens, b"t", v);
-    token(&holder_kv, b"1");
-    assert_eq!(
-        holder_kv.get(Space::Tokens, b"t").expect("get").as_deref(),
-        Some(&b"1"[..])
+    assert!(t.elapsed() < Duration::from_secs(1), "answered from memory, not etcd");
+    signal("-CONT");
+    // While it holds the serving lock this controller is the one writer:
+    // with etcd gone it still answers; another controller, whose watch
+    // broke, goes to etcd and says it cannot.
+    let _lock = watcher
+        .take_lock(&holder("ctl", 1), Some(Duration::ZERO))
+        .expect("lock");
+    other.watch_hot();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !usable(&other, Space::Certs) {
+        assert!(Instant::now() < deadline, "the other's watch was not made within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    etcd.child.kill().expect("kill etcd");
+    etcd.child.wait().expect("wait");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while usable(&other, Space::Certs) {
+        assert!(Instant::now() < deadline, "a broken watch still counted as live");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        other.get(Space::Certs, b"sha256:aa").is_err(),
+        "no copy and no etcd: an error"
     );
-    token(&other, b"2");
-    assert_eq!(
-        holder_kv.get(Space::Tokens, b"t").expect("get").as_deref(),
-        Some(&b"2"[..])
-    );
+    assert_eq!(cert().expect("the one writer, etcd gone").as_deref(), Some(&b"two"[..]));
 }
