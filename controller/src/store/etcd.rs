@@ -553,8 +553,8 @@ impl Drop for EtcdKv {
 
 impl Kv for EtcdKv {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        if let Some(copy) = self.copy(space).as_ref().and_then(|w| w.usable(space, self.fenced())) {
-            return Ok(copy.get(key));
+        if let Some(answer) = self.in_memory(space, |copy| copy.get(key)) {
+            return Ok(answer);
         }
         let members = self.members.clone();
         let req = wire::RangeRequest {
@@ -568,8 +568,8 @@ impl Kv for EtcdKv {
     }
 
     fn scan_prefix(&self, space: Space, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
-        if let Some(copy) = self.copy(space).as_ref().and_then(|w| w.usable(space, self.fenced())) {
-            return Ok(copy.scan_prefix(prefix));
+        if let Some(answer) = self.in_memory(space, |copy| copy.scan_prefix(prefix)) {
+            return Ok(answer);
         }
         let base = self.base(space);
         let key = join(base, prefix);
@@ -582,8 +582,8 @@ impl Kv for EtcdKv {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        if let Some(copy) = self.copy(space).as_ref().and_then(|w| w.usable(space, self.fenced())) {
-            return Ok(copy.scan_from(from, limit, order));
+        if let Some(answer) = self.in_memory(space, |copy| copy.scan_from(from, limit, order)) {
+            return Ok(answer);
         }
         let base = self.base(space);
         let (key, end) = (join(base, from), prefix_end(base));
@@ -597,14 +597,14 @@ impl Kv for EtcdKv {
         }
         let mut req = txn_request(&self.bases, &txn);
         let outcome = self.commit_request(&mut req);
-        let hot = || {
+        let spaces = || {
             txn.ops.iter().map(|op| {
-                let (Op::Put { space, key, .. } | Op::Delete { space, key }) = op;
-                (*space, key)
+                let (Op::Put { space, .. } | Op::Delete { space, .. }) = op;
+                *space
             })
         };
-        if hot().any(|(space, _)| Watched::keeps(space)) {
-            let mut w = watched::lock(&self.watched);
+        if spaces().any(Watched::keeps) {
+            let mut w = watched::write(&self.watched);
             match &outcome {
                 // Read at once by this controller, before the watch brings it.
                 Ok((Committed::Applied, rev)) => {
@@ -619,7 +619,7 @@ impl Kv for EtcdKv {
                 // Applied or not: a live watch will tell; without one the
                 // copy may be wrong, so it is read again.
                 Err(_) => {
-                    for (space, _) in hot() {
+                    for space in spaces() {
                         if !w.live(space) {
                             w.give_up(space);
                         }
@@ -631,8 +631,8 @@ impl Kv for EtcdKv {
     }
 
     fn count(&self, space: Space) -> Result<usize, StoreError> {
-        if let Some(copy) = self.copy(space).as_ref().and_then(|w| w.usable(space, self.fenced())) {
-            return Ok(copy.count());
+        if let Some(answer) = self.in_memory(space, |copy| copy.count()) {
+            return Ok(answer);
         }
         let base = self.base(space);
         let req = wire::RangeRequest {
@@ -691,18 +691,19 @@ impl EtcdKv {
             let (members, end, strip) = (self.members.clone(), prefix_end(&base), base.len());
             let (entries, rev) = self.run(async move { range_at(&members, base, end, strip).await })?;
             n += entries.len();
-            watched::lock(&self.watched).load(space, entries, rev);
+            watched::write(&self.watched).load(space, entries, rev);
         }
         Ok(n)
     }
 
-    /// The copies, locked, when `space` is kept in memory.
-    fn copy(&self, space: Space) -> Option<std::sync::MutexGuard<'_, Watched>> {
-        Watched::keeps(space).then(|| watched::lock(&self.watched))
-    }
-
-    fn fenced(&self) -> bool {
-        self.fence().is_some()
+    /// `read` of `space`'s copy in memory, when reads may use it (see
+    /// [`Watched::usable`]); None: the read goes to etcd.
+    fn in_memory<T>(&self, space: Space, read: impl FnOnce(watched::Usable<'_>) -> T) -> Option<T> {
+        if !Watched::keeps(space) {
+            return None;
+        }
+        let fenced = self.fence().is_some();
+        watched::read(&self.watched).usable(space, fenced).map(read)
     }
 
     /// Sends a commit's request, fenced by the serving lock once it is held.

@@ -18,7 +18,7 @@
 //!   reads go to etcd. A broken watch is made again, after a fresh load.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use tokio_stream::StreamExt;
@@ -189,13 +189,19 @@ impl Watched {
     }
 }
 
-/// The copies, shared.
-pub type Shared = Arc<Mutex<Watched>>;
+/// The copies, shared: read by every handshake and RPC at once, written by
+/// the watches and this controller's commits.
+pub type Shared = Arc<RwLock<Watched>>;
 
-/// Locks `w`, through a poisoned lock (the copy holds no invariant a panic
+/// Reads `w`, through a poisoned lock (the copy holds no invariant a panic
 /// mid-update could break that a reload would not mend).
-pub fn lock(w: &Shared) -> MutexGuard<'_, Watched> {
-    w.lock().unwrap_or_else(|p| p.into_inner())
+pub fn read(w: &Shared) -> RwLockReadGuard<'_, Watched> {
+    w.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Writes `w` (see [`read`]).
+pub fn write(w: &Shared) -> RwLockWriteGuard<'_, Watched> {
+    w.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Keeps `space`'s copy current for as long as the client lives: loads it,
@@ -206,7 +212,7 @@ pub async fn keep(members: Arc<Members>, space: Space, base: Vec<u8>, copies: Sh
     loop {
         let why = follow(&members, space, &base, &copies).await;
         let was_live = {
-            let mut w = lock(&copies);
+            let mut w = write(&copies);
             let was = w.live(space);
             w.set_live(space, false);
             was
@@ -236,7 +242,7 @@ async fn follow(members: &Members, space: Space, base: &[u8], copies: &Shared) -
         Ok(x) => x,
         Err(e) => return e.to_string(),
     };
-    lock(copies).load(space, entries, rev);
+    write(copies).load(space, entries, rev);
     let create = wire::WatchRequest {
         request_union: Some(wire::watch_request::RequestUnion::CreateRequest(
             wire::WatchCreateRequest {
@@ -279,7 +285,7 @@ async fn follow(members: &Members, space: Space, base: &[u8], copies: &Shared) -
                 format!("etcd cancelled it: {}", a.cancel_reason)
             };
         }
-        let mut w = lock(copies);
+        let mut w = write(copies);
         if a.created {
             w.set_live(space, true);
         }
