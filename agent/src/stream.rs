@@ -19,6 +19,7 @@ use tonic::{Code, Status, Streaming};
 use crate::config::Config;
 use crate::facts::Sampler;
 use crate::identity::{Identity, IdentityError, StateDir};
+use crate::inventory::Taken;
 use crate::renew::Renewal;
 
 /// Messages the agent may have queued for the controller. Small: a
@@ -230,13 +231,29 @@ impl Session<'_> {
                     match body {
                         In::Welcome(_) => tracing::debug!("ignoring a second welcome"),
                         In::Task(task) => {
-                            tracing::info!(task_id = %task.task_id, rollout_id = %task.rollout_id, "task received");
-                            self.worker.state.accept(&task.task_id);
-                            if let Err(e) = self.worker.tasks.try_send(task) {
-                                let task = e.into_inner();
-                                self.worker.state.finish(&task.task_id);
-                                let busy = busy(&task);
-                                if tx.send(AgentMessage { body: Some(Out::TaskProgress(busy)) }).await.is_err() {
+                            let answer = match self.worker.state.accept(&task.task_id) {
+                                Taken::New => {
+                                    tracing::info!(task_id = %task.task_id, rollout_id = %task.rollout_id, "task received");
+                                    match self.worker.tasks.try_send(task) {
+                                        Ok(()) => None,
+                                        Err(e) => {
+                                            let task = e.into_inner();
+                                            self.worker.state.forget(&task.task_id);
+                                            Some(busy(&task))
+                                        }
+                                    }
+                                }
+                                Taken::Running => {
+                                    tracing::info!(task_id = %task.task_id, "task sent again while it runs (a controller took over); it runs once, its reports follow");
+                                    None
+                                }
+                                Taken::Ended(end) => {
+                                    tracing::info!(task_id = %task.task_id, "task sent again after it ended (a controller took over); it ran once, its end is reported again");
+                                    Some(end)
+                                }
+                            };
+                            if let Some(p) = answer {
+                                if tx.send(AgentMessage { body: Some(Out::TaskProgress(p)) }).await.is_err() {
                                     return Err(ended(&mut inbound, addr).await);
                                 }
                             }

@@ -73,7 +73,8 @@ impl Run<'_> {
     }
 
     /// The task ended.
-    pub fn done(&self, since: Instant, outcome: Outcome) {
+    /// The task's end, logged; [`Run::report_end`] sends it.
+    pub fn end(&self, since: Instant, outcome: Outcome) -> TaskProgress {
         let duration_ms = since.elapsed().as_millis() as u64;
         let p = match outcome {
             Ok(detail) => TaskProgress {
@@ -90,6 +91,11 @@ impl Run<'_> {
             },
         };
         tracing::info!(task_id = %self.task_id, app = %self.app.app, state = p.state, current = %p.current, reverted = p.reverted, "task finished");
-        self.send(p);
+        p
+    }
+
+    /// Reports the task's end.
+    pub fn report_end(&self, end: TaskProgress) {
+        self.send(end);
     }
 }

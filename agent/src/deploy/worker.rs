@@ -131,11 +131,11 @@ impl Worker {
     /// rollout) finds the controller's view of the host already current.
     pub async fn handle(&self, task: Task) {
         let started = Instant::now();
-        let task_id = task.task_id.clone();
         let (run, outcome) = self.run_task(task).await;
-        self.host.finish(&task_id);
+        let end = run.end(started, outcome);
+        self.host.ended(&end);
         self.send_inventory().await;
-        run.done(started, outcome);
+        run.report_end(end);
     }
 
     async fn run_task(&self, task: Task) -> (Run<'_>, Outcome) {

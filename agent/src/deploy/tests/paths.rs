@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use crate::inventory::Taken;
 
 #[tokio::test]
 async fn a_deploy_goes_through_every_phase_and_swaps() {
@@ -303,6 +304,26 @@ async fn a_rollback_without_a_previous_release_is_refused() {
         done.detail
     );
     assert_eq!(w.units.restarted(), 0);
+}
+
+#[tokio::test]
+async fn a_task_sent_again_runs_once_and_its_end_is_answered_again() {
+    let mut w = upgrading();
+    let task = deploy_task("2", b"x", 0);
+    assert_eq!(w.worker.host.accept(&task.task_id), Taken::New);
+    // Sent again while it is queued or running (a controller took over).
+    assert_eq!(w.worker.host.accept(&task.task_id), Taken::Running);
+    let reports = w.run(task.clone()).await;
+    let first = end(&reports).clone();
+    assert_eq!(first.state(), TaskState::Succeeded, "{first:?}");
+    // Sent again after it ended: its end, not a second run.
+    assert_eq!(w.worker.host.accept(&task.task_id), Taken::Ended(first));
+    assert_eq!(w.units.restarted(), 1, "the unit restarted once");
+    assert!(w.worker.host.inventory().await.running_tasks.is_empty());
+    // A task that was never queued (the queue was full) runs when sent again.
+    assert_eq!(w.worker.host.accept("t-other"), Taken::New);
+    w.worker.host.forget("t-other");
+    assert_eq!(w.worker.host.accept("t-other"), Taken::New);
 }
 
 #[tokio::test]
