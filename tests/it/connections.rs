@@ -100,6 +100,7 @@ fn idle_tls_connections_do_not_lock_out_operators_or_agents() {
         controller,
         agents: Vec::new(),
         agent_controllers: None,
+        logs_shown: false,
     };
     let token = fleet.token(&["--uses", "2"]);
     fleet.add_agent("web-1", &token, &[]);

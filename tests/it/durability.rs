@@ -225,6 +225,7 @@ fn a_full_disk_fails_writes_clearly_turns_healthz_and_the_watchdog_and_a_restart
         },
         agents: Vec::new(),
         agent_controllers: None,
+        logs_shown: false,
     };
     wait_until(Duration::from_secs(10), "READY=1 and a watchdog ping", || {
         let got = notifications(&notify);
@@ -376,6 +377,7 @@ fn under_systemd_a_store_refusing_writes_gets_the_controller_restarted_and_a_mis
         controller: c,
         agents: Vec::new(),
         agent_controllers: None,
+        logs_shown: false,
     };
     sandbox.busctl(&[
         "call",

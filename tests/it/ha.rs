@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use crate::etcd_store::{init_args, members, stderr, strs, Etcd};
-use crate::harness::{bin, http_get, http_get_status, wait_until, Controller, Fleet};
+use crate::harness::{bin, http_get, http_get_status, tail, wait_until, Controller, Fleet};
 use crate::rollouts::{rollout_id, Cluster};
 
 /// The role of each controller of `config`'s fleet, by its data dir.
@@ -25,6 +25,22 @@ fn roles(config: &std::path::Path, controllers: &[&Controller]) -> Vec<String> {
                 .map_or("absent".to_string(), |m| m["role"].as_str().unwrap_or("").to_string())
         })
         .collect()
+}
+
+/// A rollout record in a few lines: why it ended, and how each host did.
+fn outcome(r: &serde_json::Value) -> String {
+    let mut s = format!("{}\n", r["reason"].as_str().unwrap_or_default());
+    for b in r["batches"].as_array().into_iter().flatten() {
+        for h in b["hosts"].as_array().into_iter().flatten() {
+            s.push_str(&format!(
+                "  {} {} {}\n",
+                h["host_id"].as_str().unwrap_or_default(),
+                h["state"].as_str().unwrap_or_default(),
+                h["detail"].as_str().unwrap_or_default()
+            ));
+        }
+    }
+    s
 }
 
 /// Waits until `c` forwards to the controller that serves.
@@ -224,7 +240,11 @@ fn three_controllers_a_rollout_survives_its_controller_killed_mid_batch_and_host
     };
     let (mut watching, watched) = stdout_of(&["rollout", "status", &id, "--watch", "--output", "json"], "watch.out");
     let (mut following, followed) = stdout_of(&["events", "--follow", "--output", "json"], "events.out");
-    std::thread::sleep(Duration::from_secs(1));
+    let probe: u64 = std::env::var("PROBE_KILL_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    std::thread::sleep(Duration::from_millis(probe));
 
     // The serving controller dies mid-rollout.
     let mut cluster = cluster;
@@ -247,7 +267,16 @@ fn three_controllers_a_rollout_survives_its_controller_killed_mid_batch_and_host
     );
 
     let r = cluster.wait_state(&id, &["succeeded", "failed", "rolled_back", "aborted"]);
-    assert_eq!(r["state"], "succeeded", "{r}");
+    if r["state"] != "succeeded" {
+        // Every controller's log, then what each host ended in, last: the
+        // end of the output is what CI shows.
+        eprintln!("{}", cluster.fleet.logs());
+        for (name, s) in [("b", &b), ("c", &c)] {
+            eprintln!("--- controller {name} log ---\n{}", tail(&s.log_text(), 80));
+        }
+        cluster.fleet.logs_shown = true;
+        panic!("the rollout across the failover ended {}: {}", r["state"], outcome(&r));
+    }
     cluster.assert_each_host_activated_once("2.0.0");
     cluster.wait_all_serve("2.0.0");
     // `rollout status --watch` followed it to the end across the failover.

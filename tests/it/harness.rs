@@ -440,6 +440,9 @@ pub struct Fleet {
     /// The `controller` agents added from now on are given (several
     /// controllers of one fleet); None: the controller's address.
     pub agent_controllers: Option<String>,
+    /// Set by a test that printed the logs itself before failing, so that
+    /// its panic message ends the output (CI shows the output's tail).
+    pub logs_shown: bool,
 }
 
 impl Fleet {
@@ -464,6 +467,7 @@ impl Fleet {
             controller,
             agents: Vec::new(),
             agent_controllers: None,
+            logs_shown: false,
         }
     }
 
@@ -638,7 +642,7 @@ impl Fleet {
     }
 }
 
-fn tail(s: &str, n: usize) -> String {
+pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n") + "\n"
 }
@@ -649,7 +653,7 @@ impl Drop for Fleet {
             a.kill9();
         }
         self.controller.kill9();
-        if std::thread::panicking() {
+        if std::thread::panicking() && !self.logs_shown {
             eprintln!("{}", self.logs());
         }
     }
