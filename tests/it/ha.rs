@@ -240,11 +240,7 @@ fn three_controllers_a_rollout_survives_its_controller_killed_mid_batch_and_host
     };
     let (mut watching, watched) = stdout_of(&["rollout", "status", &id, "--watch", "--output", "json"], "watch.out");
     let (mut following, followed) = stdout_of(&["events", "--follow", "--output", "json"], "events.out");
-    let probe: u64 = std::env::var("PROBE_KILL_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
-    std::thread::sleep(Duration::from_millis(probe));
+    std::thread::sleep(Duration::from_secs(1));
 
     // The serving controller dies mid-rollout.
     let mut cluster = cluster;
