@@ -63,7 +63,8 @@ pub struct RawConfig {
     #[serde(default = "defaults::max_release_size")]
     pub max_release_size: String,
     /// After a restart, how long a resumed rollout waits for its hosts to
-    /// reconnect before judging any of them offline.
+    /// reconnect before judging any of them offline; and how long a rollout
+    /// waits for a host whose stream ended while its task ran.
     #[serde(default = "defaults::reconnect_grace")]
     pub reconnect_grace: String,
     /// Limits of the TLS port's connections (`[connections]`); `init` leaves

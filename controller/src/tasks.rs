@@ -43,6 +43,13 @@ pub fn is_final(p: &TaskProgress) -> bool {
     fleet_proto::phase::Phase::Done.is(&p.phase) && p.state() != TaskState::Running
 }
 
+/// Whether a report is the end [`Tasks::host_gone`] gives the tasks of a
+/// host whose stream ended (no agent reports that cause: it is the
+/// controller's own).
+pub fn went_away(p: &TaskProgress) -> bool {
+    is_final(p) && p.state() == TaskState::Failed && p.cause() == FailureCause::Unreachable
+}
+
 impl Tasks {
     /// Registers a task sent to `host_id`; progress arrives on the receiver.
     /// When the task's end already came (see `Inner::unclaimed`), the
@@ -207,6 +214,11 @@ mod tests {
         let p = a.try_recv().expect("failure");
         assert_eq!(p.cause(), FailureCause::Unreachable);
         assert_eq!(p.state(), TaskState::Failed);
+        assert!(went_away(&p));
+        assert!(
+            !went_away(&progress("t1", "done", TaskState::Failed)),
+            "an agent's failure"
+        );
         assert!(b.try_recv().is_err());
     }
 }

@@ -43,6 +43,16 @@ fn outcome(r: &serde_json::Value) -> String {
     s
 }
 
+/// The client connections follower `c` holds and forwards.
+fn forwarded(c: &Controller) -> u64 {
+    http_get(c.metrics, "/metrics")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("fleet_controller_forwarded_connections "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
 /// Waits until `c` forwards to the controller that serves.
 pub fn wait_following(c: &Controller) {
     wait_until(Duration::from_secs(60), "a controller to follow", || {
@@ -176,14 +186,6 @@ fn three_controllers_a_rollout_survives_its_controller_killed_mid_batch_and_host
     fleetctl_knows(&fleet, &all);
     fleet.agent_controllers = Some([b.addr, c.addr].map(|a| a.to_string()).join(","));
     let cluster = Cluster::on_fleet(fleet, &[""; 6], "info");
-    let forwarded = |c: &Controller| {
-        http_get(c.metrics, "/metrics")
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("fleet_controller_forwarded_connections "))
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
     assert!(
         forwarded(&b) + forwarded(&c) >= 6,
         "the followers hold the hosts' connections: b {}, c {}",
@@ -349,4 +351,67 @@ fn three_controllers_a_rollout_survives_its_controller_killed_mid_batch_and_host
     );
     b.kill9();
     c.kill9();
+}
+
+#[test]
+fn a_follower_killed_while_its_hosts_deploy_loses_no_host_of_the_rollout() {
+    let etcd = Etcd::cluster(1);
+    let args = init_args(&etcd, "fleet/follower-killed/");
+    let mut fleet = Fleet::controller_only_with(&strs(&args), &[], "info");
+    let root = fleet.root.path().to_path_buf();
+    let mut followers = [
+        fleet.controller.join(&root, "controller-b", &strs(&args), &[]),
+        fleet.controller.join(&root, "controller-c", &strs(&args), &[]),
+    ];
+    for f in &mut followers {
+        f.spawn();
+        wait_following(f);
+    }
+    let addrs = |cs: &[&Controller]| cs.iter().map(|c| c.addr.to_string()).collect::<Vec<_>>().join(",");
+    fleetctl_knows(&fleet, &addrs(&[&fleet.controller, &followers[0], &followers[1]]));
+    // The hosts dial the followers only: every host's stream to the
+    // serving controller goes through one of them.
+    fleet.agent_controllers = Some(addrs(&[&followers[0], &followers[1]]));
+    let mut cluster = Cluster::on_fleet(fleet, &[""; 4], "info");
+    cluster.push("1.0.0", &[]);
+    let out = cluster.rollout(&["--release", "1.0.0", "--batch", "100%", "--wait"]);
+    assert!(out.status.success(), "rollout 1.0.0: {}", stderr(&out));
+    cluster.wait_all_serve("1.0.0");
+
+    // Each host's activation of 2.0.0 takes 4 s; the follower holding
+    // more of the hosts' streams dies while they run.
+    cluster.push_pausing("2.0.0", &[], 4);
+    wait_until(Duration::from_secs(30), "the followers to hold the 4 hosts", || {
+        (forwarded(&followers[0]) + forwarded(&followers[1]) >= 4).then_some(())
+    });
+    let dying = usize::from(forwarded(&followers[1]) > forwarded(&followers[0]));
+    let held = forwarded(&followers[dying]);
+    assert!(held >= 2, "the follower to kill holds {held} hosts");
+    let out = cluster.rollout(&["--release", "2.0.0", "--batch", "100%", "--output", "json"]);
+    assert!(out.status.success(), "rollout 2.0.0: {}", stderr(&out));
+    let id = rollout_id(&out);
+    wait_until(Duration::from_secs(60), "every host to start activating 2.0.0", || {
+        (cluster.spans("2.0.0").len() == 4).then_some(())
+    });
+    followers[dying].kill9();
+
+    // Its hosts come back through the other one, and their tasks, which
+    // ran on, are taken as they end: nobody failed, nobody twice.
+    let r = cluster.wait_state(&id, &["succeeded", "failed", "rolled_back", "aborted"]);
+    if r["state"] != "succeeded" {
+        eprintln!("{}", cluster.fleet.logs());
+        let other = &followers[1 - dying];
+        eprintln!("--- the other follower's log ---\n{}", tail(&other.log_text(), 40));
+        cluster.fleet.logs_shown = true;
+        panic!(
+            "the rollout with {held} hosts' follower killed ended {}: {}",
+            r["state"],
+            outcome(&r)
+        );
+    }
+    cluster.assert_each_host_activated_once("2.0.0");
+    cluster.wait_all_serve("2.0.0");
+    for f in &mut followers {
+        f.kill9();
+    }
 }

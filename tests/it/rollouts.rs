@@ -117,10 +117,17 @@ impl Cluster {
     /// A release whose hooks record its activation on each host;
     /// `failing_ports` are the hosts where it is unhealthy.
     pub fn push(&self, version: &str, failing_ports: &[u16]) {
+        self.push_pausing(version, failing_ports, 0)
+    }
+
+    /// [`Cluster::push`], the activation hook taking `secs` seconds after
+    /// it logged its start.
+    pub fn push_pausing(&self, version: &str, failing_ports: &[u16], secs: u32) {
         let log = self.log.display().to_string();
         let hook =
             |what: &str| format!("#!/bin/sh\necho \"{what} $FLEET_VERSION $SAMPLE_PORT $(date +%s%N)\" >> '{log}'\n");
         let fail: String = failing_ports.iter().map(|p| format!("{p}\n")).collect();
+        let start = format!("{}sleep {secs}\n", hook("start"));
         let tar = release(
             version,
             &[
@@ -129,7 +136,7 @@ impl Cluster {
                     "[hooks]\npre_activate = \"hooks/start.sh\"\nvalidate = \"hooks/end.sh\"\n",
                     0o644,
                 ),
-                ("hooks/start.sh", &hook("start"), 0o755),
+                ("hooks/start.sh", &start, 0o755),
                 ("hooks/end.sh", &hook("end"), 0o755),
                 ("FAIL_PORTS", &fail, 0o644),
             ],

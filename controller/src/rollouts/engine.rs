@@ -52,6 +52,7 @@ pub fn spawn(fleet: &Arc<Fleet>, r: Rollout, start: Start) {
         r,
         control: rx,
         hosts: HashMap::new(),
+        away: HashMap::new(),
         following: StreamMap::new(),
         followed: HashMap::new(),
         followed_ids: HashSet::new(),
@@ -85,6 +86,9 @@ struct Engine {
     connections: watch::Receiver<u64>,
     /// What the engine saw of the rollout's hosts when it last looked.
     hosts: HashMap<String, HostView>,
+    /// Hosts whose stream ended while their task ran, and until when
+    /// they are waited for (`HostView::back_by_ms`).
+    away: HashMap<String, i64>,
     /// Reports of the tasks being followed, by task id.
     following: StreamMap<String, ReceiverStream<TaskProgress>>,
     /// The followed tasks' ids, and the batch and host each is of (kept
@@ -273,6 +277,7 @@ impl Engine {
                         connected: self.fleet.registry.sender(&id).is_some(),
                         current: current_of(&host, &self.r.app),
                         running_tasks: inv.running_tasks,
+                        back_by_ms: self.away.get(&id).copied().unwrap_or(0),
                     },
                 );
             }
@@ -479,6 +484,18 @@ impl Engine {
             self.unfollow(task_id);
             return Ok(());
         };
+        if crate::tasks::went_away(&p) {
+            // The host's stream ended (its controller, or a follower that
+            // held it, died; the network broke); its agent runs the task
+            // on. It is judged as after a restart: followed again when it
+            // is back and still runs the task, else by what it runs; failed
+            // as unreachable only if it is not back within the grace.
+            tracing::info!(host_id = %host, task_id, "the host's stream ended while its task ran; waiting for it to come back");
+            self.unfollow(task_id);
+            let grace = self.fleet.settings.reconnect_grace.as_millis() as i64;
+            self.away.insert(host, now_ms().saturating_add(grace));
+            return self.look();
+        }
         let fin = crate::tasks::is_final(&p);
         self.touch(batch, &host);
         let effects = step::report(&mut self.r, batch, &host, &p);

@@ -73,6 +73,10 @@ pub struct HostView {
     pub current: String,
     /// Tasks the agent said it has accepted and not finished.
     pub running_tasks: Vec<String>,
+    /// When its stream ended while its task of this rollout ran (the agent
+    /// runs it on): until when (ms) it is waited for before it is judged;
+    /// 0 when that did not happen.
+    pub back_by_ms: i64,
 }
 
 /// What the engine sees of the world now.

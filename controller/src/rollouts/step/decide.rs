@@ -165,7 +165,8 @@ pub fn host_name(h: &RolloutHost) -> String {
 /// Judges a host whose task was sent but whose reports nobody receives
 /// (after a controller restart, or when its stream ended): follow it again
 /// when the agent still runs it, else judge by what the host runs now. A
-/// task is never sent twice.
+/// host that is not connected is waited for until the restart's grace or
+/// its own (`back_by_ms`) ends. A task is never sent twice.
 fn reattach(b: usize, h: &RolloutHost, p: &Params, v: &View) -> Option<Next> {
     let target = task_target(h);
     let rolling_back = h.state() == HostState::RollingBack;
@@ -204,7 +205,7 @@ fn reattach(b: usize, h: &RolloutHost, p: &Params, v: &View) -> Option<Next> {
                 outcome,
             }))
         }
-        Some(_) if v.now_ms < p.grace_until_ms => None,
+        Some(hv) if v.now_ms < p.grace_until_ms.max(hv.back_by_ms) => None,
         Some(_) => {
             let outcome = Outcome::new(
                 failed_state(h),
@@ -219,6 +220,15 @@ fn reattach(b: usize, h: &RolloutHost, p: &Params, v: &View) -> Option<Next> {
         }
         None => Some(Next::Change(removed_host(b, &h.host_id))),
     }
+}
+
+/// When the next grace ends: the restart's, or that of a host whose stream
+/// ended while its task ran (then hosts still away are judged).
+fn waited_for(p: &Params, v: &View) -> Option<i64> {
+    std::iter::once(p.grace_until_ms)
+        .chain(v.hosts.values().map(|h| h.back_by_ms))
+        .filter(|t| *t > v.now_ms)
+        .min()
 }
 
 /// The step for an in-flight host (its task recorded): send, re-attach, or wait.
@@ -289,10 +299,7 @@ fn running_batch(r: &Rollout, b: usize, p: &Params, v: &View, new_task_id: &mut 
             });
         }
     }
-    let mut until = Some(deadline);
-    if v.now_ms < p.grace_until_ms {
-        until = earliest(until, p.grace_until_ms);
-    }
+    let mut until = Some(waited_for(p, v).map_or(deadline, |t| t.min(deadline)));
     if let OfflinePolicy::Wait(d) = p.offline {
         let wait_end = batch.started_at_ms.saturating_add(d.as_millis() as i64);
         if v.now_ms < wait_end {
@@ -356,10 +363,7 @@ fn running_batch(r: &Rollout, b: usize, p: &Params, v: &View, new_task_id: &mut 
 }
 
 fn rolling_back(r: &Rollout, p: &Params, v: &View, new_task_id: &mut dyn FnMut() -> String) -> Next {
-    let mut until = None;
-    if v.now_ms < p.grace_until_ms {
-        until = earliest(until, p.grace_until_ms);
-    }
+    let mut until = waited_for(p, v);
     // A rollback may queue on the agent behind the late task of a host that
     // timed out, so it gets at least the default deadline.
     let rollback_deadline_ms = p.batch_deadline_ms.max(DEFAULT_BATCH_DEADLINE_MS);

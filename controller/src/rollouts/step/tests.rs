@@ -72,7 +72,7 @@ fn online(ids: &[&str], current: &str) -> HashMap<String, HostView> {
                 HostView {
                     connected: true,
                     current: current.into(),
-                    running_tasks: Vec::new(),
+                    ..Default::default()
                 },
             )
         })
@@ -316,6 +316,58 @@ fn a_restarted_engine_re_attaches_or_judges_by_what_the_host_runs_and_never_rese
     c.change(&mut r, &p);
     assert_eq!(state_of(&r, "a"), HostState::Failed);
     assert_eq!(r.batches[0].hosts[0].cause(), FailureCause::Unreachable);
+}
+
+#[test]
+fn a_host_whose_stream_ended_mid_task_is_waited_for_then_followed_or_judged() {
+    let p = Params {
+        batch_deadline_ms: 60_000,
+        ..params()
+    };
+    // a's stream ended while its task ran (c.now is 100): the engine no
+    // longer follows the task and waits for a until 3,000.
+    let away = || {
+        let mut r = rollout(&[&["a"]], 0);
+        let mut c = Case::new(online(&["a"], "1"));
+        send_first(&mut c, &mut r, &p, "a");
+        c.following.clear();
+        let v = c.hosts.get_mut("a").expect("a");
+        v.connected = false;
+        v.back_by_ms = 3_000;
+        (r, c)
+    };
+    let (mut r, mut c) = away();
+    assert_eq!(
+        c.next(&r, &p),
+        Next::Wait { until_ms: Some(3_000) },
+        "woken when a's grace ends"
+    );
+    assert_eq!(state_of(&r, "a"), HostState::Running);
+    // Not back by then: failed as unreachable.
+    c.now = 3_000;
+    c.change(&mut r, &p);
+    assert_eq!(state_of(&r, "a"), HostState::Failed);
+    assert_eq!(r.batches[0].hosts[0].cause(), FailureCause::Unreachable);
+    // Back in time, still running its task: followed again, not sent again.
+    let (r, mut c) = away();
+    let task = r.batches[0].hosts[0].task_id.clone();
+    let v = c.hosts.get_mut("a").expect("a");
+    v.connected = true;
+    v.running_tasks.push(task.clone());
+    assert_eq!(
+        c.next(&r, &p),
+        Next::Follow {
+            host: "a".into(),
+            task_id: task
+        }
+    );
+    // Back in time, its task ended on 2 while away: succeeded.
+    let (mut r, mut c) = away();
+    let v = c.hosts.get_mut("a").expect("a");
+    v.connected = true;
+    v.current = "2".into();
+    c.change(&mut r, &p);
+    assert_eq!(state_of(&r, "a"), HostState::Succeeded);
 }
 
 #[test]

@@ -53,6 +53,9 @@ struct Sim {
     rollbacks: HashMap<String, u32>,
     next_id: u32,
     grace: i64,
+    /// Hosts whose stream ended while a followed task ran: waited for
+    /// until then.
+    back_by: HashMap<usize, i64>,
 }
 
 fn id(i: usize) -> String {
@@ -95,6 +98,7 @@ impl Sim {
             rollbacks: HashMap::new(),
             next_id: 0,
             grace: 2_000,
+            back_by: HashMap::new(),
         }
     }
 
@@ -109,6 +113,7 @@ impl Sim {
                         connected: a.connected,
                         current: a.current.clone(),
                         running_tasks: a.queue.iter().map(|(t, _)| t.clone()).collect(),
+                        back_by_ms: self.back_by.get(&i).copied().unwrap_or(0),
                     },
                 )
             })
@@ -228,20 +233,15 @@ impl Sim {
         let a = &mut self.agents[i];
         a.connected = !a.connected;
         if !a.connected {
-            // The controller fails the tasks it followed on that stream.
-            let tasks: Vec<String> = a
-                .queue
-                .iter()
-                .map(|(t, _)| t.clone())
-                .filter(|t| self.following.contains(t))
-                .collect();
+            // The engine stops following the tasks of that stream (the
+            // agent runs them on) and waits for the host for the grace.
+            let followed = a.queue.iter().any(|(t, _)| self.following.contains(t));
+            let tasks: Vec<String> = a.queue.iter().map(|(t, _)| t.clone()).collect();
             for t in tasks {
-                let mut p = final_report(&t, false);
-                p.set_cause(FailureCause::Unreachable);
-                let b = batch_of(&self.r, &t);
-                let e = report(&mut self.r, b, &id(i), &p);
                 self.following.remove(&t);
-                self.effects(e);
+            }
+            if followed {
+                self.back_by.insert(i, self.now + self.grace);
             }
         }
     }
