@@ -27,6 +27,22 @@ fn roles(config: &std::path::Path, controllers: &[&Controller]) -> Vec<String> {
         .collect()
 }
 
+/// Fails the test: the logs of the fleet and of `others` (controllers),
+/// then `what` ended how and each host's outcome, last (CI shows the
+/// output's tail).
+fn rollout_failed(cluster: &mut Cluster, others: &[&Controller], r: &serde_json::Value, what: &str) -> ! {
+    eprintln!("{}", cluster.fleet.logs());
+    for c in others {
+        eprintln!(
+            "--- controller {} log ---\n{}",
+            c.data_dir.display(),
+            tail(&c.log_text(), 80)
+        );
+    }
+    cluster.fleet.logs_shown = true;
+    panic!("{what} ended {}: {}", r["state"], outcome(r));
+}
+
 /// A rollout record in a few lines: why it ended, and how each host did.
 fn outcome(r: &serde_json::Value) -> String {
     let mut s = format!("{}\n", r["reason"].as_str().unwrap_or_default());
@@ -266,14 +282,7 @@ fn three_controllers_a_rollout_survives_its_controller_killed_mid_batch_and_host
 
     let r = cluster.wait_state(&id, &["succeeded", "failed", "rolled_back", "aborted"]);
     if r["state"] != "succeeded" {
-        // Every controller's log, then what each host ended in, last: the
-        // end of the output is what CI shows.
-        eprintln!("{}", cluster.fleet.logs());
-        for (name, s) in [("b", &b), ("c", &c)] {
-            eprintln!("--- controller {name} log ---\n{}", tail(&s.log_text(), 80));
-        }
-        cluster.fleet.logs_shown = true;
-        panic!("the rollout across the failover ended {}: {}", r["state"], outcome(&r));
+        rollout_failed(&mut cluster, &[&b, &c], &r, "the rollout across the failover");
     }
     cluster.assert_each_host_activated_once("2.0.0");
     cluster.wait_all_serve("2.0.0");
@@ -399,15 +408,8 @@ fn a_follower_killed_while_its_hosts_deploy_loses_no_host_of_the_rollout() {
     // ran on, are taken as they end: nobody failed, nobody twice.
     let r = cluster.wait_state(&id, &["succeeded", "failed", "rolled_back", "aborted"]);
     if r["state"] != "succeeded" {
-        eprintln!("{}", cluster.fleet.logs());
-        let other = &followers[1 - dying];
-        eprintln!("--- the other follower's log ---\n{}", tail(&other.log_text(), 40));
-        cluster.fleet.logs_shown = true;
-        panic!(
-            "the rollout with {held} hosts' follower killed ended {}: {}",
-            r["state"],
-            outcome(&r)
-        );
+        let what = format!("the rollout with {held} hosts' follower killed");
+        rollout_failed(&mut cluster, &[&followers[1 - dying]], &r, &what);
     }
     cluster.assert_each_host_activated_once("2.0.0");
     cluster.wait_all_serve("2.0.0");
